@@ -1,0 +1,252 @@
+//! The ingest listener: where the LMS posts its webhooks.
+//!
+//! Order of checks: source allowlist (403), per-source rate (429), method
+//! (405), route (404), body size (413), event template (400), store (503).
+//! Invariant: a 202 is sent only after `Store::accept` returned, that is after
+//! the flush that covers this event. Every refusal is a JSON error body.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, RateLimiter};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use serde_json::json;
+
+use crate::config::IngestConfig;
+use crate::route::{Context, Missing, Router};
+use crate::store::{now_ms, EventMeta, NewEvent, Store, StoreError};
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    #[error("source {0} is not allowed to post")]
+    SourceNotAllowed(IpAddr),
+    #[error("too many requests from this source")]
+    RateLimited(Duration),
+    #[error("method {0} is not allowed; use POST")]
+    MethodNotAllowed(Method),
+    #[error("no route matches {0}")]
+    NoRoute(String),
+    #[error("request body is larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("request body was not received within {0:?}")]
+    BodyTimeout(Duration),
+    #[error("request body could not be read: {0}")]
+    BadBody(String),
+    #[error("{0}")]
+    BadPayload(Missing),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl IngestError {
+    /// The one place ingest errors become HTTP responses.
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let (status, code) = match &self {
+            IngestError::SourceNotAllowed(_) => (StatusCode::FORBIDDEN, "source_not_allowed"),
+            IngestError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
+            IngestError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            IngestError::NoRoute(_) => (StatusCode::NOT_FOUND, "no_route"),
+            IngestError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            IngestError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            IngestError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
+            IngestError::BadPayload(_) => (StatusCode::BAD_REQUEST, "bad_payload"),
+            IngestError::Store(StoreError::Full { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "store_full"),
+            IngestError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        };
+        // Store errors are logged in full; the client gets a plain reason.
+        let message = match &self {
+            IngestError::Store(StoreError::Full { .. }) => "the store is full; nothing was accepted".to_string(),
+            IngestError::Store(_) => "the store cannot take writes; nothing was accepted".to_string(),
+            other => other.to_string(),
+        };
+        let mut resp = json_response(status, json!({"error": {"code": code, "message": message}}));
+        match self {
+            IngestError::RateLimited(wait) => {
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            }
+            IngestError::MethodNotAllowed(_) => {
+                resp.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            IngestError::Store(e) => tracing::error!(error = %e, "event refused: store"),
+            _ => {}
+        }
+        resp
+    }
+}
+
+pub fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// Request headers that are never kept or forwarded: hop-by-hop headers,
+/// credentials, and the ones hookrelay sets itself.
+pub fn never_forwarded(name: &http::HeaderName) -> bool {
+    const NAMES: &[&str] = &[
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "authorization",
+        "cookie",
+        "set-cookie",
+        "host",
+        "content-length",
+        "user-agent",
+    ];
+    let n = name.as_str();
+    NAMES.contains(&n) || n.starts_with("webhook-")
+}
+
+/// The ingest service: shared by every connection of the ingest listener.
+pub struct Ingest {
+    router: Router,
+    store: Arc<Store>,
+    allow: Vec<ipnet::IpNet>,
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    max_body_bytes: usize,
+    body_read_timeout: Duration,
+}
+
+impl Ingest {
+    pub fn new(config: &crate::config::Config, store: Arc<Store>) -> Ingest {
+        let c: &IngestConfig = &config.ingest;
+        Ingest {
+            router: Router::new(config),
+            store,
+            allow: c.allow.clone(),
+            limiter: RateLimiter::dashmap(c.rate.quota()),
+            max_body_bytes: c.max_body_bytes,
+            body_read_timeout: c.body_read_timeout,
+        }
+    }
+
+    /// Forgets rate-limit state of sources that are back to a full bucket,
+    /// so the key set stays bounded by recently active sources.
+    pub fn evict_idle_sources(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+        match self.accept(req, peer).await {
+            Ok(resp) => resp,
+            Err(e) => e.into_response(),
+        }
+    }
+
+    async fn accept(&self, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Full<Bytes>>, IngestError> {
+        let source = peer.ip().to_canonical();
+        if !self.allow.iter().any(|net| net.contains(&source)) {
+            return Err(IngestError::SourceNotAllowed(source));
+        }
+        if let Err(not_until) = self.limiter.check_key(&source) {
+            return Err(IngestError::RateLimited(
+                not_until.wait_time_from(DefaultClock::default().now()),
+            ));
+        }
+        if req.method() != Method::POST {
+            return Err(IngestError::MethodNotAllowed(req.method().clone()));
+        }
+        let path = req.uri().path().to_string();
+        let (route, captures) = self
+            .router
+            .find(&path)
+            .ok_or(IngestError::NoRoute(path))?;
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
+            return Err(IngestError::TooLarge(self.max_body_bytes));
+        }
+        let (parts, body) = req.into_parts();
+        let body = self.read_body(body).await?;
+
+        let needs_json = route.event.needs_json() || route.dedup.as_ref().is_some_and(|t| t.needs_json());
+        let json: Option<serde_json::Value> = if needs_json {
+            serde_json::from_slice(&body).ok()
+        } else {
+            None
+        };
+        let cx = Context {
+            path: &captures,
+            headers: &parts.headers,
+            json: json.as_ref(),
+        };
+        let event_type = route.event.render(&cx).map_err(IngestError::BadPayload)?;
+        // A request without a dedup key is simply not deduplicated.
+        let dedup = route
+            .dedup
+            .as_ref()
+            .and_then(|t| t.render(&cx).ok())
+            .map(|key| (route.name.clone(), key));
+        let targets: Vec<String> = route.targets_for(&event_type).map(str::to_string).collect();
+        let meta = EventMeta {
+            received_at_ms: now_ms(),
+            source: source.to_string(),
+            route: route.name.clone(),
+            event_type,
+            headers: kept_headers(&parts.headers, &route.forward_headers),
+        };
+        let accepted = self
+            .store
+            .accept(NewEvent {
+                meta,
+                body,
+                targets,
+                dedup,
+            })
+            .await?;
+        let mut out = json!({"id": accepted.id.to_string(), "deliveries": accepted.deliveries});
+        if accepted.duplicate {
+            out["duplicate"] = json!(true);
+        }
+        Ok(json_response(StatusCode::ACCEPTED, out))
+    }
+
+    async fn read_body(&self, body: Incoming) -> Result<Bytes, IngestError> {
+        let limited = Limited::new(body, self.max_body_bytes);
+        match tokio::time::timeout(self.body_read_timeout, limited.collect()).await {
+            Err(_) => Err(IngestError::BodyTimeout(self.body_read_timeout)),
+            Ok(Ok(collected)) => Ok(collected.to_bytes()),
+            Ok(Err(e)) if e.is::<LengthLimitError>() => Err(IngestError::TooLarge(self.max_body_bytes)),
+            Ok(Err(e)) => Err(IngestError::BadBody(e.to_string())),
+        }
+    }
+}
+
+/// `content-type` and the route's `forward_headers`, as lower-case pairs.
+fn kept_headers(headers: &HeaderMap, forward: &[http::HeaderName]) -> Vec<(String, String)> {
+    std::iter::once(&header::CONTENT_TYPE)
+        .chain(forward)
+        .flat_map(|name| {
+            headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .map(|v| (name.as_str().to_string(), v.to_string()))
+        })
+        .collect()
+}

@@ -1,0 +1,157 @@
+//! hookrelay: a durable webhook relay for learning platforms.
+//!
+//! The LMS posts its webhooks to hookrelay; hookrelay stores each one durably,
+//! answers 202, and delivers it to every matching receiver, signed, rate
+//! limited, retried with backoff, and dead-lettered when it gives up.
+//!
+//! Layout (data flows one way: ingest → store → dispatch → egress):
+//! - [`config`]: the TOML file, parsed into checked types.
+//! - [`route`]: path patterns, value templates, event patterns.
+//! - [`listener`]: serving HTTP with connection limits and graceful shutdown.
+//! - [`ingest`]: the LMS-facing listener: guard, route, store, 202.
+//! - [`store`]: sled trees, transactions, group commit.
+//! - [`dispatch`]: the scheduler and per-target lanes.
+//! - [`egress`]: the outbound client and its connector.
+//! - [`sign`]: Standard Webhooks signatures.
+//!
+//! [`Relay::start`] wires them together; `main.rs` only parses the command line.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod dispatch;
+pub mod egress;
+pub mod ingest;
+pub mod listener;
+pub mod route;
+pub mod sign;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use config::Config;
+use store::{Store, StoreError};
+
+/// `user-agent` of every outbound request.
+pub const USER_AGENT: &str = concat!("hookrelay/", env!("CARGO_PKG_VERSION"));
+
+/// How often rate-limit state of idle sources is dropped.
+const EVICT_EVERY: Duration = Duration::from_secs(60);
+/// How often the store's size on disk is re-read.
+const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// Why the relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the store at {path}: {source}")]
+    Store { path: String, source: StoreError },
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("egress: {0}")]
+    Egress(String),
+}
+
+/// A running relay: its listeners, scheduler and store.
+pub struct Relay {
+    ingest_addrs: Vec<SocketAddr>,
+    store: Arc<Store>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Opens the store, binds the listeners and starts the dispatcher.
+    /// Listen addresses with port 0 get a free port; see [`Relay::ingest_addrs`].
+    pub async fn start(config: Config) -> Result<Relay, StartError> {
+        let store = Store::open(&config.store).map_err(|source| StartError::Store {
+            path: config.store.path.display().to_string(),
+            source,
+        })?;
+        let dispatcher =
+            dispatch::Dispatcher::new(&config, store.clone()).map_err(StartError::Egress)?;
+        let (shutdown, rx) = watch::channel(false);
+
+        let mut listeners = Vec::new();
+        for addr in &config.ingest.listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind { addr: *addr, source })?;
+            listeners.push(l);
+        }
+        let ingest_addrs = listeners
+            .iter()
+            .filter_map(|l| l.local_addr().ok())
+            .collect();
+
+        let ingest = Arc::new(ingest::Ingest::new(&config, store.clone()));
+        let limits = listener::Limits {
+            max_connections: config.ingest.max_connections,
+            header_read_timeout: config.ingest.header_read_timeout,
+            max_headers: 100,
+            shutdown_grace: config.delivery.shutdown_grace,
+        };
+        let mut tasks = Vec::new();
+        for l in listeners {
+            let ingest = ingest.clone();
+            let handler = move |req, peer| ingest.clone().handle(req, peer);
+            tasks.push(tokio::spawn(listener::serve(l, handler, limits, rx.clone())));
+        }
+        tasks.push(tokio::spawn(dispatcher.run(rx.clone())));
+        tasks.push(tokio::spawn(housekeeping(ingest, store.clone(), rx)));
+        for addr in &ingest_addrs {
+            tracing::info!(%addr, "ingest listening");
+        }
+        Ok(Relay {
+            ingest_addrs,
+            store,
+            shutdown,
+            tasks,
+        })
+    }
+
+    /// The bound ingest addresses, in `ingest.listen` order.
+    pub fn ingest_addrs(&self) -> &[SocketAddr] {
+        &self.ingest_addrs
+    }
+
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
+    /// Stops accepting, lets requests and attempts under way finish within
+    /// the grace period, flushes the store, and returns.
+    pub async fn shutdown(self) -> Result<(), StoreError> {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        self.store.close()
+    }
+}
+
+/// Resolves once `shutdown` is true (or its sender is gone).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Periodic chores: forget idle rate-limit keys, re-read disk usage.
+async fn housekeeping(ingest: Arc<ingest::Ingest>, store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
+    let mut evict = tokio::time::interval(EVICT_EVERY);
+    let mut disk = tokio::time::interval(DISK_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            _ = evict.tick() => ingest.evict_idle_sources(),
+            _ = disk.tick() => {
+                let s = store.clone();
+                let _ = tokio::task::spawn_blocking(move || s.refresh_disk_usage()).await;
+            }
+            _ = crate::stopped(&mut shutdown) => return,
+        }
+    }
+}

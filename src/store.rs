@@ -1,0 +1,770 @@
+//! The durable store: one sled `Db` with the trees of DESIGN.md.
+//!
+//! Invariants:
+//! - An event and all its deliveries (and their `due` entries, and its dedup
+//!   key) are written in one transaction.
+//! - `accept` returns only after a flush that covers that transaction has
+//!   returned, so a 202 built on it survives `kill -9` and power loss.
+//!   Concurrent accepts share one flush (group commit, on the `committer`
+//!   thread), so durability costs one fsync per batch, not per event.
+//! - A delivery is in the `due` tree exactly while it is `pending`.
+//! - Deliveries found `in_flight` at open are put back to `pending` and due now.
+//! - Values carry a version byte; keys are big-endian so ranges sort by time.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+use tokio::sync::{oneshot, Notify};
+
+use crate::config::StoreConfig;
+
+/// The on-disk layout this code reads and writes.
+const SCHEMA_VERSION: u8 = 1;
+/// The first byte of every value.
+const VALUE_VERSION: u8 = 1;
+
+/// Why the store could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store I/O error: {0}")]
+    Io(#[from] sled::Error),
+    #[error("store is full: {used} bytes on disk, limit {limit}")]
+    Full { used: u64, limit: u64 },
+    #[error("store at {path} has schema version {found}; this hookrelay reads version {SCHEMA_VERSION}")]
+    Schema { path: String, found: u8 },
+    #[error("corrupt record in tree `{tree}`: {reason}")]
+    Corrupt { tree: &'static str, reason: String },
+    #[error("the store is shutting down")]
+    Closed,
+}
+
+// === ids ===
+
+macro_rules! id_type {
+    ($name:ident, $prefix:literal) => {
+        /// A time-ordered id (ULID): 16 bytes big-endian as a key,
+        #[doc = concat!("`", $prefix, "<ulid>` as text.")]
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(pub ulid::Ulid);
+
+        impl $name {
+            pub fn to_key(self) -> [u8; 16] {
+                self.0 .0.to_be_bytes()
+            }
+
+            pub fn from_key(key: &[u8]) -> Option<Self> {
+                let bytes: [u8; 16] = key.get(..16)?.try_into().ok()?;
+                Some($name(ulid::Ulid(u128::from_be_bytes(bytes))))
+            }
+
+            pub fn parse(s: &str) -> Option<Self> {
+                let rest = s.strip_prefix($prefix)?;
+                ulid::Ulid::from_string(rest).ok().map($name)
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{}{}", $prefix, self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                $name::parse(&s).ok_or_else(|| serde::de::Error::custom("bad id"))
+            }
+        }
+    };
+}
+
+id_type!(EventId, "evt_");
+id_type!(DeliveryId, "dlv_");
+
+// === records ===
+
+/// A received event, as kept in the `events` tree.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EventMeta {
+    pub received_at_ms: u64,
+    pub source: String,
+    pub route: String,
+    pub event_type: String,
+    /// `content-type` and the route's `forward_headers`, lower-case names.
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub id: EventId,
+    pub meta: EventMeta,
+    pub body: Bytes,
+}
+
+/// Where a delivery is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    Pending,
+    InFlight,
+    Succeeded,
+    Dead,
+}
+
+/// One (event, target) pair, as kept in the `deliveries` tree.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    pub event: EventId,
+    pub target: String,
+    pub state: State,
+    pub attempts: u32,
+    pub next_at_ms: u64,
+    pub last: Option<Attempt>,
+}
+
+/// One try at a delivery, as kept in the `attempts` tree.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Attempt {
+    pub at_ms: u64,
+    pub duration_ms: u64,
+    pub status: Option<u16>,
+    pub error: Option<String>,
+    /// The start of the response body, bounded.
+    pub excerpt: String,
+}
+
+/// What follows an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    Succeeded,
+    RetryAt(u64),
+    Dead,
+}
+
+/// An event to accept, with the targets it goes to.
+pub struct NewEvent {
+    pub meta: EventMeta,
+    pub body: Bytes,
+    pub targets: Vec<String>,
+    /// (route, key): a second event with the same pair within retention is a duplicate.
+    pub dedup: Option<(String, String)>,
+}
+
+/// What `accept` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Accepted {
+    pub id: EventId,
+    pub deliveries: usize,
+    pub duplicate: bool,
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    let mut out = vec![VALUE_VERSION];
+    // Serializing these plain structs to a Vec cannot fail.
+    serde_json::to_writer(&mut out, v).expect("records serialize");
+    out
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    match bytes.split_first() {
+        Some((&VALUE_VERSION, rest)) => {
+            serde_json::from_slice(rest).map_err(|e| StoreError::Corrupt {
+                tree,
+                reason: e.to_string(),
+            })
+        }
+        _ => Err(StoreError::Corrupt {
+            tree,
+            reason: "unknown value version".into(),
+        }),
+    }
+}
+
+fn encode_event(meta: &EventMeta, body: &[u8]) -> Vec<u8> {
+    let meta = serde_json::to_vec(meta).expect("records serialize");
+    let mut out = Vec::with_capacity(1 + 4 + meta.len() + body.len());
+    out.push(VALUE_VERSION);
+    out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
+    out.extend_from_slice(&meta);
+    out.extend_from_slice(body);
+    out
+}
+
+fn decode_event(id: EventId, v: sled::IVec) -> Result<Event, StoreError> {
+    let corrupt = |reason: &str| StoreError::Corrupt {
+        tree: "events",
+        reason: reason.into(),
+    };
+    if v.first() != Some(&VALUE_VERSION) || v.len() < 5 {
+        return Err(corrupt("unknown value version"));
+    }
+    let len = u32::from_be_bytes([v[1], v[2], v[3], v[4]]) as usize;
+    let meta_end = 5usize
+        .checked_add(len)
+        .filter(|&e| e <= v.len())
+        .ok_or_else(|| corrupt("meta length past the end"))?;
+    let meta = serde_json::from_slice(&v[5..meta_end]).map_err(|e| corrupt(&e.to_string()))?;
+    Ok(Event {
+        id,
+        meta,
+        body: Bytes::copy_from_slice(&v[meta_end..]),
+    })
+}
+
+fn due_key(at_ms: u64, id: DeliveryId) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&at_ms.to_be_bytes());
+    k[8..].copy_from_slice(&id.to_key());
+    k
+}
+
+fn attempt_key(id: DeliveryId, n: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(&id.to_key());
+    k[16..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+fn dedup_key(route: &str, key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(route.len() + 1 + key.len());
+    k.extend_from_slice(route.as_bytes());
+    k.push(0);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+// === Store ===
+
+type Waiter = oneshot::Sender<Result<(), Arc<sled::Error>>>;
+
+/// The store. Cheap to share behind an `Arc`.
+pub struct Store {
+    db: sled::Db,
+    events: sled::Tree,
+    deliveries: sled::Tree,
+    due: sled::Tree,
+    attempts: sled::Tree,
+    dedup: sled::Tree,
+    ids: Mutex<ulid::Generator>,
+    commits: Mutex<Option<mpsc::Sender<Waiter>>>,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Woken after each flush that made new deliveries durable.
+    pub new_work: Arc<Notify>,
+    retention: Duration,
+    max_disk_bytes: u64,
+    disk_bytes: AtomicU64,
+    writable: AtomicBool,
+    /// Flushes done, and events they covered (for metrics and tests).
+    pub flushes: AtomicU64,
+    pub flushed_events: AtomicU64,
+}
+
+impl Store {
+    /// Opens (or creates) the store, checks its schema version, and puts
+    /// deliveries that a crash left in flight back to pending.
+    pub fn open(config: &StoreConfig) -> Result<Arc<Store>, StoreError> {
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_bytes)
+            .flush_every_ms(Some(500))
+            .open()?;
+        check_schema(&db, &config.path)?;
+        let store = Arc::new(Store {
+            events: db.open_tree("events")?,
+            deliveries: db.open_tree("deliveries")?,
+            due: db.open_tree("due")?,
+            attempts: db.open_tree("attempts")?,
+            dedup: db.open_tree("dedup")?,
+            ids: Mutex::new(ulid::Generator::new()),
+            commits: Mutex::new(None),
+            committer: Mutex::new(None),
+            new_work: Arc::new(Notify::new()),
+            retention: config.retention,
+            max_disk_bytes: config.max_disk_bytes,
+            disk_bytes: AtomicU64::new(db.size_on_disk().unwrap_or(0)),
+            writable: AtomicBool::new(true),
+            flushes: AtomicU64::new(0),
+            flushed_events: AtomicU64::new(0),
+            db,
+        });
+        store.recover()?;
+        store.db.flush()?;
+        let (tx, rx) = mpsc::channel();
+        let weak = Arc::downgrade(&store);
+        let handle = std::thread::Builder::new()
+            .name("hookrelay-commit".into())
+            .spawn(move || committer(weak, rx))
+            .map_err(|e| StoreError::Io(sled::Error::Io(e)))?;
+        *store.commits.lock().expect("lock poisoned") = Some(tx);
+        *store.committer.lock().expect("lock poisoned") = Some(handle);
+        Ok(store)
+    }
+
+    /// In-flight deliveries back to pending, due now.
+    fn recover(&self) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let mut n = 0;
+        for item in self.deliveries.iter() {
+            let (k, v) = item?;
+            let mut d: Delivery = decode("deliveries", &v)?;
+            if d.state != State::InFlight {
+                continue;
+            }
+            let Some(id) = DeliveryId::from_key(&k) else {
+                continue;
+            };
+            d.state = State::Pending;
+            d.next_at_ms = now;
+            self.deliveries.insert(k, encode(&d))?;
+            self.due.insert(due_key(now, id), &[])?;
+            n += 1;
+        }
+        if n > 0 {
+            tracing::info!(deliveries = n, "requeued deliveries left in flight by the last run");
+        }
+        Ok(n)
+    }
+
+    fn next_id(&self) -> ulid::Ulid {
+        let mut g = self.ids.lock().expect("lock poisoned");
+        // The generator only fails when 2^80 ids are asked for in one millisecond.
+        g.generate().unwrap_or_else(|_| ulid::Ulid::new())
+    }
+
+    /// Refuses writes the store might not be able to keep.
+    fn check_room(&self) -> Result<(), StoreError> {
+        if !self.writable.load(Ordering::Relaxed) {
+            return Err(StoreError::Closed);
+        }
+        let used = self.disk_bytes.load(Ordering::Relaxed);
+        if self.max_disk_bytes > 0 && used >= self.max_disk_bytes {
+            return Err(StoreError::Full {
+                used,
+                limit: self.max_disk_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Re-reads the store's size on disk (the janitor calls this periodically).
+    pub fn refresh_disk_usage(&self) -> u64 {
+        let used = self.db.size_on_disk().unwrap_or(0);
+        self.disk_bytes.store(used, Ordering::Relaxed);
+        used
+    }
+
+    /// Writes the event and its deliveries in one transaction, then waits for
+    /// a flush covering it. Only `Ok` may be acknowledged to the sender.
+    pub async fn accept(&self, new: NewEvent) -> Result<Accepted, StoreError> {
+        self.check_room()?;
+        let id = EventId(self.next_id());
+        let now = now_ms();
+        let delivery_ids: Vec<DeliveryId> =
+            new.targets.iter().map(|_| DeliveryId(self.next_id())).collect();
+        let event_value = encode_event(&new.meta, &new.body);
+        let dedup = new.dedup.as_ref().map(|(r, k)| dedup_key(r, k));
+        let expiry = now + self.retention.as_millis() as u64;
+
+        let result = (&self.events, &self.deliveries, &self.due, &self.dedup).transaction(
+            |(events, deliveries, due, dedup_tree)| {
+                if let Some(k) = &dedup {
+                    if let Some(v) = dedup_tree.get(k)? {
+                        if v.len() == 24 {
+                            let exp = u64::from_be_bytes(v[16..24].try_into().expect("8 bytes"));
+                            if exp > now {
+                                let first = EventId::from_key(&v).expect("16 bytes");
+                                return Ok(Accepted {
+                                    id: first,
+                                    deliveries: 0,
+                                    duplicate: true,
+                                });
+                            }
+                        }
+                    }
+                    let mut v = id.to_key().to_vec();
+                    v.extend_from_slice(&expiry.to_be_bytes());
+                    dedup_tree.insert(k.as_slice(), v)?;
+                }
+                events.insert(&id.to_key(), event_value.as_slice())?;
+                for (did, target) in delivery_ids.iter().zip(&new.targets) {
+                    let d = Delivery {
+                        event: id,
+                        target: target.clone(),
+                        state: State::Pending,
+                        attempts: 0,
+                        next_at_ms: now,
+                        last: None,
+                    };
+                    deliveries.insert(&did.to_key(), encode(&d))?;
+                    due.insert(&due_key(now, *did), &[])?;
+                }
+                Ok::<_, ConflictableTransactionError<StoreError>>(Accepted {
+                    id,
+                    deliveries: delivery_ids.len(),
+                    duplicate: false,
+                })
+            },
+        );
+        let accepted = result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Io(e),
+        })?;
+        if accepted.duplicate {
+            return Ok(accepted);
+        }
+        if let Err(e) = self.flush().await {
+            // Not acknowledged: take the event back out so it is not delivered
+            // either, if the store still takes that.
+            let _ = self.events.remove(id.to_key());
+            for did in &delivery_ids {
+                let _ = self.deliveries.remove(did.to_key());
+                let _ = self.due.remove(due_key(now, *did));
+            }
+            if let Some(k) = &dedup {
+                let _ = self.dedup.remove(k);
+            }
+            return Err(e);
+        }
+        Ok(accepted)
+    }
+
+    /// Waits for a flush that starts after this call (group commit).
+    async fn flush(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let commits = self.commits.lock().expect("lock poisoned");
+            let sender = commits.as_ref().ok_or(StoreError::Closed)?;
+            sender.send(tx).map_err(|_| StoreError::Closed)?;
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(StoreError::Io(sled::Error::ReportableBug(e.to_string()))),
+            Err(_) => Err(StoreError::Closed),
+        }
+    }
+
+    /// The earliest `(next_at_ms, delivery)` entries of the `due` index.
+    pub fn due(&self, limit: usize) -> Result<Vec<(u64, DeliveryId)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.due.iter().keys().take(limit) {
+            let k = item?;
+            if k.len() != 24 {
+                continue;
+            }
+            let at = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
+            if let Some(id) = DeliveryId::from_key(&k[8..]) {
+                out.push((at, id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Takes a pending delivery for an attempt: `in_flight`, off the `due` index.
+    /// `None` if it is no longer pending at `at_ms`.
+    pub fn claim(&self, id: DeliveryId, at_ms: u64) -> Result<Option<Delivery>, StoreError> {
+        let key = id.to_key();
+        let result = (&self.deliveries, &self.due).transaction(|(deliveries, due)| {
+            due.remove(&due_key(at_ms, id))?;
+            let Some(v) = deliveries.get(key)? else {
+                return Ok(None);
+            };
+            let mut d: Delivery =
+                decode("deliveries", &v).map_err(ConflictableTransactionError::Abort)?;
+            if d.state != State::Pending || d.next_at_ms != at_ms {
+                return Ok(None);
+            }
+            d.state = State::InFlight;
+            deliveries.insert(&key, encode(&d))?;
+            Ok(Some(d))
+        });
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Io(e),
+        })
+    }
+
+    /// Records attempt number `d.attempts + 1` and what follows it.
+    pub fn finish(
+        &self,
+        id: DeliveryId,
+        attempt: &Attempt,
+        next: Next,
+    ) -> Result<Delivery, StoreError> {
+        let key = id.to_key();
+        let result = (&self.deliveries, &self.due, &self.attempts).transaction(
+            |(deliveries, due, attempts)| {
+                let Some(v) = deliveries.get(key)? else {
+                    return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
+                        tree: "deliveries",
+                        reason: format!("{id} vanished while in flight"),
+                    }));
+                };
+                let mut d: Delivery =
+                    decode("deliveries", &v).map_err(ConflictableTransactionError::Abort)?;
+                d.attempts += 1;
+                d.last = Some(attempt.clone());
+                attempts.insert(&attempt_key(id, d.attempts), encode(attempt))?;
+                match next {
+                    Next::Succeeded => d.state = State::Succeeded,
+                    Next::Dead => d.state = State::Dead,
+                    Next::RetryAt(at) => {
+                        d.state = State::Pending;
+                        d.next_at_ms = at;
+                        due.insert(&due_key(at, id), &[])?;
+                    }
+                }
+                deliveries.insert(&key, encode(&d))?;
+                Ok(d)
+            },
+        );
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Io(e),
+        })
+    }
+
+    /// Puts an in-flight delivery back to pending at `at_ms` without counting
+    /// an attempt (used when shutdown interrupts it before it was sent).
+    pub fn release(&self, id: DeliveryId, at_ms: u64) -> Result<(), StoreError> {
+        let key = id.to_key();
+        let result = (&self.deliveries, &self.due).transaction(|(deliveries, due)| {
+            let Some(v) = deliveries.get(key)? else {
+                return Ok(());
+            };
+            let mut d: Delivery =
+                decode("deliveries", &v).map_err(ConflictableTransactionError::Abort)?;
+            if d.state != State::InFlight {
+                return Ok(());
+            }
+            d.state = State::Pending;
+            d.next_at_ms = at_ms;
+            deliveries.insert(&key, encode(&d))?;
+            due.insert(&due_key(at_ms, id), &[])?;
+            Ok(())
+        });
+        result.map_err(|e| match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Io(e),
+        })
+    }
+
+    pub fn event(&self, id: EventId) -> Result<Option<Event>, StoreError> {
+        self.events
+            .get(id.to_key())?
+            .map(|v| decode_event(id, v))
+            .transpose()
+    }
+
+    pub fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
+        self.deliveries
+            .get(id.to_key())?
+            .map(|v| decode("deliveries", &v))
+            .transpose()
+    }
+
+    /// Every delivery of `event`, in creation order.
+    pub fn deliveries_of(&self, event: EventId) -> Result<Vec<(DeliveryId, Delivery)>, StoreError> {
+        // Delivery ids are generated right after their event's id, so they
+        // sort after it; scan from the event's key until the event changes.
+        let mut out = Vec::new();
+        for item in self.deliveries.range(event.to_key()..) {
+            let (k, v) = item?;
+            let d: Delivery = decode("deliveries", &v)?;
+            if d.event != event {
+                if !out.is_empty() {
+                    break;
+                }
+                continue;
+            }
+            if let Some(id) = DeliveryId::from_key(&k) {
+                out.push((id, d));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The attempts of a delivery, in order.
+    pub fn attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>, StoreError> {
+        self.attempts
+            .scan_prefix(id.to_key())
+            .values()
+            .map(|v| decode("attempts", &v?))
+            .collect()
+    }
+
+    /// Flushes once more and stops the committer; later accepts fail with `Closed`.
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.writable.store(false, Ordering::Relaxed);
+        self.commits.lock().expect("lock poisoned").take();
+        if let Some(h) = self.committer.lock().expect("lock poisoned").take() {
+            let _ = h.join();
+        }
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+fn check_schema(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
+    let meta = db.open_tree("meta")?;
+    match meta.get("schema_version")? {
+        None => {
+            meta.insert("schema_version", &[SCHEMA_VERSION])?;
+            Ok(())
+        }
+        Some(v) if v.as_ref() == [SCHEMA_VERSION] => Ok(()),
+        Some(v) => Err(StoreError::Schema {
+            path: path.display().to_string(),
+            found: v.first().copied().unwrap_or(0),
+        }),
+    }
+}
+
+/// The group-commit loop: takes every waiter queued so far, flushes once,
+/// answers them all. Ends when the store is closed or dropped.
+fn committer(store: std::sync::Weak<Store>, rx: mpsc::Receiver<Waiter>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        let result = store.db.flush().map(|_| ()).map_err(Arc::new);
+        if let Err(e) = &result {
+            tracing::error!(error = %e, "store flush failed; events in this batch are refused");
+        }
+        store.flushes.fetch_add(1, Ordering::Relaxed);
+        store
+            .flushed_events
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        let ok = result.is_ok();
+        for w in batch {
+            let _ = w.send(result.clone());
+        }
+        if ok {
+            store.new_work.notify_one();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path) -> Arc<Store> {
+        Store::open(&StoreConfig {
+            path: dir.to_path_buf(),
+            ..StoreConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn new_event(targets: &[&str], dedup: Option<&str>) -> NewEvent {
+        NewEvent {
+            meta: EventMeta {
+                received_at_ms: now_ms(),
+                source: "127.0.0.1".into(),
+                route: "r".into(),
+                event_type: "e".into(),
+                headers: vec![("content-type".into(), "application/json".into())],
+            },
+            body: Bytes::from_static(b"{\"a\":1}"),
+            targets: targets.iter().map(|s| s.to_string()).collect(),
+            dedup: dedup.map(|k| ("r".to_string(), k.to_string())),
+        }
+    }
+
+    #[tokio::test]
+    async fn accept_claim_finish_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let a = store.accept(new_event(&["r/a", "r/b"], None)).await.unwrap();
+        assert_eq!(a.deliveries, 2);
+        let ev = store.event(a.id).unwrap().unwrap();
+        assert_eq!(&ev.body[..], b"{\"a\":1}");
+        let due = store.due(10).unwrap();
+        assert_eq!(due.len(), 2);
+        let (at, did) = due[0];
+        let d = store.claim(did, at).unwrap().unwrap();
+        assert_eq!(d.state, State::InFlight);
+        assert!(store.claim(did, at).unwrap().is_none(), "claimed twice");
+        assert_eq!(store.due(10).unwrap().len(), 1);
+        let attempt = Attempt {
+            at_ms: now_ms(),
+            duration_ms: 3,
+            status: Some(500),
+            error: None,
+            excerpt: "no".into(),
+        };
+        let d = store.finish(did, &attempt, Next::RetryAt(at + 1000)).unwrap();
+        assert_eq!((d.state, d.attempts), (State::Pending, 1));
+        assert_eq!(store.attempts(did).unwrap(), vec![attempt]);
+        assert_eq!(store.deliveries_of(a.id).unwrap().len(), 2);
+
+        // The other one is left in flight by a "crash".
+        let (at2, did2) = store.due(10).unwrap()[0];
+        store.claim(did2, at2).unwrap().unwrap();
+        store.close().unwrap();
+        drop(store);
+        let store = open(dir.path());
+        assert_eq!(store.delivery(did2).unwrap().unwrap().state, State::Pending);
+        assert_eq!(store.due(10).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn dedup_returns_the_first_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let a = store.accept(new_event(&["r/a"], Some("k1"))).await.unwrap();
+        let b = store.accept(new_event(&["r/a"], Some("k1"))).await.unwrap();
+        assert!(b.duplicate);
+        assert_eq!(b.id, a.id);
+        let c = store.accept(new_event(&["r/a"], Some("k2"))).await.unwrap();
+        assert!(!c.duplicate);
+        assert_eq!(store.due(10).unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn concurrent_accepts_share_flushes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let tasks: Vec<_> = (0..64)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move { s.accept(new_event(&["r/a"], None)).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        assert_eq!(store.flushed_events.load(Ordering::Relaxed), 64);
+        assert!(store.flushes.load(Ordering::Relaxed) <= 64);
+    }
+
+    #[test]
+    fn ids_round_trip() {
+        let id = EventId(ulid::Ulid::new());
+        assert_eq!(EventId::parse(&id.to_string()), Some(id));
+        assert_eq!(EventId::from_key(&id.to_key()), Some(id));
+        assert_eq!(DeliveryId::parse(&id.to_string()), None);
+    }
+}
