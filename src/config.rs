@@ -277,7 +277,11 @@ impl Config {
                 }
                 None => inner.message().trim().to_string(),
             };
-            let key = if key == "." { "(top level)".into() } else { key };
+            let key = if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            };
             ConfigError::new(path, key, reason)
         })?;
         config.validate(path)?;
@@ -356,10 +360,16 @@ impl Config {
                     );
                 }
                 if !target_names.insert(target.name.as_str()) {
-                    return err(&format!("{at}.name"), "another target of this route has this name");
+                    return err(
+                        &format!("{at}.name"),
+                        "another target of this route has this name",
+                    );
                 }
                 if e.https_only && !target.url.is_https() {
-                    return err(&format!("{at}.url"), "egress.https_only is set and this URL is http");
+                    return err(
+                        &format!("{at}.url"),
+                        "egress.https_only is set and this URL is http",
+                    );
                 }
                 self.delivery
                     .with(target)
@@ -395,7 +405,10 @@ impl DeliveryConfig {
                 multiplier: b.multiplier.unwrap_or(self.backoff.multiplier),
                 jitter: b.jitter.unwrap_or(self.backoff.jitter),
             },
-            success: target.success.clone().unwrap_or_else(|| self.success.clone()),
+            success: target
+                .success
+                .clone()
+                .unwrap_or_else(|| self.success.clone()),
             concurrency: target.concurrency.unwrap_or(self.concurrency),
             rate: target.rate.unwrap_or(self.rate),
             shutdown_grace: self.shutdown_grace,
@@ -530,7 +543,9 @@ impl SuccessRanges {
         let code = |t: &str| -> Result<u16, String> {
             match t.trim().parse::<u16>() {
                 Ok(c) if (100..=599).contains(&c) => Ok(c),
-                _ => Err(format!("`{s}` is not a status code (100-599) or a range like 200-299")),
+                _ => Err(format!(
+                    "`{s}` is not a status code (100-599) or a range like 200-299"
+                )),
             }
         };
         let (lo, hi) = match s.split_once('-') {
@@ -548,7 +563,9 @@ impl<'de> Deserialize<'de> for SuccessRanges {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let items = Vec::<String>::deserialize(d)?;
         if items.is_empty() {
-            return Err(serde::de::Error::custom("at least one status range is needed"));
+            return Err(serde::de::Error::custom(
+                "at least one status range is needed",
+            ));
         }
         items
             .iter()
@@ -691,10 +708,8 @@ mod tests {
 
     #[test]
     fn cross_field_rules() {
-        let e = parse(
-            "[[routes]]\nname = \"r\"\npath = \"/a\"\nevent = \"{path.event}\"\n",
-        )
-        .unwrap_err();
+        let e = parse("[[routes]]\nname = \"r\"\npath = \"/a\"\nevent = \"{path.event}\"\n")
+            .unwrap_err();
         assert_eq!(e.key, "routes[0].event");
 
         let e = parse("[delivery]\nbackoff = { initial = \"2s\", max = \"1s\" }\n").unwrap_err();

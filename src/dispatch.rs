@@ -126,9 +126,11 @@ impl Dispatcher {
         if n > 0 {
             tracing::info!(attempts = n, grace = ?self.grace, "waiting for attempts under way");
         }
-        if tokio::time::timeout(self.grace, async { while tasks.join_next().await.is_some() {} })
-            .await
-            .is_err()
+        if tokio::time::timeout(self.grace, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await
+        .is_err()
         {
             tracing::warn!(
                 attempts = tasks.len(),

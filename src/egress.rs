@@ -103,7 +103,10 @@ impl Connector {
         let host = uri.host().unwrap_or_default().to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         // Bracketed IPv6 literals come without brackets from `host()`'s caller side.
-        let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare.as_str(), port))
             .await
             .map_err(|e| EgressError::Resolve {
@@ -134,7 +137,11 @@ impl Connector {
     }
 
     /// Tries each resolved address in turn within one connect timeout.
-    async fn connect_any(&self, host: &str, addrs: &[SocketAddr]) -> Result<TcpStream, EgressError> {
+    async fn connect_any(
+        &self,
+        host: &str,
+        addrs: &[SocketAddr],
+    ) -> Result<TcpStream, EgressError> {
         let deadline = tokio::time::Instant::now() + self.connect_timeout;
         let mut last = String::from("no addresses");
         for addr in addrs {
@@ -181,7 +188,11 @@ impl Connection for EgressStream {
 }
 
 impl AsyncRead for EgressStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             EgressStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             EgressStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
@@ -190,7 +201,11 @@ impl AsyncRead for EgressStream {
 }
 
 impl AsyncWrite for EgressStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             EgressStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             EgressStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
@@ -240,7 +255,11 @@ impl EgressClient {
     }
 
     /// Sends `req` and reads the reply, all within `timeout`.
-    pub async fn send(&self, req: Request<Full<Bytes>>, timeout: Duration) -> Result<Reply, EgressError> {
+    pub async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Reply, EgressError> {
         let started = Instant::now();
         let work = async {
             let resp = self.client.request(req).await.map_err(describe)?;

@@ -51,19 +51,27 @@ impl IngestError {
         let (status, code) = match &self {
             IngestError::SourceNotAllowed(_) => (StatusCode::FORBIDDEN, "source_not_allowed"),
             IngestError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            IngestError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            IngestError::MethodNotAllowed(_) => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
             IngestError::NoRoute(_) => (StatusCode::NOT_FOUND, "no_route"),
             IngestError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             IngestError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             IngestError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
             IngestError::BadPayload(_) => (StatusCode::BAD_REQUEST, "bad_payload"),
-            IngestError::Store(StoreError::Full { .. }) => (StatusCode::SERVICE_UNAVAILABLE, "store_full"),
+            IngestError::Store(StoreError::Full { .. }) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "store_full")
+            }
             IngestError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         };
         // Store errors are logged in full; the client gets a plain reason.
         let message = match &self {
-            IngestError::Store(StoreError::Full { .. }) => "the store is full; nothing was accepted".to_string(),
-            IngestError::Store(_) => "the store cannot take writes; nothing was accepted".to_string(),
+            IngestError::Store(StoreError::Full { .. }) => {
+                "the store is full; nothing was accepted".to_string()
+            }
+            IngestError::Store(_) => {
+                "the store cannot take writes; nothing was accepted".to_string()
+            }
             other => other.to_string(),
         };
         let mut resp = json_response(status, json!({"error": {"code": code, "message": message}}));
@@ -148,14 +156,22 @@ impl Ingest {
         self.limiter.shrink_to_fit();
     }
 
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Response<Full<Bytes>> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Response<Full<Bytes>> {
         match self.accept(req, peer).await {
             Ok(resp) => resp,
             Err(e) => e.into_response(),
         }
     }
 
-    async fn accept(&self, req: Request<Incoming>, peer: SocketAddr) -> Result<Response<Full<Bytes>>, IngestError> {
+    async fn accept(
+        &self,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Full<Bytes>>, IngestError> {
         let source = peer.ip().to_canonical();
         if !self.allow.iter().any(|net| net.contains(&source)) {
             return Err(IngestError::SourceNotAllowed(source));
@@ -169,10 +185,7 @@ impl Ingest {
             return Err(IngestError::MethodNotAllowed(req.method().clone()));
         }
         let path = req.uri().path().to_string();
-        let (route, captures) = self
-            .router
-            .find(&path)
-            .ok_or(IngestError::NoRoute(path))?;
+        let (route, captures) = self.router.find(&path).ok_or(IngestError::NoRoute(path))?;
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -184,7 +197,8 @@ impl Ingest {
         let (parts, body) = req.into_parts();
         let body = self.read_body(body).await?;
 
-        let needs_json = route.event.needs_json() || route.dedup.as_ref().is_some_and(|t| t.needs_json());
+        let needs_json =
+            route.event.needs_json() || route.dedup.as_ref().is_some_and(|t| t.needs_json());
         let json: Option<serde_json::Value> = if needs_json {
             serde_json::from_slice(&body).ok()
         } else {
@@ -231,7 +245,9 @@ impl Ingest {
         match tokio::time::timeout(self.body_read_timeout, limited.collect()).await {
             Err(_) => Err(IngestError::BodyTimeout(self.body_read_timeout)),
             Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(e)) if e.is::<LengthLimitError>() => Err(IngestError::TooLarge(self.max_body_bytes)),
+            Ok(Err(e)) if e.is::<LengthLimitError>() => {
+                Err(IngestError::TooLarge(self.max_body_bytes))
+            }
             Ok(Err(e)) => Err(IngestError::BadBody(e.to_string())),
         }
     }

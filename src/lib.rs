@@ -52,7 +52,10 @@ pub enum StartError {
     #[error("cannot open the store at {path}: {source}")]
     Store { path: String, source: StoreError },
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("egress: {0}")]
     Egress(String),
 }
@@ -81,7 +84,10 @@ impl Relay {
         for addr in &config.ingest.listen {
             let l = TcpListener::bind(addr)
                 .await
-                .map_err(|source| StartError::Bind { addr: *addr, source })?;
+                .map_err(|source| StartError::Bind {
+                    addr: *addr,
+                    source,
+                })?;
             listeners.push(l);
         }
         let ingest_addrs = listeners
@@ -100,7 +106,12 @@ impl Relay {
         for l in listeners {
             let ingest = ingest.clone();
             let handler = move |req, peer| ingest.clone().handle(req, peer);
-            tasks.push(tokio::spawn(listener::serve(l, handler, limits, rx.clone())));
+            tasks.push(tokio::spawn(listener::serve(
+                l,
+                handler,
+                limits,
+                rx.clone(),
+            )));
         }
         tasks.push(tokio::spawn(dispatcher.run(rx.clone())));
         tasks.push(tokio::spawn(housekeeping(ingest, store.clone(), rx)));
@@ -141,7 +152,11 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 }
 
 /// Periodic chores: forget idle rate-limit keys, re-read disk usage.
-async fn housekeeping(ingest: Arc<ingest::Ingest>, store: Arc<Store>, mut shutdown: watch::Receiver<bool>) {
+async fn housekeeping(
+    ingest: Arc<ingest::Ingest>,
+    store: Arc<Store>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut evict = tokio::time::interval(EVICT_EVERY);
     let mut disk = tokio::time::interval(DISK_CHECK_EVERY);
     loop {

@@ -10,7 +10,11 @@ use hookrelay::config::Config;
 use hookrelay::Relay;
 
 #[derive(Parser)]
-#[command(name = "hookrelay", version, about = "A durable webhook relay for learning platforms")]
+#[command(
+    name = "hookrelay",
+    version,
+    about = "A durable webhook relay for learning platforms"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -56,12 +60,18 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
     println!("{}: ok", path.display());
     let addrs = |v: &[std::net::SocketAddr]| {
-        v.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+        v.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     println!("  ingest: {}", addrs(&config.ingest.listen));
     println!("  store:  {}", config.store.path.display());
     for route in &config.routes {
-        println!("  route {} {:?} event {:?}", route.name, route.path, route.event);
+        println!(
+            "  route {} {:?} event {:?}",
+            route.name, route.path, route.event
+        );
         for t in &route.targets {
             let events: Vec<String> = t.events.iter().map(|e| format!("{e:?}")).collect();
             println!(

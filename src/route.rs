@@ -83,8 +83,7 @@ fn split_path(path: &str) -> impl Iterator<Item = &str> {
 
 fn is_ident(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
@@ -435,8 +434,12 @@ mod tests {
         let p = EventPattern::parse("course_*").unwrap();
         assert!(p.matches("course_created") && !p.matches("new_order"));
         assert!(EventPattern::parse("*").unwrap().matches("anything"));
-        assert!(EventPattern::parse("new_order").unwrap().matches("new_order"));
-        assert!(!EventPattern::parse("new_order").unwrap().matches("new_order2"));
+        assert!(EventPattern::parse("new_order")
+            .unwrap()
+            .matches("new_order"));
+        assert!(!EventPattern::parse("new_order")
+            .unwrap()
+            .matches("new_order2"));
         assert!(EventPattern::parse("a*b").is_err());
         assert!(EventPattern::parse("").is_err());
     }

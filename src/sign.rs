@@ -56,11 +56,19 @@ impl fmt::Debug for Secret {
 }
 
 /// The `webhook-signature` header value for `secrets`, or `None` without any.
-pub fn signature_header(secrets: &[Secret], id: &str, timestamp: i64, body: &[u8]) -> Option<String> {
+pub fn signature_header(
+    secrets: &[Secret],
+    id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Option<String> {
     if secrets.is_empty() {
         return None;
     }
-    let sigs: Vec<String> = secrets.iter().map(|s| s.sign(id, timestamp, body)).collect();
+    let sigs: Vec<String> = secrets
+        .iter()
+        .map(|s| s.sign(id, timestamp, body))
+        .collect();
     Some(sigs.join(" "))
 }
 

@@ -36,7 +36,9 @@ pub enum StoreError {
     Io(#[from] sled::Error),
     #[error("store is full: {used} bytes on disk, limit {limit}")]
     Full { used: u64, limit: u64 },
-    #[error("store at {path} has schema version {found}; this hookrelay reads version {SCHEMA_VERSION}")]
+    #[error(
+        "store at {path} has schema version {found}; this hookrelay reads version {SCHEMA_VERSION}"
+    )]
     Schema { path: String, found: u8 },
     #[error("corrupt record in tree `{tree}`: {reason}")]
     Corrupt { tree: &'static str, reason: String },
@@ -271,6 +273,7 @@ pub struct Store {
     /// Woken after each flush that made new deliveries durable.
     pub new_work: Arc<Notify>,
     retention: Duration,
+    path: std::path::PathBuf,
     max_disk_bytes: u64,
     disk_bytes: AtomicU64,
     writable: AtomicBool,
@@ -301,7 +304,8 @@ impl Store {
             new_work: Arc::new(Notify::new()),
             retention: config.retention,
             max_disk_bytes: config.max_disk_bytes,
-            disk_bytes: AtomicU64::new(db.size_on_disk().unwrap_or(0)),
+            disk_bytes: AtomicU64::new(0),
+            path: config.path.clone(),
             writable: AtomicBool::new(true),
             flushes: AtomicU64::new(0),
             flushed_events: AtomicU64::new(0),
@@ -309,6 +313,7 @@ impl Store {
         });
         store.recover()?;
         store.db.flush()?;
+        store.refresh_disk_usage();
         let (tx, rx) = mpsc::channel();
         let weak = Arc::downgrade(&store);
         let handle = std::thread::Builder::new()
@@ -340,7 +345,10 @@ impl Store {
             n += 1;
         }
         if n > 0 {
-            tracing::info!(deliveries = n, "requeued deliveries left in flight by the last run");
+            tracing::info!(
+                deliveries = n,
+                "requeued deliveries left in flight by the last run"
+            );
         }
         Ok(n)
     }
@@ -368,7 +376,7 @@ impl Store {
 
     /// Re-reads the store's size on disk (the janitor calls this periodically).
     pub fn refresh_disk_usage(&self) -> u64 {
-        let used = self.db.size_on_disk().unwrap_or(0);
+        let used = dir_size(&self.path);
         self.disk_bytes.store(used, Ordering::Relaxed);
         used
     }
@@ -379,8 +387,11 @@ impl Store {
         self.check_room()?;
         let id = EventId(self.next_id());
         let now = now_ms();
-        let delivery_ids: Vec<DeliveryId> =
-            new.targets.iter().map(|_| DeliveryId(self.next_id())).collect();
+        let delivery_ids: Vec<DeliveryId> = new
+            .targets
+            .iter()
+            .map(|_| DeliveryId(self.next_id()))
+            .collect();
         let event_value = encode_event(&new.meta, &new.body);
         let dedup = new.dedup.as_ref().map(|(r, k)| dedup_key(r, k));
         let expiry = now + self.retention.as_millis() as u64;
@@ -624,6 +635,22 @@ impl Store {
     }
 }
 
+/// Bytes used by the files under `dir` (sled keeps a flat tree: a log, a
+/// snapshot or two, and a directory of blobs).
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 fn check_schema(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
     let meta = db.open_tree("meta")?;
     match meta.get("schema_version")? {
@@ -697,7 +724,10 @@ mod tests {
     async fn accept_claim_finish_and_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let store = open(dir.path());
-        let a = store.accept(new_event(&["r/a", "r/b"], None)).await.unwrap();
+        let a = store
+            .accept(new_event(&["r/a", "r/b"], None))
+            .await
+            .unwrap();
         assert_eq!(a.deliveries, 2);
         let ev = store.event(a.id).unwrap().unwrap();
         assert_eq!(&ev.body[..], b"{\"a\":1}");
@@ -715,7 +745,9 @@ mod tests {
             error: None,
             excerpt: "no".into(),
         };
-        let d = store.finish(did, &attempt, Next::RetryAt(at + 1000)).unwrap();
+        let d = store
+            .finish(did, &attempt, Next::RetryAt(at + 1000))
+            .unwrap();
         assert_eq!((d.state, d.attempts), (State::Pending, 1));
         assert_eq!(store.attempts(did).unwrap(), vec![attempt]);
         assert_eq!(store.deliveries_of(a.id).unwrap().len(), 2);

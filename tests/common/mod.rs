@@ -1,0 +1,286 @@
+//! Shared test helpers: start the relay on port 0 with a fresh store, run
+//! real loopback receivers, and send real HTTP.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::watch;
+
+use hookrelay::config::Config;
+use hookrelay::Relay;
+
+/// How long any wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A secret for tests (the Standard Webhooks example key).
+pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// A fixture shipped under tests/fixtures.
+pub fn fixture(path: &str) -> Vec<u8> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(path);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("fixture {}: {e}", p.display()))
+}
+
+// === the relay ===
+
+pub struct TestApp {
+    pub relay: Relay,
+    pub addr: SocketAddr,
+    pub dir: tempfile::TempDir,
+}
+
+/// Starts the relay in-process on port 0 with a fresh store. `toml` is
+/// appended to a base that sets the listener and store; it may use
+/// `[delivery]`, `[ingest]` keys via dotted keys, and `[[routes]]`.
+pub async fn spawn_app(toml: &str) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(toml, dir.path());
+    let relay = Relay::start(config).await.expect("relay starts");
+    let addr = relay.ingest_addrs()[0];
+    TestApp { relay, addr, dir }
+}
+
+/// The test base config with `toml` added, its store under `store_dir`.
+pub fn test_config(toml: &str, store_dir: &Path) -> Config {
+    let text = test_config_text(toml, store_dir);
+    Config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+pub fn test_config_text(toml: &str, store_dir: &Path) -> String {
+    format!(
+        "ingest.listen = [\"127.0.0.1:0\"]\n\
+         store.path = {:?}\n\
+         delivery.backoff = {{ initial = \"20ms\", max = \"200ms\", multiplier = 2.0, jitter = 0.0 }}\n\
+         delivery.timeout = \"2s\"\n\
+         delivery.shutdown_grace = \"2s\"\n\
+         {toml}",
+        store_dir.join("store").display().to_string()
+    )
+}
+
+/// A route `/t/{event}` named `t` with one target `rx` at `url`, plus `extra`
+/// lines inside the target table.
+pub fn one_route(url: &str, extra: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"t\"\npath = \"/t/{{event}}\"\n\
+         [[routes.targets]]\nname = \"rx\"\nurl = \"{url}\"\nsecret = \"{SECRET}\"\n{extra}\n"
+    )
+}
+
+// === sending ===
+
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+}
+
+/// Sends one request over a new HTTP/1.1 connection, optionally from `source`.
+pub async fn send(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: impl Into<Bytes>,
+) -> Reply {
+    let socket = TcpSocket::new_v4().unwrap();
+    if let Some(ip) = source {
+        socket.bind(SocketAddr::new(ip, 0)).unwrap();
+    }
+    let stream = socket.connect(addr).await.expect("connect to relay");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", addr.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = sender
+        .send_request(req.body(Full::new(body.into())).unwrap())
+        .await
+        .expect("response from relay");
+    let (parts, body) = resp.into_parts();
+    Reply {
+        status: parts.status,
+        headers: parts.headers,
+        body: body.collect().await.unwrap().to_bytes(),
+    }
+}
+
+/// POSTs a JSON body to the relay.
+pub async fn post_json(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Reply {
+    send(
+        addr,
+        None,
+        "POST",
+        path,
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await
+}
+
+// === receivers ===
+
+/// A request as a receiver saw it.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub at: Instant,
+    pub peer: SocketAddr,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+/// How a receiver answers its `n`th request (0-based): status, and a delay first.
+pub type Script = Arc<dyn Fn(usize) -> (u16, Duration) + Send + Sync>;
+
+/// A loopback HTTP server that records what it gets.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    log: Arc<Mutex<Vec<Received>>>,
+    count: watch::Receiver<usize>,
+}
+
+impl Receiver {
+    /// Answers 200 to everything.
+    pub async fn ok() -> Receiver {
+        Receiver::start(Arc::new(|_| (200, Duration::ZERO))).await
+    }
+
+    pub async fn start(script: Script) -> Receiver {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Receiver::serve(listener, script)
+    }
+
+    pub fn serve(listener: TcpListener, script: Script) -> Receiver {
+        let addr = listener.local_addr().unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, count) = watch::channel(0usize);
+        let tx = Arc::new(tx);
+        let log2 = log.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, peer)) = listener.accept().await else {
+                    return;
+                };
+                let (log, tx, script) = (log2.clone(), tx.clone(), script.clone());
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (log, tx, script) = (log.clone(), tx.clone(), script.clone());
+                    async move {
+                        let at = Instant::now();
+                        let (parts, body) = req.into_parts();
+                        let body = body
+                            .collect()
+                            .await
+                            .map(|b| b.to_bytes())
+                            .unwrap_or_default();
+                        let n = {
+                            let mut log = log.lock().unwrap();
+                            log.push(Received {
+                                at,
+                                peer,
+                                headers: parts.headers,
+                                body,
+                            });
+                            log.len()
+                        };
+                        let (status, delay) = script(n - 1);
+                        tx.send_replace(n);
+                        tokio::time::sleep(delay).await;
+                        let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
+                        *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Receiver { addr, log, count }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Waits until at least `n` requests arrived; fails the test at the deadline.
+    pub async fn wait_for(&self, n: usize) -> Vec<Received> {
+        let mut count = self.count.clone();
+        tokio::time::timeout(DEADLINE, count.wait_for(|c| *c >= n))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "receiver got {} requests, expected {n}",
+                    self.received().len()
+                )
+            })
+            .unwrap();
+        self.received()
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+/// Polls `check` until it gives `Some`, failing the test at the deadline.
+pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Checks a Standard Webhooks signature the way a receiver would.
+pub fn verify_signature(secret: &str, headers: &http::HeaderMap, body: &[u8]) -> bool {
+    use base64::Engine;
+    use hmac::Mac;
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret.strip_prefix("whsec_").unwrap())
+        .unwrap();
+    let id = headers["webhook-id"].to_str().unwrap();
+    let ts = headers["webhook-timestamp"].to_str().unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{ts}.").as_bytes());
+    mac.update(body);
+    let expected = format!(
+        "v1,{}",
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    );
+    headers["webhook-signature"]
+        .to_str()
+        .unwrap()
+        .split(' ')
+        .any(|s| s == expected)
+}
