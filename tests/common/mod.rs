@@ -155,7 +155,8 @@ pub struct Received {
     pub body: Bytes,
 }
 
-/// How a receiver answers its `n`th request (0-based): status, and a delay first.
+/// How a receiver answers its `n`th request (0-based): status, and a delay
+/// first. A 429 or 503 comes with `Retry-After: 1`.
 pub type Script = Arc<dyn Fn(usize) -> (u16, Duration) + Send + Sync>;
 
 /// A loopback HTTP server that records what it gets.
@@ -213,6 +214,10 @@ impl Receiver {
                         tokio::time::sleep(delay).await;
                         let mut resp = Response::new(Full::new(Bytes::from_static(b"ok")));
                         *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+                        if matches!(status, 429 | 503) {
+                            resp.headers_mut()
+                                .insert("retry-after", "1".parse().unwrap());
+                        }
                         Ok::<_, Infallible>(resp)
                     }
                 });
