@@ -42,7 +42,6 @@ impl ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub ingest: IngestConfig,
-    pub admin: AdminConfig,
     pub store: StoreConfig,
     pub delivery: DeliveryConfig,
     pub egress: EgressConfig,
@@ -89,26 +88,6 @@ impl Default for IngestConfig {
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
-        }
-    }
-}
-
-/// `[admin]`: the management listener's settings. The admin API itself is
-/// served from a later version; the keys are accepted so one file serves both.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AdminConfig {
-    pub listen: Vec<SocketAddr>,
-    pub allow: Vec<ipnet::IpNet>,
-    pub tokens_file: PathBuf,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        AdminConfig {
-            listen: vec!["127.0.0.1:8081".parse().expect("literal address")],
-            allow: loopback_nets(),
-            tokens_file: PathBuf::from("admin.tokens"),
         }
     }
 }
