@@ -45,6 +45,10 @@ pub const USER_AGENT: &str = concat!("hookrelay/", env!("CARGO_PKG_VERSION"));
 const EVICT_EVERY: Duration = Duration::from_secs(60);
 /// How often the store's size on disk is re-read.
 const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often events past retention are removed, and how many are looked at
+/// in one step (the janitor yields between steps).
+const PURGE_EVERY: Duration = Duration::from_secs(60);
+const PURGE_STEP: usize = 1000;
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -114,7 +118,12 @@ impl Relay {
             )));
         }
         tasks.push(tokio::spawn(dispatcher.run(rx.clone())));
-        tasks.push(tokio::spawn(housekeeping(ingest, store.clone(), rx)));
+        tasks.push(tokio::spawn(housekeeping(
+            ingest,
+            store.clone(),
+            config.store.retention,
+            rx,
+        )));
         for addr in &ingest_addrs {
             tracing::info!(%addr, "ingest listening");
         }
@@ -151,20 +160,46 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-/// Periodic chores: forget idle rate-limit keys, re-read disk usage.
+/// Periodic chores: forget idle rate-limit keys, re-read disk usage,
+/// remove finished events past `store.retention`.
 async fn housekeeping(
     ingest: Arc<ingest::Ingest>,
     store: Arc<Store>,
+    retention: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut evict = tokio::time::interval(EVICT_EVERY);
     let mut disk = tokio::time::interval(DISK_CHECK_EVERY);
+    let mut purge = tokio::time::interval(PURGE_EVERY);
     loop {
         tokio::select! {
             _ = evict.tick() => ingest.evict_idle_sources(),
             _ = disk.tick() => {
                 let s = store.clone();
                 let _ = tokio::task::spawn_blocking(move || s.refresh_disk_usage()).await;
+            }
+            _ = purge.tick() => {
+                let cutoff = store::now_ms().saturating_sub(retention.as_millis() as u64);
+                loop {
+                    let s = store.clone();
+                    let step = tokio::task::spawn_blocking(move || s.purge(cutoff, PURGE_STEP)).await;
+                    match step {
+                        Ok(Ok(n)) if n > 0 => tracing::info!(events = n, "removed events past retention"),
+                        Ok(Ok(_)) => break,
+                        Ok(Err(e)) => {
+                            tracing::error!(error = %e, "retention cleanup failed");
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                }
+                let s = store.clone();
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.purge_dedup()).await {
+                    tracing::error!(error = %e, "dedup cleanup failed");
+                }
             }
             _ = crate::stopped(&mut shutdown) => return,
         }

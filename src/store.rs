@@ -622,6 +622,61 @@ impl Store {
             .collect()
     }
 
+    /// Removes events received before `cutoff_ms` whose deliveries have all
+    /// finished (succeeded or dead), with their deliveries and attempts,
+    /// looking at no more than `limit` events. Returns how many it removed.
+    pub fn purge(&self, cutoff_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for item in self.events.iter().keys().take(limit) {
+            let Some(event) = EventId::from_key(&item?) else {
+                continue;
+            };
+            if event.0.timestamp_ms() >= cutoff_ms {
+                break;
+            }
+            let deliveries = self.deliveries_of(event)?;
+            if deliveries
+                .iter()
+                .any(|(_, d)| matches!(d.state, State::Pending | State::InFlight))
+            {
+                continue;
+            }
+            let mut batch = sled::Batch::default();
+            for (id, _) in &deliveries {
+                for key in self.attempts.scan_prefix(id.to_key()).keys() {
+                    batch.remove(key?);
+                }
+            }
+            self.attempts.apply_batch(batch)?;
+            let mut batch = sled::Batch::default();
+            for (id, _) in &deliveries {
+                batch.remove(&id.to_key());
+            }
+            self.deliveries.apply_batch(batch)?;
+            self.events.remove(event.to_key())?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Drops dedup keys that have expired; returns how many.
+    pub fn purge_dedup(&self) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let mut removed = 0;
+        for item in self.dedup.iter() {
+            let (k, v) = item?;
+            let expired = v
+                .get(16..24)
+                .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")) <= now)
+                .unwrap_or(true);
+            if expired {
+                self.dedup.remove(k)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Flushes once more and stops the committer; later accepts fail with `Closed`.
     pub fn close(&self) -> Result<(), StoreError> {
         self.writable.store(false, Ordering::Relaxed);
@@ -792,6 +847,37 @@ mod tests {
             store.flushes.load(Ordering::Relaxed) < 64,
             "concurrent accepts shared no flush"
         );
+    }
+
+    #[tokio::test]
+    async fn purge_removes_old_finished_events_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let done = store.accept(new_event(&["r/a"], Some("k"))).await.unwrap();
+        let waiting = store.accept(new_event(&["r/a"], None)).await.unwrap();
+        let (at, did) = store.due(10).unwrap()[0];
+        store.claim(did, at).unwrap().unwrap();
+        let ok = Attempt {
+            at_ms: now_ms(),
+            duration_ms: 1,
+            status: Some(200),
+            error: None,
+            excerpt: String::new(),
+        };
+        store.finish(did, &ok, Next::Succeeded).unwrap();
+        // Nothing is older than a cutoff in the past.
+        assert_eq!(store.purge(done.id.0.timestamp_ms(), 100).unwrap(), 0);
+        // Past both: the finished one goes, the pending one stays.
+        let cutoff = now_ms() + 1;
+        assert_eq!(store.purge(cutoff, 100).unwrap(), 1);
+        assert!(store.event(done.id).unwrap().is_none());
+        assert!(store.delivery(did).unwrap().is_none());
+        assert!(store.attempts(did).unwrap().is_empty());
+        assert!(store.event(waiting.id).unwrap().is_some());
+        assert_eq!(store.deliveries_of(waiting.id).unwrap().len(), 1);
+        // The dedup key has not expired, so it still answers.
+        let again = store.accept(new_event(&["r/a"], Some("k"))).await.unwrap();
+        assert!(again.duplicate);
     }
 
     #[test]
