@@ -132,6 +132,8 @@ pub struct DeliveryConfig {
     pub success: SuccessRanges,
     pub concurrency: usize,
     pub rate: Rate,
+    /// After this many failed attempts in a row a target's deliveries wait.
+    pub circuit: CircuitConfig,
     /// On shutdown, how long attempts already under way may take to finish.
     #[serde(with = "humantime_serde")]
     pub shutdown_grace: Duration,
@@ -150,6 +152,7 @@ impl Default for DeliveryConfig {
                 per_second: nz(50),
                 burst: nz(100),
             },
+            circuit: CircuitConfig::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -227,6 +230,7 @@ pub struct TargetConfig {
     pub success: Option<SuccessRanges>,
     pub concurrency: Option<usize>,
     pub rate: Option<Rate>,
+    pub circuit: Option<CircuitConfig>,
 }
 
 fn all_events() -> Vec<EventPattern> {
@@ -390,6 +394,7 @@ impl DeliveryConfig {
                 .unwrap_or_else(|| self.success.clone()),
             concurrency: target.concurrency.unwrap_or(self.concurrency),
             rate: target.rate.unwrap_or(self.rate),
+            circuit: target.circuit.unwrap_or(self.circuit),
             shutdown_grace: self.shutdown_grace,
         }
     }
@@ -480,6 +485,26 @@ pub struct BackoffOverride {
     pub max: Option<Duration>,
     pub multiplier: Option<f64>,
     pub jitter: Option<f64>,
+}
+
+/// The circuit breaker: after `failures` failed attempts in a row (0: never)
+/// the target's deliveries wait for `cooldown`, then one probe at a time
+/// decides whether to close.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitConfig {
+    pub failures: u32,
+    #[serde(with = "humantime_serde")]
+    pub cooldown: Duration,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        CircuitConfig {
+            failures: 10,
+            cooldown: Duration::from_secs(30),
+        }
+    }
 }
 
 /// A token-bucket rate: `per_second` sustained, `burst` at once.

@@ -1,11 +1,11 @@
 //! The dispatcher: takes due deliveries from the store and attempts them.
 //!
-//! The scheduler reads the `due` index in time order. It sleeps until the
-//! earliest due time or until woken (new durable work, a lane slot freed),
-//! never spinning. Each target has a lane: a concurrency cap (semaphore), a
-//! rate limit that deliveries wait on (never dropped), and a bound on how many
-//! deliveries it holds claimed at once, so a slow target cannot pull the whole
-//! queue into memory.
+//! Each pass goes over the catalog's targets and, for each, claims from that
+//! target's own run of the `due` index as many deliveries as its lane has
+//! room for (concurrency, a cap on claimed work, the circuit breaker). Then
+//! it sleeps until the earliest due time or circuit reopening, or until woken
+//! (new durable work, a lane slot freed, a re-queue) — it never spins. A
+//! slow or failing target fills only its own lane.
 //!
 //! Invariants: a delivery is attempted only after `Store::claim` moved it to
 //! `in_flight`; every attempt is recorded by `Store::finish` with what follows
@@ -13,86 +13,45 @@
 //! flight, and the store puts it back to pending at the next start, so
 //! delivery is at least once.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use governor::{DefaultDirectRateLimiter, RateLimiter};
 use http_body_util::Full;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, DeliveryConfig, TargetUrl};
-use crate::egress::{Connector, EgressClient, EgressError, Reply};
-use crate::route::target_key;
-use crate::sign::{signature_header, Secret};
+use crate::catalog::{Catalog, Target};
+use crate::egress::{EgressError, Reply};
+use crate::sign::signature_header;
 use crate::store::{now_ms, Attempt, Delivery, DeliveryId, Next, State, Store, StoreError};
 
-/// How many `due` entries one scheduler pass looks at.
-const SCAN_LIMIT: usize = 512;
-/// A lane holds at most this many deliveries per unit of concurrency claimed
-/// at once (in flight or waiting on its rate limit).
-const CLAIMED_PER_SLOT: usize = 2;
+/// Most pending deliveries cancelled in one step when their target is gone.
+const CANCEL_STEP: usize = 1000;
 
-/// One target's delivery lane.
-struct Lane {
-    key: String,
-    url: TargetUrl,
-    secrets: Vec<Secret>,
-    policy: DeliveryConfig,
-    client: EgressClient,
-    slots: Semaphore,
-    limiter: DefaultDirectRateLimiter,
-    claimed: AtomicUsize,
-}
-
-impl Lane {
-    fn has_room(&self) -> bool {
-        self.claimed.load(Ordering::Relaxed) < self.policy.concurrency * CLAIMED_PER_SLOT
-    }
-}
-
-/// Runs the scheduler until `shutdown` turns true, then gives attempts under
-/// way up to `delivery.shutdown_grace` to finish.
+/// Runs the scheduler until shutdown, then gives attempts under way up to
+/// `delivery.shutdown_grace` to finish.
 pub struct Dispatcher {
     store: Arc<Store>,
-    lanes: HashMap<String, Arc<Lane>>,
+    catalog: Arc<Catalog>,
     wake: Arc<Notify>,
     grace: Duration,
 }
 
 impl Dispatcher {
-    pub fn new(config: &Config, store: Arc<Store>) -> Result<Dispatcher, String> {
-        let tls = crate::egress::tls_config(config.egress.ca_file.as_deref())?;
-        let mut lanes = HashMap::new();
-        for route in &config.routes {
-            for target in &route.targets {
-                let policy = config.delivery.with(target);
-                let connector = Connector::new(tls.clone(), policy.connect_timeout);
-                let lane = Lane {
-                    key: target_key(&route.name, &target.name),
-                    url: target.url.clone(),
-                    secrets: target.secret.0.clone(),
-                    client: EgressClient::new(connector, policy.concurrency),
-                    slots: Semaphore::new(policy.concurrency),
-                    limiter: RateLimiter::direct(policy.rate.quota()),
-                    claimed: AtomicUsize::new(0),
-                    policy,
-                };
-                lanes.insert(lane.key.clone(), Arc::new(lane));
-            }
-        }
-        Ok(Dispatcher {
+    pub fn new(catalog: Arc<Catalog>, store: Arc<Store>, grace: Duration) -> Dispatcher {
+        Dispatcher {
             wake: store.new_work.clone(),
             store,
-            lanes,
-            grace: config.delivery.shutdown_grace,
-        })
+            catalog,
+            grace,
+        }
     }
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        if let Err(e) = self.cancel_orphans() {
+            tracing::error!(error = %e, "cannot cancel deliveries of removed targets");
+        }
         let mut tasks = JoinSet::new();
         let wake = self.wake.clone();
         loop {
@@ -126,88 +85,90 @@ impl Dispatcher {
         if n > 0 {
             tracing::info!(attempts = n, grace = ?self.grace, "waiting for attempts under way");
         }
-        if tokio::time::timeout(self.grace, async {
-            while tasks.join_next().await.is_some() {}
-        })
-        .await
-        .is_err()
-        {
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.grace, drain).await.is_err() {
             tracing::warn!(
                 attempts = tasks.len(),
-                "attempts still under way at the end of the grace period; they will be retried at the next start"
+                "attempts still under way at the end of the grace period; they are retried at the next start"
             );
             tasks.abort_all();
         }
     }
 
-    /// Claims what is due and has room in its lane; returns when to look again
-    /// (`None`: only when woken).
+    /// Pending deliveries whose target is in no configuration any more are
+    /// cancelled, with the reason recorded.
+    fn cancel_orphans(&self) -> Result<(), StoreError> {
+        for target in self.store.due_targets()? {
+            if self.catalog.get(&target).is_none() {
+                let mut total = 0;
+                loop {
+                    let n = self
+                        .store
+                        .cancel_target(&target, "target removed", CANCEL_STEP)?;
+                    total += n;
+                    if n < CANCEL_STEP {
+                        break;
+                    }
+                }
+                tracing::warn!(%target, deliveries = total, "cancelled deliveries of a removed target");
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims what is due and has room in its lane; returns when to look
+    /// again (`None`: only when woken).
     fn pass(
         &self,
         tasks: &mut JoinSet<()>,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<Option<u64>, StoreError> {
         let now = now_ms();
-        let due = self.store.due(SCAN_LIMIT)?;
-        let full_scan = due.len() == SCAN_LIMIT;
-        let mut progressed = false;
-        for (at, id) in due {
-            if at > now {
-                return Ok(Some(at));
-            }
-            let Some(delivery) = self.store.delivery(id)? else {
-                // A due entry without its delivery: drop the stale index entry.
-                self.store.claim(id, at)?;
+        let mut next: Option<u64> = None;
+        let mut wake_at = |at: u64| next = Some(next.map_or(at, |n| n.min(at)));
+        for target in self.catalog.all() {
+            let key = &target.spec.key;
+            let (room, reopens) = target.room(now);
+            if let Some(at) = reopens {
+                wake_at(at);
                 continue;
-            };
-            let Some(lane) = self.lanes.get(&delivery.target) else {
-                if self.store.claim(id, at)?.is_some() {
-                    let attempt = failed_attempt(format!(
-                        "target {} is not in the configuration",
-                        delivery.target
-                    ));
-                    self.store.finish(id, &attempt, Next::Dead)?;
-                    tracing::warn!(delivery = %id, target = %delivery.target, "dead: target no longer configured");
-                    progressed = true;
+            }
+            if room == 0 {
+                // A finishing attempt wakes the scheduler.
+                continue;
+            }
+            let due = self.store.due_for(key, now, room)?;
+            let drained = due.len() < room;
+            for (at, id) in due {
+                let Some(delivery) = self.store.claim(key, at, id)? else {
+                    continue;
+                };
+                target.claimed();
+                let job = Job {
+                    target: target.clone(),
+                    catalog: self.catalog.clone(),
+                    store: self.store.clone(),
+                    wake: self.wake.clone(),
+                    id,
+                    at,
+                    delivery,
+                };
+                tasks.spawn(job.run(shutdown.clone()));
+            }
+            if drained {
+                if let Some(at) = self.store.next_due(key)? {
+                    wake_at(at.max(now + 1));
                 }
-                continue;
-            };
-            if !lane.has_room() {
-                continue;
             }
-            let Some(delivery) = self.store.claim(id, at)? else {
-                continue;
-            };
-            lane.claimed.fetch_add(1, Ordering::Relaxed);
-            progressed = true;
-            let job = Job {
-                lane: lane.clone(),
-                store: self.store.clone(),
-                wake: self.wake.clone(),
-                id,
-                at,
-                delivery,
-            };
-            tasks.spawn(job.run(shutdown.clone()));
         }
-        // More may be due past this scan; look again at once if this one moved.
-        Ok((full_scan && progressed).then_some(now))
+        Ok(next)
     }
 }
 
-fn failed_attempt(error: String) -> Attempt {
-    Attempt {
-        at_ms: now_ms(),
-        duration_ms: 0,
-        status: None,
-        error: Some(error),
-        excerpt: String::new(),
-    }
-}
-
-/// One claimed delivery on its way through a lane.
+/// One claimed delivery on its way through its target's lane.
 struct Job {
-    lane: Arc<Lane>,
+    target: Arc<Target>,
+    catalog: Arc<Catalog>,
     store: Arc<Store>,
     wake: Arc<Notify>,
     id: DeliveryId,
@@ -220,34 +181,46 @@ impl Job {
         // Wait for a slot and the rate limit; on shutdown, give the delivery
         // back untouched instead of starting it.
         let ready = async {
-            let permit = self.lane.slots.acquire().await;
-            self.lane.limiter.until_ready().await;
+            let permit = self.target.slots.acquire().await;
+            self.target.limiter.until_ready().await;
             permit
         };
         let permit = tokio::select! {
             p = ready => p,
             _ = crate::stopped(&mut shutdown) => {
-                if let Err(e) = self.store.release(self.id, self.at) {
-                    tracing::error!(delivery = %self.id, error = %e, "cannot release delivery; it is retried at the next start");
-                }
-                self.done();
+                self.give_back();
                 return;
             }
         };
+        if self.catalog.get(&self.target.spec.key).is_none() {
+            // Removed while this delivery waited.
+            if let Err(e) = self.store.cancel(self.id, "target removed") {
+                tracing::error!(delivery = %self.id, error = %e, "cannot cancel delivery");
+            }
+            self.done(true);
+            return;
+        }
         if let Err(e) = self.attempt().await {
             tracing::error!(delivery = %self.id, error = %e, "cannot record attempt; it is retried at the next start");
         }
         drop(permit);
-        self.done();
+        self.done(false);
     }
 
-    fn done(&self) {
-        self.lane.claimed.fetch_sub(1, Ordering::Relaxed);
+    fn give_back(&self) {
+        if let Err(e) = self.store.release(self.id, self.at) {
+            tracing::error!(delivery = %self.id, error = %e, "cannot release delivery; it is retried at the next start");
+        }
+        self.done(true);
+    }
+
+    fn done(&self, released: bool) {
+        self.target.unclaimed(released);
         self.wake.notify_one();
     }
 
     async fn attempt(&self) -> Result<(), StoreError> {
-        let lane = &*self.lane;
+        let target = &*self.target;
         let n = self.delivery.attempts + 1;
         let Some(event) = self.store.event(self.delivery.event)? else {
             let attempt = failed_attempt("the event is no longer stored".into());
@@ -257,10 +230,24 @@ impl Job {
         let event_id = event.id.to_string();
         let started = now_ms();
         let timestamp = (started / 1000) as i64;
-        let request = build_request(lane, &event_id, timestamp, &event.meta.headers, event.body);
-        let result = lane.client.send(request, lane.policy.timeout).await;
+        let request = build_request(
+            target,
+            &event_id,
+            timestamp,
+            &event.meta.headers,
+            event.body,
+        );
+        let result = target
+            .client
+            .send(request, target.spec.policy.timeout)
+            .await;
         let (attempt, next) = self.outcome(n, started, result);
         let d = self.store.finish(self.id, &attempt, next)?;
+        target.record(
+            &attempt,
+            d.state == State::Succeeded,
+            d.state == State::Dead,
+        );
         let outcome = match d.state {
             State::Succeeded => "succeeded",
             State::Dead => "dead",
@@ -269,7 +256,7 @@ impl Job {
         tracing::info!(
             event = %event_id,
             delivery = %self.id,
-            target = %lane.key,
+            target = %target.spec.key,
             attempt = n,
             status = attempt.status,
             error = attempt.error.as_deref(),
@@ -282,7 +269,7 @@ impl Job {
 
     /// What an attempt's result means for this delivery.
     fn outcome(&self, n: u32, started: u64, result: Result<Reply, EgressError>) -> (Attempt, Next) {
-        let policy = &self.lane.policy;
+        let policy = &self.target.spec.policy;
         let (attempt, retry_after) = match result {
             Ok(reply) => {
                 let honoured = matches!(reply.status, 429 | 503)
@@ -310,14 +297,16 @@ impl Job {
                 None,
             ),
         };
+        // The budget counts from the last re-queue by hand.
+        let tries = n.saturating_sub(self.delivery.base);
         let next = if attempt.status.is_some_and(|s| policy.success.contains(s)) {
             Next::Succeeded
-        } else if n >= policy.max_attempts {
+        } else if tries >= policy.max_attempts {
             Next::Dead
         } else {
             let delay = match retry_after {
                 Some(d) => d.min(policy.backoff.max),
-                None => policy.backoff.jittered(n, rand::random::<f64>()),
+                None => policy.backoff.jittered(tries, rand::random::<f64>()),
             };
             Next::RetryAt(now_ms() + delay.as_millis() as u64)
         };
@@ -325,16 +314,26 @@ impl Job {
     }
 }
 
+fn failed_attempt(error: String) -> Attempt {
+    Attempt {
+        at_ms: now_ms(),
+        duration_ms: 0,
+        status: None,
+        error: Some(error),
+        excerpt: String::new(),
+    }
+}
+
 /// The outbound request: the original body, the kept headers, and the
 /// Standard Webhooks headers.
-fn build_request(
-    lane: &Lane,
+pub fn build_request(
+    target: &Target,
     event_id: &str,
     timestamp: i64,
     kept: &[(String, String)],
     body: Bytes,
 ) -> http::Request<Full<Bytes>> {
-    let mut builder = http::Request::post(lane.url.uri().clone());
+    let mut builder = http::Request::post(target.spec.url.uri().clone());
     for (name, value) in kept {
         builder = builder.header(name.as_str(), value.as_str());
     }
@@ -342,7 +341,7 @@ fn build_request(
         .header("webhook-id", event_id)
         .header("webhook-timestamp", timestamp.to_string())
         .header(http::header::USER_AGENT, crate::USER_AGENT);
-    if let Some(sig) = signature_header(&lane.secrets, event_id, timestamp, &body) {
+    if let Some(sig) = signature_header(&target.spec.secrets, event_id, timestamp, &body) {
         builder = builder.header("webhook-signature", sig);
     }
     // Every part was validated when it was stored or loaded: the URI at

@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::json;
 
+use crate::catalog::Catalog;
 use crate::config::IngestConfig;
 use crate::route::{Context, Missing, Router};
 use crate::store::{now_ms, EventMeta, NewEvent, Store, StoreError};
@@ -129,6 +130,7 @@ pub fn never_forwarded(name: &http::HeaderName) -> bool {
 /// The ingest service: shared by every connection of the ingest listener.
 pub struct Ingest {
     router: Router,
+    catalog: Arc<Catalog>,
     store: Arc<Store>,
     allow: Vec<ipnet::IpNet>,
     limiter: DefaultKeyedRateLimiter<IpAddr>,
@@ -137,10 +139,11 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    pub fn new(config: &crate::config::Config, store: Arc<Store>) -> Ingest {
+    pub fn new(config: &crate::config::Config, catalog: Arc<Catalog>, store: Arc<Store>) -> Ingest {
         let c: &IngestConfig = &config.ingest;
         Ingest {
             router: Router::new(config),
+            catalog,
             store,
             allow: c.allow.clone(),
             limiter: RateLimiter::dashmap(c.rate.quota()),
@@ -216,7 +219,7 @@ impl Ingest {
             .as_ref()
             .and_then(|t| t.render(&cx).ok())
             .map(|key| (route.name.clone(), key));
-        let targets: Vec<String> = route.targets_for(&event_type).map(str::to_string).collect();
+        let targets = self.catalog.matching(&route.name, &event_type);
         let meta = EventMeta {
             received_at_ms: now_ms(),
             source: source.to_string(),

@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod catalog;
 pub mod config;
 pub mod dispatch;
 pub mod egress;
@@ -43,8 +44,8 @@ pub const USER_AGENT: &str = concat!("hookrelay/", env!("CARGO_PKG_VERSION"));
 
 /// How often rate-limit state of idle sources is dropped.
 const EVICT_EVERY: Duration = Duration::from_secs(60);
-/// How often the store's size on disk is re-read.
-const DISK_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often the store's size on disk is re-read and counters are saved.
+const EVERY_SECOND: Duration = Duration::from_secs(1);
 /// How often events past retention are removed, and how many are looked at
 /// in one step (the janitor yields between steps).
 const PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -68,6 +69,7 @@ pub enum StartError {
 pub struct Relay {
     ingest_addrs: Vec<SocketAddr>,
     store: Arc<Store>,
+    catalog: Arc<catalog::Catalog>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -80,8 +82,12 @@ impl Relay {
             path: config.store.path.display().to_string(),
             source,
         })?;
-        let dispatcher =
-            dispatch::Dispatcher::new(&config, store.clone()).map_err(StartError::Egress)?;
+        let catalog = catalog::Catalog::new(&config, store.clone()).map_err(StartError::Egress)?;
+        let dispatcher = dispatch::Dispatcher::new(
+            catalog.clone(),
+            store.clone(),
+            config.delivery.shutdown_grace,
+        );
         let (shutdown, rx) = watch::channel(false);
 
         let mut listeners = Vec::new();
@@ -99,7 +105,7 @@ impl Relay {
             .filter_map(|l| l.local_addr().ok())
             .collect();
 
-        let ingest = Arc::new(ingest::Ingest::new(&config, store.clone()));
+        let ingest = Arc::new(ingest::Ingest::new(&config, catalog.clone(), store.clone()));
         let limits = listener::Limits {
             max_connections: config.ingest.max_connections,
             header_read_timeout: config.ingest.header_read_timeout,
@@ -120,6 +126,7 @@ impl Relay {
         tasks.push(tokio::spawn(dispatcher.run(rx.clone())));
         tasks.push(tokio::spawn(housekeeping(
             ingest,
+            catalog.clone(),
             store.clone(),
             config.store.retention,
             rx,
@@ -130,6 +137,7 @@ impl Relay {
         Ok(Relay {
             ingest_addrs,
             store,
+            catalog,
             shutdown,
             tasks,
         })
@@ -144,6 +152,10 @@ impl Relay {
         &self.store
     }
 
+    pub fn catalog(&self) -> &Arc<catalog::Catalog> {
+        &self.catalog
+    }
+
     /// Stops accepting, lets requests and attempts under way finish within
     /// the grace period, flushes the store, and returns.
     pub async fn shutdown(self) -> Result<(), StoreError> {
@@ -151,6 +163,7 @@ impl Relay {
         for t in self.tasks {
             let _ = t.await;
         }
+        self.catalog.save_counters()?;
         self.store.close()
     }
 }
@@ -160,23 +173,30 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-/// Periodic chores: forget idle rate-limit keys, re-read disk usage,
-/// remove finished events past `store.retention`.
+/// Periodic chores: forget idle rate-limit keys, re-read disk usage, save
+/// counters, remove finished events past `store.retention`.
 async fn housekeeping(
     ingest: Arc<ingest::Ingest>,
+    catalog: Arc<catalog::Catalog>,
     store: Arc<Store>,
     retention: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut evict = tokio::time::interval(EVICT_EVERY);
-    let mut disk = tokio::time::interval(DISK_CHECK_EVERY);
+    let mut every_second = tokio::time::interval(EVERY_SECOND);
     let mut purge = tokio::time::interval(PURGE_EVERY);
     loop {
         tokio::select! {
             _ = evict.tick() => ingest.evict_idle_sources(),
-            _ = disk.tick() => {
-                let s = store.clone();
-                let _ = tokio::task::spawn_blocking(move || s.refresh_disk_usage()).await;
+            _ = every_second.tick() => {
+                let (s, c) = (store.clone(), catalog.clone());
+                let saved = tokio::task::spawn_blocking(move || {
+                    s.refresh_disk_usage();
+                    c.save_counters()
+                });
+                if let Ok(Err(e)) = saved.await {
+                    tracing::error!(error = %e, "cannot save counters");
+                }
             }
             _ = purge.tick() => {
                 let cutoff = store::now_ms().saturating_sub(retention.as_millis() as u64);

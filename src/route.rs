@@ -1,10 +1,9 @@
 //! Routing: which route a request path belongs to, what its event type and
-//! dedup key are, and which targets want an event of that type.
+//! dedup key are, and which event types a target's patterns take.
 //!
 //! Patterns and templates are parsed once at config load; matching a request
 //! allocates only the captured values.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use serde::Deserialize;
@@ -294,7 +293,7 @@ pub struct Router {
     routes: Vec<Route>,
 }
 
-/// One route: its path, templates, kept headers, and targets by key.
+/// One route: its path, templates and kept headers.
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
@@ -302,23 +301,6 @@ pub struct Route {
     pub event: Template,
     pub dedup: Option<Template>,
     pub forward_headers: Vec<http::HeaderName>,
-    /// (target key, the events it wants)
-    pub targets: Vec<(String, Vec<EventPattern>)>,
-}
-
-impl Route {
-    /// Keys of the targets that want `event`.
-    pub fn targets_for<'a>(&'a self, event: &'a str) -> impl Iterator<Item = &'a str> + 'a {
-        self.targets
-            .iter()
-            .filter(move |(_, pats)| pats.iter().any(|p| p.matches(event)))
-            .map(|(k, _)| k.as_str())
-    }
-}
-
-/// The key a configured target is known by in the store: `route/target`.
-pub fn target_key(route: &str, target: &str) -> String {
-    format!("{route}/{target}")
 }
 
 impl Router {
@@ -338,11 +320,6 @@ impl Router {
                 }),
                 dedup: r.dedup.clone(),
                 forward_headers: r.forward_headers.iter().map(|h| h.0.clone()).collect(),
-                targets: r
-                    .targets
-                    .iter()
-                    .map(|t| (target_key(&r.name, &t.name), t.events.clone()))
-                    .collect(),
             })
             .collect();
         Router { routes }
@@ -353,15 +330,6 @@ impl Router {
         self.routes
             .iter()
             .find_map(|r| r.path.matches(path).map(|c| (r, c)))
-    }
-
-    /// Names of all routes, in config order.
-    pub fn names(&self) -> HashMap<&str, usize> {
-        self.routes
-            .iter()
-            .enumerate()
-            .map(|(i, r)| (r.name.as_str(), i))
-            .collect()
     }
 }
 

@@ -278,7 +278,7 @@ async fn fan_out_reaches_every_matching_target_only() {
     everything.wait_for(2).await;
     courses.wait_for(1).await;
     orders.wait_for(1).await;
-    let d = app.relay.store().due(10).unwrap();
+    let d = app.relay.store().due_entries(10).unwrap();
     assert!(d.is_empty());
     assert_eq!(orders.received().len(), 1);
     assert_eq!(courses.received().len(), 1);

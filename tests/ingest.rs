@@ -188,7 +188,7 @@ async fn full_store_gets_503_and_keeps_nothing() {
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"]["code"], "store_full");
     assert!(
-        app.relay.store().due(10).unwrap().is_empty(),
+        app.relay.store().due_entries(10).unwrap().is_empty(),
         "nothing queued"
     );
     assert!(rx.received().is_empty());

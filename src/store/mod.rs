@@ -7,7 +7,9 @@
 //!   returned, so a 202 built on it survives `kill -9` and power loss.
 //!   Concurrent accepts share one flush (group commit, on the `committer`
 //!   thread), so durability costs one fsync per batch, not per event.
-//! - A delivery is in the `due` tree exactly while it is `pending`.
+//! - A delivery is in the `due` tree exactly while it is `pending`; `due`
+//!   keys start with the target, so each target's deliveries form one run
+//!   in due order.
 //! - Deliveries found `in_flight` at open are put back to `pending` and due now.
 //! - Values carry a version byte; keys are big-endian so ranges sort by time.
 
@@ -16,13 +18,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError, TransactionError};
 use sled::Transactional;
 use tokio::sync::{oneshot, Notify};
 
 use crate::config::StoreConfig;
+
+mod queries;
+mod records;
+
+pub use records::*;
+use records::{
+    attempt_key, decode, decode_event, dedup_key, due_key, due_prefix, encode, encode_event,
+    parse_due_key,
+};
 
 /// The on-disk layout this code reads and writes.
 const SCHEMA_VERSION: u8 = 1;
@@ -46,207 +55,6 @@ pub enum StoreError {
     Closed,
 }
 
-// === ids ===
-
-macro_rules! id_type {
-    ($name:ident, $prefix:literal) => {
-        /// A time-ordered id (ULID): 16 bytes big-endian as a key,
-        #[doc = concat!("`", $prefix, "<ulid>` as text.")]
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(pub ulid::Ulid);
-
-        impl $name {
-            pub fn to_key(self) -> [u8; 16] {
-                self.0 .0.to_be_bytes()
-            }
-
-            pub fn from_key(key: &[u8]) -> Option<Self> {
-                let bytes: [u8; 16] = key.get(..16)?.try_into().ok()?;
-                Some($name(ulid::Ulid(u128::from_be_bytes(bytes))))
-            }
-
-            pub fn parse(s: &str) -> Option<Self> {
-                let rest = s.strip_prefix($prefix)?;
-                ulid::Ulid::from_string(rest).ok().map($name)
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, "{}{}", $prefix, self.0)
-            }
-        }
-
-        impl Serialize for $name {
-            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.collect_str(self)
-            }
-        }
-
-        impl<'de> Deserialize<'de> for $name {
-            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                $name::parse(&s).ok_or_else(|| serde::de::Error::custom("bad id"))
-            }
-        }
-    };
-}
-
-id_type!(EventId, "evt_");
-id_type!(DeliveryId, "dlv_");
-
-// === records ===
-
-/// A received event, as kept in the `events` tree.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct EventMeta {
-    pub received_at_ms: u64,
-    pub source: String,
-    pub route: String,
-    pub event_type: String,
-    /// `content-type` and the route's `forward_headers`, lower-case names.
-    pub headers: Vec<(String, String)>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Event {
-    pub id: EventId,
-    pub meta: EventMeta,
-    pub body: Bytes,
-}
-
-/// Where a delivery is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    Pending,
-    InFlight,
-    Succeeded,
-    Dead,
-}
-
-/// One (event, target) pair, as kept in the `deliveries` tree.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Delivery {
-    pub event: EventId,
-    pub target: String,
-    pub state: State,
-    pub attempts: u32,
-    pub next_at_ms: u64,
-    pub last: Option<Attempt>,
-}
-
-/// One try at a delivery, as kept in the `attempts` tree.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Attempt {
-    pub at_ms: u64,
-    pub duration_ms: u64,
-    pub status: Option<u16>,
-    pub error: Option<String>,
-    /// The start of the response body, bounded.
-    pub excerpt: String,
-}
-
-/// What follows an attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Next {
-    Succeeded,
-    RetryAt(u64),
-    Dead,
-}
-
-/// An event to accept, with the targets it goes to.
-pub struct NewEvent {
-    pub meta: EventMeta,
-    pub body: Bytes,
-    pub targets: Vec<String>,
-    /// (route, key): a second event with the same pair within retention is a duplicate.
-    pub dedup: Option<(String, String)>,
-}
-
-/// What `accept` did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Accepted {
-    pub id: EventId,
-    pub deliveries: usize,
-    pub duplicate: bool,
-}
-
-fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = vec![VALUE_VERSION];
-    // Serializing these plain structs to a Vec cannot fail.
-    serde_json::to_writer(&mut out, v).expect("records serialize");
-    out
-}
-
-fn decode<T: for<'de> Deserialize<'de>>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    match bytes.split_first() {
-        Some((&VALUE_VERSION, rest)) => {
-            serde_json::from_slice(rest).map_err(|e| StoreError::Corrupt {
-                tree,
-                reason: e.to_string(),
-            })
-        }
-        _ => Err(StoreError::Corrupt {
-            tree,
-            reason: "unknown value version".into(),
-        }),
-    }
-}
-
-fn encode_event(meta: &EventMeta, body: &[u8]) -> Vec<u8> {
-    let meta = serde_json::to_vec(meta).expect("records serialize");
-    let mut out = Vec::with_capacity(1 + 4 + meta.len() + body.len());
-    out.push(VALUE_VERSION);
-    out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
-    out.extend_from_slice(&meta);
-    out.extend_from_slice(body);
-    out
-}
-
-fn decode_event(id: EventId, v: sled::IVec) -> Result<Event, StoreError> {
-    let corrupt = |reason: &str| StoreError::Corrupt {
-        tree: "events",
-        reason: reason.into(),
-    };
-    if v.first() != Some(&VALUE_VERSION) || v.len() < 5 {
-        return Err(corrupt("unknown value version"));
-    }
-    let len = u32::from_be_bytes([v[1], v[2], v[3], v[4]]) as usize;
-    let meta_end = 5usize
-        .checked_add(len)
-        .filter(|&e| e <= v.len())
-        .ok_or_else(|| corrupt("meta length past the end"))?;
-    let meta = serde_json::from_slice(&v[5..meta_end]).map_err(|e| corrupt(&e.to_string()))?;
-    Ok(Event {
-        id,
-        meta,
-        body: Bytes::copy_from_slice(&v[meta_end..]),
-    })
-}
-
-fn due_key(at_ms: u64, id: DeliveryId) -> [u8; 24] {
-    let mut k = [0u8; 24];
-    k[..8].copy_from_slice(&at_ms.to_be_bytes());
-    k[8..].copy_from_slice(&id.to_key());
-    k
-}
-
-fn attempt_key(id: DeliveryId, n: u32) -> [u8; 20] {
-    let mut k = [0u8; 20];
-    k[..16].copy_from_slice(&id.to_key());
-    k[16..].copy_from_slice(&n.to_be_bytes());
-    k
-}
-
-fn dedup_key(route: &str, key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(route.len() + 1 + key.len());
-    k.extend_from_slice(route.as_bytes());
-    k.push(0);
-    k.extend_from_slice(key.as_bytes());
-    k
-}
-
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -267,6 +75,8 @@ pub struct Store {
     due: sled::Tree,
     attempts: sled::Tree,
     dedup: sled::Tree,
+    subscriptions: sled::Tree,
+    meta: sled::Tree,
     ids: Mutex<ulid::Generator>,
     commits: Mutex<Option<mpsc::Sender<Waiter>>>,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -298,6 +108,8 @@ impl Store {
             due: db.open_tree("due")?,
             attempts: db.open_tree("attempts")?,
             dedup: db.open_tree("dedup")?,
+            subscriptions: db.open_tree("subscriptions")?,
+            meta: db.open_tree("meta")?,
             ids: Mutex::new(ulid::Generator::new()),
             commits: Mutex::new(None),
             committer: Mutex::new(None),
@@ -341,7 +153,7 @@ impl Store {
             d.state = State::Pending;
             d.next_at_ms = now;
             self.deliveries.insert(k, encode(&d))?;
-            self.due.insert(due_key(now, id), &[])?;
+            self.due.insert(due_key(&d.target, now, id), &[])?;
             n += 1;
         }
         if n > 0 {
@@ -427,9 +239,11 @@ impl Store {
                         attempts: 0,
                         next_at_ms: now,
                         last: None,
+                        note: None,
+                        base: 0,
                     };
                     deliveries.insert(&did.to_key(), encode(&d))?;
-                    due.insert(&due_key(now, *did), &[])?;
+                    due.insert(due_key(target, now, *did), &[])?;
                 }
                 Ok::<_, ConflictableTransactionError<StoreError>>(Accepted {
                     id,
@@ -438,10 +252,7 @@ impl Store {
                 })
             },
         );
-        let accepted = result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Io(e),
-        })?;
+        let accepted = result.map_err(tx_error)?;
         if accepted.duplicate {
             return Ok(accepted);
         }
@@ -449,9 +260,9 @@ impl Store {
             // Not acknowledged: take the event back out so it is not delivered
             // either, if the store still takes that.
             let _ = self.events.remove(id.to_key());
-            for did in &delivery_ids {
+            for (did, target) in delivery_ids.iter().zip(&new.targets) {
                 let _ = self.deliveries.remove(did.to_key());
-                let _ = self.due.remove(due_key(now, *did));
+                let _ = self.due.remove(due_key(target, now, *did));
             }
             if let Some(k) = &dedup {
                 let _ = self.dedup.remove(k);
@@ -476,28 +287,75 @@ impl Store {
         }
     }
 
-    /// The earliest `(next_at_ms, delivery)` entries of the `due` index.
-    pub fn due(&self, limit: usize) -> Result<Vec<(u64, DeliveryId)>, StoreError> {
+    /// `target`'s deliveries due at or before `now_ms`, earliest first.
+    pub fn due_for(
+        &self,
+        target: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeliveryId)>, StoreError> {
+        let start = due_prefix(target);
+        let mut end = start.clone();
+        end.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
         let mut out = Vec::new();
-        for item in self.due.iter().keys().take(limit) {
-            let k = item?;
-            if k.len() != 24 {
-                continue;
-            }
-            let at = u64::from_be_bytes(k[..8].try_into().expect("8 bytes"));
-            if let Some(id) = DeliveryId::from_key(&k[8..]) {
+        for item in self.due.range(start..end).keys().take(limit) {
+            if let Some((_, at, id)) = parse_due_key(&item?) {
                 out.push((at, id));
             }
         }
         Ok(out)
     }
 
-    /// Takes a pending delivery for an attempt: `in_flight`, off the `due` index.
-    /// `None` if it is no longer pending at `at_ms`.
-    pub fn claim(&self, id: DeliveryId, at_ms: u64) -> Result<Option<Delivery>, StoreError> {
+    /// When `target`'s earliest pending delivery is due.
+    pub fn next_due(&self, target: &str) -> Result<Option<u64>, StoreError> {
+        let Some(item) = self.due.scan_prefix(due_prefix(target)).keys().next() else {
+            return Ok(None);
+        };
+        Ok(parse_due_key(&item?).map(|(_, at, _)| at))
+    }
+
+    /// The first `limit` entries of the `due` index: (target, due at, delivery).
+    pub fn due_entries(&self, limit: usize) -> Result<Vec<(String, u64, DeliveryId)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.due.iter().keys().take(limit) {
+            if let Some((t, at, id)) = parse_due_key(&item?) {
+                out.push((t.to_string(), at, id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every target that has pending deliveries.
+    pub fn due_targets(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        let mut from = Vec::new();
+        while let Some(item) = self.due.range(from.clone()..).keys().next() {
+            let k = item?;
+            let Some((target, _, _)) = parse_due_key(&k) else {
+                // Not a key of ours: step past it.
+                from = k.to_vec();
+                from.push(0);
+                continue;
+            };
+            out.push(target.to_string());
+            from = due_prefix(target);
+            // 0 ends the prefix; 1 sorts after every key with this prefix.
+            *from.last_mut().expect("prefix ends in 0") = 1;
+        }
+        Ok(out)
+    }
+
+    /// Takes a pending delivery for an attempt: `in_flight`, off the `due`
+    /// index. `None` if it is no longer pending at `at_ms`.
+    pub fn claim(
+        &self,
+        target: &str,
+        at_ms: u64,
+        id: DeliveryId,
+    ) -> Result<Option<Delivery>, StoreError> {
         let key = id.to_key();
         let result = (&self.deliveries, &self.due).transaction(|(deliveries, due)| {
-            due.remove(&due_key(at_ms, id))?;
+            due.remove(due_key(target, at_ms, id))?;
             let Some(v) = deliveries.get(key)? else {
                 return Ok(None);
             };
@@ -510,10 +368,7 @@ impl Store {
             deliveries.insert(&key, encode(&d))?;
             Ok(Some(d))
         });
-        result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Io(e),
-        })
+        result.map_err(tx_error)
     }
 
     /// Records attempt number `d.attempts + 1` and what follows it.
@@ -543,17 +398,14 @@ impl Store {
                     Next::RetryAt(at) => {
                         d.state = State::Pending;
                         d.next_at_ms = at;
-                        due.insert(&due_key(at, id), &[])?;
+                        due.insert(due_key(&d.target, at, id), &[])?;
                     }
                 }
                 deliveries.insert(&key, encode(&d))?;
                 Ok(d)
             },
         );
-        result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Io(e),
-        })
+        result.map_err(tx_error)
     }
 
     /// Puts an in-flight delivery back to pending at `at_ms` without counting
@@ -572,13 +424,10 @@ impl Store {
             d.state = State::Pending;
             d.next_at_ms = at_ms;
             deliveries.insert(&key, encode(&d))?;
-            due.insert(&due_key(at_ms, id), &[])?;
+            due.insert(due_key(&d.target, at_ms, id), &[])?;
             Ok(())
         });
-        result.map_err(|e| match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Io(e),
-        })
+        result.map_err(tx_error)
     }
 
     pub fn event(&self, id: EventId) -> Result<Option<Event>, StoreError> {
@@ -705,6 +554,13 @@ fn dir_size(dir: &Path) -> u64 {
         .sum()
 }
 
+fn tx_error(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::Io(e),
+    }
+}
+
 fn check_schema(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
     let meta = db.open_tree("meta")?;
     match meta.get("schema_version")? {
@@ -750,6 +606,7 @@ fn committer(store: std::sync::Weak<Store>, rx: mpsc::Receiver<Waiter>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn open(dir: &Path) -> Arc<Store> {
         Store::open(&StoreConfig {
@@ -785,13 +642,16 @@ mod tests {
         assert_eq!(a.deliveries, 2);
         let ev = store.event(a.id).unwrap().unwrap();
         assert_eq!(&ev.body[..], b"{\"a\":1}");
-        let due = store.due(10).unwrap();
+        let due = store.due_entries(10).unwrap();
         assert_eq!(due.len(), 2);
-        let (at, did) = due[0];
-        let d = store.claim(did, at).unwrap().unwrap();
+        let (target, at, did) = due[0].clone();
+        let d = store.claim(&target, at, did).unwrap().unwrap();
         assert_eq!(d.state, State::InFlight);
-        assert!(store.claim(did, at).unwrap().is_none(), "claimed twice");
-        assert_eq!(store.due(10).unwrap().len(), 1);
+        assert!(
+            store.claim(&target, at, did).unwrap().is_none(),
+            "claimed twice"
+        );
+        assert_eq!(store.due_entries(10).unwrap().len(), 1);
         let attempt = Attempt {
             at_ms: now_ms(),
             duration_ms: 3,
@@ -807,13 +667,16 @@ mod tests {
         assert_eq!(store.deliveries_of(a.id).unwrap().len(), 2);
 
         // The other one is left in flight by a "crash".
-        let (at2, did2) = store.due(10).unwrap()[0];
-        store.claim(did2, at2).unwrap().unwrap();
+        let (target2, at2, did2) = {
+            let (t, at, id) = store.due_entries(10).unwrap().remove(0);
+            (t, at, id)
+        };
+        store.claim(&target2, at2, did2).unwrap().unwrap();
         store.close().unwrap();
         drop(store);
         let store = open(dir.path());
         assert_eq!(store.delivery(did2).unwrap().unwrap().state, State::Pending);
-        assert_eq!(store.due(10).unwrap().len(), 2);
+        assert_eq!(store.due_entries(10).unwrap().len(), 2);
     }
 
     #[tokio::test]
@@ -826,7 +689,7 @@ mod tests {
         assert_eq!(b.id, a.id);
         let c = store.accept(new_event(&["r/a"], Some("k2"))).await.unwrap();
         assert!(!c.duplicate);
-        assert_eq!(store.due(10).unwrap().len(), 2);
+        assert_eq!(store.due_entries(10).unwrap().len(), 2);
     }
 
     #[tokio::test]
@@ -855,8 +718,11 @@ mod tests {
         let store = open(dir.path());
         let done = store.accept(new_event(&["r/a"], Some("k"))).await.unwrap();
         let waiting = store.accept(new_event(&["r/a"], None)).await.unwrap();
-        let (at, did) = store.due(10).unwrap()[0];
-        store.claim(did, at).unwrap().unwrap();
+        let (target, at, did) = {
+            let (t, at, id) = store.due_entries(10).unwrap().remove(0);
+            (t, at, id)
+        };
+        store.claim(&target, at, did).unwrap().unwrap();
         let ok = Attempt {
             at_ms: now_ms(),
             duration_ms: 1,

@@ -1,0 +1,313 @@
+//! The catalog of targets: the configured ones and the REST Hooks
+//! subscriptions, each with its delivery lane.
+//!
+//! Ingest asks the catalog which targets want an event; the dispatcher asks
+//! it for each target's lane; the admin API adds and removes subscriptions.
+//! A lane holds what an attempt needs (client, signing secrets, policy), the
+//! bounds on work (a concurrency semaphore, a rate limiter deliveries wait
+//! on, a cap on claimed deliveries), the circuit breaker and the counters.
+//!
+//! Counters live in memory and are saved to the store every second and at
+//! shutdown, so after a crash they may lag by up to a second.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use governor::{DefaultDirectRateLimiter, RateLimiter};
+use serde::Serialize;
+use tokio::sync::Semaphore;
+
+use crate::config::{Config, DeliveryConfig, TargetUrl};
+use crate::egress::{Connector, EgressClient};
+use crate::route::EventPattern;
+use crate::sign::Secret;
+use crate::store::{now_ms, Attempt, Counters, Store, StoreError, Subscription};
+
+/// A lane holds at most this many deliveries per unit of concurrency claimed
+/// at once (in flight or waiting on its rate limit).
+const CLAIMED_PER_SLOT: usize = 2;
+
+/// The key a configured target is known by: `route/target`.
+pub fn target_key(route: &str, target: &str) -> String {
+    format!("{route}/{target}")
+}
+
+/// Where a target comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    Config,
+    Subscription,
+}
+
+/// What a target is: where it is, what it wants, how to deliver to it.
+#[derive(Debug, Clone)]
+pub struct TargetSpec {
+    pub key: String,
+    pub origin: Origin,
+    /// Only events of this route; `None`: of every route.
+    pub route: Option<String>,
+    pub events: Vec<EventPattern>,
+    pub url: TargetUrl,
+    pub secrets: Vec<Secret>,
+    pub policy: DeliveryConfig,
+}
+
+impl TargetSpec {
+    pub fn wants(&self, route: &str, event: &str) -> bool {
+        self.route.as_deref().is_none_or(|r| r == route)
+            && self.events.iter().any(|p| p.matches(event))
+    }
+
+    /// The spec of a subscription, delivered with the `[delivery]` defaults.
+    pub fn of_subscription(
+        sub: &Subscription,
+        defaults: &DeliveryConfig,
+    ) -> Result<TargetSpec, String> {
+        Ok(TargetSpec {
+            key: sub.id.clone(),
+            origin: Origin::Subscription,
+            route: sub.route.clone(),
+            events: vec![EventPattern::parse(&sub.event)?],
+            url: TargetUrl::parse(&sub.target_url)?,
+            secrets: vec![Secret::parse(&sub.secret)?],
+            policy: defaults.clone(),
+        })
+    }
+}
+
+/// A circuit breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Circuit {
+    Closed {
+        failures: u32,
+    },
+    /// Deliveries wait until `until_ms`.
+    Open {
+        until_ms: u64,
+    },
+    /// One probe at a time decides whether to close.
+    HalfOpen {
+        probing: bool,
+    },
+}
+
+/// A target and its delivery lane.
+pub struct Target {
+    pub spec: TargetSpec,
+    pub client: EgressClient,
+    pub slots: Semaphore,
+    pub limiter: DefaultDirectRateLimiter,
+    claimed: AtomicUsize,
+    circuit: Mutex<Circuit>,
+    counters: Mutex<Counters>,
+    dirty: AtomicBool,
+}
+
+impl Target {
+    fn new(spec: TargetSpec, tls: &Arc<rustls::ClientConfig>, counters: Counters) -> Target {
+        let connector = Connector::new(tls.clone(), spec.policy.connect_timeout);
+        Target {
+            client: EgressClient::new(connector, spec.policy.concurrency),
+            slots: Semaphore::new(spec.policy.concurrency),
+            limiter: RateLimiter::direct(spec.policy.rate.quota()),
+            claimed: AtomicUsize::new(0),
+            circuit: Mutex::new(Circuit::Closed { failures: 0 }),
+            counters: Mutex::new(counters),
+            dirty: AtomicBool::new(false),
+            spec,
+        }
+    }
+
+    /// How many more deliveries may be claimed now; when the circuit is
+    /// open, also when to look again.
+    pub fn room(&self, now: u64) -> (usize, Option<u64>) {
+        let mut circuit = self.circuit.lock().expect("lock poisoned");
+        if let Circuit::Open { until_ms } = *circuit {
+            if until_ms > now {
+                return (0, Some(until_ms));
+            }
+            *circuit = Circuit::HalfOpen { probing: false };
+        }
+        let cap = self.spec.policy.concurrency * CLAIMED_PER_SLOT;
+        let free = cap.saturating_sub(self.claimed.load(Ordering::Relaxed));
+        match *circuit {
+            Circuit::HalfOpen { probing: true } => (0, None),
+            Circuit::HalfOpen { probing: false } => (free.min(1), None),
+            _ => (free, None),
+        }
+    }
+
+    /// A delivery was claimed for this lane (in half-open, it is the probe).
+    pub fn claimed(&self) {
+        self.claimed.fetch_add(1, Ordering::Relaxed);
+        let mut circuit = self.circuit.lock().expect("lock poisoned");
+        if let Circuit::HalfOpen { probing: false } = *circuit {
+            *circuit = Circuit::HalfOpen { probing: true };
+        }
+    }
+
+    /// A claimed delivery left the lane. `released`: it was given back
+    /// without an attempt (a probe given back lets another probe go).
+    pub fn unclaimed(&self, released: bool) {
+        self.claimed.fetch_sub(1, Ordering::Relaxed);
+        if released {
+            let mut circuit = self.circuit.lock().expect("lock poisoned");
+            if let Circuit::HalfOpen { probing: true } = *circuit {
+                *circuit = Circuit::HalfOpen { probing: false };
+            }
+        }
+    }
+
+    /// Counts an attempt and moves the circuit.
+    pub fn record(&self, attempt: &Attempt, succeeded: bool, dead: bool) {
+        {
+            let mut c = self.counters.lock().expect("lock poisoned");
+            c.calls += 1;
+            if succeeded {
+                c.succeeded += 1;
+            } else {
+                c.failed += 1;
+            }
+            if dead {
+                c.dead += 1;
+            }
+            c.last_status = attempt.status;
+            c.last_error = attempt.error.clone();
+            c.last_at_ms = Some(attempt.at_ms);
+        }
+        self.dirty.store(true, Ordering::Relaxed);
+
+        let threshold = self.spec.policy.circuit.failures;
+        let mut circuit = self.circuit.lock().expect("lock poisoned");
+        *circuit = match (*circuit, succeeded) {
+            (_, true) => Circuit::Closed { failures: 0 },
+            (_, false) if threshold == 0 => Circuit::Closed { failures: 0 },
+            (Circuit::Closed { failures }, false) if failures + 1 < threshold => Circuit::Closed {
+                failures: failures + 1,
+            },
+            (Circuit::Open { until_ms }, false) => Circuit::Open { until_ms },
+            (_, false) => {
+                let until_ms = now_ms() + self.spec.policy.circuit.cooldown.as_millis() as u64;
+                tracing::warn!(target = %self.spec.key, "circuit open: deliveries wait");
+                Circuit::Open { until_ms }
+            }
+        };
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters.lock().expect("lock poisoned").clone()
+    }
+
+    /// `closed`, `open` or `half_open`.
+    pub fn circuit_state(&self) -> &'static str {
+        match *self.circuit.lock().expect("lock poisoned") {
+            Circuit::Closed { .. } => "closed",
+            Circuit::Open { until_ms } if until_ms > now_ms() => "open",
+            Circuit::Open { .. } | Circuit::HalfOpen { .. } => "half_open",
+        }
+    }
+}
+
+/// Every target the relay delivers to, in a stable order: configured
+/// targets in file order, then subscriptions by id.
+pub struct Catalog {
+    targets: RwLock<Vec<Arc<Target>>>,
+    tls: Arc<rustls::ClientConfig>,
+    store: Arc<Store>,
+    defaults: DeliveryConfig,
+}
+
+impl Catalog {
+    /// The configured targets and the stored subscriptions, with their saved counters.
+    pub fn new(config: &Config, store: Arc<Store>) -> Result<Arc<Catalog>, String> {
+        let tls = crate::egress::tls_config(config.egress.ca_file.as_deref())?;
+        let mut targets = Vec::new();
+        let counters = |key: &str| store.counters(key).map_err(|e| e.to_string());
+        for route in &config.routes {
+            for t in &route.targets {
+                let key = target_key(&route.name, &t.name);
+                let spec = TargetSpec {
+                    origin: Origin::Config,
+                    route: Some(route.name.clone()),
+                    events: t.events.clone(),
+                    url: t.url.clone(),
+                    secrets: t.secret.0.clone(),
+                    policy: config.delivery.with(t),
+                    key: key.clone(),
+                };
+                targets.push(Arc::new(Target::new(spec, &tls, counters(&key)?)));
+            }
+        }
+        for sub in store.subscriptions().map_err(|e| e.to_string())? {
+            match TargetSpec::of_subscription(&sub, &config.delivery) {
+                Ok(spec) => targets.push(Arc::new(Target::new(spec, &tls, counters(&sub.id)?))),
+                Err(e) => {
+                    tracing::error!(subscription = %sub.id, error = %e, "stored subscription is unusable; skipped")
+                }
+            }
+        }
+        Ok(Arc::new(Catalog {
+            targets: RwLock::new(targets),
+            tls,
+            store,
+            defaults: config.delivery.clone(),
+        }))
+    }
+
+    /// Keys of the targets that want an `event` that came in on `route`.
+    pub fn matching(&self, route: &str, event: &str) -> Vec<String> {
+        self.targets
+            .read()
+            .expect("lock poisoned")
+            .iter()
+            .filter(|t| t.spec.wants(route, event))
+            .map(|t| t.spec.key.clone())
+            .collect()
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Target>> {
+        self.targets
+            .read()
+            .expect("lock poisoned")
+            .iter()
+            .find(|t| t.spec.key == key)
+            .cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Target>> {
+        self.targets.read().expect("lock poisoned").clone()
+    }
+
+    pub fn defaults(&self) -> &DeliveryConfig {
+        &self.defaults
+    }
+
+    /// Adds a subscription's target (it is already stored).
+    pub fn add_subscription(&self, sub: &Subscription) -> Result<Arc<Target>, String> {
+        let spec = TargetSpec::of_subscription(sub, &self.defaults)?;
+        let target = Arc::new(Target::new(spec, &self.tls, Counters::default()));
+        self.targets
+            .write()
+            .expect("lock poisoned")
+            .push(target.clone());
+        Ok(target)
+    }
+
+    /// Takes a target out; deliveries still queued for it are cancelled by the caller.
+    pub fn remove(&self, key: &str) -> Option<Arc<Target>> {
+        let mut targets = self.targets.write().expect("lock poisoned");
+        let i = targets.iter().position(|t| t.spec.key == key)?;
+        Some(targets.remove(i))
+    }
+
+    /// Saves the counters that changed since the last save.
+    pub fn save_counters(&self) -> Result<(), StoreError> {
+        for t in self.all() {
+            if t.dirty.swap(false, Ordering::Relaxed) {
+                self.store.save_counters(&t.spec.key, &t.counters())?;
+            }
+        }
+        Ok(())
+    }
+}
