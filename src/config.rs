@@ -42,11 +42,16 @@ impl ConfigError {
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub ingest: IngestConfig,
+    pub admin: AdminConfig,
     pub store: StoreConfig,
     pub delivery: DeliveryConfig,
     pub egress: EgressConfig,
     pub log: LogConfig,
     pub routes: Vec<RouteConfig>,
+    /// The directory of the config file: relative `admin.tokens_file` paths
+    /// are taken from here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 /// `[ingest]`: the listener the LMS posts to.
@@ -89,6 +94,46 @@ impl Default for IngestConfig {
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
         }
+    }
+}
+
+/// `[admin]`: the management listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Addresses of the admin API; empty: no admin listener.
+    pub listen: Vec<SocketAddr>,
+    /// Source networks that may use it; others get 403.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Bearer tokens, one a line. A relative path is looked up in
+    /// `$CREDENTIALS_DIRECTORY` (systemd credentials) first, then beside the
+    /// config file.
+    pub tokens_file: PathBuf,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            listen: vec!["127.0.0.1:8081".parse().expect("literal address")],
+            allow: loopback_nets(),
+            tokens_file: PathBuf::from("admin.tokens"),
+        }
+    }
+}
+
+impl AdminConfig {
+    /// Where the tokens file is, given the config file's directory.
+    pub fn tokens_path(&self, base_dir: &Path) -> PathBuf {
+        if self.tokens_file.is_absolute() {
+            return self.tokens_file.clone();
+        }
+        if let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY") {
+            let p = Path::new(&dir).join(&self.tokens_file);
+            if p.exists() {
+                return p;
+            }
+        }
+        base_dir.join(&self.tokens_file)
     }
 }
 
@@ -244,7 +289,9 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError::new(path, "(file)", format!("cannot read: {e}")))?;
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(config)
     }
 
     /// Parses and validates `text`; `path` is only used to name the file in errors.

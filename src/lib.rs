@@ -18,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod catalog;
 pub mod config;
 pub mod dispatch;
@@ -63,11 +64,14 @@ pub enum StartError {
     },
     #[error("egress: {0}")]
     Egress(String),
+    #[error("admin.tokens_file: {0}")]
+    Tokens(String),
 }
 
 /// A running relay: its listeners, scheduler and store.
 pub struct Relay {
     ingest_addrs: Vec<SocketAddr>,
+    admin_addrs: Vec<SocketAddr>,
     store: Arc<Store>,
     catalog: Arc<catalog::Catalog>,
     shutdown: watch::Sender<bool>,
@@ -90,20 +94,13 @@ impl Relay {
         );
         let (shutdown, rx) = watch::channel(false);
 
-        let mut listeners = Vec::new();
-        for addr in &config.ingest.listen {
-            let l = TcpListener::bind(addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    addr: *addr,
-                    source,
-                })?;
-            listeners.push(l);
-        }
-        let ingest_addrs = listeners
-            .iter()
-            .filter_map(|l| l.local_addr().ok())
-            .collect();
+        let tokens = admin::Tokens::load(&config.admin.tokens_path(&config.base_dir))
+            .map_err(StartError::Tokens)?;
+        let listeners = bind_all(&config.ingest.listen).await?;
+        let admin_listeners = bind_all(&config.admin.listen).await?;
+        let local = |ls: &[TcpListener]| ls.iter().filter_map(|l| l.local_addr().ok()).collect();
+        let ingest_addrs: Vec<SocketAddr> = local(&listeners);
+        let admin_addrs: Vec<SocketAddr> = local(&admin_listeners);
 
         let ingest = Arc::new(ingest::Ingest::new(&config, catalog.clone(), store.clone()));
         let limits = listener::Limits {
@@ -123,6 +120,22 @@ impl Relay {
                 rx.clone(),
             )));
         }
+        let admin = Arc::new(admin::Admin::new(
+            &config,
+            store.clone(),
+            catalog.clone(),
+            tokens,
+        ));
+        for l in admin_listeners {
+            let admin = admin.clone();
+            let handler = move |req, peer| admin.clone().handle(req, peer);
+            tasks.push(tokio::spawn(listener::serve(
+                l,
+                handler,
+                limits,
+                rx.clone(),
+            )));
+        }
         tasks.push(tokio::spawn(dispatcher.run(rx.clone())));
         tasks.push(tokio::spawn(housekeeping(
             ingest,
@@ -134,8 +147,12 @@ impl Relay {
         for addr in &ingest_addrs {
             tracing::info!(%addr, "ingest listening");
         }
+        for addr in &admin_addrs {
+            tracing::info!(%addr, "admin listening");
+        }
         Ok(Relay {
             ingest_addrs,
+            admin_addrs,
             store,
             catalog,
             shutdown,
@@ -146,6 +163,11 @@ impl Relay {
     /// The bound ingest addresses, in `ingest.listen` order.
     pub fn ingest_addrs(&self) -> &[SocketAddr] {
         &self.ingest_addrs
+    }
+
+    /// The bound admin addresses, in `admin.listen` order.
+    pub fn admin_addrs(&self) -> &[SocketAddr] {
+        &self.admin_addrs
     }
 
     pub fn store(&self) -> &Arc<Store> {
@@ -166,6 +188,20 @@ impl Relay {
         self.catalog.save_counters()?;
         self.store.close()
     }
+}
+
+async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {
+    let mut out = Vec::new();
+    for addr in addrs {
+        let l = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: *addr,
+                source,
+            })?;
+        out.push(l);
+    }
+    Ok(out)
 }
 
 /// Resolves once `shutdown` is true (or its sender is gone).

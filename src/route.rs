@@ -281,6 +281,15 @@ impl EventPattern {
     }
 }
 
+impl fmt::Display for EventPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            EventPattern::Exact(e) => f.write_str(e),
+            EventPattern::Prefix(p) => write!(f, "{p}*"),
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for EventPattern {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         EventPattern::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)

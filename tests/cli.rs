@@ -108,7 +108,7 @@ async fn serve_accepts_events_and_stops_cleanly_on_sigterm() {
         .unwrap()
         .port();
     let text = common::test_config_text(&common::one_route(&rx.url("/hook"), ""), dir.path())
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        .replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1);
     let path = dir.path().join("hookrelay.toml");
     std::fs::write(&path, text).unwrap();
     let mut child = Command::new(BIN)

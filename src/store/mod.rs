@@ -526,6 +526,14 @@ impl Store {
         Ok(removed)
     }
 
+    /// Writes and flushes a probe value: can the store take writes now?
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        self.check_room()?;
+        self.meta.insert("ready_probe", &now_ms().to_be_bytes())?;
+        self.db.flush()?;
+        Ok(())
+    }
+
     /// Flushes once more and stops the committer; later accepts fail with `Closed`.
     pub fn close(&self) -> Result<(), StoreError> {
         self.writable.store(false, Ordering::Relaxed);

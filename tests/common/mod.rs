@@ -22,6 +22,9 @@ use hookrelay::Relay;
 /// How long any wait in a test may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
+/// The admin bearer token of test relays.
+pub const TOKEN: &str = "test-admin-token";
+
 /// A secret for tests (the Standard Webhooks example key).
 pub const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
@@ -58,14 +61,21 @@ pub fn test_config(toml: &str, store_dir: &Path) -> Config {
     Config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
+/// The test base config text with `toml` added; writes the admin tokens
+/// file (holding `TOKEN`) into `store_dir`.
 pub fn test_config_text(toml: &str, store_dir: &Path) -> String {
+    let tokens = store_dir.join("admin.tokens");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
     format!(
         "ingest.listen = [\"127.0.0.1:0\"]\n\
+         admin.listen = [\"127.0.0.1:0\"]\n\
+         admin.tokens_file = {:?}\n\
          store.path = {:?}\n\
          delivery.backoff = {{ initial = \"20ms\", max = \"200ms\", multiplier = 2.0, jitter = 0.0 }}\n\
          delivery.timeout = \"2s\"\n\
          delivery.shutdown_grace = \"2s\"\n\
          {toml}",
+        tokens.display().to_string(),
         store_dir.join("store").display().to_string()
     )
 }
@@ -288,4 +298,41 @@ pub fn verify_signature(secret: &str, headers: &http::HeaderMap, body: &[u8]) ->
         .unwrap()
         .split(' ')
         .any(|s| s == expected)
+}
+
+// === admin API ===
+
+/// Calls the admin API of `app` with the test token.
+pub async fn admin(
+    app: &TestApp,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    admin_as(app, Some(TOKEN), method, path, body).await
+}
+
+/// Calls the admin API with `token` (or none).
+pub async fn admin_as(
+    app: &TestApp,
+    token: Option<&str>,
+    method: &str,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> Reply {
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let mut headers = vec![("content-type", "application/json")];
+    if let Some(a) = &auth {
+        headers.push(("authorization", a.as_str()));
+    }
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    send(
+        app.relay.admin_addrs()[0],
+        None,
+        method,
+        path,
+        &headers,
+        body,
+    )
+    .await
 }

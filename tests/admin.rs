@@ -1,0 +1,511 @@
+//! The admin API as integrators and operators use it: REST Hooks
+//! subscriptions, tokens, the delivery log, dead letters and repair,
+//! counters, the circuit breaker, and restarts.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+/// A route `/t/{event}` with no configured targets.
+const BARE_ROUTE: &str = "[[routes]]\nname = \"t\"\npath = \"/t/{event}\"\n";
+
+async fn subscribe(app: &TestApp, url: &str, event: &str) -> Value {
+    let r = admin(
+        app,
+        "POST",
+        "/api/hooks",
+        Some(json!({"target_url": url, "event": event})),
+    )
+    .await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    r.json()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn rest_hooks_story() {
+    let rx = Receiver::ok().await;
+    let app = spawn_app(BARE_ROUTE).await;
+    let hook = subscribe(&app, &rx.url("/zap"), "new_order").await;
+    let id = hook["id"].as_str().unwrap().to_string();
+    let secret = hook["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("whsec_"));
+    assert_eq!(hook["event"], "new_order");
+
+    let order = fixture("heights/new_order.json");
+    let r = post_json(app.addr, "/t/new_order", order.clone()).await;
+    assert_eq!(r.json()["deliveries"], 1);
+    let r = post_json(
+        app.addr,
+        "/t/new_student",
+        fixture("heights/new_student.json"),
+    )
+    .await;
+    assert_eq!(r.json()["deliveries"], 0, "the hook only wants new_order");
+    let got = rx.wait_for(1).await;
+    assert_eq!(&got[0].body[..], &order[..]);
+    assert!(verify_signature(&secret, &got[0].headers, &got[0].body));
+
+    // The secret is shown once: never in a listing or a lookup.
+    let shown = admin(&app, "GET", &format!("/api/hooks/{id}"), None).await;
+    assert_eq!(shown.status, 200);
+    assert!(shown.json().get("secret").is_none());
+    assert!(!String::from_utf8_lossy(&shown.body).contains(&secret));
+    let list = admin(&app, "GET", "/api/hooks", None).await;
+    assert_eq!(list.json()["hooks"].as_array().unwrap().len(), 1);
+    assert!(!String::from_utf8_lossy(&list.body).contains(&secret));
+
+    let r = admin(&app, "DELETE", &format!("/api/hooks/{id}"), None).await;
+    assert_eq!(r.status, 204);
+    let r = post_json(app.addr, "/t/new_order", order).await;
+    assert_eq!(r.json()["deliveries"], 0, "no delivery after unsubscribing");
+    assert_eq!(
+        admin(&app, "GET", &format!("/api/hooks/{id}"), None)
+            .await
+            .status,
+        404
+    );
+    assert_eq!(rx.received().len(), 1);
+}
+
+#[tokio::test]
+async fn unsubscribing_cancels_queued_deliveries() {
+    let down = format!("http://127.0.0.1:{}/hook", free_port());
+    // After one failure the circuit holds the retry back for 30s.
+    let app = spawn_app(&format!(
+        "delivery.circuit = {{ failures = 1, cooldown = \"30s\" }}\n{BARE_ROUTE}"
+    ))
+    .await;
+    let hook = subscribe(&app, &down, "*").await;
+    let r = post_json(app.addr, "/t/x", "{}").await;
+    let event = r.json()["id"].as_str().unwrap().to_string();
+    // The first attempt fails; the next waits.
+    let path = format!("/api/events/{event}");
+    let store = app.relay.store().clone();
+    eventually("first attempt", || {
+        let id = hookrelay::store::EventId::parse(&event)?;
+        let (_, d) = store.deliveries_of(id).ok()?.pop()?;
+        (d.attempts == 1 && d.state == hookrelay::store::State::Pending).then_some(())
+    })
+    .await;
+    let r = admin(
+        &app,
+        "DELETE",
+        &format!("/api/hooks/{}", hook["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 204);
+    let ev = admin(&app, "GET", &path, None).await.json();
+    let d = &ev["deliveries"][0];
+    assert_eq!(d["state"], "cancelled");
+    assert_eq!(d["note"], "subscription deleted");
+    assert_eq!(d["history"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn tokens_allowlist_and_errors() {
+    let rx = Receiver::ok().await;
+    let app = spawn_app(&format!("admin.allow = [\"127.0.0.1/32\"]\n{BARE_ROUTE}")).await;
+    assert_eq!(
+        admin_as(&app, None, "GET", "/healthz", None).await.status,
+        200
+    );
+    assert_eq!(
+        admin_as(&app, None, "GET", "/readyz", None).await.status,
+        200
+    );
+    let r = admin_as(&app, None, "GET", "/api/hooks", None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"]["code"], "unauthorized");
+    assert_eq!(
+        admin_as(&app, Some("wrong"), "GET", "/api/hooks", None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(
+        admin_as(&app, Some(&TOKEN[..4]), "GET", "/api/hooks", None)
+            .await
+            .status,
+        401
+    );
+    assert_eq!(admin(&app, "GET", "/api/hooks", None).await.status, 200);
+
+    let other = "127.0.0.2".parse().unwrap();
+    let r = send(
+        app.relay.admin_addrs()[0],
+        Some(other),
+        "GET",
+        "/healthz",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(r.status, 403);
+
+    for path in [
+        "/api/hooks/hook_nope",
+        "/api/events/evt_01ARZ3NDEKTSV4RRFFQ69G5FAV",
+        "/api/events/garbage",
+        "/nothing/here",
+    ] {
+        let r = admin(&app, "GET", path, None).await;
+        assert_eq!(r.status, 404, "{path}");
+        assert_eq!(r.json()["error"]["code"], "not_found");
+    }
+    let r = admin(
+        &app,
+        "POST",
+        "/api/deliveries/dlv_01ARZ3NDEKTSV4RRFFQ69G5FAV/retry",
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 404);
+    assert_eq!(
+        admin(&app, "DELETE", "/api/hooks/hook_nope", None)
+            .await
+            .status,
+        404
+    );
+
+    let url = rx.url("/x");
+    let cases = [
+        (
+            json!({"target_url": "not a url", "event": "a"}),
+            "target_url",
+        ),
+        (
+            json!({"target_url": "ftp://x/y", "event": "a"}),
+            "target_url",
+        ),
+        (json!({"event": "a"}), "target_url"),
+        (json!({"target_url": url, "event": ""}), "event"),
+        (json!({"target_url": url}), "event"),
+        (
+            json!({"target_url": url, "event": "a", "route": "nope"}),
+            "route",
+        ),
+        (
+            json!({"target_url": url, "event": "a", "secret": "hunter2"}),
+            "secret",
+        ),
+        (
+            json!({"target_url": url, "event": "a", "colour": "red"}),
+            "body",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = admin(&app, "POST", "/api/hooks", Some(body.clone())).await;
+        assert_eq!(r.status, 422, "{body}");
+        let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+        assert!(msg.starts_with(field), "{body}: {msg}");
+        assert!(!msg.contains("hunter2"));
+    }
+    let r = send(
+        app.relay.admin_addrs()[0],
+        None,
+        "POST",
+        "/api/hooks",
+        &[("authorization", &format!("Bearer {TOKEN}"))],
+        "{not json",
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    let r = admin(&app, "GET", "/api/deliveries?state=lost", None).await;
+    assert_eq!(r.status, 422);
+    let r = admin(&app, "GET", "/api/deliveries?limit=0", None).await;
+    assert_eq!(r.status, 422);
+    let r = admin(
+        &app,
+        "POST",
+        "/api/deliveries/retry",
+        Some(json!({"state": "pending"})),
+    )
+    .await;
+    assert_eq!(r.status, 422);
+    let r = admin(&app, "PUT", "/api/hooks", None).await;
+    assert_eq!(r.status, 405);
+}
+
+#[tokio::test]
+async fn dead_letter_then_bulk_repair_delivers_exactly_once_more() {
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let app = spawn_app(&one_route(&url, "max_attempts = 2")).await;
+    let r = post_json(app.addr, "/t/new_order", fixture("heights/new_order.json")).await;
+    let event = r.json()["id"].as_str().unwrap().to_string();
+
+    eventually("a dead delivery", || {
+        let store = app.relay.store().clone();
+        let page = store
+            .list_deliveries(Some(hookrelay::store::State::Dead), None, None, 10, 1000)
+            .ok()?;
+        (!page.deliveries.is_empty()).then_some(())
+    })
+    .await;
+    let r = admin(&app, "GET", "/api/deliveries?state=dead", None).await;
+    let list = r.json()["deliveries"].as_array().unwrap().clone();
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["event"], event.as_str());
+    assert_eq!(list[0]["target"], "t/rx");
+    assert_eq!(list[0]["attempts"], 2);
+    assert!(list[0]["last"]["error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot connect"));
+
+    // The receiver comes up on the address it was configured with.
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let rx = Receiver::serve(listener, Arc::new(|_| (200, Duration::ZERO)));
+    let r = admin(
+        &app,
+        "POST",
+        "/api/deliveries/retry",
+        Some(json!({"state": "dead", "target": "t/rx"})),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["retried"], 1);
+    let got = rx.wait_for(1).await;
+    assert_eq!(got[0].headers["webhook-id"], event.as_str());
+    let path = format!("/api/events/{event}");
+    let ev = eventually_json(&app, &path, |v| v["deliveries"][0]["state"] == "succeeded").await;
+    assert_eq!(ev["deliveries"][0]["history"].as_array().unwrap().len(), 3);
+    // Nothing is dead any more, so a second bulk retry finds nothing.
+    let r = admin(
+        &app,
+        "POST",
+        "/api/deliveries/retry",
+        Some(json!({"state": "dead"})),
+    )
+    .await;
+    assert_eq!(r.json()["retried"], 0);
+    assert_eq!(rx.received().len(), 1, "exactly once more");
+}
+
+/// Polls an admin GET until `done` holds for its JSON.
+async fn eventually_json(app: &TestApp, path: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let v = admin(app, "GET", path, None).await.json();
+        if done(&v) {
+            return v;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting on {path}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn retry_one_delivery_by_id() {
+    let rx = Receiver::ok().await;
+    let app = spawn_app(&one_route(&rx.url("/hook"), "")).await;
+    let r = post_json(app.addr, "/t/a", "{}").await;
+    let event = r.json()["id"].as_str().unwrap().to_string();
+    rx.wait_for(1).await;
+    let ev = eventually_json(&app, &format!("/api/events/{event}"), |v| {
+        v["deliveries"][0]["state"] == "succeeded"
+    })
+    .await;
+    let did = ev["deliveries"][0]["id"].as_str().unwrap().to_string();
+    // Replaying a succeeded delivery sends it again, same webhook-id.
+    let r = admin(&app, "POST", &format!("/api/deliveries/{did}/retry"), None).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["state"], "pending");
+    let got = rx.wait_for(2).await;
+    assert_eq!(got[1].headers["webhook-id"], got[0].headers["webhook-id"]);
+}
+
+#[tokio::test]
+async fn counters_match_what_the_receiver_saw() {
+    let rx = Receiver::start(Arc::new(|n| {
+        (if n < 2 { 500 } else { 200 }, Duration::ZERO)
+    }))
+    .await;
+    let app = spawn_app(&one_route(&rx.url("/hook"), "")).await;
+    post_json(app.addr, "/t/a", "{}").await;
+    rx.wait_for(3).await;
+    post_json(app.addr, "/t/b", "{}").await;
+    rx.wait_for(4).await;
+    let targets = eventually_json(&app, "/api/targets", |v| {
+        v["targets"][0]["counters"]["calls"] == 4
+    })
+    .await;
+    let t = &targets["targets"][0];
+    assert_eq!(t["key"], "t/rx");
+    assert_eq!(t["origin"], "config");
+    assert_eq!(t["circuit"], "closed");
+    let c = &t["counters"];
+    assert_eq!(c["calls"].as_u64().unwrap() as usize, rx.received().len());
+    assert_eq!(c["succeeded"], 2);
+    assert_eq!(c["failed"], 2);
+    assert_eq!(c["dead"], 0);
+    assert_eq!(c["last_status"], 200);
+}
+
+#[tokio::test]
+async fn subscriptions_and_counters_survive_a_restart() {
+    let rx = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = test_config(BARE_ROUTE, dir.path());
+    let relay = hookrelay::Relay::start(config.clone()).await.unwrap();
+    let app = TestApp {
+        addr: relay.ingest_addrs()[0],
+        relay,
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let hook = subscribe(&app, &rx.url("/hook"), "*").await;
+    let id = hook["id"].as_str().unwrap().to_string();
+    post_json(app.addr, "/t/a", "{}").await;
+    rx.wait_for(1).await;
+    eventually_json(&app, &format!("/api/hooks/{id}"), |v| {
+        v["counters"]["calls"] == 1
+    })
+    .await;
+    app.relay.shutdown().await.unwrap();
+
+    let relay = hookrelay::Relay::start(config).await.unwrap();
+    let app = TestApp {
+        addr: relay.ingest_addrs()[0],
+        relay,
+        dir,
+    };
+    let shown = admin(&app, "GET", &format!("/api/hooks/{id}"), None)
+        .await
+        .json();
+    assert_eq!(shown["counters"]["calls"], 1);
+    assert_eq!(shown["counters"]["succeeded"], 1);
+    let r = post_json(app.addr, "/t/b", "{}").await;
+    assert_eq!(r.json()["deliveries"], 1);
+    let got = rx.wait_for(2).await;
+    assert!(verify_signature(
+        hook["secret"].as_str().unwrap(),
+        &got[1].headers,
+        &got[1].body
+    ));
+}
+
+#[tokio::test]
+async fn test_send_reaches_the_hook_signed() {
+    let rx = Receiver::ok().await;
+    let app = spawn_app(BARE_ROUTE).await;
+    let hook = subscribe(&app, &rx.url("/hook"), "new_order").await;
+    let id = hook["id"].as_str().unwrap();
+    let r = admin(&app, "POST", &format!("/api/hooks/{id}/test"), None).await;
+    assert_eq!(r.status, 200);
+    let out = r.json();
+    assert_eq!(out["status"], 200);
+    assert_eq!(out["succeeded"], true);
+    let got = rx.wait_for(1).await;
+    let body: Value = serde_json::from_slice(&got[0].body).unwrap();
+    assert_eq!(body["type"], "hookrelay.test");
+    assert!(verify_signature(
+        hook["secret"].as_str().unwrap(),
+        &got[0].headers,
+        &got[0].body
+    ));
+
+    // A hook whose receiver is down reports the error.
+    let down = subscribe(&app, &format!("http://127.0.0.1:{}/", free_port()), "*").await;
+    let r = admin(
+        &app,
+        "POST",
+        &format!("/api/hooks/{}/test", down["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(r.json()["succeeded"], false);
+    assert!(r.json()["error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot connect"));
+}
+
+#[tokio::test]
+async fn delivery_log_pages_newest_first() {
+    let rx = Receiver::ok().await;
+    let app = spawn_app(&one_route(&rx.url("/hook"), "")).await;
+    let mut events = Vec::new();
+    for _ in 0..5 {
+        events.push(post_json(app.addr, "/t/a", "{}").await.json()["id"].clone());
+    }
+    rx.wait_for(5).await;
+    let first = admin(&app, "GET", "/api/deliveries?limit=2&target=t%2Frx", None)
+        .await
+        .json();
+    let page: Vec<_> = first["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["event"].clone())
+        .collect();
+    assert_eq!(page, vec![events[4].clone(), events[3].clone()]);
+    let next = first["next"].as_str().unwrap();
+    let second = admin(
+        &app,
+        "GET",
+        &format!("/api/deliveries?limit=2&after={next}"),
+        None,
+    )
+    .await
+    .json();
+    let page: Vec<_> = second["deliveries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["event"].clone())
+        .collect();
+    assert_eq!(page, vec![events[2].clone(), events[1].clone()]);
+    let none = admin(&app, "GET", "/api/deliveries?target=other", None)
+        .await
+        .json();
+    assert!(none["deliveries"].as_array().unwrap().is_empty());
+    assert!(none["next"].is_null());
+}
+
+#[tokio::test]
+async fn circuit_opens_and_a_probe_closes_it() {
+    let rx = Receiver::start(Arc::new(|n| {
+        (if n < 2 { 500 } else { 200 }, Duration::ZERO)
+    }))
+    .await;
+    let app = spawn_app(&one_route(
+        &rx.url("/hook"),
+        "circuit = { failures = 2, cooldown = \"1500ms\" }",
+    ))
+    .await;
+    post_json(app.addr, "/t/a", "{}").await;
+    let got = rx.wait_for(2).await;
+    // Backoff alone would retry after 40ms; the open circuit holds it.
+    eventually_json(&app, "/api/targets", |v| {
+        v["targets"][0]["circuit"] == "open"
+    })
+    .await;
+    let got3 = rx.wait_for(3).await;
+    assert!(
+        got3[2].at - got[1].at >= Duration::from_millis(1200),
+        "{:?}",
+        got3[2].at - got[1].at
+    );
+    eventually_json(&app, "/api/targets", |v| {
+        v["targets"][0]["circuit"] == "closed"
+    })
+    .await;
+}
