@@ -13,6 +13,8 @@
 //! - [`dispatch`]: the scheduler and per-target lanes.
 //! - [`egress`]: the outbound client and its connector.
 //! - [`sign`]: Standard Webhooks signatures.
+//! - [`catalog`]: configured targets and subscriptions, with their lanes.
+//! - [`admin`]: the admin API; [`client`]: the CLI's side of it.
 //!
 //! [`Relay::start`] wires them together; `main.rs` only parses the command line.
 
@@ -20,6 +22,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod client;
 pub mod config;
 pub mod dispatch;
 pub mod egress;

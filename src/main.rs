@@ -34,6 +34,84 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// REST Hooks subscriptions, through the admin API.
+    Hooks {
+        #[command(subcommand)]
+        action: HooksAction,
+        #[command(flatten)]
+        opts: ApiOpts,
+    },
+    /// The delivery log and repair, through the admin API.
+    Deliveries {
+        #[command(subcommand)]
+        action: DeliveriesAction,
+        #[command(flatten)]
+        opts: ApiOpts,
+    },
+    /// Every target with its counters and circuit, through the admin API.
+    Targets {
+        #[command(flatten)]
+        opts: ApiOpts,
+    },
+}
+
+/// Where the admin API is, and how to print its answers.
+#[derive(clap::Args)]
+struct ApiOpts {
+    /// Config file naming the admin address and tokens file
+    /// [default: $HOOKRELAY_CONFIG, then /etc/hookrelay/hookrelay.toml]
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum HooksAction {
+    /// List subscriptions with their counters.
+    List,
+    /// Subscribe a URL to an event type (`*` for all). Prints the secret once.
+    Add {
+        #[arg(long)]
+        url: String,
+        #[arg(long)]
+        event: String,
+        /// Only events of this route.
+        #[arg(long)]
+        route: Option<String>,
+        /// A whsec_ secret; generated when absent.
+        #[arg(long)]
+        secret: Option<String>,
+    },
+    /// Unsubscribe; deliveries still queued for it are cancelled.
+    Rm { id: String },
+    /// Send a signed test event to the hook now.
+    Test { id: String },
+}
+
+#[derive(Subcommand)]
+enum DeliveriesAction {
+    /// List deliveries, newest first.
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        target: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Continue after this delivery id (from a previous page).
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Re-queue one delivery by id, or all in a state (`--state dead`).
+    Retry {
+        id: Option<String>,
+        #[arg(long, conflicts_with = "id")]
+        state: Option<String>,
+        #[arg(long, requires = "state")]
+        target: Option<String>,
+    },
 }
 
 fn config_path(arg: Option<PathBuf>) -> PathBuf {
@@ -46,6 +124,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config_path(config)),
         Command::CheckConfig { config } => check_config(config_path(config)),
+        Command::Hooks { action, opts } => api(opts, Api::Hooks(action)),
+        Command::Deliveries { action, opts } => api(opts, Api::Deliveries(action)),
+        Command::Targets { opts } => api(opts, Api::Targets),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,6 +163,110 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
                 events.join(" ")
             );
         }
+    }
+    Ok(())
+}
+
+enum Api {
+    Hooks(HooksAction),
+    Deliveries(DeliveriesAction),
+    Targets,
+}
+
+fn api(opts: ApiOpts, what: Api) -> anyhow::Result<()> {
+    use hookrelay::client;
+    use serde_json::json;
+
+    let path = config_path(opts.config);
+    let config = Config::load(&path)?;
+    let admin = client::AdminClient::from_config(&config)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let call = |method: &str, p: &str, body| runtime.block_on(admin.call(method, p, body));
+    let enc = |s: &str| -> String { form_urlencoded::byte_serialize(s.as_bytes()).collect() };
+
+    let (value, text) = match what {
+        Api::Hooks(HooksAction::List) => {
+            let v = call("GET", "/api/hooks", None)?;
+            let t = client::hooks_table(&v);
+            (v, t)
+        }
+        Api::Hooks(HooksAction::Add {
+            url,
+            event,
+            route,
+            secret,
+        }) => {
+            let body = json!({"target_url": url, "event": event, "route": route, "secret": secret});
+            let v = call("POST", "/api/hooks", Some(body))?;
+            let t = format!(
+                "subscribed {} to {} for {}\nsecret (shown once): {}\n",
+                client::cell(&v["id"]),
+                client::cell(&v["target_url"]),
+                client::cell(&v["event"]),
+                client::cell(&v["secret"])
+            );
+            (v, t)
+        }
+        Api::Hooks(HooksAction::Rm { id }) => {
+            call("DELETE", &format!("/api/hooks/{}", enc(&id)), None)?;
+            (json!({"deleted": id}), format!("unsubscribed {id}\n"))
+        }
+        Api::Hooks(HooksAction::Test { id }) => {
+            let v = call("POST", &format!("/api/hooks/{}/test", enc(&id)), None)?;
+            let t = match v["status"].as_u64() {
+                Some(s) => format!("{id}: {s} in {} ms\n", v["duration_ms"]),
+                None => format!("{id}: {}\n", client::cell(&v["error"])),
+            };
+            (v, t)
+        }
+        Api::Deliveries(DeliveriesAction::List {
+            state,
+            target,
+            limit,
+            after,
+        }) => {
+            let mut q = format!("limit={limit}");
+            for (k, v) in [("state", state), ("target", target), ("after", after)] {
+                if let Some(v) = v {
+                    q.push_str(&format!("&{k}={}", enc(&v)));
+                }
+            }
+            let v = call("GET", &format!("/api/deliveries?{q}"), None)?;
+            let t = client::deliveries_table(&v);
+            (v, t)
+        }
+        Api::Deliveries(DeliveriesAction::Retry { id: Some(id), .. }) => {
+            let v = call("POST", &format!("/api/deliveries/{}/retry", enc(&id)), None)?;
+            let t = format!("re-queued {id}\n");
+            (v, t)
+        }
+        Api::Deliveries(DeliveriesAction::Retry {
+            id: None,
+            state,
+            target,
+        }) => {
+            let state = state.context("give a delivery id or --state (e.g. --state dead)")?;
+            let v = call(
+                "POST",
+                "/api/deliveries/retry",
+                Some(json!({"state": state, "target": target})),
+            )?;
+            let t = format!("re-queued {} deliveries\n", client::cell(&v["retried"]));
+            (v, t)
+        }
+        Api::Targets => {
+            let v = call("GET", "/api/targets", None)?;
+            let t = client::targets_table(&v);
+            (v, t)
+        }
+    };
+    if opts.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{text}");
     }
     Ok(())
 }

@@ -162,3 +162,89 @@ async fn serve_accepts_events_and_stops_cleanly_on_sigterm() {
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("stopped"), "{log}");
 }
+
+/// Runs the binary with `args` against `config`; returns (exit code, stdout, stderr).
+async fn run_cli(config: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).arg("--config").arg(config);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn operator_commands_drive_the_admin_api() {
+    let rx = common::Receiver::ok().await;
+    let app = common::spawn_app("[[routes]]\nname = \"t\"\npath = \"/t/{event}\"\n").await;
+    // The operator's config names the running relay's admin address and tokens.
+    let cli_config = app.dir.path().join("cli.toml");
+    std::fs::write(
+        &cli_config,
+        format!(
+            "admin.listen = [\"{}\"]\nadmin.tokens_file = \"admin.tokens\"\n",
+            app.relay.admin_addrs()[0]
+        ),
+    )
+    .unwrap();
+
+    let (code, out, err) = run_cli(
+        &cli_config,
+        &[
+            "hooks",
+            "add",
+            "--url",
+            &rx.url("/crm"),
+            "--event",
+            "new_order",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret (shown once): "))
+        .expect("secret printed")
+        .to_string();
+    let (_, out, _) = run_cli(&cli_config, &["hooks", "list", "--json"]).await;
+    let hooks: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let id = hooks["hooks"][0]["id"].as_str().unwrap().to_string();
+    let (_, table, _) = run_cli(&cli_config, &["hooks", "list"]).await;
+    assert!(table.starts_with("ID") && table.contains(&id), "{table}");
+
+    let r = common::post_json(app.addr, "/t/new_order", "{\"n\":1}").await;
+    assert_eq!(r.status, 202);
+    let got = rx.wait_for(1).await;
+    assert!(common::verify_signature(
+        &secret,
+        &got[0].headers,
+        &got[0].body
+    ));
+
+    let (code, out, _) = run_cli(&cli_config, &["deliveries", "list", "--target", &id]).await;
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with("DELIVERY") && out.contains(&id), "{out}");
+    let (code, out, _) = run_cli(&cli_config, &["deliveries", "retry", "--state", "dead"]).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(out.trim(), "re-queued 0 deliveries");
+    let (code, out, _) = run_cli(&cli_config, &["targets"]).await;
+    assert_eq!(code, Some(0));
+    assert!(out.contains(&id));
+
+    let (code, out, _) = run_cli(&cli_config, &["hooks", "rm", &id]).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(out.trim(), format!("unsubscribed {id}"));
+    let (code, _, err) = run_cli(&cli_config, &["hooks", "rm", &id]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("404"), "{err}");
+
+    // A wrong token is reported, not a crash.
+    std::fs::write(app.dir.path().join("admin.tokens"), "not-the-token\n").unwrap();
+    let (code, _, err) = run_cli(&cli_config, &["hooks", "list"]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("401"), "{err}");
+}
