@@ -279,6 +279,7 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
