@@ -248,3 +248,63 @@ async fn operator_commands_drive_the_admin_api() {
     assert_eq!(code, Some(1));
     assert!(err.contains("401"), "{err}");
 }
+
+#[tokio::test]
+async fn admin_token_from_a_systemd_credential() {
+    let dir = tempfile::tempdir().unwrap();
+    let creds = dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::write(creds.join("admin.tokens"), "from-credential\n").unwrap();
+    let ingest = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let path = dir.path().join("hookrelay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "ingest.listen = [\"{ingest}\"]\nadmin.listen = [\"{admin}\"]\n\
+             admin.tokens_file = \"admin.tokens\"\nstore.path = {:?}\n",
+            dir.path().join("store").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("CREDENTIALS_DIRECTORY", &creds)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while tokio::net::TcpStream::connect(admin).await.is_err() {
+        if start.elapsed() > common::DEADLINE {
+            let _ = child.kill();
+            panic!("admin never listened");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let call = |token: &'static str| async move {
+        let auth = format!("Bearer {token}");
+        common::send(
+            admin,
+            None,
+            "GET",
+            "/api/hooks",
+            &[("authorization", &auth)],
+            "",
+        )
+        .await
+    };
+    let ok = call("from-credential").await.status;
+    let refused = call("test-admin-token").await.status;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(ok, 200);
+    assert_eq!(refused, 401);
+}
