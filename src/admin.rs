@@ -1,7 +1,7 @@
 //! The admin listener: REST Hooks subscriptions, targets and their counters,
 //! the event and delivery log, repair (re-queue), test sends, health.
 //!
-//! Invariants: every path but `/healthz` and `/readyz` needs a bearer token
+//! Invariants: every path but `/healthz`, `/readyz` and `/metrics` needs a bearer token
 //! from `admin.tokens_file`, compared in constant time; sources outside
 //! `admin.allow` get 403 before anything else. A subscription's secret is in
 //! the answer to its creation and in no other answer or log line. Errors map
@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use base64::Engine;
 use bytes::Bytes;
@@ -31,6 +31,7 @@ use crate::store::{
     now_ms, Attempt, Counters, Delivery, DeliveryId, EventId, State, Store, StoreError,
     Subscription,
 };
+use crate::telemetry::Metrics;
 
 /// Largest admin request body.
 const MAX_BODY: usize = 64 * 1024;
@@ -132,26 +133,56 @@ impl Tokens {
     }
 }
 
-/// The admin service, shared by every admin connection.
-pub struct Admin {
-    store: Arc<Store>,
-    catalog: Arc<Catalog>,
+/// What a config decides about the admin API; replaced whole on reload.
+struct Settings {
     tokens: Tokens,
     allow: Vec<ipnet::IpNet>,
     routes: Vec<String>,
     https_only: bool,
 }
 
-impl Admin {
-    pub fn new(config: &Config, store: Arc<Store>, catalog: Arc<Catalog>, tokens: Tokens) -> Admin {
-        Admin {
-            store,
-            catalog,
+impl Settings {
+    fn new(config: &Config, tokens: Tokens) -> Settings {
+        Settings {
             tokens,
             allow: config.admin.allow.clone(),
             routes: config.routes.iter().map(|r| r.name.clone()).collect(),
             https_only: config.egress.https_only,
         }
+    }
+}
+
+/// The admin service, shared by every admin connection.
+pub struct Admin {
+    store: Arc<Store>,
+    catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
+    settings: RwLock<Arc<Settings>>,
+}
+
+impl Admin {
+    pub fn new(
+        config: &Config,
+        store: Arc<Store>,
+        catalog: Arc<Catalog>,
+        metrics: Arc<Metrics>,
+        tokens: Tokens,
+    ) -> Admin {
+        Admin {
+            store,
+            catalog,
+            metrics,
+            settings: RwLock::new(Arc::new(Settings::new(config, tokens))),
+        }
+    }
+
+    /// Takes tokens, the allowlist and route names from a new config.
+    pub fn reload(&self, config: &Config, tokens: Tokens) {
+        *self.settings.write().expect("lock poisoned") = Arc::new(Settings::new(config, tokens));
+    }
+
+    fn settings(&self) -> Arc<Settings> {
+        self.settings.read().expect("lock poisoned").clone()
     }
 
     pub async fn handle(
@@ -171,7 +202,7 @@ impl Admin {
         peer: SocketAddr,
     ) -> Result<Response<Full<Bytes>>, AdminError> {
         let source = peer.ip().to_canonical();
-        if !self.allow.iter().any(|n| n.contains(&source)) {
+        if !self.settings().allow.iter().any(|n| n.contains(&source)) {
             return Err(AdminError::SourceNotAllowed(source));
         }
         let path = req.uri().path().trim_end_matches('/').to_string();
@@ -180,6 +211,7 @@ impl Admin {
         match (method.clone(), segments.as_slice()) {
             (Method::GET, ["healthz"]) => return Ok(ok(json!({"status": "ok"}))),
             (Method::GET, ["readyz"]) => return Ok(self.ready()),
+            (Method::GET, ["metrics"]) => return Ok(self.metrics()),
             _ => {}
         }
         self.authorize(&req)?;
@@ -216,11 +248,21 @@ impl Admin {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or(AdminError::Unauthorized)?;
-        if self.tokens.accepts(token.trim()) {
+        if self.settings().tokens.accepts(token.trim()) {
             Ok(())
         } else {
             Err(AdminError::Unauthorized)
         }
+    }
+
+    fn metrics(&self) -> Response<Full<Bytes>> {
+        let text = self.metrics.render(&self.store, &self.catalog);
+        let mut resp = Response::new(Full::new(Bytes::from(text)));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        resp
     }
 
     fn ready(&self) -> Response<Full<Bytes>> {
@@ -249,7 +291,8 @@ impl Admin {
             .target_url
             .ok_or_else(|| invalid("target_url", "is required"))?;
         let parsed = TargetUrl::parse(&url).map_err(|e| invalid("target_url", e))?;
-        if self.https_only && !parsed.is_https() {
+        let settings = self.settings();
+        if settings.https_only && !parsed.is_https() {
             return Err(invalid(
                 "target_url",
                 "egress.https_only is set and this URL is http",
@@ -265,7 +308,7 @@ impl Admin {
             None => new_secret(),
         };
         if let Some(route) = &req.route {
-            if !self.routes.contains(route) {
+            if !settings.routes.contains(route) {
                 return Err(invalid("route", format!("no route is named `{route}`")));
             }
         }

@@ -17,7 +17,7 @@ use governor::{DefaultDirectRateLimiter, RateLimiter};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::config::{Config, DeliveryConfig, TargetUrl};
+use crate::config::{Config, DeliveryConfig, EgressConfig, TargetUrl};
 use crate::egress::{Connector, EgressClient};
 use crate::route::EventPattern;
 use crate::sign::Secret;
@@ -41,7 +41,7 @@ pub enum Origin {
 }
 
 /// What a target is: where it is, what it wants, how to deliver to it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TargetSpec {
     pub key: String,
     pub origin: Origin,
@@ -213,9 +213,34 @@ impl Target {
 /// targets in file order, then subscriptions by id.
 pub struct Catalog {
     targets: RwLock<Vec<Arc<Target>>>,
-    tls: Arc<rustls::ClientConfig>,
+    egress: RwLock<Egress>,
     store: Arc<Store>,
+}
+
+/// What every target's lane is built with.
+struct Egress {
+    tls: Arc<rustls::ClientConfig>,
+    settings: EgressConfig,
     defaults: DeliveryConfig,
+}
+
+/// The configured targets of `config`, in file order.
+fn configured(config: &Config) -> Vec<TargetSpec> {
+    config
+        .routes
+        .iter()
+        .flat_map(|route| {
+            route.targets.iter().map(move |t| TargetSpec {
+                key: target_key(&route.name, &t.name),
+                origin: Origin::Config,
+                route: Some(route.name.clone()),
+                events: t.events.clone(),
+                url: t.url.clone(),
+                secrets: t.secret.0.clone(),
+                policy: config.delivery.with(t),
+            })
+        })
+        .collect()
 }
 
 impl Catalog {
@@ -224,20 +249,9 @@ impl Catalog {
         let tls = crate::egress::tls_config(config.egress.ca_file.as_deref())?;
         let mut targets = Vec::new();
         let counters = |key: &str| store.counters(key).map_err(|e| e.to_string());
-        for route in &config.routes {
-            for t in &route.targets {
-                let key = target_key(&route.name, &t.name);
-                let spec = TargetSpec {
-                    origin: Origin::Config,
-                    route: Some(route.name.clone()),
-                    events: t.events.clone(),
-                    url: t.url.clone(),
-                    secrets: t.secret.0.clone(),
-                    policy: config.delivery.with(t),
-                    key: key.clone(),
-                };
-                targets.push(Arc::new(Target::new(spec, &tls, counters(&key)?)));
-            }
+        for spec in configured(config) {
+            let saved = counters(&spec.key)?;
+            targets.push(Arc::new(Target::new(spec, &tls, saved)));
         }
         for sub in store.subscriptions().map_err(|e| e.to_string())? {
             match TargetSpec::of_subscription(&sub, &config.delivery) {
@@ -249,10 +263,58 @@ impl Catalog {
         }
         Ok(Arc::new(Catalog {
             targets: RwLock::new(targets),
-            tls,
+            egress: RwLock::new(Egress {
+                tls,
+                settings: config.egress.clone(),
+                defaults: config.delivery.clone(),
+            }),
             store,
-            defaults: config.delivery.clone(),
         }))
+    }
+
+    /// Takes the configured targets and delivery defaults of a new config.
+    /// A target whose settings did not change keeps its lane, circuit and
+    /// counters; a changed one gets a new lane and keeps its counters.
+    /// Subscriptions stay. Returns the keys of configured targets that are gone.
+    pub fn reload(&self, config: &Config) -> Result<Vec<String>, String> {
+        let mut egress = self.egress.write().expect("lock poisoned");
+        let egress_changed = egress.settings != config.egress;
+        if egress_changed {
+            egress.tls = crate::egress::tls_config(config.egress.ca_file.as_deref())?;
+            egress.settings = config.egress.clone();
+        }
+        egress.defaults = config.delivery.clone();
+        let old = self.all();
+        let find = |key: &str| old.iter().find(|t| t.spec.key == key);
+        let mut next = Vec::new();
+        for spec in configured(config) {
+            next.push(match find(&spec.key) {
+                Some(t) if t.spec == spec && !egress_changed => t.clone(),
+                Some(t) => Arc::new(Target::new(spec, &egress.tls, t.counters())),
+                None => {
+                    let saved = self.store.counters(&spec.key).map_err(|e| e.to_string())?;
+                    Arc::new(Target::new(spec, &egress.tls, saved))
+                }
+            });
+        }
+        for t in old.iter().filter(|t| t.spec.origin == Origin::Subscription) {
+            let spec = TargetSpec {
+                policy: config.delivery.clone(),
+                ..t.spec.clone()
+            };
+            next.push(if spec == t.spec && !egress_changed {
+                t.clone()
+            } else {
+                Arc::new(Target::new(spec, &egress.tls, t.counters()))
+            });
+        }
+        let removed = old
+            .iter()
+            .filter(|t| !next.iter().any(|n| n.spec.key == t.spec.key))
+            .map(|t| t.spec.key.clone())
+            .collect();
+        *self.targets.write().expect("lock poisoned") = next;
+        Ok(removed)
     }
 
     /// Keys of the targets that want an `event` that came in on `route`.
@@ -279,14 +341,11 @@ impl Catalog {
         self.targets.read().expect("lock poisoned").clone()
     }
 
-    pub fn defaults(&self) -> &DeliveryConfig {
-        &self.defaults
-    }
-
     /// Adds a subscription's target (it is already stored).
     pub fn add_subscription(&self, sub: &Subscription) -> Result<Arc<Target>, String> {
-        let spec = TargetSpec::of_subscription(sub, &self.defaults)?;
-        let target = Arc::new(Target::new(spec, &self.tls, Counters::default()));
+        let egress = self.egress.read().expect("lock poisoned");
+        let spec = TargetSpec::of_subscription(sub, &egress.defaults)?;
+        let target = Arc::new(Target::new(spec, &egress.tls, Counters::default()));
         self.targets
             .write()
             .expect("lock poisoned")

@@ -165,7 +165,7 @@ impl Default for StoreConfig {
 }
 
 /// `[delivery]`: the defaults every target starts from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct DeliveryConfig {
     #[serde(with = "humantime_serde")]
@@ -204,7 +204,7 @@ impl Default for DeliveryConfig {
 }
 
 /// `[egress]`: how outbound connections are made.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EgressConfig {
     /// Extra trust roots (PEM) beside the built-in ones.
@@ -225,12 +225,23 @@ pub struct EgressConfig {
 pub struct LogConfig {
     /// A tracing filter, as in `RUST_LOG` (which wins when set).
     pub level: String,
+    pub format: LogFormat,
+}
+
+/// `log.format`: `"text"` (journald-style under systemd) or `"json"` lines.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
             level: "info".into(),
+            format: LogFormat::Text,
         }
     }
 }

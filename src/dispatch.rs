@@ -13,6 +13,7 @@
 //! flight, and the store puts it back to pending at the next start, so
 //! delivery is at least once.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,8 +24,10 @@ use tokio::task::JoinSet;
 
 use crate::catalog::{Catalog, Target};
 use crate::egress::{EgressError, Reply};
+use crate::service::Heartbeat;
 use crate::sign::signature_header;
 use crate::store::{now_ms, Attempt, Delivery, DeliveryId, Next, State, Store, StoreError};
+use crate::telemetry::{Metrics, TargetLabel};
 
 /// Most pending deliveries cancelled in one step when their target is gone.
 const CANCEL_STEP: usize = 1000;
@@ -34,17 +37,34 @@ const CANCEL_STEP: usize = 1000;
 pub struct Dispatcher {
     store: Arc<Store>,
     catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
     wake: Arc<Notify>,
+    passes: Arc<AtomicU64>,
     grace: Duration,
 }
 
 impl Dispatcher {
-    pub fn new(catalog: Arc<Catalog>, store: Arc<Store>, grace: Duration) -> Dispatcher {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+        grace: Duration,
+    ) -> Dispatcher {
         Dispatcher {
             wake: store.new_work.clone(),
             store,
             catalog,
+            metrics,
+            passes: Arc::new(AtomicU64::new(0)),
             grace,
+        }
+    }
+
+    /// The scheduler's sign of life, for the watchdog.
+    pub fn heartbeat(&self) -> Heartbeat {
+        Heartbeat {
+            passes: self.passes.clone(),
+            poke: self.wake.clone(),
         }
     }
 
@@ -63,6 +83,7 @@ impl Dispatcher {
                     Some(now_ms() + 1000)
                 }
             };
+            self.passes.fetch_add(1, Ordering::Relaxed);
             let sleep = async {
                 match next {
                     Some(at) => {
@@ -147,6 +168,7 @@ impl Dispatcher {
                 let job = Job {
                     target: target.clone(),
                     catalog: self.catalog.clone(),
+                    metrics: self.metrics.clone(),
                     store: self.store.clone(),
                     wake: self.wake.clone(),
                     id,
@@ -169,6 +191,7 @@ impl Dispatcher {
 struct Job {
     target: Arc<Target>,
     catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
     store: Arc<Store>,
     wake: Arc<Notify>,
     id: DeliveryId,
@@ -197,6 +220,7 @@ impl Job {
             if let Err(e) = self.store.cancel(self.id, "target removed") {
                 tracing::error!(delivery = %self.id, error = %e, "cannot cancel delivery");
             }
+            self.metrics.outcome(&self.target.spec.key, "cancelled");
             self.done(true);
             return;
         }
@@ -253,6 +277,21 @@ impl Job {
             State::Dead => "dead",
             _ => "retry",
         };
+        let label = TargetLabel {
+            target: target.spec.key.clone(),
+        };
+        self.metrics.outcome(&target.spec.key, outcome);
+        self.metrics
+            .attempt_duration
+            .get_or_create(&label)
+            .observe(attempt.duration_ms as f64 / 1000.0);
+        if d.state == State::Succeeded {
+            let e2e = now_ms().saturating_sub(event.meta.received_at_ms);
+            self.metrics
+                .end_to_end
+                .get_or_create(&label)
+                .observe(e2e as f64 / 1000.0);
+        }
         tracing::info!(
             event = %event_id,
             delivery = %self.id,

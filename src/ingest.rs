@@ -6,7 +6,7 @@
 //! the flush that covers this event. Every refusal is a JSON error body.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,9 +19,10 @@ use hyper::{Request, Response};
 use serde_json::json;
 
 use crate::catalog::Catalog;
-use crate::config::IngestConfig;
+use crate::config::{Config, IngestConfig};
 use crate::route::{Context, Missing, Router};
 use crate::store::{now_ms, EventMeta, NewEvent, Store, StoreError};
+use crate::telemetry::Metrics;
 
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -47,9 +48,9 @@ pub enum IngestError {
 }
 
 impl IngestError {
-    /// The one place ingest errors become HTTP responses.
-    fn into_response(self) -> Response<Full<Bytes>> {
-        let (status, code) = match &self {
+    /// The one place ingest errors get their HTTP status and error code.
+    fn status(&self) -> (StatusCode, &'static str) {
+        match self {
             IngestError::SourceNotAllowed(_) => (StatusCode::FORBIDDEN, "source_not_allowed"),
             IngestError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             IngestError::MethodNotAllowed(_) => {
@@ -64,7 +65,11 @@ impl IngestError {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_full")
             }
             IngestError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-        };
+        }
+    }
+
+    fn into_response(self) -> Response<Full<Bytes>> {
+        let (status, code) = self.status();
         // Store errors are logged in full; the client gets a plain reason.
         let message = match &self {
             IngestError::Store(StoreError::Full { .. }) => {
@@ -127,36 +132,76 @@ pub fn never_forwarded(name: &http::HeaderName) -> bool {
     NAMES.contains(&n) || n.starts_with("webhook-")
 }
 
-/// The ingest service: shared by every connection of the ingest listener.
-pub struct Ingest {
+/// What a config decides about ingest; replaced whole on reload.
+struct Settings {
     router: Router,
-    catalog: Arc<Catalog>,
-    store: Arc<Store>,
     allow: Vec<ipnet::IpNet>,
-    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    rate: crate::config::Rate,
+    limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     max_body_bytes: usize,
     body_read_timeout: Duration,
 }
 
-impl Ingest {
-    pub fn new(config: &crate::config::Config, catalog: Arc<Catalog>, store: Arc<Store>) -> Ingest {
+impl Settings {
+    /// Settings from `config`; the rate limiter (and its state) is kept
+    /// from `old` when the rate did not change.
+    fn new(config: &Config, old: Option<&Settings>) -> Settings {
         let c: &IngestConfig = &config.ingest;
-        Ingest {
+        let limiter = match old {
+            Some(o) if o.rate == c.rate => o.limiter.clone(),
+            _ => Arc::new(RateLimiter::dashmap(c.rate.quota())),
+        };
+        Settings {
             router: Router::new(config),
-            catalog,
-            store,
             allow: c.allow.clone(),
-            limiter: RateLimiter::dashmap(c.rate.quota()),
+            rate: c.rate,
+            limiter,
             max_body_bytes: c.max_body_bytes,
             body_read_timeout: c.body_read_timeout,
         }
+    }
+}
+
+/// The ingest service: shared by every connection of the ingest listener.
+pub struct Ingest {
+    settings: RwLock<Arc<Settings>>,
+    catalog: Arc<Catalog>,
+    store: Arc<Store>,
+    metrics: Arc<Metrics>,
+}
+
+impl Ingest {
+    pub fn new(
+        config: &Config,
+        catalog: Arc<Catalog>,
+        store: Arc<Store>,
+        metrics: Arc<Metrics>,
+    ) -> Ingest {
+        Ingest {
+            settings: RwLock::new(Arc::new(Settings::new(config, None))),
+            catalog,
+            store,
+            metrics,
+        }
+    }
+
+    /// Takes routes and limits from a new config; requests under way finish
+    /// with the settings they started with.
+    pub fn reload(&self, config: &Config) {
+        let mut settings = self.settings.write().expect("lock poisoned");
+        *settings = Arc::new(Settings::new(config, Some(&settings)));
+    }
+
+    fn settings(&self) -> Arc<Settings> {
+        self.settings.read().expect("lock poisoned").clone()
     }
 
     /// Forgets rate-limit state of sources that are back to a full bucket,
     /// so the key set stays bounded by recently active sources.
     pub fn evict_idle_sources(&self) {
-        self.limiter.retain_recent();
-        self.limiter.shrink_to_fit();
+        let s = self.settings();
+        s.limiter.retain_recent();
+        s.limiter.shrink_to_fit();
     }
 
     pub async fn handle(
@@ -164,9 +209,13 @@ impl Ingest {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Response<Full<Bytes>> {
+        self.metrics.events_received.inc();
         match self.accept(req, peer).await {
             Ok(resp) => resp,
-            Err(e) => e.into_response(),
+            Err(e) => {
+                self.metrics.rejected(e.status().1);
+                e.into_response()
+            }
         }
     }
 
@@ -175,11 +224,12 @@ impl Ingest {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<Full<Bytes>>, IngestError> {
+        let settings = self.settings();
         let source = peer.ip().to_canonical();
-        if !self.allow.iter().any(|net| net.contains(&source)) {
+        if !settings.allow.iter().any(|net| net.contains(&source)) {
             return Err(IngestError::SourceNotAllowed(source));
         }
-        if let Err(not_until) = self.limiter.check_key(&source) {
+        if let Err(not_until) = settings.limiter.check_key(&source) {
             return Err(IngestError::RateLimited(
                 not_until.wait_time_from(DefaultClock::default().now()),
             ));
@@ -188,17 +238,20 @@ impl Ingest {
             return Err(IngestError::MethodNotAllowed(req.method().clone()));
         }
         let path = req.uri().path().to_string();
-        let (route, captures) = self.router.find(&path).ok_or(IngestError::NoRoute(path))?;
+        let (route, captures) = settings
+            .router
+            .find(&path)
+            .ok_or(IngestError::NoRoute(path))?;
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.max_body_bytes as u64) {
-            return Err(IngestError::TooLarge(self.max_body_bytes));
+        if declared.is_some_and(|n| n > settings.max_body_bytes as u64) {
+            return Err(IngestError::TooLarge(settings.max_body_bytes));
         }
         let (parts, body) = req.into_parts();
-        let body = self.read_body(body).await?;
+        let body = read_body(body, settings.max_body_bytes, settings.body_read_timeout).await?;
 
         let needs_json =
             route.event.needs_json() || route.dedup.as_ref().is_some_and(|t| t.needs_json());
@@ -239,20 +292,21 @@ impl Ingest {
         let mut out = json!({"id": accepted.id.to_string(), "deliveries": accepted.deliveries});
         if accepted.duplicate {
             out["duplicate"] = json!(true);
+            self.metrics.events_duplicate.inc();
+        } else {
+            self.metrics.accepted(&route.name);
         }
         Ok(json_response(StatusCode::ACCEPTED, out))
     }
+}
 
-    async fn read_body(&self, body: Incoming) -> Result<Bytes, IngestError> {
-        let limited = Limited::new(body, self.max_body_bytes);
-        match tokio::time::timeout(self.body_read_timeout, limited.collect()).await {
-            Err(_) => Err(IngestError::BodyTimeout(self.body_read_timeout)),
-            Ok(Ok(collected)) => Ok(collected.to_bytes()),
-            Ok(Err(e)) if e.is::<LengthLimitError>() => {
-                Err(IngestError::TooLarge(self.max_body_bytes))
-            }
-            Ok(Err(e)) => Err(IngestError::BadBody(e.to_string())),
-        }
+async fn read_body(body: Incoming, max: usize, timeout: Duration) -> Result<Bytes, IngestError> {
+    let limited = Limited::new(body, max);
+    match tokio::time::timeout(timeout, limited.collect()).await {
+        Err(_) => Err(IngestError::BodyTimeout(timeout)),
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(IngestError::TooLarge(max)),
+        Ok(Err(e)) => Err(IngestError::BadBody(e.to_string())),
     }
 }
 

@@ -15,6 +15,7 @@
 //! - [`sign`]: Standard Webhooks signatures.
 //! - [`catalog`]: configured targets and subscriptions, with their lanes.
 //! - [`admin`]: the admin API; [`client`]: the CLI's side of it.
+//! - [`telemetry`]: metrics and logs; [`service`]: systemd integration.
 //!
 //! [`Relay::start`] wires them together; `main.rs` only parses the command line.
 
@@ -29,8 +30,10 @@ pub mod egress;
 pub mod ingest;
 pub mod listener;
 pub mod route;
+pub mod service;
 pub mod sign;
 pub mod store;
+pub mod telemetry;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -65,6 +68,8 @@ pub enum StartError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("sockets passed by the service manager: {0}")]
+    Activation(std::io::Error),
     #[error("egress: {0}")]
     Egress(String),
     #[error("admin.tokens_file: {0}")]
@@ -77,35 +82,65 @@ pub struct Relay {
     admin_addrs: Vec<SocketAddr>,
     store: Arc<Store>,
     catalog: Arc<catalog::Catalog>,
+    ingest: Arc<ingest::Ingest>,
+    admin: Arc<admin::Admin>,
+    metrics: Arc<telemetry::Metrics>,
+    /// The configuration in force, to tell what a reload changes.
+    config: std::sync::Mutex<Config>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Relay {
-    /// Opens the store, binds the listeners and starts the dispatcher.
-    /// Listen addresses with port 0 get a free port; see [`Relay::ingest_addrs`].
+    /// Opens the store, binds the listeners (or takes the ones the service
+    /// manager passed) and starts the dispatcher. Listen addresses with port
+    /// 0 get a free port; see [`Relay::ingest_addrs`].
     pub async fn start(config: Config) -> Result<Relay, StartError> {
         let store = Store::open(&config.store).map_err(|source| StartError::Store {
             path: config.store.path.display().to_string(),
             source,
         })?;
+        let metrics = telemetry::Metrics::new(&store);
         let catalog = catalog::Catalog::new(&config, store.clone()).map_err(StartError::Egress)?;
         let dispatcher = dispatch::Dispatcher::new(
             catalog.clone(),
             store.clone(),
+            metrics.clone(),
             config.delivery.shutdown_grace,
         );
+        let heartbeat = dispatcher.heartbeat();
         let (shutdown, rx) = watch::channel(false);
 
         let tokens = admin::Tokens::load(&config.admin.tokens_path(&config.base_dir))
             .map_err(StartError::Tokens)?;
-        let listeners = bind_all(&config.ingest.listen).await?;
+        let activated = service::activated_listeners().map_err(StartError::Activation)?;
+        let listeners = if activated.is_empty() {
+            bind_all(&config.ingest.listen).await?
+        } else {
+            tracing::info!(
+                sockets = activated.len(),
+                "ingest on sockets passed by the service manager"
+            );
+            activated
+        };
         let admin_listeners = bind_all(&config.admin.listen).await?;
         let local = |ls: &[TcpListener]| ls.iter().filter_map(|l| l.local_addr().ok()).collect();
         let ingest_addrs: Vec<SocketAddr> = local(&listeners);
         let admin_addrs: Vec<SocketAddr> = local(&admin_listeners);
 
-        let ingest = Arc::new(ingest::Ingest::new(&config, catalog.clone(), store.clone()));
+        let ingest = Arc::new(ingest::Ingest::new(
+            &config,
+            catalog.clone(),
+            store.clone(),
+            metrics.clone(),
+        ));
+        let admin = Arc::new(admin::Admin::new(
+            &config,
+            store.clone(),
+            catalog.clone(),
+            metrics.clone(),
+            tokens,
+        ));
         let limits = listener::Limits {
             max_connections: config.ingest.max_connections,
             header_read_timeout: config.ingest.header_read_timeout,
@@ -123,12 +158,6 @@ impl Relay {
                 rx.clone(),
             )));
         }
-        let admin = Arc::new(admin::Admin::new(
-            &config,
-            store.clone(),
-            catalog.clone(),
-            tokens,
-        ));
         for l in admin_listeners {
             let admin = admin.clone();
             let handler = move |req, peer| admin.clone().handle(req, peer);
@@ -141,12 +170,20 @@ impl Relay {
         }
         tasks.push(tokio::spawn(dispatcher.run(rx.clone())));
         tasks.push(tokio::spawn(housekeeping(
-            ingest,
+            ingest.clone(),
             catalog.clone(),
             store.clone(),
             config.store.retention,
-            rx,
+            rx.clone(),
         )));
+        if let Some(every) = service::watchdog_interval() {
+            tasks.push(tokio::spawn(service::watchdog(
+                every,
+                store.clone(),
+                heartbeat,
+                rx,
+            )));
+        }
         for addr in &ingest_addrs {
             tracing::info!(%addr, "ingest listening");
         }
@@ -158,6 +195,10 @@ impl Relay {
             admin_addrs,
             store,
             catalog,
+            ingest,
+            admin,
+            metrics,
+            config: std::sync::Mutex::new(config),
             shutdown,
             tasks,
         })
@@ -179,6 +220,58 @@ impl Relay {
 
     pub fn catalog(&self) -> &Arc<catalog::Catalog> {
         &self.catalog
+    }
+
+    pub fn metrics(&self) -> &Arc<telemetry::Metrics> {
+        &self.metrics
+    }
+
+    /// Takes routes, targets, limits and admin tokens from a new
+    /// configuration without dropping work under way. Targets that are gone
+    /// have their pending deliveries cancelled, with the reason recorded.
+    /// Listen addresses and store settings change only with a restart;
+    /// the answer lists such keys, which keep their running values.
+    pub async fn reload(&self, config: Config) -> Result<Vec<&'static str>, String> {
+        let tokens = admin::Tokens::load(&config.admin.tokens_path(&config.base_dir))?;
+        let removed = self.catalog.reload(&config)?;
+        self.ingest.reload(&config);
+        self.admin.reload(&config, tokens);
+        let restart_only = {
+            let mut running = self.config.lock().expect("lock poisoned");
+            let mut keys = Vec::new();
+            if running.ingest.listen != config.ingest.listen {
+                keys.push("ingest.listen");
+            }
+            if running.admin.listen != config.admin.listen {
+                keys.push("admin.listen");
+            }
+            if running.store.path != config.store.path
+                || running.store.cache_bytes != config.store.cache_bytes
+            {
+                keys.push("store");
+            }
+            *running = config;
+            keys
+        };
+        for key in &removed {
+            let (store, k) = (self.store.clone(), key.clone());
+            let n = tokio::task::spawn_blocking(move || {
+                let mut total = 0;
+                loop {
+                    let n = store.cancel_target(&k, "target removed from configuration", 1000)?;
+                    total += n;
+                    if n < 1000 {
+                        return Ok::<_, StoreError>(total);
+                    }
+                }
+            })
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+            tracing::info!(target = %key, cancelled = n, "target removed");
+        }
+        self.store.new_work.notify_one();
+        Ok(restart_only)
     }
 
     /// Stops accepting, lets requests and attempts under way finish within

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hookrelay::config::Config;
-use hookrelay::Relay;
+use hookrelay::{service, Relay};
 
 #[derive(Parser)]
 #[command(
@@ -273,20 +273,27 @@ fn api(opts: ApiOpts, what: Api) -> anyhow::Result<()> {
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&config.log.level))
-        .with_context(|| format!("{}: log.level: not a valid filter", path.display()))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    hookrelay::telemetry::init_logging(&config.log)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+
         let relay = Relay::start(config).await?;
+        service::notify_ready();
         tracing::info!(config = %path.display(), "hookrelay ready");
-        wait_for_signal().await?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+                _ = hup.recv() => reload(&relay, &path).await,
+            }
+        }
+        service::notify_stopping();
         tracing::info!("stopping");
         relay.shutdown().await.context("final flush failed")?;
         tracing::info!("stopped");
@@ -294,13 +301,22 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+/// Re-reads the config file; a bad one is logged and the running one kept.
+async fn reload(relay: &Relay, path: &std::path::Path) {
+    service::notify_reloading(false);
+    match Config::load(path) {
+        Err(e) => tracing::error!(error = %e, "reload refused; the running configuration stays"),
+        Ok(config) => match relay.reload(config).await {
+            Ok(restart_only) => {
+                for key in restart_only {
+                    tracing::warn!(key, "changed, but takes effect only after a restart");
+                }
+                tracing::info!(config = %path.display(), "configuration reloaded");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; the running configuration stays")
+            }
+        },
     }
-    Ok(())
+    service::notify_reloading(true);
 }

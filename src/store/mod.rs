@@ -14,7 +14,10 @@
 //! - Values carry a version byte; keys are big-endian so ranges sort by time.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Instant;
+
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -90,6 +93,29 @@ pub struct Store {
     /// Flushes done, and events they covered (for metrics and tests).
     pub flushes: AtomicU64,
     pub flushed_events: AtomicU64,
+    /// Events per flush, and how long each flush took (seconds).
+    pub flush_batch: Histogram,
+    pub flush_duration: Histogram,
+    /// Deliveries by state, kept up to date by every transition.
+    counts: StateCounts,
+}
+
+/// How many deliveries are in each state.
+#[derive(Default)]
+struct StateCounts([AtomicI64; 5]);
+
+impl StateCounts {
+    fn moved(&self, from: Option<State>, to: Option<State>) {
+        if from == to {
+            return;
+        }
+        if let Some(f) = from {
+            self.0[f.index()].fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(t) = to {
+            self.0[t.index()].fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 impl Store {
@@ -121,9 +147,16 @@ impl Store {
             writable: AtomicBool::new(true),
             flushes: AtomicU64::new(0),
             flushed_events: AtomicU64::new(0),
+            flush_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            flush_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            counts: StateCounts::default(),
             db,
         });
         store.recover()?;
+        for item in store.deliveries.iter().values() {
+            let d: Delivery = decode("deliveries", &item?)?;
+            store.counts.moved(None, Some(d.state));
+        }
         store.db.flush()?;
         store.refresh_disk_usage();
         let (tx, rx) = mpsc::channel();
@@ -269,6 +302,9 @@ impl Store {
             }
             return Err(e);
         }
+        for _ in 0..accepted.deliveries {
+            self.counts.moved(None, Some(State::Pending));
+        }
         Ok(accepted)
     }
 
@@ -368,7 +404,12 @@ impl Store {
             deliveries.insert(&key, encode(&d))?;
             Ok(Some(d))
         });
-        result.map_err(tx_error)
+        let claimed = result.map_err(tx_error)?;
+        if claimed.is_some() {
+            self.counts
+                .moved(Some(State::Pending), Some(State::InFlight));
+        }
+        Ok(claimed)
     }
 
     /// Records attempt number `d.attempts + 1` and what follows it.
@@ -405,7 +446,9 @@ impl Store {
                 Ok(d)
             },
         );
-        result.map_err(tx_error)
+        let d = result.map_err(tx_error)?;
+        self.counts.moved(Some(State::InFlight), Some(d.state));
+        Ok(d)
     }
 
     /// Puts an in-flight delivery back to pending at `at_ms` without counting
@@ -414,20 +457,34 @@ impl Store {
         let key = id.to_key();
         let result = (&self.deliveries, &self.due).transaction(|(deliveries, due)| {
             let Some(v) = deliveries.get(key)? else {
-                return Ok(());
+                return Ok(false);
             };
             let mut d: Delivery =
                 decode("deliveries", &v).map_err(ConflictableTransactionError::Abort)?;
             if d.state != State::InFlight {
-                return Ok(());
+                return Ok(false);
             }
             d.state = State::Pending;
             d.next_at_ms = at_ms;
             deliveries.insert(&key, encode(&d))?;
             due.insert(due_key(&d.target, at_ms, id), &[])?;
-            Ok(())
+            Ok(true)
         });
-        result.map_err(tx_error)
+        if result.map_err(tx_error)? {
+            self.counts
+                .moved(Some(State::InFlight), Some(State::Pending));
+        }
+        Ok(())
+    }
+
+    /// How many deliveries are in `state` now.
+    pub fn count(&self, state: State) -> i64 {
+        self.counts.0[state.index()].load(Ordering::Relaxed)
+    }
+
+    /// The store's size on disk at the last check (every second).
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_bytes.load(Ordering::Relaxed)
     }
 
     pub fn event(&self, id: EventId) -> Result<Option<Event>, StoreError> {
@@ -502,6 +559,9 @@ impl Store {
                 batch.remove(&id.to_key());
             }
             self.deliveries.apply_batch(batch)?;
+            for (_, d) in &deliveries {
+                self.counts.moved(Some(d.state), None);
+            }
             self.events.remove(event.to_key())?;
             removed += 1;
         }
@@ -593,7 +653,12 @@ fn committer(store: std::sync::Weak<Store>, rx: mpsc::Receiver<Waiter>) {
         let Some(store) = store.upgrade() else {
             return;
         };
+        let started = Instant::now();
         let result = store.db.flush().map(|_| ()).map_err(Arc::new);
+        store
+            .flush_duration
+            .observe(started.elapsed().as_secs_f64());
+        store.flush_batch.observe(batch.len() as f64);
         if let Err(e) = &result {
             tracing::error!(error = %e, "store flush failed; events in this batch are refused");
         }

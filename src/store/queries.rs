@@ -81,8 +81,9 @@ impl Store {
             };
             let mut d: Delivery =
                 decode("deliveries", &v).map_err(ConflictableTransactionError::Abort)?;
+            let was = d.state;
             match d.state {
-                State::InFlight => return Ok(Some(d)),
+                State::InFlight => return Ok(Some((was, d))),
                 State::Pending => {
                     due.remove(due_key(&d.target, d.next_at_ms, id))?;
                 }
@@ -94,11 +95,14 @@ impl Store {
             d.note = Some(note.to_string());
             deliveries.insert(&key, encode(&d))?;
             due.insert(due_key(&d.target, now, id), &[])?;
-            Ok(Some(d))
+            Ok(Some((was, d)))
         });
-        let d = result.map_err(tx_error)?;
+        let Some((was, d)) = result.map_err(tx_error)? else {
+            return Ok(None);
+        };
+        self.counts.moved(Some(was), Some(d.state));
         self.new_work.notify_one();
-        Ok(d)
+        Ok(Some(d))
     }
 
     /// Re-queues up to `limit` deliveries in `state` (and of `target`),
@@ -152,12 +156,13 @@ impl Store {
         let key = id.to_key();
         let result = (&self.deliveries, &self.due).transaction(|(deliveries, due)| {
             let Some(v) = deliveries.get(key)? else {
-                return Ok(false);
+                return Ok(None);
             };
             let mut d: Delivery =
                 decode("deliveries", &v).map_err(ConflictableTransactionError::Abort)?;
+            let was = d.state;
             if !matches!(d.state, State::Pending | State::InFlight) {
-                return Ok(false);
+                return Ok(None);
             }
             if d.state == State::Pending {
                 due.remove(due_key(&d.target, d.next_at_ms, id))?;
@@ -165,9 +170,13 @@ impl Store {
             d.state = State::Cancelled;
             d.note = Some(reason.to_string());
             deliveries.insert(&key, encode(&d))?;
-            Ok(true)
+            Ok(Some(was))
         });
-        result.map_err(tx_error)
+        let was = result.map_err(tx_error)?;
+        if let Some(was) = was {
+            self.counts.moved(Some(was), Some(State::Cancelled));
+        }
+        Ok(was.is_some())
     }
 
     /// Cancels up to `limit` of `target`'s pending deliveries; returns how many.

@@ -87,15 +87,30 @@ pub enum State {
 }
 
 impl State {
+    pub const ALL: [State; 5] = [
+        State::Pending,
+        State::InFlight,
+        State::Succeeded,
+        State::Dead,
+        State::Cancelled,
+    ];
+
     pub fn parse(s: &str) -> Option<State> {
-        Some(match s {
-            "pending" => State::Pending,
-            "in_flight" => State::InFlight,
-            "succeeded" => State::Succeeded,
-            "dead" => State::Dead,
-            "cancelled" => State::Cancelled,
-            _ => return None,
-        })
+        State::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Pending => "pending",
+            State::InFlight => "in_flight",
+            State::Succeeded => "succeeded",
+            State::Dead => "dead",
+            State::Cancelled => "cancelled",
+        }
+    }
+
+    pub(super) fn index(self) -> usize {
+        self as usize
     }
 
     pub fn is_finished(self) -> bool {

@@ -1,0 +1,271 @@
+//! What hookrelay tells operators: Prometheus metrics and log output.
+//!
+//! Metric labels are bounded: routes and targets come from the config file
+//! and the subscriptions that exist; reasons, outcomes and states are fixed
+//! sets. No event ids or URLs are ever labels. Gauges (queue depth, circuit
+//! state, store size) are read from the store and catalog at scrape time.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::catalog::Catalog;
+use crate::config::{LogConfig, LogFormat};
+use crate::store::{State, Store};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabel {
+    pub target: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub target: String,
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: String,
+}
+
+type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to ~65 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+/// Every metric the relay exports.
+pub struct Metrics {
+    registry: Registry,
+    pub events_received: Counter,
+    pub events_accepted: Family<RouteLabel, Counter>,
+    pub events_rejected: Family<ReasonLabel, Counter>,
+    pub events_duplicate: Counter,
+    pub deliveries: Family<OutcomeLabel, Counter>,
+    pub attempt_duration: Histograms<TargetLabel>,
+    pub end_to_end: Histograms<TargetLabel>,
+    queue_depth: Family<StateLabel, Gauge>,
+    circuit: Family<TargetLabel, Gauge>,
+    store_bytes: Gauge,
+}
+
+impl Metrics {
+    /// The registry, with the store's own flush histograms in it.
+    pub fn new(store: &Store) -> Arc<Metrics> {
+        let mut r = Registry::with_prefix("hookrelay");
+        let m = Metrics {
+            events_received: Counter::default(),
+            events_accepted: Family::default(),
+            events_rejected: Family::default(),
+            events_duplicate: Counter::default(),
+            deliveries: Family::default(),
+            attempt_duration: Family::new_with_constructor(latency_histogram),
+            end_to_end: Family::new_with_constructor(latency_histogram),
+            queue_depth: Family::default(),
+            circuit: Family::default(),
+            store_bytes: Gauge::default(),
+            registry: Registry::default(),
+        };
+        r.register(
+            "events_received",
+            "Requests that reached the ingest handler",
+            m.events_received.clone(),
+        );
+        r.register(
+            "events_accepted",
+            "Events stored and acknowledged, by route",
+            m.events_accepted.clone(),
+        );
+        r.register(
+            "events_rejected",
+            "Ingest requests refused, by reason",
+            m.events_rejected.clone(),
+        );
+        r.register(
+            "events_duplicate",
+            "Requests acknowledged as duplicates of an earlier event",
+            m.events_duplicate.clone(),
+        );
+        r.register(
+            "deliveries",
+            "Delivery attempts by target and outcome (succeeded, retry, dead, cancelled)",
+            m.deliveries.clone(),
+        );
+        r.register_with_unit(
+            "attempt_duration",
+            "Time from sending an attempt to its answer, by target",
+            Unit::Seconds,
+            m.attempt_duration.clone(),
+        );
+        r.register_with_unit(
+            "end_to_end_latency",
+            "Time from receiving an event to its successful delivery, by target",
+            Unit::Seconds,
+            m.end_to_end.clone(),
+        );
+        r.register("queue_depth", "Deliveries by state", m.queue_depth.clone());
+        r.register(
+            "circuit_state",
+            "Circuit breaker by target: 0 closed, 1 open, 2 half-open",
+            m.circuit.clone(),
+        );
+        r.register_with_unit(
+            "store_disk",
+            "Size of the store's files",
+            Unit::Bytes,
+            m.store_bytes.clone(),
+        );
+        r.register(
+            "fsync_batch_events",
+            "Events made durable by one flush (group commit)",
+            store.flush_batch.clone(),
+        );
+        r.register_with_unit(
+            "fsync_duration",
+            "Time one store flush took",
+            Unit::Seconds,
+            store.flush_duration.clone(),
+        );
+        Arc::new(Metrics { registry: r, ..m })
+    }
+
+    pub fn rejected(&self, reason: &str) {
+        self.events_rejected
+            .get_or_create(&ReasonLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn accepted(&self, route: &str) {
+        self.events_accepted
+            .get_or_create(&RouteLabel {
+                route: route.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn outcome(&self, target: &str, outcome: &str) {
+        self.deliveries
+            .get_or_create(&OutcomeLabel {
+                target: target.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+    }
+
+    /// The Prometheus text exposition, gauges read now.
+    pub fn render(&self, store: &Store, catalog: &Catalog) -> String {
+        for state in State::ALL {
+            self.queue_depth
+                .get_or_create(&StateLabel {
+                    state: state.as_str().to_string(),
+                })
+                .set(store.count(state));
+        }
+        self.circuit.clear();
+        for t in catalog.all() {
+            let v = match t.circuit_state() {
+                "closed" => 0,
+                "open" => 1,
+                _ => 2,
+            };
+            self.circuit
+                .get_or_create(&TargetLabel {
+                    target: t.spec.key.clone(),
+                })
+                .set(v);
+        }
+        self.store_bytes.set(store.disk_bytes() as i64);
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("encode to String");
+        out
+    }
+}
+
+/// Sets up log output: human text on a terminal or in files; under systemd
+/// (JOURNAL_STREAM set) no timestamps and journald priority prefixes; JSON
+/// lines with `log.format = "json"`. `RUST_LOG` overrides `log.level`.
+pub fn init_logging(config: &LogConfig) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(&config.level))
+        .map_err(|e| format!("log.level: not a valid filter: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let result = match config.format {
+        // The event's own `target` field (a delivery target) wins over the module path.
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_target(false)
+            .try_init(),
+        LogFormat::Text if journald => builder
+            .with_ansi(false)
+            .event_format(journal::Format)
+            .try_init(),
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
+    result.map_err(|e| e.to_string())
+}
+
+/// Lines for journald: `<priority>target: message fields`, no timestamp
+/// (the journal adds its own).
+mod journal {
+    use std::fmt;
+
+    use tracing::{Event, Level, Subscriber};
+    use tracing_subscriber::fmt::format::Writer;
+    use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+    use tracing_subscriber::registry::LookupSpan;
+
+    pub struct Format;
+
+    impl<S, N> FormatEvent<S, N> for Format
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        fn format_event(
+            &self,
+            ctx: &FmtContext<'_, S, N>,
+            mut w: Writer<'_>,
+            event: &Event<'_>,
+        ) -> fmt::Result {
+            let meta = event.metadata();
+            // sd-daemon(3) priorities: 3 err, 4 warning, 6 info, 7 debug.
+            let priority = match *meta.level() {
+                Level::ERROR => 3,
+                Level::WARN => 4,
+                Level::INFO => 6,
+                Level::DEBUG | Level::TRACE => 7,
+            };
+            write!(w, "<{priority}>{}: ", meta.target())?;
+            ctx.format_fields(w.by_ref(), event)?;
+            writeln!(w)
+        }
+    }
+}

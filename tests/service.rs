@@ -1,0 +1,507 @@
+//! Running as a service: sd_notify readiness and watchdog, SIGHUP reload,
+//! Prometheus metrics, journald and JSON logs, and the full-disk limit.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::json;
+
+const BIN: &str = env!("CARGO_BIN_EXE_hookrelay");
+
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// The binary running on a config file in a temp dir; killed on drop.
+struct Running {
+    child: Child,
+    ingest: SocketAddr,
+    admin: SocketAddr,
+    config: PathBuf,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Running {
+    /// Starts `hookrelay serve` on `routes` (plus `extra` top-level keys),
+    /// with `env` added to its environment.
+    async fn start(extra: &str, routes: &str, env: &[(&str, &str)]) -> Running {
+        let dir = tempfile::tempdir().unwrap();
+        let (ingest, admin) = (free_addr(), free_addr());
+        let config = dir.path().join("hookrelay.toml");
+        let text = test_config_text(&format!("{extra}\n{routes}"), dir.path())
+            .replacen("127.0.0.1:0", &ingest.to_string(), 1)
+            .replacen("127.0.0.1:0", &admin.to_string(), 1);
+        std::fs::write(&config, text).unwrap();
+        let stderr = dir.path().join("stderr.log");
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--config"])
+            .arg(&config)
+            .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&stderr).unwrap());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        let r = Running {
+            child,
+            ingest,
+            admin,
+            config,
+            stderr,
+            _dir: dir,
+        };
+        let start = Instant::now();
+        while tokio::net::TcpStream::connect(admin).await.is_err() {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "relay never listened: {}",
+                r.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        r
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    async fn wait_exit(&mut self) -> Option<i32> {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code();
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "relay did not exit: {}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A unix datagram socket standing in for the service manager's.
+struct NotifySocket {
+    sock: UnixDatagram,
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl NotifySocket {
+    fn new() -> NotifySocket {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        NotifySocket {
+            sock,
+            path,
+            _dir: dir,
+        }
+    }
+
+    /// Waits for a message containing `want`; returns every line seen up to it.
+    async fn wait_for(&self, want: &str) -> Vec<String> {
+        let start = Instant::now();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            assert!(
+                start.elapsed() < DEADLINE,
+                "no {want} from the relay; got {seen:?}"
+            );
+            let sock = self.sock.try_clone().unwrap();
+            let got =
+                tokio::task::spawn_blocking(move || sock.recv(&mut buf).map(|n| buf[..n].to_vec()))
+                    .await
+                    .unwrap();
+            if let Ok(msg) = got {
+                let text = String::from_utf8_lossy(&msg).into_owned();
+                let done = text.lines().any(|l| l == want);
+                seen.extend(text.lines().map(String::from));
+                if done {
+                    return seen;
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn ready_after_listeners_accept_then_watchdog_keeps_coming() {
+    let notify = NotifySocket::new();
+    let path = notify.path.to_str().unwrap().to_string();
+    let mut relay = Running::start(
+        "",
+        "",
+        &[
+            ("NOTIFY_SOCKET", path.as_str()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    )
+    .await;
+    notify.wait_for("READY=1").await;
+    // Ready means both listeners accept now.
+    tokio::net::TcpStream::connect(relay.ingest).await.unwrap();
+    tokio::net::TcpStream::connect(relay.admin).await.unwrap();
+    // Every 200ms (half of WATCHDOG_USEC): wait for three in a row.
+    for _ in 0..3 {
+        notify.wait_for("WATCHDOG=1").await;
+    }
+    relay.signal("-TERM");
+    notify.wait_for("STOPPING=1").await;
+    assert_eq!(relay.wait_exit().await, Some(0));
+}
+
+#[tokio::test]
+async fn sighup_adds_a_target_and_a_broken_file_changes_nothing() {
+    let first = Receiver::ok().await;
+    let second = Receiver::ok().await;
+    let notify = NotifySocket::new();
+    let path = notify.path.to_str().unwrap().to_string();
+    let relay = Running::start(
+        "",
+        &one_route(&first.url("/a"), ""),
+        &[("NOTIFY_SOCKET", path.as_str())],
+    )
+    .await;
+    notify.wait_for("READY=1").await;
+
+    // Add a second target to the route.
+    let text = std::fs::read_to_string(&relay.config).unwrap();
+    let grown = format!(
+        "{text}\n[[routes.targets]]\nname = \"second\"\nurl = \"{}\"\n",
+        second.url("/b")
+    );
+    std::fs::write(&relay.config, &grown).unwrap();
+    relay.signal("-HUP");
+    notify.wait_for("RELOADING=1").await;
+    notify.wait_for("READY=1").await;
+    let r = post_json(relay.ingest, "/t/new_order", "{}").await;
+    assert_eq!(r.json()["deliveries"], 2, "{}", relay.log());
+    first.wait_for(1).await;
+    second.wait_for(1).await;
+
+    // A broken file is refused; the running config keeps working.
+    std::fs::write(
+        &relay.config,
+        format!("{grown}\n[delivery]\ntimeout = \"soon\"\n"),
+    )
+    .unwrap();
+    relay.signal("-HUP");
+    notify.wait_for("RELOADING=1").await;
+    notify.wait_for("READY=1").await;
+    assert!(relay.log().contains("reload refused"), "{}", relay.log());
+    let r = post_json(relay.ingest, "/t/new_order", "{}").await;
+    assert_eq!(r.json()["deliveries"], 2);
+    first.wait_for(2).await;
+    second.wait_for(2).await;
+}
+
+#[tokio::test]
+async fn reload_cancels_deliveries_of_a_removed_target() {
+    let down = format!("http://{}/gone", free_addr());
+    let rx = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let circuit = "delivery.circuit = { failures = 1, cooldown = \"30s\" }\n";
+    let kept = format!(
+        "[[routes.targets]]\nname = \"kept\"\nurl = \"{}\"\n",
+        rx.url("/k")
+    );
+    let both = format!("{circuit}{}\n{kept}", one_route(&down, ""));
+    let relay = hookrelay::Relay::start(test_config(&both, dir.path()))
+        .await
+        .unwrap();
+    let addr = relay.ingest_addrs()[0];
+    post_json(addr, "/t/a", "{}").await;
+    let store = relay.store().clone();
+    // The first attempt to the dead receiver fails; its circuit holds the rest.
+    eventually("a failed attempt", || {
+        let page = store
+            .list_deliveries(None, Some("t/rx"), None, 10, 100)
+            .ok()?;
+        page.deliveries
+            .iter()
+            .any(|(_, d)| d.attempts == 1)
+            .then_some(())
+    })
+    .await;
+    post_json(addr, "/t/b", "{}").await;
+    rx.wait_for(2).await;
+
+    let only_kept = format!("{circuit}[[routes]]\nname = \"t\"\npath = \"/t/{{event}}\"\n{kept}");
+    let restart_only = relay
+        .reload(test_config(&only_kept, dir.path()))
+        .await
+        .unwrap();
+    assert!(restart_only.is_empty(), "{restart_only:?}");
+    let page = store
+        .list_deliveries(None, Some("t/rx"), None, 10, 100)
+        .unwrap();
+    assert_eq!(page.deliveries.len(), 2);
+    for (_, d) in &page.deliveries {
+        assert_eq!(d.state, hookrelay::store::State::Cancelled);
+        assert_eq!(d.note.as_deref(), Some("target removed from configuration"));
+    }
+    // The kept target still delivers.
+    post_json(addr, "/t/c", "{}").await;
+    rx.wait_for(3).await;
+    relay.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn metrics_parse_and_move_with_traffic() {
+    let rx = Receiver::ok().await;
+    let app = spawn_app(&one_route(&rx.url("/hook"), "")).await;
+    let scrape = || async {
+        let r = send(app.relay.admin_addrs()[0], None, "GET", "/metrics", &[], "").await;
+        assert_eq!(r.status, 200);
+        assert!(r.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain"));
+        let text = String::from_utf8(r.body.to_vec()).unwrap();
+        let lines = text.lines().map(|l| Ok(l.to_string()));
+        prometheus_parse::Scrape::parse(lines).expect("Prometheus text format")
+    };
+    let value = |s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>| -> f64 {
+        s.samples
+            .iter()
+            .filter(|x| x.metric == name)
+            .filter(|x| label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
+            .map(|x| match x.value {
+                prometheus_parse::Value::Counter(v)
+                | prometheus_parse::Value::Gauge(v)
+                | prometheus_parse::Value::Untyped(v) => v,
+                _ => 0.0,
+            })
+            .sum()
+    };
+    let before = scrape().await;
+    assert_eq!(value(&before, "hookrelay_events_received_total", None), 0.0);
+
+    for _ in 0..3 {
+        post_json(app.addr, "/t/new_order", "{}").await;
+    }
+    post_json(app.addr, "/nowhere", "{}").await;
+    rx.wait_for(3).await;
+    let store = app.relay.store().clone();
+    eventually("deliveries succeeded", || {
+        (store.count(hookrelay::store::State::Succeeded) == 3).then_some(())
+    })
+    .await;
+
+    let after = scrape().await;
+    assert_eq!(value(&after, "hookrelay_events_received_total", None), 4.0);
+    assert_eq!(
+        value(
+            &after,
+            "hookrelay_events_accepted_total",
+            Some(("route", "t"))
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "hookrelay_events_rejected_total",
+            Some(("reason", "no_route"))
+        ),
+        1.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "hookrelay_deliveries_total",
+            Some(("outcome", "succeeded"))
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &after,
+            "hookrelay_queue_depth",
+            Some(("state", "succeeded"))
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(&after, "hookrelay_queue_depth", Some(("state", "pending"))),
+        0.0
+    );
+    assert_eq!(
+        value(&after, "hookrelay_circuit_state", Some(("target", "t/rx"))),
+        0.0
+    );
+    assert!(value(&after, "hookrelay_store_disk_bytes", None) > 0.0);
+    // Histograms: three attempts and three end-to-end observations.
+    let count = |name: &str| {
+        after
+            .samples
+            .iter()
+            .find(|x| x.metric == name)
+            .map(|x| match &x.value {
+                prometheus_parse::Value::Histogram(h) => h.last().map(|b| b.count).unwrap_or(0.0),
+                _ => -1.0,
+            })
+            .unwrap_or(-2.0)
+    };
+    assert_eq!(count("hookrelay_attempt_duration_seconds"), 3.0);
+    assert_eq!(count("hookrelay_end_to_end_latency_seconds"), 3.0);
+    assert!(count("hookrelay_fsync_batch_events") >= 1.0);
+}
+
+#[tokio::test]
+async fn journald_and_json_logs() {
+    let rx = Receiver::ok().await;
+    let mut relay = Running::start(
+        "",
+        &one_route(&rx.url("/a"), ""),
+        &[("JOURNAL_STREAM", "8:1234")],
+    )
+    .await;
+    post_json(relay.ingest, "/t/x", "{}").await;
+    rx.wait_for(1).await;
+    relay.signal("-TERM");
+    relay.wait_exit().await;
+    let log = relay.log();
+    assert!(log.lines().all(|l| l.starts_with('<')), "{log}");
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("<6>") && l.contains("delivery attempt")),
+        "{log}"
+    );
+    assert!(!log.contains('\u{1b}'), "no colour codes: {log}");
+
+    let rx = Receiver::ok().await;
+    let mut relay =
+        Running::start("log.format = \"json\"", &one_route(&rx.url("/a"), ""), &[]).await;
+    let r = post_json(relay.ingest, "/t/x", "{\"secret\": \"do-not-log\"}").await;
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    rx.wait_for(1).await;
+    relay.signal("-TERM");
+    relay.wait_exit().await;
+    let log = relay.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let attempt = lines
+        .iter()
+        .find(|l| l["message"] == "delivery attempt")
+        .expect("one line per delivery outcome");
+    assert_eq!(attempt["event"], json!(id));
+    assert_eq!(attempt["target"], "t/rx");
+    assert_eq!(attempt["attempt"], 1);
+    assert_eq!(attempt["status"], 200);
+    assert!(attempt["duration_ms"].is_u64());
+    assert_eq!(attempt["outcome"], "succeeded");
+    assert!(!log.contains("do-not-log"), "bodies are not logged");
+    assert!(!log.contains(SECRET), "secrets are not logged");
+}
+
+#[tokio::test]
+async fn full_disk_limit_refuses_before_losing_anything() {
+    let rx = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Learn how big a fresh store is, then allow 2 MiB more.
+    let fresh = {
+        let relay = hookrelay::Relay::start(test_config("", dir.path()))
+            .await
+            .unwrap();
+        relay.shutdown().await.unwrap();
+        dir_size(&dir.path().join("store"))
+    };
+    let limit = fresh + 2 * 1024 * 1024;
+    let config = test_config(
+        &format!(
+            "store.max_disk_bytes = {limit}\n{}",
+            one_route(&rx.url("/a"), "")
+        ),
+        dir.path(),
+    );
+    let relay = hookrelay::Relay::start(config).await.unwrap();
+    let addr = relay.ingest_addrs()[0];
+    let body = format!("{{\"pad\": \"{}\"}}", "x".repeat(60 * 1024));
+    let mut acked = Vec::new();
+    let start = Instant::now();
+    let mut refused = false;
+    for _ in 0..400 {
+        let r = post_json(addr, "/t/x", body.clone()).await;
+        match r.status.as_u16() {
+            202 => acked.push(r.json()["id"].as_str().unwrap().to_string()),
+            503 => {
+                assert_eq!(r.json()["error"]["code"], "store_full");
+                refused = true;
+                break;
+            }
+            s => panic!("unexpected {s}"),
+        }
+        if start.elapsed() > DEADLINE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        refused,
+        "the limit was never reached after {} events",
+        acked.len()
+    );
+    assert!(!acked.is_empty());
+    let got = rx.wait_for(acked.len()).await;
+    for id in &acked {
+        assert!(
+            got.iter().any(|g| g.headers["webhook-id"] == id.as_str()),
+            "{id} lost"
+        );
+    }
+    relay.shutdown().await.unwrap();
+}
+
+fn dir_size(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| {
+                    let m = e.metadata().unwrap();
+                    if m.is_dir() {
+                        dir_size(&e.path())
+                    } else {
+                        m.len()
+                    }
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
