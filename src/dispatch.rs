@@ -24,11 +24,14 @@ use http_body_util::Full;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, DeliveryConfig, TargetUrl};
+use crate::config::{Config, DeliveryConfig, Outbound, TargetUrl};
 use crate::egress::{Connector, EgressClient, EgressError, Reply};
 use crate::route::target_key;
+use crate::shape::Shaped;
 use crate::sign::{signature_header, Secret};
-use crate::store::{now_ms, Attempt, Delivery, DeliveryId, Next, State, Store, StoreError};
+use crate::store::{
+    now_ms, Attempt, Delivery, DeliveryId, EventMeta, Next, State, Store, StoreError,
+};
 
 /// How many `due` entries one scheduler pass looks at.
 const SCAN_LIMIT: usize = 512;
@@ -41,6 +44,7 @@ struct Lane {
     key: String,
     url: TargetUrl,
     secrets: Vec<Secret>,
+    outbound: Outbound,
     policy: DeliveryConfig,
     client: EgressClient,
     slots: Semaphore,
@@ -75,6 +79,7 @@ impl Dispatcher {
                     key: target_key(&route.name, &target.name),
                     url: target.url.clone(),
                     secrets: target.secret.0.clone(),
+                    outbound: target.outbound.clone(),
                     client: EgressClient::new(connector, policy.concurrency),
                     slots: Semaphore::new(policy.concurrency),
                     limiter: RateLimiter::direct(policy.rate.quota()),
@@ -255,9 +260,31 @@ impl Job {
             return Ok(());
         };
         let event_id = event.id.to_string();
+        let shaped = match lane.outbound.shape.apply(&event) {
+            Ok(shaped) => shaped,
+            Err(e) => {
+                // Shaping is deterministic: another attempt would fail the same way.
+                let next = if e.is_retryable() && n < lane.policy.max_attempts {
+                    Next::RetryAt(now_ms() + lane.policy.backoff.delay(n).as_millis() as u64)
+                } else {
+                    Next::Dead
+                };
+                let attempt = failed_attempt(e.to_string());
+                self.store.finish(self.id, &attempt, next)?;
+                tracing::warn!(
+                    event = %event_id,
+                    delivery = %self.id,
+                    target = %lane.key,
+                    attempt = n,
+                    error = %e,
+                    "delivery cannot be shaped"
+                );
+                return Ok(());
+            }
+        };
         let started = now_ms();
         let timestamp = (started / 1000) as i64;
-        let request = build_request(lane, &event_id, timestamp, &event.meta.headers, event.body);
+        let request = build_request(lane, &event_id, timestamp, &event.meta, shaped);
         let result = lane.client.send(request, lane.policy.timeout).await;
         let (attempt, next) = self.outcome(n, started, result);
         let d = self.store.finish(self.id, &attempt, next)?;
@@ -325,27 +352,53 @@ impl Job {
     }
 }
 
-/// The outbound request: the original body, the kept headers, and the
-/// Standard Webhooks headers.
+/// The outbound request: the shaped body, the kept headers, the target's
+/// own headers, and the Standard Webhooks headers, signed over the bytes sent.
 fn build_request(
     lane: &Lane,
     event_id: &str,
     timestamp: i64,
-    kept: &[(String, String)],
-    body: Bytes,
+    meta: &EventMeta,
+    shaped: Shaped,
 ) -> http::Request<Full<Bytes>> {
-    let mut builder = http::Request::post(lane.url.uri().clone());
-    for (name, value) in kept {
-        builder = builder.header(name.as_str(), value.as_str());
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &meta.headers {
+        // Stored names and values were valid headers when they arrived.
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            headers.append(n, v);
+        }
     }
-    builder = builder
-        .header("webhook-id", event_id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header(http::header::USER_AGENT, crate::USER_AGENT);
-    if let Some(sig) = signature_header(&lane.secrets, event_id, timestamp, &body) {
-        builder = builder.header("webhook-signature", sig);
+    if let Some(ct) = shaped.content_type {
+        headers.insert(http::header::CONTENT_TYPE, ct);
     }
-    // Every part was validated when it was stored or loaded: the URI at
-    // config load, header names and values at ingest.
-    builder.body(Full::new(body)).expect("valid request parts")
+    // The target's headers replace forwarded ones of the same name; config
+    // load refused any that hookrelay sets below.
+    for (name, value) in &lane.outbound.headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    let text = |s: &str| http::HeaderValue::from_str(s);
+    if let Ok(v) = text(event_id) {
+        headers.insert("webhook-id", v);
+    }
+    headers.insert("webhook-timestamp", http::HeaderValue::from(timestamp));
+    if let Ok(v) = text(&meta.event_type) {
+        headers.insert("webhook-event-type", v);
+    }
+    headers.insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(crate::USER_AGENT),
+    );
+    if let Some(sig) = signature_header(&lane.secrets, event_id, timestamp, &shaped.body) {
+        if let Ok(v) = text(&sig) {
+            headers.insert("webhook-signature", v);
+        }
+    }
+    let mut request = http::Request::new(Full::new(shaped.body));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = lane.url.uri().clone();
+    *request.headers_mut() = headers;
+    request
 }

@@ -106,6 +106,11 @@ pub struct EventMeta {
     pub event_type: String,
     /// `content-type` and the route's `forward_headers`, lower-case names.
     pub headers: Vec<(String, String)>,
+    /// The request's other headers (never credentials or hop-by-hop ones),
+    /// kept only when a target of the route renders a template, which sees
+    /// them. They are not forwarded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -767,6 +772,7 @@ mod tests {
                 route: "r".into(),
                 event_type: "e".into(),
                 headers: vec![("content-type".into(), "application/json".into())],
+                request_headers: Vec::new(),
             },
             body: Bytes::from_static(b"{\"a\":1}"),
             targets: targets.iter().map(|s| s.to_string()).collect(),
