@@ -37,7 +37,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::HeaderValue;
-use minijinja::{Environment, UndefinedBehavior};
+use minijinja::{Environment, ErrorKind, UndefinedBehavior};
 use quick_xml::events::{BytesDecl, BytesStart, BytesText, Event as XmlEvent};
 use quick_xml::Writer;
 use serde::Deserialize;
@@ -169,6 +169,7 @@ impl BodyTemplate {
                 "unknown variable `{v}`; a template sees payload, headers and event"
             ));
         }
+        dry_run(source)?;
         Ok(BodyTemplate { env: Arc::new(env) })
     }
 
@@ -213,6 +214,30 @@ impl BodyTemplate {
             }
         }
         Ok(out.into_bytes())
+    }
+}
+
+/// Renders `source` once with nothing defined, where undefined values are
+/// allowed everywhere, to find misspelled filters, tests and functions
+/// (minijinja resolves those only when they run). Other errors depend on
+/// the event and are left to render time.
+fn dry_run(source: &str) -> Result<(), String> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    env.set_fuel(Some(TEMPLATE_FUEL));
+    let result = env
+        .template_from_str(source)
+        .and_then(|t| t.render(minijinja::context! {}));
+    match result {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::UnknownFilter | ErrorKind::UnknownTest | ErrorKind::UnknownFunction
+            ) =>
+        {
+            Err(describe(&e))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -589,6 +614,12 @@ mod tests {
     fn bad_templates_are_refused_at_parse() {
         assert!(BodyTemplate::parse("{{ payload.x ").is_err());
         assert!(BodyTemplate::parse("{% for %}").is_err());
+        let e = BodyTemplate::parse("{{ payload.x | tojosn }}").unwrap_err();
+        assert!(e.contains("tojosn"), "{e}");
+        let e = BodyTemplate::parse("{% if payload.x is definde %}{% endif %}").unwrap_err();
+        assert!(e.contains("definde"), "{e}");
+        let e = BodyTemplate::parse("{{ rnage(3) }}").unwrap_err();
+        assert!(e.contains("rnage"), "{e}");
         let e = BodyTemplate::parse("{{ paylod.x }}").unwrap_err();
         assert!(e.contains("paylod"), "{e}");
         assert!(BodyTemplate::parse(
