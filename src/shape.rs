@@ -648,6 +648,13 @@ mod tests {
             .apply(&ev)
             .unwrap_err();
         assert!(matches!(e, ShapeError::Render(_)), "{e}");
+        let out = shape(
+            "{% if payload.user.name is defined %}1{% else %}{{ payload.user.name | default('anon') | tojson }}{% endif %}",
+            None,
+        )
+        .apply(&ev)
+        .unwrap();
+        assert_eq!(&out.body[..], b"\"anon\"");
         let e = shape("{% if payload.user.x %}x{% endif %}  ", None)
             .apply(&ev)
             .unwrap_err();
