@@ -7,6 +7,8 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use common::*;
@@ -20,6 +22,7 @@ const XSI: &str = "http://www.w3.org/2001/XMLSchema-instance";
 /// An example config running in-process, each target's URL pointed at its
 /// own loopback receiver and the store in a temp dir.
 struct Example {
+    config: Config,
     relay: Relay,
     receivers: HashMap<String, Receiver>,
     secrets: HashMap<String, String>,
@@ -28,6 +31,11 @@ struct Example {
 
 impl Example {
     async fn start(file: &str) -> Example {
+        Example::start_with(file, |_| Arc::new(|_| (200, Duration::ZERO))).await
+    }
+
+    /// `start`, each receiver answering by the script `script(target name)` gives.
+    async fn start_with(file: &str, script: impl Fn(&str) -> Script) -> Example {
         let path = example_path(file);
         let text = std::fs::read_to_string(&path).unwrap();
         let mut doc: toml::Table = text.parse().unwrap();
@@ -52,7 +60,7 @@ impl Example {
             for target in route["targets"].as_array_mut().unwrap() {
                 let target = target.as_table_mut().unwrap();
                 let name = target["name"].as_str().unwrap().to_string();
-                let rx = Receiver::ok().await;
+                let rx = Receiver::start(script(&name)).await;
                 target.insert("url".into(), rx.url(&format!("/{name}")).into());
                 if let Some(s) = target.get("secret").and_then(|s| s.as_str()) {
                     secrets.insert(name.clone(), s.to_string());
@@ -63,8 +71,9 @@ impl Example {
         // Parsed as if it were the example file, so relative paths resolve the same.
         let config =
             Config::parse(&toml::to_string(&doc).unwrap(), &path).unwrap_or_else(|e| panic!("{e}"));
-        let relay = Relay::start(config).await.expect("relay starts");
+        let relay = Relay::start(config.clone()).await.expect("relay starts");
         Example {
+            config,
             relay,
             receivers,
             secrets,
@@ -475,4 +484,55 @@ async fn notifiable_id_filter_lets_one_course_through_and_holds_another_back() {
         &other,
     );
     assert!(app.nothing_for("hr", &by_department));
+}
+
+// === per-target delivery policy ===
+
+#[tokio::test]
+async fn live_events_hr_counts_redirects_as_success_and_retries_like_the_platform() {
+    // Every receiver answers 302.
+    let app =
+        Example::start_with("live-events.toml", |_| Arc::new(|_| (302, Duration::ZERO))).await;
+    let route = &app.config.routes[0];
+    let policy = |name: &str| {
+        let t = route.targets.iter().find(|t| t.name == name).unwrap();
+        app.config.delivery.with(t)
+    };
+    let hr = policy("hr");
+    assert!(hr.success.contains(200) && hr.success.contains(308) && !hr.success.contains(309));
+    assert_eq!(hr.max_attempts, 10);
+    assert_eq!(hr.backoff.delay(1), Duration::from_secs(20));
+    assert_eq!(hr.backoff.delay(10), Duration::from_secs(3600));
+    assert_eq!(hr.timeout, Duration::from_secs(15));
+    assert!(!policy("archive").success.contains(302));
+
+    let (_, body) = fixtures("live-events").remove(0);
+    let (id, _) = app.post("/live-events", body).await;
+    let store = app.relay.store().clone();
+    let event = EventId::parse(&id).unwrap();
+    let states = eventually("hr succeeded and archive is retrying", || {
+        let ds = store.deliveries_of(event).unwrap();
+        let state = |t: &str| {
+            ds.iter()
+                .find(|(_, d)| d.target == t)
+                .map(|(_, d)| d.clone())
+        };
+        let hr = state("live-events/hr")?;
+        let archive = state("live-events/archive")?;
+        (hr.state == State::Succeeded && archive.attempts >= 1).then_some((hr, archive))
+    })
+    .await;
+    let (hr, archive) = states;
+    assert_eq!(hr.attempts, 1, "302 is a success for hr");
+    assert_eq!(
+        archive.state,
+        State::Pending,
+        "302 is a failure for archive"
+    );
+    assert_eq!(archive.last.as_ref().unwrap().status, Some(302));
+    // Its next attempt follows the example's backoff: about 20 s, not now.
+    let wait = archive
+        .next_at_ms
+        .saturating_sub(hookrelay::store::now_ms());
+    assert!(wait > 10_000, "next attempt in {wait} ms");
 }
