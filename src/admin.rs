@@ -26,9 +26,10 @@ use crate::catalog::{Catalog, Target};
 use crate::config::{Config, TargetUrl};
 use crate::ingest::json_response;
 use crate::route::EventPattern;
+use crate::shape::Shaped;
 use crate::sign::Secret;
 use crate::store::{
-    now_ms, Attempt, Counters, Delivery, DeliveryId, EventId, State, Store, StoreError,
+    now_ms, Attempt, Counters, Delivery, DeliveryId, EventId, EventMeta, State, Store, StoreError,
     Subscription,
 };
 use crate::telemetry::Metrics;
@@ -392,14 +393,20 @@ impl Admin {
         })
         .to_string();
         let timestamp = (now_ms() / 1000) as i64;
-        let headers = vec![("content-type".to_string(), "application/json".to_string())];
-        let request = crate::dispatch::build_request(
-            &target,
-            &event_id,
-            timestamp,
-            &headers,
-            Bytes::from(body),
-        );
+        let meta = EventMeta {
+            received_at_ms: now_ms(),
+            source: "admin".into(),
+            route: String::new(),
+            event_type: "hookrelay.test".into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            request_headers: Vec::new(),
+        };
+        // Subscriptions send bodies as they are: no shaping to apply.
+        let shaped = Shaped {
+            body: Bytes::from(body),
+            content_type: None,
+        };
+        let request = crate::dispatch::build_request(&target, &event_id, timestamp, &meta, shaped);
         let started = now_ms();
         let result = target
             .client

@@ -17,9 +17,11 @@ use governor::{DefaultDirectRateLimiter, RateLimiter};
 use serde::Serialize;
 use tokio::sync::Semaphore;
 
-use crate::config::{Config, DeliveryConfig, EgressConfig, TargetUrl};
+use serde_json::Value;
+
+use crate::config::{Config, DeliveryConfig, Outbound, TargetUrl};
 use crate::egress::{Connector, EgressClient};
-use crate::route::EventPattern;
+use crate::route::{EventPattern, Filter};
 use crate::sign::Secret;
 use crate::store::{now_ms, Attempt, Counters, Store, StoreError, Subscription};
 
@@ -41,22 +43,27 @@ pub enum Origin {
 }
 
 /// What a target is: where it is, what it wants, how to deliver to it.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct TargetSpec {
     pub key: String,
     pub origin: Origin,
     /// Only events of this route; `None`: of every route.
     pub route: Option<String>,
     pub events: Vec<EventPattern>,
+    /// Only events whose JSON body matches.
+    pub filter: Option<Filter>,
     pub url: TargetUrl,
     pub secrets: Vec<Secret>,
+    /// How the body is shaped, and the target's own headers.
+    pub outbound: Outbound,
     pub policy: DeliveryConfig,
 }
 
 impl TargetSpec {
-    pub fn wants(&self, route: &str, event: &str) -> bool {
+    pub fn wants(&self, route: &str, event: &str, json: Option<&Value>) -> bool {
         self.route.as_deref().is_none_or(|r| r == route)
             && self.events.iter().any(|p| p.matches(event))
+            && self.filter.as_ref().is_none_or(|f| f.matches(json))
     }
 
     /// The spec of a subscription, delivered with the `[delivery]` defaults.
@@ -69,8 +76,10 @@ impl TargetSpec {
             origin: Origin::Subscription,
             route: sub.route.clone(),
             events: vec![EventPattern::parse(&sub.event)?],
+            filter: None,
             url: TargetUrl::parse(&sub.target_url)?,
             secrets: vec![Secret::parse(&sub.secret)?],
+            outbound: Outbound::default(),
             policy: defaults.clone(),
         })
     }
@@ -117,6 +126,17 @@ impl Target {
             dirty: AtomicBool::new(false),
             spec,
         }
+    }
+
+    /// This target with `other`'s circuit state (a reload keeps it).
+    fn with_circuit_of(self, other: &Target) -> Target {
+        let state = *other.circuit.lock().expect("lock poisoned");
+        *self.circuit.lock().expect("lock poisoned") = match state {
+            // A probe under way belongs to the old lane; let the new one probe.
+            Circuit::HalfOpen { .. } => Circuit::HalfOpen { probing: false },
+            s => s,
+        };
+        self
     }
 
     /// How many more deliveries may be claimed now; when the circuit is
@@ -220,7 +240,6 @@ pub struct Catalog {
 /// What every target's lane is built with.
 struct Egress {
     tls: Arc<rustls::ClientConfig>,
-    settings: EgressConfig,
     defaults: DeliveryConfig,
 }
 
@@ -235,8 +254,10 @@ fn configured(config: &Config) -> Vec<TargetSpec> {
                 origin: Origin::Config,
                 route: Some(route.name.clone()),
                 events: t.events.clone(),
+                filter: t.filter.clone(),
                 url: t.url.clone(),
                 secrets: t.secret.0.clone(),
+                outbound: t.outbound.clone(),
                 policy: config.delivery.with(t),
             })
         })
@@ -265,7 +286,6 @@ impl Catalog {
             targets: RwLock::new(targets),
             egress: RwLock::new(Egress {
                 tls,
-                settings: config.egress.clone(),
                 defaults: config.delivery.clone(),
             }),
             store,
@@ -273,40 +293,36 @@ impl Catalog {
     }
 
     /// Takes the configured targets and delivery defaults of a new config.
-    /// A target whose settings did not change keeps its lane, circuit and
-    /// counters; a changed one gets a new lane and keeps its counters.
-    /// Subscriptions stay. Returns the keys of configured targets that are gone.
+    /// Every lane is built anew (settings, shapes and trust roots may have
+    /// changed); counters and circuit state carry over. Attempts under way
+    /// finish on the lane they started on. Subscriptions stay. Returns the
+    /// keys of configured targets that are gone.
     pub fn reload(&self, config: &Config) -> Result<Vec<String>, String> {
+        let tls = crate::egress::tls_config(config.egress.ca_file.as_deref())?;
         let mut egress = self.egress.write().expect("lock poisoned");
-        let egress_changed = egress.settings != config.egress;
-        if egress_changed {
-            egress.tls = crate::egress::tls_config(config.egress.ca_file.as_deref())?;
-            egress.settings = config.egress.clone();
-        }
+        egress.tls = tls.clone();
         egress.defaults = config.delivery.clone();
         let old = self.all();
         let find = |key: &str| old.iter().find(|t| t.spec.key == key);
         let mut next = Vec::new();
         for spec in configured(config) {
-            next.push(match find(&spec.key) {
-                Some(t) if t.spec == spec && !egress_changed => t.clone(),
-                Some(t) => Arc::new(Target::new(spec, &egress.tls, t.counters())),
+            let target = match find(&spec.key) {
+                Some(t) => Target::new(spec, &tls, t.counters()).with_circuit_of(t),
                 None => {
                     let saved = self.store.counters(&spec.key).map_err(|e| e.to_string())?;
-                    Arc::new(Target::new(spec, &egress.tls, saved))
+                    Target::new(spec, &tls, saved)
                 }
-            });
+            };
+            next.push(Arc::new(target));
         }
         for t in old.iter().filter(|t| t.spec.origin == Origin::Subscription) {
             let spec = TargetSpec {
                 policy: config.delivery.clone(),
                 ..t.spec.clone()
             };
-            next.push(if spec == t.spec && !egress_changed {
-                t.clone()
-            } else {
-                Arc::new(Target::new(spec, &egress.tls, t.counters()))
-            });
+            next.push(Arc::new(
+                Target::new(spec, &tls, t.counters()).with_circuit_of(t),
+            ));
         }
         let removed = old
             .iter()
@@ -318,12 +334,12 @@ impl Catalog {
     }
 
     /// Keys of the targets that want an `event` that came in on `route`.
-    pub fn matching(&self, route: &str, event: &str) -> Vec<String> {
+    pub fn matching(&self, route: &str, event: &str, json: Option<&Value>) -> Vec<String> {
         self.targets
             .read()
             .expect("lock poisoned")
             .iter()
-            .filter(|t| t.spec.wants(route, event))
+            .filter(|t| t.spec.wants(route, event, json))
             .map(|t| t.spec.key.clone())
             .collect()
     }

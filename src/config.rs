@@ -4,9 +4,12 @@
 //! configuration. Values are parsed into their domain types while the file is
 //! read (`Cidr`, `TargetUrl`, `Secret`, durations, success ranges), so past
 //! `Config::load` nothing re-checks strings. Cross-field rules live in one
-//! `validate()` step. Every error names the file, the key and the reason.
+//! `validate()` step; then `resolve()` reads what lives outside the file
+//! (`env:` and `file:` values, template files) and compiles each target's
+//! shape, so a missing secret or a broken template stops the load. Every
+//! error names the file, the key and the reason, and never a secret's value.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -15,7 +18,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::route::{EventPattern, PathPattern, Template};
+use crate::route::{EventPattern, Filter, PathPattern, Template};
+use crate::shape::{Body, BodyTemplate, Shape, XmlName};
 use crate::sign::Secret;
 
 /// A configuration that could not be loaded: which file, which key, and why.
@@ -287,6 +291,151 @@ pub struct TargetConfig {
     pub concurrency: Option<usize>,
     pub rate: Option<Rate>,
     pub circuit: Option<CircuitConfig>,
+    /// Deliver only events whose JSON body matches (decided at ingest).
+    pub filter: Option<Filter>,
+    /// `json`: the original bytes; `xml`: the JSON body as XML.
+    #[serde(default)]
+    pub format: Format,
+    /// The root element of XML bodies (default `event`).
+    pub xml_root: Option<XmlName>,
+    /// A body template (minijinja), inline ...
+    pub template: Option<String>,
+    /// ... or from a file, relative to the config file's directory.
+    pub template_file: Option<PathBuf>,
+    /// Replaces the content type the body would otherwise be sent with.
+    pub content_type: Option<String>,
+    pub basic_auth: Option<BasicAuthConfig>,
+    /// Extra request headers; values may be `env:NAME` or `file:/path`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, ValueSource>,
+    /// The body shape and extra headers, built from the keys above at load.
+    #[serde(skip)]
+    pub outbound: Outbound,
+}
+
+impl TargetConfig {
+    pub fn renders_template(&self) -> bool {
+        matches!(self.outbound.shape.body, Body::Template(_))
+    }
+}
+
+/// A target's body format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Json,
+    Xml,
+}
+
+/// `basic_auth = { username, password }`; the password may be `env:` or `file:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    pub username: String,
+    pub password: ValueSource,
+}
+
+/// A value written in the file, or read at load from the environment
+/// (`env:NAME`) or a file (`file:/path`, trailing whitespace trimmed).
+/// `Debug` never shows a literal value.
+#[derive(Clone, PartialEq, Eq)]
+pub enum ValueSource {
+    Literal(String),
+    Env(String),
+    File(PathBuf),
+}
+
+impl fmt::Debug for ValueSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ValueSource::Literal(_) => f.write_str("***"),
+            ValueSource::Env(name) => write!(f, "env:{name}"),
+            ValueSource::File(path) => write!(f, "file:{}", path.display()),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ValueSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Some(name) = s.strip_prefix("env:") {
+            let valid =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !valid {
+                return Err(serde::de::Error::custom(format!(
+                    "`env:{name}`: an environment variable name is letters, digits and '_'"
+                )));
+            }
+            Ok(ValueSource::Env(name.to_string()))
+        } else if let Some(path) = s.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err(serde::de::Error::custom("`file:` needs a path"));
+            }
+            Ok(ValueSource::File(PathBuf::from(path)))
+        } else {
+            Ok(ValueSource::Literal(s))
+        }
+    }
+}
+
+/// Where `env:NAME` values come from: the process environment, or in tests
+/// a map, so tests never touch the real environment.
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Environment for HashMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// What a target adds to each request, resolved at load.
+#[derive(Clone, Default)]
+pub struct Outbound {
+    pub shape: Shape,
+    /// `basic_auth` and `headers`, values marked sensitive.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+impl fmt::Debug for Outbound {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("Outbound")
+            .field("shape", &self.shape)
+            .field("headers", &names)
+            .finish()
+    }
+}
+
+/// Headers a target's `headers` may not set: hookrelay sets them, or they
+/// belong to the connection.
+fn reserved_header(name: &http::HeaderName) -> bool {
+    const NAMES: &[&str] = &[
+        "content-type",
+        "content-length",
+        "host",
+        "user-agent",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+    ];
+    NAMES.contains(&name.as_str()) || name.as_str().starts_with("webhook-")
 }
 
 fn all_events() -> Vec<EventPattern> {
@@ -298,17 +447,30 @@ fn all_events() -> Vec<EventPattern> {
 impl Config {
     /// Reads, parses and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path, "(file)", format!("cannot read: {e}")))?;
-        let mut config = Config::parse(&text, path)?;
-        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Ok(config)
+        Config::load_with(path, &ProcessEnv)
     }
 
-    /// Parses and validates `text`; `path` is only used to name the file in errors.
+    /// `load`, with `env:` values taken from `env`.
+    pub fn load_with(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "(file)", format!("cannot read: {e}")))?;
+        Config::parse_with(&text, path, env)
+    }
+
+    /// Parses and validates `text`; `path` names the file in errors, and its
+    /// directory is where relative `file:` and `template_file` paths start.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with(text, path, &ProcessEnv)
+    }
+
+    /// `parse`, with `env:` values taken from `env`.
+    pub fn parse_with(
+        text: &str,
+        path: &Path,
+        env: &dyn Environment,
+    ) -> Result<Config, ConfigError> {
         let de = toml::Deserializer::new(text);
-        let config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
             let reason = match inner.span() {
@@ -326,7 +488,23 @@ impl Config {
             ConfigError::new(path, key, reason)
         })?;
         config.validate(path)?;
+        config.resolve(path, env)?;
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         Ok(config)
+    }
+
+    /// Reads `env:` and `file:` values and template files, and builds each
+    /// target's outbound shape and headers.
+    fn resolve(&mut self, path: &Path, env: &dyn Environment) -> Result<(), ConfigError> {
+        let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        for (i, route) in self.routes.iter_mut().enumerate() {
+            for (j, target) in route.targets.iter_mut().enumerate() {
+                let at = format!("routes[{i}].targets[{j}]");
+                target.outbound = outbound(target, &at, &base, env)
+                    .map_err(|(k, r)| ConfigError::new(path, k, r))?;
+            }
+        }
+        Ok(())
     }
 
     /// Rules that involve more than one key.
@@ -420,6 +598,152 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// A target's shape and extra headers; errors are (key, reason).
+fn outbound(
+    t: &TargetConfig,
+    at: &str,
+    base: &Path,
+    env: &dyn Environment,
+) -> Result<Outbound, (String, String)> {
+    let bad = |k: &str, r: String| (format!("{at}.{k}"), r);
+    let content_type = t
+        .content_type
+        .as_deref()
+        .map(|ct| {
+            let essence = ct.split(';').next().unwrap_or_default().trim();
+            let media_type = essence.split_once('/').is_some_and(|(a, b)| {
+                let token = |s: &str| {
+                    !s.is_empty()
+                        && s.bytes()
+                            .all(|c| c.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&c))
+                };
+                token(a) && token(b)
+            });
+            match http::HeaderValue::from_str(ct) {
+                Ok(v) if media_type => Ok(v),
+                _ => Err(bad(
+                    "content_type",
+                    format!("`{ct}` is not a media type like application/json"),
+                )),
+            }
+        })
+        .transpose()?;
+    let source = match (&t.template, &t.template_file) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "template_file",
+                "set template or template_file, not both".into(),
+            ))
+        }
+        (Some(s), None) => Some(("template", s.clone())),
+        (None, Some(file)) => {
+            let full = base.join(file);
+            let text = std::fs::read_to_string(&full).map_err(|e| {
+                bad(
+                    "template_file",
+                    format!("cannot read {}: {e}", full.display()),
+                )
+            })?;
+            Some(("template_file", text))
+        }
+        (None, None) => None,
+    };
+    if t.xml_root.is_some() && t.format != Format::Xml {
+        return Err(bad("xml_root", "only applies with format = \"xml\"".into()));
+    }
+    let body = match (source, t.format) {
+        (Some((key, _)), Format::Xml) => {
+            return Err(bad(
+                key,
+                "a template makes the whole body; it cannot be combined with format = \"xml\""
+                    .into(),
+            ))
+        }
+        (Some((key, text)), Format::Json) => {
+            Body::Template(BodyTemplate::parse(&text).map_err(|e| bad(key, e))?)
+        }
+        (None, Format::Xml) => Body::Xml(t.xml_root.clone().unwrap_or_default()),
+        (None, Format::Json) => Body::Original,
+    };
+
+    let mut headers: Vec<(http::HeaderName, http::HeaderValue)> = Vec::new();
+    if let Some(auth) = &t.basic_auth {
+        if auth.username.contains(':') {
+            return Err(bad("basic_auth.username", "may not contain ':'".into()));
+        }
+        let password =
+            resolve_value(&auth.password, base, env).map_err(|r| bad("basic_auth.password", r))?;
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{password}", auth.username));
+        let value = sensitive(&format!("Basic {token}"))
+            .ok_or_else(|| bad("basic_auth", "not usable in a header".into()))?;
+        headers.push((http::header::AUTHORIZATION, value));
+    }
+    for (name, source) in &t.headers {
+        let key = format!("headers.{name}");
+        let header = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| bad(&key, format!("`{name}` is not a header name")))?;
+        if reserved_header(&header) {
+            return Err(bad(
+                &key,
+                format!(
+                    "`{header}` cannot be set: hookrelay sets it, or it belongs to the connection \
+                     (webhook-*, content-type, content-length, host, user-agent and hop-by-hop \
+                     headers are reserved; use content_type for the content type)"
+                ),
+            ));
+        }
+        if headers.iter().any(|(n, _)| *n == header) {
+            let why = if header == http::header::AUTHORIZATION && t.basic_auth.is_some() {
+                "basic_auth already sets authorization".to_string()
+            } else {
+                format!("`{header}` is set twice (header names ignore case)")
+            };
+            return Err(bad(&key, why));
+        }
+        let text = resolve_value(source, base, env).map_err(|r| bad(&key, r))?;
+        let value = sensitive(&text).ok_or_else(|| {
+            bad(
+                &key,
+                "the value is not a valid header value (control characters or non-ASCII)".into(),
+            )
+        })?;
+        headers.push((header, value));
+    }
+    Ok(Outbound {
+        shape: Shape { body, content_type },
+        headers,
+    })
+}
+
+/// The text of a value; errors name the source, never the value.
+fn resolve_value(
+    source: &ValueSource,
+    base: &Path,
+    env: &dyn Environment,
+) -> Result<String, String> {
+    match source {
+        ValueSource::Literal(s) => Ok(s.clone()),
+        ValueSource::Env(name) => env
+            .var(name)
+            .ok_or_else(|| format!("environment variable {name} is not set (or not UTF-8)")),
+        ValueSource::File(file) => {
+            let full = base.join(file);
+            std::fs::read_to_string(&full)
+                .map(|s| s.trim_end().to_string())
+                .map_err(|e| format!("cannot read {}: {e}", full.display()))
+        }
+    }
+}
+
+/// A header value marked sensitive (HTTP/2 never indexes it; `Debug` hides it).
+fn sensitive(text: &str) -> Option<http::HeaderValue> {
+    let mut v = http::HeaderValue::from_str(text).ok()?;
+    v.set_sensitive(true);
+    Some(v)
 }
 
 fn valid_name(name: &str) -> bool {
@@ -811,6 +1135,130 @@ mod tests {
         assert_eq!(b.delay(u32::MAX), Duration::from_secs(3600));
         assert_eq!(b.jittered(2, 0.0), Duration::from_secs(32));
         assert_eq!(b.jittered(2, 0.5), Duration::from_secs(40));
+    }
+
+    fn target(extra: &str) -> String {
+        format!("[[routes]]\nname = \"r\"\npath = \"/a\"\n[[routes.targets]]\nname = \"t\"\nurl = \"http://x\"\n{extra}\n")
+    }
+
+    fn parse_env(text: &str, vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::parse_with(text, Path::new("test.toml"), &env)
+    }
+
+    #[test]
+    fn target_headers_and_basic_auth_resolve_and_stay_hidden() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("key");
+        std::fs::write(&file, "file-secret\n").unwrap();
+        let text = target(&format!(
+            "basic_auth = {{ username = \"relay\", password = \"env:PW\" }}\n\
+             headers = {{ X-Api-Key = \"env:API_KEY\", x-from-file = \"file:{}\", x-plain = \"plain-value\" }}",
+            file.display()
+        ));
+        let c = parse_env(&text, &[("PW", "pw-secret"), ("API_KEY", "key-secret")]).unwrap();
+        let t = &c.routes[0].targets[0];
+        let h: Vec<(&str, &[u8])> = t
+            .outbound
+            .headers
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.as_bytes()))
+            .collect();
+        assert_eq!(
+            h,
+            vec![
+                ("authorization", &b"Basic cmVsYXk6cHctc2VjcmV0"[..]),
+                ("x-api-key", b"key-secret"),
+                ("x-from-file", b"file-secret"),
+                ("x-plain", b"plain-value"),
+            ]
+        );
+        let debug = format!("{c:?}");
+        for secret in [
+            "pw-secret",
+            "key-secret",
+            "file-secret",
+            "plain-value",
+            "cmVsYXk6cHctc2VjcmV0",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        assert!(debug.contains("env:API_KEY"), "{debug}");
+
+        let e = parse_env(&text, &[("PW", "pw-secret")]).unwrap_err();
+        assert_eq!(e.key, "routes[0].targets[0].headers.X-Api-Key");
+        assert!(e.reason.contains("API_KEY is not set"), "{e}");
+        let e = parse_env(
+            &text.replace("/key", "/nope"),
+            &[("PW", "p"), ("API_KEY", "k")],
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "routes[0].targets[0].headers.x-from-file");
+        let e = parse_env(&text, &[("PW", "p"), ("API_KEY", "line\nbreak")]).unwrap_err();
+        assert!(!e.to_string().contains("break"), "{e}");
+    }
+
+    #[test]
+    fn reserved_and_conflicting_headers_are_refused() {
+        for name in [
+            "webhook-id",
+            "Webhook-Signature",
+            "content-length",
+            "host",
+            "content-type",
+            "user-agent",
+            "transfer-encoding",
+        ] {
+            let e = parse(&target(&format!("headers = {{ {name} = \"x\" }}"))).unwrap_err();
+            assert_eq!(e.key, format!("routes[0].targets[0].headers.{name}"));
+            assert!(e.reason.contains("cannot be set"), "{e}");
+        }
+        let e = parse(&target(
+            "basic_auth = { username = \"u\", password = \"p\" }\nheaders = { authorization = \"Bearer x\" }",
+        ))
+        .unwrap_err();
+        assert!(
+            e.reason.contains("basic_auth already sets authorization"),
+            "{e}"
+        );
+        assert!(parse(&target("headers = { authorization = \"Bearer x\" }")).is_ok());
+        let e = parse(&target("headers = { x-a = \"env:\" }")).unwrap_err();
+        assert_eq!(e.key, "routes[0].targets[0].headers.x-a");
+    }
+
+    #[test]
+    fn shaping_keys_are_checked_at_load() {
+        let c = parse(&target("format = \"xml\"\nxml_root = \"order\"")).unwrap();
+        assert!(
+            matches!(&c.routes[0].targets[0].outbound.shape.body, Body::Xml(r) if r.as_str() == "order")
+        );
+        let bad = [
+            ("format = \"yaml\"", "format"),
+            ("xml_root = \"order\"", "xml_root"),
+            ("format = \"xml\"\nxml_root = \"1x\"", "xml_root"),
+            ("format = \"xml\"\ntemplate = \"{}\"", "template"),
+            ("template = \"{{ payload.x \"", "template"),
+            ("template = \"{{ paylaod.x }}\"", "template"),
+            (
+                "template = \"x\"\ntemplate_file = \"t.j2\"",
+                "template_file",
+            ),
+            ("template_file = \"/nonexistent/t.j2\"", "template_file"),
+            ("content_type = \"json\"", "content_type"),
+            ("filter = { json = \"/a\" }", "filter"),
+        ];
+        for (extra, key) in bad {
+            let e = parse(&target(extra)).unwrap_err();
+            assert_eq!(e.key, format!("routes[0].targets[0].{key}"), "{extra}: {e}");
+        }
+        let c = parse(&target(
+            "template = \"{{ payload | tojson }}\"\ncontent_type = \"application/vnd.x+json\"",
+        ))
+        .unwrap();
+        assert!(c.routes[0].targets[0].renders_template());
     }
 
     #[test]

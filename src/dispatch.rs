@@ -25,8 +25,11 @@ use tokio::task::JoinSet;
 use crate::catalog::{Catalog, Target};
 use crate::egress::{EgressError, Reply};
 use crate::service::Heartbeat;
+use crate::shape::Shaped;
 use crate::sign::signature_header;
-use crate::store::{now_ms, Attempt, Delivery, DeliveryId, Next, State, Store, StoreError};
+use crate::store::{
+    now_ms, Attempt, Delivery, DeliveryId, EventMeta, Next, State, Store, StoreError,
+};
 use crate::telemetry::{Metrics, TargetLabel};
 
 /// Most pending deliveries cancelled in one step when their target is gone.
@@ -252,15 +255,28 @@ impl Job {
             return Ok(());
         };
         let event_id = event.id.to_string();
+        let shaped = match target.spec.outbound.shape.apply(&event) {
+            Ok(shaped) => shaped,
+            Err(e) => {
+                // Shaping is deterministic: another attempt would fail the same way.
+                let attempt = failed_attempt(e.to_string());
+                self.store.finish(self.id, &attempt, Next::Dead)?;
+                target.record(&attempt, false, true);
+                self.metrics.outcome(&target.spec.key, "dead");
+                tracing::warn!(
+                    event = %event_id,
+                    delivery = %self.id,
+                    target = %target.spec.key,
+                    attempt = n,
+                    error = %e,
+                    "dead: the body cannot be shaped for this target"
+                );
+                return Ok(());
+            }
+        };
         let started = now_ms();
         let timestamp = (started / 1000) as i64;
-        let request = build_request(
-            target,
-            &event_id,
-            timestamp,
-            &event.meta.headers,
-            event.body,
-        );
+        let request = build_request(target, &event_id, timestamp, &event.meta, shaped);
         let result = target
             .client
             .send(request, target.spec.policy.timeout)
@@ -363,27 +379,53 @@ fn failed_attempt(error: String) -> Attempt {
     }
 }
 
-/// The outbound request: the original body, the kept headers, and the
-/// Standard Webhooks headers.
+/// The outbound request: the shaped body, the kept headers, the target's
+/// own headers, and the Standard Webhooks headers, signed over the bytes sent.
 pub fn build_request(
     target: &Target,
     event_id: &str,
     timestamp: i64,
-    kept: &[(String, String)],
-    body: Bytes,
+    meta: &EventMeta,
+    shaped: Shaped,
 ) -> http::Request<Full<Bytes>> {
-    let mut builder = http::Request::post(target.spec.url.uri().clone());
-    for (name, value) in kept {
-        builder = builder.header(name.as_str(), value.as_str());
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in &meta.headers {
+        // Stored names and values were valid headers when they arrived.
+        if let (Ok(n), Ok(v)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            headers.append(n, v);
+        }
     }
-    builder = builder
-        .header("webhook-id", event_id)
-        .header("webhook-timestamp", timestamp.to_string())
-        .header(http::header::USER_AGENT, crate::USER_AGENT);
-    if let Some(sig) = signature_header(&target.spec.secrets, event_id, timestamp, &body) {
-        builder = builder.header("webhook-signature", sig);
+    if let Some(ct) = shaped.content_type {
+        headers.insert(http::header::CONTENT_TYPE, ct);
     }
-    // Every part was validated when it was stored or loaded: the URI at
-    // config load, header names and values at ingest.
-    builder.body(Full::new(body)).expect("valid request parts")
+    // The target's headers replace forwarded ones of the same name; config
+    // load refused any that hookrelay sets below.
+    for (name, value) in &target.spec.outbound.headers {
+        headers.insert(name.clone(), value.clone());
+    }
+    let text = |s: &str| http::HeaderValue::from_str(s);
+    if let Ok(v) = text(event_id) {
+        headers.insert("webhook-id", v);
+    }
+    headers.insert("webhook-timestamp", http::HeaderValue::from(timestamp));
+    if let Ok(v) = text(&meta.event_type) {
+        headers.insert("webhook-event-type", v);
+    }
+    headers.insert(
+        http::header::USER_AGENT,
+        http::HeaderValue::from_static(crate::USER_AGENT),
+    );
+    if let Some(sig) = signature_header(&target.spec.secrets, event_id, timestamp, &shaped.body) {
+        if let Ok(v) = text(&sig) {
+            headers.insert("webhook-signature", v);
+        }
+    }
+    let mut request = http::Request::new(Full::new(shaped.body));
+    *request.method_mut() = http::Method::POST;
+    *request.uri_mut() = target.spec.url.uri().clone();
+    *request.headers_mut() = headers;
+    request
 }

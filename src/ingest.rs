@@ -2,6 +2,8 @@
 //!
 //! Order of checks: source allowlist (403), per-source rate (429), method
 //! (405), route (404), body size (413), event template (400), store (503).
+//! Which targets get a delivery (their `events` and `filter`) is decided
+//! here, where the body's JSON is at hand; dispatch only sees the result.
 //! Invariant: a 202 is sent only after `Store::accept` returned, that is after
 //! the flush that covers this event. Every refusal is a JSON error body.
 
@@ -253,9 +255,7 @@ impl Ingest {
         let (parts, body) = req.into_parts();
         let body = read_body(body, settings.max_body_bytes, settings.body_read_timeout).await?;
 
-        let needs_json =
-            route.event.needs_json() || route.dedup.as_ref().is_some_and(|t| t.needs_json());
-        let json: Option<serde_json::Value> = if needs_json {
+        let json: Option<serde_json::Value> = if route.needs_json() {
             serde_json::from_slice(&body).ok()
         } else {
             None
@@ -272,13 +272,20 @@ impl Ingest {
             .as_ref()
             .and_then(|t| t.render(&cx).ok())
             .map(|key| (route.name.clone(), key));
-        let targets = self.catalog.matching(&route.name, &event_type);
+        let targets = self
+            .catalog
+            .matching(&route.name, &event_type, json.as_ref());
         let meta = EventMeta {
             received_at_ms: now_ms(),
             source: source.to_string(),
             route: route.name.clone(),
             event_type,
             headers: kept_headers(&parts.headers, &route.forward_headers),
+            request_headers: if route.keep_request_headers {
+                other_headers(&parts.headers, &route.forward_headers)
+            } else {
+                Vec::new()
+            },
         };
         let accepted = self
             .store
@@ -321,5 +328,18 @@ fn kept_headers(headers: &HeaderMap, forward: &[http::HeaderName]) -> Vec<(Strin
                 .filter_map(|v| v.to_str().ok())
                 .map(|v| (name.as_str().to_string(), v.to_string()))
         })
+        .collect()
+}
+
+/// The request's headers that are neither kept for forwarding nor ever
+/// forwarded (credentials, hop-by-hop): what a body template sees besides
+/// the kept ones.
+fn other_headers(headers: &HeaderMap, forward: &[http::HeaderName]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            **name != header::CONTENT_TYPE && !forward.contains(name) && !never_forwarded(name)
+        })
+        .filter_map(|(name, v)| Some((name.as_str().to_string(), v.to_str().ok()?.to_string())))
         .collect()
 }

@@ -6,11 +6,12 @@
 //!
 //! Layout (data flows one way: ingest → store → dispatch → egress):
 //! - [`config`]: the TOML file, parsed into checked types.
-//! - [`route`]: path patterns, value templates, event patterns.
+//! - [`route`]: path patterns, value templates, event patterns, filters.
 //! - [`listener`]: serving HTTP with connection limits and graceful shutdown.
 //! - [`ingest`]: the LMS-facing listener: guard, route, store, 202.
 //! - [`store`]: sled trees, transactions, group commit.
 //! - [`dispatch`]: the scheduler and per-target lanes.
+//! - [`shape`]: a target's body: the original, XML, or a template's output.
 //! - [`egress`]: the outbound client and its connector.
 //! - [`sign`]: Standard Webhooks signatures.
 //! - [`catalog`]: configured targets and subscriptions, with their lanes.
@@ -31,6 +32,7 @@ pub mod ingest;
 pub mod listener;
 pub mod route;
 pub mod service;
+pub mod shape;
 pub mod sign;
 pub mod store;
 pub mod telemetry;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hookrelay::config::Config;
+use hookrelay::shape::Body;
 use hookrelay::{service, Relay};
 
 #[derive(Parser)]
@@ -161,6 +162,22 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
                 t.url,
                 t.secret.0.len(),
                 events.join(" ")
+            );
+            let body = match &t.outbound.shape.body {
+                Body::Original => "original".to_string(),
+                Body::Xml(root) => format!("xml <{}>", root.as_str()),
+                Body::Template(_) => "template".to_string(),
+            };
+            // Header names only: values may be secrets.
+            let headers: Vec<&str> = t.outbound.headers.iter().map(|(n, _)| n.as_str()).collect();
+            println!(
+                "      body {body}{}{}",
+                if t.filter.is_some() { ", filtered" } else { "" },
+                if headers.is_empty() {
+                    String::new()
+                } else {
+                    format!(", headers {}", headers.join(" "))
+                }
             );
         }
     }

@@ -308,3 +308,64 @@ async fn admin_token_from_a_systemd_credential() {
     assert_eq!(ok, 200);
     assert_eq!(refused, 401);
 }
+
+#[test]
+fn check_config_accepts_every_example() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
+    for (file, route) in [
+        ("heights.toml", "route heights"),
+        ("braincert.toml", "route braincert"),
+        ("live-events.toml", "route live-events"),
+    ] {
+        let out = Command::new(BIN)
+            .args(["check-config", "--config"])
+            .arg(dir.join(file))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{file}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(text.contains("ok") && text.contains(route), "{text}");
+        assert!(!text.contains("change-me"), "secrets never printed: {text}");
+    }
+}
+
+#[test]
+fn env_values_come_from_the_process_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("env.toml");
+    std::fs::write(
+        &path,
+        "[[routes]]\nname = \"r\"\npath = \"/r\"\n[[routes.targets]]\nname = \"t\"\n\
+         url = \"http://127.0.0.1:9/\"\nheaders = { x-api-key = \"env:HOOKRELAY_TEST_API_KEY\" }\n",
+    )
+    .unwrap();
+    let run = |value: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check-config", "--config"])
+            .arg(&path)
+            .env_remove("HOOKRELAY_TEST_API_KEY");
+        if let Some(v) = value {
+            cmd.env("HOOKRELAY_TEST_API_KEY", v);
+        }
+        cmd.output().unwrap()
+    };
+    let out = run(Some("key-value-1234"));
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("headers x-api-key"), "{text}");
+    assert!(!text.contains("key-value-1234"), "{text}");
+
+    let out = run(None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("routes[0].targets[0].headers.x-api-key")
+            && err.contains("HOOKRELAY_TEST_API_KEY is not set"),
+        "{err}"
+    );
+}

@@ -697,6 +697,7 @@ mod tests {
                 route: "r".into(),
                 event_type: "e".into(),
                 headers: vec![("content-type".into(), "application/json".into())],
+                request_headers: Vec::new(),
             },
             body: Bytes::from_static(b"{\"a\":1}"),
             targets: targets.iter().map(|s| s.to_string()).collect(),

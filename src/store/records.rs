@@ -65,6 +65,11 @@ pub struct EventMeta {
     pub event_type: String,
     /// `content-type` and the route's `forward_headers`, lower-case names.
     pub headers: Vec<(String, String)>,
+    /// The request's other headers (never credentials or hop-by-hop ones),
+    /// kept only when a target of the route renders a template, which sees
+    /// them. They are not forwarded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
