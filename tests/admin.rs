@@ -509,3 +509,16 @@ async fn circuit_opens_and_a_probe_closes_it() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn readiness_fails_when_the_store_cannot_take_writes() {
+    // A disk limit below the store's size: nothing more may be written.
+    let app = spawn_app(&format!("store.max_disk_bytes = 1\n{BARE_ROUTE}")).await;
+    let r = admin_as(&app, None, "GET", "/readyz", None).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["status"], "not_ready");
+    assert_eq!(
+        admin_as(&app, None, "GET", "/healthz", None).await.status,
+        200
+    );
+}

@@ -821,6 +821,30 @@ mod tests {
     }
 
     #[test]
+    fn another_schema_version_is_refused_with_a_clear_message() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            db.open_tree("meta")
+                .unwrap()
+                .insert("schema_version", &[9u8])
+                .unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(&StoreConfig {
+            path: dir.path().to_path_buf(),
+            ..StoreConfig::default()
+        })
+        .err()
+        .expect("refused");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("schema version 9") && msg.contains("reads version 1"),
+            "{msg}"
+        );
+    }
+
+    #[test]
     fn ids_round_trip() {
         let id = EventId(ulid::Ulid::new());
         assert_eq!(EventId::parse(&id.to_string()), Some(id));
