@@ -24,8 +24,8 @@ use http_body_util::Full;
 use tokio::sync::{watch, Notify, Semaphore};
 use tokio::task::JoinSet;
 
-use crate::config::{Config, DeliveryConfig, TargetUrl};
-use crate::egress::{Connector, EgressClient, EgressError, Reply};
+use crate::config::{Config, DeliveryConfig, TargetUrl, ORIGIN_TARGET};
+use crate::egress::{Connector, EgressClient, EgressError, Policy, Reply};
 use crate::route::target_key;
 use crate::sign::{signature_header, Secret};
 use crate::store::{now_ms, Attempt, Delivery, DeliveryId, Next, State, Store, StoreError};
@@ -40,6 +40,8 @@ const CLAIMED_PER_SLOT: usize = 2;
 struct Lane {
     key: String,
     url: TargetUrl,
+    /// A proxy route's `origin` lane: each event carries its own URL.
+    origin: bool,
     secrets: Vec<Secret>,
     policy: DeliveryConfig,
     client: EgressClient,
@@ -66,21 +68,45 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(config: &Config, store: Arc<Store>) -> Result<Dispatcher, String> {
         let tls = crate::egress::tls_config(config.egress.ca_file.as_deref())?;
+        let guard = Arc::new(Policy::new(&config.egress));
+        guard.check_bind()?;
         let mut lanes = HashMap::new();
+        let lane = |key: String, url: TargetUrl, origin, secrets, policy: DeliveryConfig| {
+            let connector = Connector::new(tls.clone(), guard.clone(), policy.connect_timeout);
+            Lane {
+                key,
+                url,
+                origin,
+                secrets,
+                client: EgressClient::new(connector, policy.concurrency),
+                slots: Semaphore::new(policy.concurrency),
+                limiter: RateLimiter::direct(policy.rate.quota()),
+                claimed: AtomicUsize::new(0),
+                policy,
+            }
+        };
         for route in &config.routes {
+            if let Some(host) = &route.host {
+                let scheme = if route.upgrade_https { "https" } else { "http" };
+                let port = host.port.map(|p| format!(":{p}")).unwrap_or_default();
+                let url = TargetUrl::parse(&format!("{scheme}://{}{port}/", host.host))?;
+                let lane = lane(
+                    target_key(&route.name, ORIGIN_TARGET),
+                    url,
+                    true,
+                    Vec::new(),
+                    config.delivery.clone(),
+                );
+                lanes.insert(lane.key.clone(), Arc::new(lane));
+            }
             for target in &route.targets {
-                let policy = config.delivery.with(target);
-                let connector = Connector::new(tls.clone(), policy.connect_timeout);
-                let lane = Lane {
-                    key: target_key(&route.name, &target.name),
-                    url: target.url.clone(),
-                    secrets: target.secret.0.clone(),
-                    client: EgressClient::new(connector, policy.concurrency),
-                    slots: Semaphore::new(policy.concurrency),
-                    limiter: RateLimiter::direct(policy.rate.quota()),
-                    claimed: AtomicUsize::new(0),
-                    policy,
-                };
+                let lane = lane(
+                    target_key(&route.name, &target.name),
+                    target.url.clone(),
+                    false,
+                    target.secret.0.clone(),
+                    config.delivery.with(target),
+                );
                 lanes.insert(lane.key.clone(), Arc::new(lane));
             }
         }
@@ -257,7 +283,26 @@ impl Job {
         let event_id = event.id.to_string();
         let started = now_ms();
         let timestamp = (started / 1000) as i64;
-        let request = build_request(lane, &event_id, timestamp, &event.meta.headers, event.body);
+        let uri = if lane.origin {
+            match event.meta.url.as_deref().map(str::parse::<http::Uri>) {
+                Some(Ok(uri)) => uri,
+                _ => {
+                    let attempt = failed_attempt("the event has no URL to relay to".into());
+                    self.store.finish(self.id, &attempt, Next::Dead)?;
+                    return Ok(());
+                }
+            }
+        } else {
+            lane.url.uri().clone()
+        };
+        let request = build_request(
+            lane,
+            uri,
+            &event_id,
+            timestamp,
+            &event.meta.headers,
+            event.body,
+        );
         let result = lane.client.send(request, lane.policy.timeout).await;
         let (attempt, next) = self.outcome(n, started, result);
         let d = self.store.finish(self.id, &attempt, next)?;
@@ -329,12 +374,13 @@ impl Job {
 /// Standard Webhooks headers.
 fn build_request(
     lane: &Lane,
+    uri: http::Uri,
     event_id: &str,
     timestamp: i64,
     kept: &[(String, String)],
     body: Bytes,
 ) -> http::Request<Full<Bytes>> {
-    let mut builder = http::Request::post(lane.url.uri().clone());
+    let mut builder = http::Request::post(uri);
     for (name, value) in kept {
         builder = builder.header(name.as_str(), value.as_str());
     }
@@ -346,6 +392,6 @@ fn build_request(
         builder = builder.header("webhook-signature", sig);
     }
     // Every part was validated when it was stored or loaded: the URI at
-    // config load, header names and values at ingest.
+    // config load or parsed above, header names and values at ingest.
     builder.body(Full::new(body)).expect("valid request parts")
 }

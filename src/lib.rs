@@ -7,11 +7,14 @@
 //! Layout (data flows one way: ingest → store → dispatch → egress):
 //! - [`config`]: the TOML file, parsed into checked types.
 //! - [`route`]: path patterns, value templates, event patterns.
-//! - [`listener`]: serving HTTP with connection limits and graceful shutdown.
+//! - [`listener`]: serving HTTP with connection, header and time limits,
+//!   optional TLS, and graceful shutdown.
+//! - [`tls`]: listener certificates, client-certificate auth, SIGHUP reload.
 //! - [`ingest`]: the LMS-facing listener: guard, route, store, 202.
+//! - [`tunnel`]: proxy-mode `CONNECT` tunnels through the egress guard.
 //! - [`store`]: sled trees, transactions, group commit.
 //! - [`dispatch`]: the scheduler and per-target lanes.
-//! - [`egress`]: the outbound client and its connector.
+//! - [`egress`]: the outbound client, its connector and the egress guard.
 //! - [`sign`]: Standard Webhooks signatures.
 //!
 //! [`Relay::start`] wires them together; `main.rs` only parses the command line.
@@ -26,6 +29,8 @@ pub mod listener;
 pub mod route;
 pub mod sign;
 pub mod store;
+pub mod tls;
+pub mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -62,11 +67,14 @@ pub enum StartError {
     },
     #[error("egress: {0}")]
     Egress(String),
+    #[error("ingest.tls: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A running relay: its listeners, scheduler and store.
 pub struct Relay {
     ingest_addrs: Vec<SocketAddr>,
+    tls: Vec<Arc<tls::ReloadableTls>>,
     store: Arc<Store>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -99,11 +107,18 @@ impl Relay {
             .filter_map(|l| l.local_addr().ok())
             .collect();
 
+        let ingest_tls = match &config.ingest.tls {
+            Some(files) => Some(Arc::new(tls::ReloadableTls::load(files)?)),
+            None => None,
+        };
         let ingest = Arc::new(ingest::Ingest::new(&config, store.clone()));
+        let c = &config.ingest;
         let limits = listener::Limits {
-            max_connections: config.ingest.max_connections,
-            header_read_timeout: config.ingest.header_read_timeout,
-            max_headers: 100,
+            max_connections: c.max_connections,
+            header_read_timeout: c.header_read_timeout,
+            max_headers: c.max_headers,
+            max_header_bytes: c.max_header_bytes,
+            idle_timeout: c.idle_timeout,
             shutdown_grace: config.delivery.shutdown_grace,
         };
         let mut tasks = Vec::new();
@@ -114,6 +129,7 @@ impl Relay {
                 l,
                 handler,
                 limits,
+                ingest_tls.clone(),
                 rx.clone(),
             )));
         }
@@ -129,6 +145,7 @@ impl Relay {
         }
         Ok(Relay {
             ingest_addrs,
+            tls: ingest_tls.into_iter().collect(),
             store,
             shutdown,
             tasks,
@@ -138,6 +155,24 @@ impl Relay {
     /// The bound ingest addresses, in `ingest.listen` order.
     pub fn ingest_addrs(&self) -> &[SocketAddr] {
         &self.ingest_addrs
+    }
+
+    /// Reads every listener's certificate files again (on SIGHUP). New
+    /// connections use the new files; open ones keep theirs. A listener
+    /// whose files fail to load keeps its current certificates; the errors
+    /// are logged and returned.
+    pub fn reload_tls(&self) -> Vec<tls::TlsError> {
+        let mut errors = Vec::new();
+        for t in &self.tls {
+            match t.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; the current certificates stay in use");
+                    errors.push(e);
+                }
+            }
+        }
+        errors
     }
 
     pub fn store(&self) -> &Arc<Store> {

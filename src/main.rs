@@ -100,7 +100,7 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
     runtime.block_on(async move {
         let relay = Relay::start(config).await?;
         tracing::info!(config = %path.display(), "hookrelay ready");
-        wait_for_signal().await?;
+        wait_for_stop(&relay).await?;
         tracing::info!("stopping");
         relay.shutdown().await.context("final flush failed")?;
         tracing::info!("stopped");
@@ -108,13 +108,22 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; on SIGHUP, reloads TLS certificates and
+/// keeps serving.
+async fn wait_for_stop(relay: &Relay) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading TLS certificates");
+                // Errors are logged by reload_tls; the relay keeps serving.
+                let _ = relay.reload_tls();
+            }
+        }
     }
-    Ok(())
 }

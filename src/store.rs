@@ -106,6 +106,10 @@ pub struct EventMeta {
     pub event_type: String,
     /// `content-type` and the route's `forward_headers`, lower-case names.
     pub headers: Vec<(String, String)>,
+    /// Proxy mode: the URL the event is relayed to (the `origin` target).
+    /// Absent in records written before proxy mode existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -767,6 +771,7 @@ mod tests {
                 route: "r".into(),
                 event_type: "e".into(),
                 headers: vec![("content-type".into(), "application/json".into())],
+                url: None,
             },
             body: Bytes::from_static(b"{\"a\":1}"),
             targets: targets.iter().map(|s| s.to_string()).collect(),
