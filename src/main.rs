@@ -98,9 +98,10 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async move {
+        let mut signals = Signals::watch()?;
         let relay = Relay::start(config).await?;
         tracing::info!(config = %path.display(), "hookrelay ready");
-        wait_for_stop(&relay).await?;
+        signals.wait_for_stop(&relay).await;
         tracing::info!("stopping");
         relay.shutdown().await.context("final flush failed")?;
         tracing::info!("stopped");
@@ -108,21 +109,36 @@ fn serve(path: PathBuf) -> anyhow::Result<()> {
     })
 }
 
-/// Waits for SIGTERM or SIGINT; on SIGHUP, reloads TLS certificates and
-/// keeps serving.
-async fn wait_for_stop(relay: &Relay) -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading TLS certificates");
-                // Errors are logged by reload_tls; the relay keeps serving.
-                let _ = relay.reload_tls();
+/// The signals `serve` reacts to, watched from before the listeners open so
+/// that none arrives unhandled.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn watch() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            hup: signal(SignalKind::hangup()).context("cannot watch SIGHUP")?,
+        })
+    }
+
+    /// Waits for SIGTERM or SIGINT; on SIGHUP, reloads TLS certificates and
+    /// keeps serving.
+    async fn wait_for_stop(&mut self, relay: &Relay) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading TLS certificates");
+                    // Errors are logged by reload_tls; the relay keeps serving.
+                    let _ = relay.reload_tls();
+                }
             }
         }
     }
