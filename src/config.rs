@@ -377,7 +377,8 @@ impl Config {
                 }
                 None => inner.message().trim().to_string(),
             };
-            let key = if key == "." {
+            // The root, or a key with an empty name (`['']`), has no path.
+            let key = if key == "." || key.is_empty() {
                 "(top level)".into()
             } else {
                 key
@@ -858,6 +859,10 @@ mod tests {
 
         let e = parse("[ingest]\nallow = [\"10.0.0.300/8\"]\n").unwrap_err();
         assert_eq!(e.key, "ingest.allow[0]");
+
+        // Found by fuzzing: an empty table name left the key empty.
+        let e = parse("['']").unwrap_err();
+        assert_eq!(e.key, "(top level)");
 
         let e = parse("[store]\npaht = \"x\"\n").unwrap_err();
         assert!(e.reason.contains("unknown field"), "{e}");
