@@ -60,7 +60,9 @@ fn world() -> &'static World {
             .enable_all()
             .build()
             .expect("runtime");
-        let store = rt.block_on(async { Store::open(&config.store) }).expect("store");
+        let store = rt
+            .block_on(async { Store::open(&config.store) })
+            .expect("store");
         let c = &config.ingest;
         let limits = Limits {
             max_connections: 1,
@@ -89,9 +91,10 @@ fuzz_target!(|data: &[u8]| {
         let builder = http_builder(&w.limits);
         let peer: SocketAddr = "127.0.0.1:4000".parse().expect("literal");
         let (_stop_tx, stop) = tokio::sync::watch::channel(false);
-        let conn = tokio::spawn(async move {
-            serve_connection(server, peer, handler, &builder, stop).await
-        });
+        let conn =
+            tokio::spawn(
+                async move { serve_connection(server, peer, handler, &builder, stop).await },
+            );
         let io = async {
             let _ = client.write_all(data).await;
             let _ = client.shutdown().await;
