@@ -400,13 +400,16 @@ impl Admin {
             event_type: "hookrelay.test".into(),
             headers: vec![("content-type".into(), "application/json".into())],
             request_headers: Vec::new(),
+            url: None,
         };
         // Subscriptions send bodies as they are: no shaping to apply.
         let shaped = Shaped {
             body: Bytes::from(body),
             content_type: None,
         };
-        let request = crate::dispatch::build_request(&target, &event_id, timestamp, &meta, shaped);
+        let uri = target.spec.url.uri().clone();
+        let request =
+            crate::dispatch::build_request(&target, uri, &event_id, timestamp, &meta, shaped);
         let started = now_ms();
         let result = target
             .client

@@ -19,8 +19,8 @@ use tokio::sync::Semaphore;
 
 use serde_json::Value;
 
-use crate::config::{Config, DeliveryConfig, Outbound, TargetUrl};
-use crate::egress::{Connector, EgressClient};
+use crate::config::{Config, DeliveryConfig, Outbound, TargetUrl, ORIGIN_TARGET};
+use crate::egress::{Connector, EgressClient, Policy};
 use crate::route::{EventPattern, Filter};
 use crate::sign::Secret;
 use crate::store::{now_ms, Attempt, Counters, Store, StoreError, Subscription};
@@ -57,6 +57,9 @@ pub struct TargetSpec {
     /// How the body is shaped, and the target's own headers.
     pub outbound: Outbound,
     pub policy: DeliveryConfig,
+    /// A proxy route's `origin` target: each event goes to the URL it was
+    /// sent to, not to `url`.
+    pub to_event_url: bool,
 }
 
 impl TargetSpec {
@@ -81,6 +84,7 @@ impl TargetSpec {
             secrets: vec![Secret::parse(&sub.secret)?],
             outbound: Outbound::default(),
             policy: defaults.clone(),
+            to_event_url: false,
         })
     }
 }
@@ -114,8 +118,12 @@ pub struct Target {
 }
 
 impl Target {
-    fn new(spec: TargetSpec, tls: &Arc<rustls::ClientConfig>, counters: Counters) -> Target {
-        let connector = Connector::new(tls.clone(), spec.policy.connect_timeout);
+    fn new(spec: TargetSpec, egress: &Egress, counters: Counters) -> Target {
+        let connector = Connector::new(
+            egress.tls.clone(),
+            egress.guard.clone(),
+            spec.policy.connect_timeout,
+        );
         Target {
             client: EgressClient::new(connector, spec.policy.concurrency),
             slots: Semaphore::new(spec.policy.concurrency),
@@ -240,16 +248,45 @@ pub struct Catalog {
 /// What every target's lane is built with.
 struct Egress {
     tls: Arc<rustls::ClientConfig>,
+    guard: Arc<Policy>,
     defaults: DeliveryConfig,
 }
 
-/// The configured targets of `config`, in file order.
-fn configured(config: &Config) -> Vec<TargetSpec> {
-    config
-        .routes
-        .iter()
-        .flat_map(|route| {
-            route.targets.iter().map(move |t| TargetSpec {
+impl Egress {
+    fn new(config: &Config) -> Result<Egress, String> {
+        let guard = Policy::new(&config.egress);
+        guard.check_bind()?;
+        Ok(Egress {
+            tls: crate::egress::tls_config(config.egress.ca_file.as_deref())?,
+            guard: Arc::new(guard),
+            defaults: config.delivery.clone(),
+        })
+    }
+}
+
+/// The configured targets of `config`, in file order; a proxy route
+/// (one with a `host`) first gets its implicit `origin` target.
+fn configured(config: &Config) -> Result<Vec<TargetSpec>, String> {
+    let mut out = Vec::new();
+    for route in &config.routes {
+        if let Some(host) = &route.host {
+            let scheme = if route.upgrade_https { "https" } else { "http" };
+            let port = host.port.map(|p| format!(":{p}")).unwrap_or_default();
+            out.push(TargetSpec {
+                key: target_key(&route.name, ORIGIN_TARGET),
+                origin: Origin::Config,
+                route: Some(route.name.clone()),
+                events: vec![EventPattern::Prefix(String::new())],
+                filter: None,
+                url: TargetUrl::parse(&format!("{scheme}://{}{port}/", host.host))?,
+                secrets: Vec::new(),
+                outbound: Outbound::default(),
+                policy: config.delivery.clone(),
+                to_event_url: true,
+            });
+        }
+        for t in &route.targets {
+            out.push(TargetSpec {
                 key: target_key(&route.name, &t.name),
                 origin: Origin::Config,
                 route: Some(route.name.clone()),
@@ -259,24 +296,27 @@ fn configured(config: &Config) -> Vec<TargetSpec> {
                 secrets: t.secret.0.clone(),
                 outbound: t.outbound.clone(),
                 policy: config.delivery.with(t),
-            })
-        })
-        .collect()
+                to_event_url: false,
+            });
+        }
+    }
+    Ok(out)
 }
 
 impl Catalog {
-    /// The configured targets and the stored subscriptions, with their saved counters.
+    /// The configured targets and the stored subscriptions, with their
+    /// saved counters. Fails if `egress.bind` is not a local address.
     pub fn new(config: &Config, store: Arc<Store>) -> Result<Arc<Catalog>, String> {
-        let tls = crate::egress::tls_config(config.egress.ca_file.as_deref())?;
+        let egress = Egress::new(config)?;
         let mut targets = Vec::new();
         let counters = |key: &str| store.counters(key).map_err(|e| e.to_string());
-        for spec in configured(config) {
+        for spec in configured(config)? {
             let saved = counters(&spec.key)?;
-            targets.push(Arc::new(Target::new(spec, &tls, saved)));
+            targets.push(Arc::new(Target::new(spec, &egress, saved)));
         }
         for sub in store.subscriptions().map_err(|e| e.to_string())? {
             match TargetSpec::of_subscription(&sub, &config.delivery) {
-                Ok(spec) => targets.push(Arc::new(Target::new(spec, &tls, counters(&sub.id)?))),
+                Ok(spec) => targets.push(Arc::new(Target::new(spec, &egress, counters(&sub.id)?))),
                 Err(e) => {
                     tracing::error!(subscription = %sub.id, error = %e, "stored subscription is unusable; skipped")
                 }
@@ -284,33 +324,31 @@ impl Catalog {
         }
         Ok(Arc::new(Catalog {
             targets: RwLock::new(targets),
-            egress: RwLock::new(Egress {
-                tls,
-                defaults: config.delivery.clone(),
-            }),
+            egress: RwLock::new(egress),
             store,
         }))
     }
 
-    /// Takes the configured targets and delivery defaults of a new config.
-    /// Every lane is built anew (settings, shapes and trust roots may have
-    /// changed); counters and circuit state carry over. Attempts under way
-    /// finish on the lane they started on. Subscriptions stay. Returns the
-    /// keys of configured targets that are gone.
+    /// Takes the configured targets, delivery defaults and egress settings
+    /// of a new config. Every lane is built anew (settings, shapes, trust
+    /// roots and the egress guard may have changed); counters and circuit
+    /// state carry over. Attempts under way finish on the lane they started
+    /// on. Subscriptions stay. Returns the keys of configured targets that
+    /// are gone.
     pub fn reload(&self, config: &Config) -> Result<Vec<String>, String> {
-        let tls = crate::egress::tls_config(config.egress.ca_file.as_deref())?;
+        let fresh = Egress::new(config)?;
+        let specs = configured(config)?;
         let mut egress = self.egress.write().expect("lock poisoned");
-        egress.tls = tls.clone();
-        egress.defaults = config.delivery.clone();
+        *egress = fresh;
         let old = self.all();
         let find = |key: &str| old.iter().find(|t| t.spec.key == key);
         let mut next = Vec::new();
-        for spec in configured(config) {
+        for spec in specs {
             let target = match find(&spec.key) {
-                Some(t) => Target::new(spec, &tls, t.counters()).with_circuit_of(t),
+                Some(t) => Target::new(spec, &egress, t.counters()).with_circuit_of(t),
                 None => {
                     let saved = self.store.counters(&spec.key).map_err(|e| e.to_string())?;
-                    Target::new(spec, &tls, saved)
+                    Target::new(spec, &egress, saved)
                 }
             };
             next.push(Arc::new(target));
@@ -321,7 +359,7 @@ impl Catalog {
                 ..t.spec.clone()
             };
             next.push(Arc::new(
-                Target::new(spec, &tls, t.counters()).with_circuit_of(t),
+                Target::new(spec, &egress, t.counters()).with_circuit_of(t),
             ));
         }
         let removed = old
@@ -361,7 +399,7 @@ impl Catalog {
     pub fn add_subscription(&self, sub: &Subscription) -> Result<Arc<Target>, String> {
         let egress = self.egress.read().expect("lock poisoned");
         let spec = TargetSpec::of_subscription(sub, &egress.defaults)?;
-        let target = Arc::new(Target::new(spec, &egress.tls, Counters::default()));
+        let target = Arc::new(Target::new(spec, &egress, Counters::default()));
         self.targets
             .write()
             .expect("lock poisoned")

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -70,9 +70,20 @@ pub struct IngestConfig {
     pub max_body_bytes: usize,
     /// Per source address; over it: 429 with `Retry-After`.
     pub rate: Rate,
-    /// Accept absolute-form (proxy) requests. Not served by this version:
-    /// `validate()` refuses `true` rather than silently ignoring it.
+    /// Proxy mode: accept absolute-form requests (`POST http://host/path`)
+    /// for routes that name a `host`, and `CONNECT` to `connect_allow`.
     pub proxy: bool,
+    /// `host:port` pairs a `CONNECT` may open a tunnel to (proxy mode only).
+    pub connect_allow: Vec<ConnectTarget>,
+    /// TLS on the listener; with `client_ca`, client certificates are required.
+    pub tls: Option<TlsFiles>,
+    /// Most header fields in one request; more get 431.
+    pub max_headers: usize,
+    /// Most bytes of request line plus headers; more get 431.
+    pub max_header_bytes: usize,
+    /// A connection on which nothing is received for this long is closed.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
     /// Most connections served at once; further ones wait in the accept queue.
     pub max_connections: usize,
     /// How long a client may take to send its request headers.
@@ -94,6 +105,11 @@ impl Default for IngestConfig {
                 burst: nz(1000),
             },
             proxy: false,
+            connect_allow: Vec::new(),
+            tls: None,
+            max_headers: 100,
+            max_header_bytes: 16 * 1024,
+            idle_timeout: Duration::from_secs(60),
             max_connections: 1024,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
@@ -113,6 +129,8 @@ pub struct AdminConfig {
     /// `$CREDENTIALS_DIRECTORY` (systemd credentials) first, then beside the
     /// config file.
     pub tokens_file: PathBuf,
+    /// TLS on the admin listener; with `client_ca`, client certificates are required.
+    pub tls: Option<TlsFiles>,
 }
 
 impl Default for AdminConfig {
@@ -121,6 +139,7 @@ impl Default for AdminConfig {
             listen: vec!["127.0.0.1:8081".parse().expect("literal address")],
             allow: loopback_nets(),
             tokens_file: PathBuf::from("admin.tokens"),
+            tls: None,
         }
     }
 }
@@ -207,20 +226,81 @@ impl Default for DeliveryConfig {
     }
 }
 
-/// `[egress]`: how outbound connections are made.
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+/// `[egress]`: how outbound connections are made, and where they may go.
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct EgressConfig {
     /// Extra trust roots (PEM) beside the built-in ones.
     pub ca_file: Option<PathBuf>,
+    /// Refuse `http://` targets at load.
     pub https_only: bool,
-    /// The remaining `[egress]` keys of the contract (`allow_private`, `allow`,
-    /// `deny`, `bind`) belong to the egress guard. This version does not
-    /// enforce them, so `validate()` refuses them when set.
-    pub allow_private: Option<bool>,
+    /// Let loopback, private (RFC 1918, fc00::/7) and CGNAT addresses through.
+    pub allow_private: bool,
+    /// Networks allowed even when a denied range holds them.
     pub allow: Vec<ipnet::IpNet>,
+    /// Networks always refused, whatever else allows them.
     pub deny: Vec<ipnet::IpNet>,
-    pub bind: String,
+    /// Source address of every outbound connection; `""` lets the OS choose.
+    pub bind: BindAddr,
+}
+
+/// `egress.bind`: an IP address, or `""` for none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BindAddr(pub Option<IpAddr>);
+
+impl<'de> Deserialize<'de> for BindAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Ok(BindAddr(None));
+        }
+        s.parse::<IpAddr>()
+            .map(|ip| BindAddr(Some(ip)))
+            .map_err(|_| serde::de::Error::custom(format!("`{s}` is not an IP address")))
+    }
+}
+
+/// `ingest.tls`: PEM files of the listener's certificate chain and key, and
+/// optionally of the CA that client certificates must chain to.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
+
+/// An `ingest.connect_allow` entry: a host name or IP, and a port (443 when
+/// left out). Host names compare case-insensitively.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectTarget {
+    pub host: String,
+    pub port: u16,
+}
+
+impl ConnectTarget {
+    pub fn parse(s: &str) -> Result<ConnectTarget, String> {
+        let authority: http::uri::Authority = s
+            .parse()
+            .map_err(|_| format!("`{s}` is not host or host:port"))?;
+        if authority.as_str().contains('@') || authority.host().is_empty() {
+            return Err(format!("`{s}` is not host or host:port"));
+        }
+        Ok(ConnectTarget {
+            host: authority.host().to_ascii_lowercase(),
+            port: authority.port_u16().unwrap_or(443),
+        })
+    }
+
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        self.port == port && self.host.eq_ignore_ascii_case(host)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConnectTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ConnectTarget::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
 }
 
 /// `[log]`: what the process prints.
@@ -255,6 +335,13 @@ impl Default for LogConfig {
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: String,
+    /// Proxy mode: the host (and port, if given) of the absolute-form
+    /// requests this route takes. Such a route takes only proxy requests, and
+    /// relays each to its own URL (the implicit target `origin`).
+    pub host: Option<ProxyHost>,
+    /// Deliver a proxy route's requests over https, whatever scheme the LMS used.
+    #[serde(default)]
+    pub upgrade_https: bool,
     pub path: PathPattern,
     /// The event type. Defaults to `{path.event}` when the path captures
     /// `event`, else to the route's name.
@@ -438,6 +525,43 @@ fn reserved_header(name: &http::HeaderName) -> bool {
     NAMES.contains(&name.as_str()) || name.as_str().starts_with("webhook-")
 }
 
+/// A proxy route's `host`: a lower-case host name or IP literal, with an
+/// optional port. Without a port, any port matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyHost {
+    pub host: String,
+    pub port: Option<u16>,
+}
+
+impl ProxyHost {
+    pub fn parse(s: &str) -> Result<ProxyHost, String> {
+        let authority: http::uri::Authority = s
+            .parse()
+            .map_err(|_| format!("`{s}` is not a host or host:port"))?;
+        if authority.as_str().contains('@') || authority.host().is_empty() {
+            return Err(format!("`{s}` is not a host or host:port"));
+        }
+        Ok(ProxyHost {
+            host: authority.host().to_ascii_lowercase(),
+            port: authority.port_u16(),
+        })
+    }
+
+    /// Whether a request for `host` on `port` is for this route's host.
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        self.host.eq_ignore_ascii_case(host) && self.port.is_none_or(|p| p == port)
+    }
+}
+
+impl<'de> Deserialize<'de> for ProxyHost {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ProxyHost::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// The name of a proxy route's implicit target: the request's own URL.
+pub const ORIGIN_TARGET: &str = "origin";
+
 fn all_events() -> Vec<EventPattern> {
     vec![EventPattern::parse("*").expect("literal pattern")]
 }
@@ -480,7 +604,8 @@ impl Config {
                 }
                 None => inner.message().trim().to_string(),
             };
-            let key = if key == "." {
+            // The root, or a key with an empty name (`['']`), has no path.
+            let key = if key == "." || key.is_empty() {
                 "(top level)".into()
             } else {
                 key
@@ -516,27 +641,52 @@ impl Config {
         if self.ingest.max_body_bytes == 0 {
             return err("ingest.max_body_bytes", "must be above 0");
         }
-        if self.ingest.max_connections == 0 {
-            return err("ingest.max_connections", "must be above 0");
-        }
-        if self.ingest.proxy {
+        if self.ingest.max_connections == 0 || self.ingest.max_connections > MAX_CONNECTIONS {
             return err(
-                "ingest.proxy",
-                "proxy mode is not available in this version of hookrelay; use routes",
+                "ingest.max_connections",
+                &format!("must be between 1 and {MAX_CONNECTIONS}"),
             );
+        }
+        if self.ingest.max_headers == 0 {
+            return err("ingest.max_headers", "must be above 0");
+        }
+        if self.ingest.max_header_bytes < MIN_HEADER_BYTES {
+            return err(
+                "ingest.max_header_bytes",
+                &format!("must be at least {MIN_HEADER_BYTES}"),
+            );
+        }
+        for (name, d) in [
+            ("header_read_timeout", self.ingest.header_read_timeout),
+            ("body_read_timeout", self.ingest.body_read_timeout),
+            ("idle_timeout", self.ingest.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return err(&format!("ingest.{name}"), "must be above 0");
+            }
+        }
+        if !self.ingest.connect_allow.is_empty() && !self.ingest.proxy {
+            return err(
+                "ingest.connect_allow",
+                "CONNECT is served only in proxy mode (ingest.proxy = true)",
+            );
+        }
+        for (key, tls) in [
+            ("ingest.tls", &self.ingest.tls),
+            ("admin.tls", &self.admin.tls),
+        ] {
+            if let Some(tls) = tls {
+                if let Err(e) = crate::tls::server_config(tls) {
+                    return err(key, &e.to_string());
+                }
+            }
         }
         let e = &self.egress;
-        if e.allow_private.is_some() || !e.allow.is_empty() || !e.deny.is_empty() {
-            return err(
-                "egress",
-                "allow_private, allow and deny (the egress guard) are not available in this version of hookrelay",
-            );
-        }
-        if !e.bind.is_empty() {
-            return err(
-                "egress.bind",
-                "a fixed source address is not available in this version of hookrelay",
-            );
+        let policy = crate::egress::Policy::new(e);
+        for (i, c) in self.ingest.connect_allow.iter().enumerate() {
+            if let Some(reason) = policy.refuses_literal(&c.host) {
+                return err(&format!("ingest.connect_allow[{i}]"), &reason);
+            }
         }
         if let Some(ca) = &e.ca_file {
             if let Err(err) = crate::egress::load_ca_file(ca) {
@@ -559,6 +709,32 @@ impl Config {
             if !route_names.insert(route.name.as_str()) {
                 return err(&format!("{at}.name"), "another route has this name");
             }
+            match &route.host {
+                Some(_) if !self.ingest.proxy => {
+                    return err(
+                        &format!("{at}.host"),
+                        "a route with a host takes proxy requests; set ingest.proxy = true",
+                    );
+                }
+                Some(host) => {
+                    if let Some(reason) = policy.refuses_literal(&host.host) {
+                        return err(&format!("{at}.host"), &reason);
+                    }
+                    if e.https_only && !route.upgrade_https {
+                        return err(
+                            &format!("{at}.upgrade_https"),
+                            "egress.https_only is set: a proxy route must upgrade to https",
+                        );
+                    }
+                }
+                None if route.upgrade_https => {
+                    return err(
+                        &format!("{at}.upgrade_https"),
+                        "only a route with a host (proxy mode) is upgraded",
+                    );
+                }
+                None => {}
+            }
             for (field, template) in [("event", &route.event), ("dedup", &route.dedup)] {
                 if let Some(t) = template {
                     if let Some(name) = t.path_captures().find(|c| !route.path.captures(c)) {
@@ -578,6 +754,12 @@ impl Config {
                         "must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'",
                     );
                 }
+                if route.host.is_some() && target.name == ORIGIN_TARGET {
+                    return err(
+                        &format!("{at}.name"),
+                        "`origin` is the implicit target of a proxy route",
+                    );
+                }
                 if !target_names.insert(target.name.as_str()) {
                     return err(
                         &format!("{at}.name"),
@@ -589,6 +771,11 @@ impl Config {
                         &format!("{at}.url"),
                         "egress.https_only is set and this URL is http",
                     );
+                }
+                if let Some(host) = target.url.uri().host() {
+                    if let Some(reason) = policy.refuses_literal(host) {
+                        return err(&format!("{at}.url"), &reason);
+                    }
                 }
                 self.delivery
                     .with(target)
@@ -745,6 +932,13 @@ fn sensitive(text: &str) -> Option<http::HeaderValue> {
     v.set_sensitive(true);
     Some(v)
 }
+
+/// The largest `ingest.max_connections`.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+
+/// The smallest `ingest.max_header_bytes`: HTTP/1 parsing needs one 8 KiB
+/// buffer at least.
+pub const MIN_HEADER_BYTES: usize = 8192;
 
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
@@ -1080,6 +1274,10 @@ mod tests {
 
         let e = parse("[ingest]\nallow = [\"10.0.0.300/8\"]\n").unwrap_err();
         assert_eq!(e.key, "ingest.allow[0]");
+
+        // Found by fuzzing: an empty table name left the key empty.
+        let e = parse("['']").unwrap_err();
+        assert_eq!(e.key, "(top level)");
 
         let e = parse("[store]\npaht = \"x\"\n").unwrap_err();
         assert!(e.reason.contains("unknown field"), "{e}");

@@ -274,9 +274,22 @@ impl Job {
                 return Ok(());
             }
         };
+        // A proxy route's `origin` target relays each event to its own URL.
+        let uri = if target.spec.to_event_url {
+            match event.meta.url.as_deref().map(str::parse::<http::Uri>) {
+                Some(Ok(uri)) => uri,
+                _ => {
+                    let attempt = failed_attempt("the event has no URL to relay to".into());
+                    self.store.finish(self.id, &attempt, Next::Dead)?;
+                    return Ok(());
+                }
+            }
+        } else {
+            target.spec.url.uri().clone()
+        };
         let started = now_ms();
         let timestamp = (started / 1000) as i64;
-        let request = build_request(target, &event_id, timestamp, &event.meta, shaped);
+        let request = build_request(target, uri, &event_id, timestamp, &event.meta, shaped);
         let result = target
             .client
             .send(request, target.spec.policy.timeout)
@@ -383,6 +396,7 @@ fn failed_attempt(error: String) -> Attempt {
 /// own headers, and the Standard Webhooks headers, signed over the bytes sent.
 pub fn build_request(
     target: &Target,
+    uri: http::Uri,
     event_id: &str,
     timestamp: i64,
     meta: &EventMeta,
@@ -425,7 +439,7 @@ pub fn build_request(
     }
     let mut request = http::Request::new(Full::new(shaped.body));
     *request.method_mut() = http::Method::POST;
-    *request.uri_mut() = target.spec.url.uri().clone();
+    *request.uri_mut() = uri;
     *request.headers_mut() = headers;
     request
 }

@@ -1,14 +1,21 @@
 //! The egress client: how hookrelay reaches receivers.
 //!
-//! A hyper client over our own connector: resolve, connect (with a connect
-//! timeout), then TLS with rustls for https. The connector is the one place
-//! where addresses are chosen, so the egress guard (address checks, fixed
-//! source address) belongs here and nowhere else. Connections are pooled per
-//! target; redirects are never followed (a 3xx is just a status).
+//! A hyper client over our own connector: resolve, check, connect (with a
+//! connect timeout), then TLS with rustls for https. The connector is the one
+//! place where addresses are chosen, so the egress guard lives here and
+//! nowhere else.
+//!
+//! Invariants: every resolved address is canonicalised (IPv4-mapped IPv6
+//! becomes IPv4) and checked against the [`Policy`] before a socket is
+//! opened, and the socket connects to exactly that checked address, so a
+//! second DNS answer can never slip past the check (no DNS rebinding). With
+//! `egress.bind`, every socket is bound to that source address before it
+//! connects. Connections are pooled per target; redirects are never followed
+//! (a 3xx is just a status).
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,8 +29,11 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+use std::sync::LazyLock;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
+
+use ipnet::IpNet;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -41,6 +51,8 @@ pub enum EgressError {
     Resolve { host: String, reason: String },
     #[error("cannot connect to {host}: {reason}")]
     Connect { host: String, reason: String },
+    #[error("refused to connect to {host}: {reason}")]
+    Refused { host: String, reason: String },
     #[error("TLS handshake with {host} failed: {reason}")]
     Tls { host: String, reason: String },
     #[error("no response within {0:?}")]
@@ -81,19 +93,281 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, S
     Ok(Arc::new(config))
 }
 
+// === impl Policy ===
+
+/// Why an address is in a denied range. Every kind but the last three can be
+/// let through by `egress.allow`; see [`Kind::never`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Loopback,
+    Private,
+    LinkLocal,
+    SharedCgnat,
+    Documentation,
+    Benchmarking,
+    Reserved,
+    Nat64,
+    SixToFour,
+    Teredo,
+    Ipv4Compatible,
+    Unspecified,
+    Multicast,
+    Broadcast,
+}
+
+impl Kind {
+    fn describe(self) -> &'static str {
+        match self {
+            Kind::Loopback => "loopback",
+            Kind::Private => "private",
+            Kind::LinkLocal => "link-local (cloud metadata lives here)",
+            Kind::SharedCgnat => "shared address space (CGNAT)",
+            Kind::Documentation => "documentation",
+            Kind::Benchmarking => "benchmarking",
+            Kind::Reserved => "reserved",
+            Kind::Nat64 => "NAT64",
+            Kind::SixToFour => "6to4",
+            Kind::Teredo => "Teredo",
+            Kind::Ipv4Compatible => "IPv4-compatible IPv6",
+            Kind::Unspecified => "unspecified",
+            Kind::Multicast => "multicast",
+            Kind::Broadcast => "broadcast",
+        }
+    }
+
+    /// Kinds no receiver can have: connecting to the unspecified address
+    /// reaches this host on Linux, and multicast or broadcast are not one
+    /// peer. Nothing lets them through.
+    pub fn never(self) -> bool {
+        matches!(self, Kind::Unspecified | Kind::Multicast | Kind::Broadcast)
+    }
+
+    /// Kinds that `egress.allow_private = true` lets through. Link-local is
+    /// not one of them: it holds cloud metadata services, so only an explicit
+    /// `egress.allow` entry opens it.
+    pub fn private(self) -> bool {
+        matches!(self, Kind::Loopback | Kind::Private | Kind::SharedCgnat)
+    }
+}
+
+/// Ranges denied by default, most specific first so the reported kind is
+/// the narrowest one.
+const DENIED: &[(&str, Kind)] = &[
+    ("255.255.255.255/32", Kind::Broadcast),
+    ("0.0.0.0/32", Kind::Unspecified),
+    ("0.0.0.0/8", Kind::Reserved),
+    ("10.0.0.0/8", Kind::Private),
+    ("100.64.0.0/10", Kind::SharedCgnat),
+    ("127.0.0.0/8", Kind::Loopback),
+    ("169.254.0.0/16", Kind::LinkLocal),
+    ("172.16.0.0/12", Kind::Private),
+    ("192.0.0.0/24", Kind::Reserved),
+    ("192.0.2.0/24", Kind::Documentation),
+    ("192.88.99.0/24", Kind::SixToFour),
+    ("192.168.0.0/16", Kind::Private),
+    ("198.18.0.0/15", Kind::Benchmarking),
+    ("198.51.100.0/24", Kind::Documentation),
+    ("203.0.113.0/24", Kind::Documentation),
+    ("224.0.0.0/4", Kind::Multicast),
+    ("240.0.0.0/4", Kind::Reserved),
+    ("::/128", Kind::Unspecified),
+    ("::1/128", Kind::Loopback),
+    ("::/96", Kind::Ipv4Compatible),
+    ("64:ff9b::/96", Kind::Nat64),
+    ("64:ff9b:1::/48", Kind::Nat64),
+    ("100::/64", Kind::Reserved),
+    ("2001::/32", Kind::Teredo),
+    ("2001:2::/48", Kind::Benchmarking),
+    ("2001:db8::/32", Kind::Documentation),
+    ("2002::/16", Kind::SixToFour),
+    ("3fff::/20", Kind::Documentation),
+    ("fc00::/7", Kind::Private),
+    ("fe80::/10", Kind::LinkLocal),
+    ("fec0::/10", Kind::Private),
+    ("ff00::/8", Kind::Multicast),
+];
+
+static DENIED_NETS: LazyLock<Vec<(IpNet, Kind)>> = LazyLock::new(|| {
+    DENIED
+        .iter()
+        // The table is literal and a unit test parses every entry.
+        .map(|(net, kind)| (net.parse().expect("literal network"), *kind))
+        .collect()
+});
+
+/// The denied range holding `ip` (already canonical), if any.
+pub fn classify(ip: IpAddr) -> Option<(IpNet, Kind)> {
+    DENIED_NETS
+        .iter()
+        .find(|(net, _)| net.contains(&ip))
+        .copied()
+}
+
+/// The egress policy: which addresses outbound connections may reach, and
+/// the source address they leave from.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    allow_private: bool,
+    allow: Vec<IpNet>,
+    deny: Vec<IpNet>,
+    bind: Option<IpAddr>,
+}
+
+impl Policy {
+    pub fn new(c: &crate::config::EgressConfig) -> Policy {
+        Policy {
+            allow_private: c.allow_private,
+            allow: c.allow.clone(),
+            deny: c.deny.clone(),
+            bind: c.bind.0,
+        }
+    }
+
+    /// Whether `ip` may be connected to; the error says why not. IPv4-mapped
+    /// IPv6 addresses are judged (and connected to) as the IPv4 they carry.
+    pub fn check(&self, ip: IpAddr) -> Result<IpAddr, String> {
+        let ip = ip.to_canonical();
+        if let Some(net) = self.deny.iter().find(|n| n.contains(&ip)) {
+            return Err(format!("{ip} is in egress.deny ({net})"));
+        }
+        let Some((net, kind)) = classify(ip) else {
+            return Ok(ip);
+        };
+        if kind.never() {
+            return Err(format!(
+                "{ip} is a {} address ({net}), which is never a receiver",
+                kind.describe()
+            ));
+        }
+        if self.allow.iter().any(|n| n.contains(&ip)) {
+            return Ok(ip);
+        }
+        if self.allow_private && kind.private() {
+            return Ok(ip);
+        }
+        let hint = if kind.private() {
+            "set egress.allow_private = true or name it in egress.allow"
+        } else {
+            "name it in egress.allow to permit it"
+        };
+        Err(format!(
+            "{ip} is a {} address ({net}), denied by the egress policy; {hint}",
+            kind.describe()
+        ))
+    }
+
+    /// For a host written in the config: if it is an IP literal that this
+    /// policy refuses, why. Host names are judged when they resolve.
+    pub fn refuses_literal(&self, host: &str) -> Option<String> {
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let ip: IpAddr = bare.parse().ok()?;
+        self.check(ip).err()
+    }
+
+    /// Fails unless `egress.bind` is an address of this host, by binding a
+    /// socket to it.
+    pub fn check_bind(&self) -> Result<(), String> {
+        let Some(ip) = self.bind else { return Ok(()) };
+        std::net::TcpListener::bind(SocketAddr::new(ip, 0))
+            .map(drop)
+            .map_err(|e| format!("egress.bind: {ip} is not usable as a source address: {e}"))
+    }
+
+    /// Resolves `host`, checks every address, and connects to the first
+    /// permitted one that answers, from `egress.bind` when set, all within
+    /// `timeout`.
+    pub async fn connect(
+        &self,
+        host: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<TcpStream, EgressError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let resolved = tokio::time::timeout_at(deadline, tokio::net::lookup_host((bare, port)))
+            .await
+            .map_err(|_| EgressError::Resolve {
+                host: host.to_string(),
+                reason: format!("no answer within {timeout:?}"),
+            })?
+            .map_err(|e| EgressError::Resolve {
+                host: host.to_string(),
+                reason: e.to_string(),
+            })?;
+        let mut permitted = Vec::new();
+        let mut refused = Vec::new();
+        for addr in resolved {
+            match self.check(addr.ip()) {
+                Ok(ip) if self.bind.is_some_and(|b| b.is_ipv4() != ip.is_ipv4()) => {
+                    refused.push(format!("{ip} is not of the same family as egress.bind"))
+                }
+                Ok(ip) => permitted.push(SocketAddr::new(ip, addr.port())),
+                Err(reason) => refused.push(reason),
+            }
+        }
+        if permitted.is_empty() {
+            return Err(EgressError::Refused {
+                host: host.to_string(),
+                reason: if refused.is_empty() {
+                    "the name has no addresses".to_string()
+                } else {
+                    refused.join("; ")
+                },
+            });
+        }
+        for reason in &refused {
+            tracing::debug!(%host, %reason, "address skipped");
+        }
+        let mut last = String::new();
+        for addr in permitted {
+            match tokio::time::timeout_at(deadline, self.connect_one(addr)).await {
+                Ok(Ok(s)) => return Ok(s),
+                Ok(Err(e)) => last = format!("{addr}: {e}"),
+                Err(_) => {
+                    last = format!("{addr}: no connection within {timeout:?}");
+                    break;
+                }
+            }
+        }
+        Err(EgressError::Connect {
+            host: host.to_string(),
+            reason: last,
+        })
+    }
+
+    /// Connects to `addr`, which `check` has permitted.
+    async fn connect_one(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = self.bind {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        socket.connect(addr).await
+    }
+}
+
 // === impl Connector ===
 
 /// Resolves and connects; adds TLS for https.
 #[derive(Clone)]
 pub struct Connector {
     tls: TlsConnector,
+    policy: Arc<Policy>,
     connect_timeout: Duration,
 }
 
 impl Connector {
-    pub fn new(tls: Arc<rustls::ClientConfig>, connect_timeout: Duration) -> Connector {
+    pub fn new(
+        tls: Arc<rustls::ClientConfig>,
+        policy: Arc<Policy>,
+        connect_timeout: Duration,
+    ) -> Connector {
         Connector {
             tls: TlsConnector::from(tls),
+            policy,
             connect_timeout,
         }
     }
@@ -102,19 +376,14 @@ impl Connector {
         let https = uri.scheme_str() == Some("https");
         let host = uri.host().unwrap_or_default().to_string();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        // Bracketed IPv6 literals come without brackets from `host()`'s caller side.
         let bare = host
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((bare.as_str(), port))
-            .await
-            .map_err(|e| EgressError::Resolve {
-                host: host.clone(),
-                reason: e.to_string(),
-            })?
-            .collect();
-        let tcp = self.connect_any(&host, &addrs).await?;
+        let tcp = self
+            .policy
+            .connect(&host, port, self.connect_timeout)
+            .await?;
         let _ = tcp.set_nodelay(true);
         if !https {
             return Ok(TokioIo::new(EgressStream::Plain(tcp)));
@@ -134,30 +403,6 @@ impl Connector {
                 reason: e.to_string(),
             })?;
         Ok(TokioIo::new(EgressStream::Tls(Box::new(tls))))
-    }
-
-    /// Tries each resolved address in turn within one connect timeout.
-    async fn connect_any(
-        &self,
-        host: &str,
-        addrs: &[SocketAddr],
-    ) -> Result<TcpStream, EgressError> {
-        let deadline = tokio::time::Instant::now() + self.connect_timeout;
-        let mut last = String::from("no addresses");
-        for addr in addrs {
-            match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => return Ok(s),
-                Ok(Err(e)) => last = format!("{addr}: {e}"),
-                Err(_) => {
-                    last = format!("{addr}: no connection within {:?}", self.connect_timeout);
-                    break;
-                }
-            }
-        }
-        Err(EgressError::Connect {
-            host: host.to_string(),
-            reason: last,
-        })
     }
 }
 
@@ -316,4 +561,207 @@ fn describe(e: hyper_util::client::legacy::Error) -> EgressError {
         source = s.source();
     }
     EgressError::Http(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{BindAddr, EgressConfig};
+
+    fn policy(allow_private: bool, allow: &[&str], deny: &[&str]) -> Policy {
+        Policy::new(&EgressConfig {
+            allow_private,
+            allow: allow.iter().map(|n| n.parse().unwrap()).collect(),
+            deny: deny.iter().map(|n| n.parse().unwrap()).collect(),
+            bind: BindAddr(None),
+            ..EgressConfig::default()
+        })
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    /// One address inside every denied range, with the kind it must get.
+    const CASES: &[(&str, Kind)] = &[
+        ("0.0.0.0", Kind::Unspecified),
+        ("0.1.2.3", Kind::Reserved),
+        ("10.0.0.1", Kind::Private),
+        ("10.255.255.255", Kind::Private),
+        ("100.64.0.1", Kind::SharedCgnat),
+        ("100.127.255.254", Kind::SharedCgnat),
+        ("127.0.0.1", Kind::Loopback),
+        ("127.255.0.9", Kind::Loopback),
+        ("169.254.169.254", Kind::LinkLocal),
+        ("172.16.0.1", Kind::Private),
+        ("172.31.255.255", Kind::Private),
+        ("192.0.0.170", Kind::Reserved),
+        ("192.0.2.10", Kind::Documentation),
+        ("192.88.99.1", Kind::SixToFour),
+        ("192.168.1.1", Kind::Private),
+        ("198.18.0.1", Kind::Benchmarking),
+        ("198.19.255.1", Kind::Benchmarking),
+        ("198.51.100.7", Kind::Documentation),
+        ("203.0.113.9", Kind::Documentation),
+        ("224.0.0.1", Kind::Multicast),
+        ("239.255.255.250", Kind::Multicast),
+        ("240.0.0.1", Kind::Reserved),
+        ("255.255.255.255", Kind::Broadcast),
+        ("::", Kind::Unspecified),
+        ("::1", Kind::Loopback),
+        ("::10.0.0.1", Kind::Ipv4Compatible),
+        ("64:ff9b::a00:1", Kind::Nat64),
+        ("64:ff9b:1::1", Kind::Nat64),
+        ("100::1", Kind::Reserved),
+        ("2001::1", Kind::Teredo),
+        ("2001:2::1", Kind::Benchmarking),
+        ("2001:db8::1", Kind::Documentation),
+        ("2002:a00:1::1", Kind::SixToFour),
+        ("3fff::1", Kind::Documentation),
+        ("fc00::1", Kind::Private),
+        ("fd00:ec2::254", Kind::Private),
+        ("fe80::1", Kind::LinkLocal),
+        ("fec0::1", Kind::Private),
+        ("ff02::1", Kind::Multicast),
+        // IPv4-mapped forms are judged as the IPv4 address they carry.
+        ("::ffff:127.0.0.1", Kind::Loopback),
+        ("::ffff:10.1.2.3", Kind::Private),
+        ("::ffff:169.254.169.254", Kind::LinkLocal),
+        ("::ffff:100.64.1.1", Kind::SharedCgnat),
+        ("::ffff:0.0.0.0", Kind::Unspecified),
+    ];
+
+    const PUBLIC: &[&str] = &[
+        "1.1.1.1",
+        "8.8.8.8",
+        "93.184.216.34",
+        "172.32.0.1",
+        "100.128.0.1",
+        "2606:4700:4700::1111",
+        "2a00:1450:4001::1",
+        "::ffff:8.8.8.8",
+    ];
+
+    #[test]
+    fn every_table_entry_parses_and_every_range_is_covered() {
+        assert_eq!(DENIED_NETS.len(), DENIED.len());
+        for (net, _) in DENIED {
+            let net: IpNet = net.parse().unwrap();
+            let first = net.network();
+            assert!(
+                classify(first).is_some(),
+                "{net} has no case in the table of denied ranges"
+            );
+            assert!(
+                CASES
+                    .iter()
+                    .any(|(a, _)| net.contains(&ip(a).to_canonical())),
+                "no test case inside {net}"
+            );
+        }
+    }
+
+    #[test]
+    fn denied_ranges_are_refused_by_default() {
+        let p = policy(false, &[], &[]);
+        for (addr, kind) in CASES {
+            let canonical = ip(addr).to_canonical();
+            assert_eq!(classify(canonical).map(|c| c.1), Some(*kind), "{addr}");
+            let e = p.check(ip(addr)).unwrap_err();
+            assert!(e.contains(kind.describe()), "{addr}: {e}");
+        }
+        for addr in PUBLIC {
+            assert_eq!(p.check(ip(addr)), Ok(ip(addr).to_canonical()), "{addr}");
+        }
+    }
+
+    #[test]
+    fn allow_private_opens_only_loopback_private_and_cgnat() {
+        let p = policy(true, &[], &[]);
+        for (addr, kind) in CASES {
+            assert_eq!(
+                p.check(ip(addr)).is_ok(),
+                kind.private(),
+                "{addr} ({kind:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn allow_names_exceptions_but_never_kinds_stay_refused() {
+        let p = policy(
+            false,
+            &["127.0.0.0/8", "::1/128", "169.254.169.254/32"],
+            &[],
+        );
+        assert_eq!(p.check(ip("127.0.0.1")), Ok(ip("127.0.0.1")));
+        assert_eq!(p.check(ip("::ffff:127.0.0.2")), Ok(ip("127.0.0.2")));
+        assert_eq!(p.check(ip("::1")), Ok(ip("::1")));
+        assert!(p.check(ip("169.254.169.254")).is_ok());
+        assert!(p.check(ip("169.254.169.253")).is_err());
+        assert!(p.check(ip("10.0.0.1")).is_err());
+
+        let everything = policy(true, &["0.0.0.0/0", "::/0"], &[]);
+        for (addr, kind) in CASES {
+            assert_eq!(everything.check(ip(addr)).is_ok(), !kind.never(), "{addr}");
+        }
+    }
+
+    #[test]
+    fn deny_always_wins() {
+        let p = policy(
+            true,
+            &["10.0.0.0/8"],
+            &["10.1.0.0/16", "8.8.8.8/32", "2606::/16"],
+        );
+        assert!(p.check(ip("10.2.0.1")).is_ok());
+        let e = p.check(ip("10.1.0.1")).unwrap_err();
+        assert!(e.contains("egress.deny"), "{e}");
+        assert!(p.check(ip("8.8.8.8")).is_err());
+        assert!(p.check(ip("::ffff:8.8.8.8")).is_err());
+        assert!(p.check(ip("2606:4700:4700::1111")).is_err());
+        assert!(p.check(ip("1.1.1.1")).is_ok());
+    }
+
+    #[test]
+    fn literal_hosts_are_judged_at_load() {
+        let p = policy(false, &[], &[]);
+        assert!(p.refuses_literal("127.0.0.1").is_some());
+        assert!(p.refuses_literal("[::1]").is_some());
+        assert!(p.refuses_literal("[::ffff:169.254.169.254]").is_some());
+        assert!(p.refuses_literal("8.8.8.8").is_none());
+        assert!(
+            p.refuses_literal("localhost").is_none(),
+            "names are judged when resolved"
+        );
+    }
+
+    #[test]
+    fn bind_must_be_local() {
+        let mut p = policy(false, &[], &[]);
+        p.bind = Some(ip("127.0.0.2"));
+        assert!(p.check_bind().is_ok());
+        // 192.0.2.1 (documentation) is never an address of this host.
+        p.bind = Some(ip("192.0.2.1"));
+        assert!(p.check_bind().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_refused_name_is_never_connected_to() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let p = policy(false, &[], &[]);
+        let e = p
+            .connect("localhost", port, Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, EgressError::Refused { .. }), "{e}");
+        assert!(e.to_string().contains("loopback"), "{e}");
+        let allowed = policy(false, &["127.0.0.0/8", "::1/128"], &[]);
+        let s = allowed
+            .connect("localhost", port, Duration::from_secs(2))
+            .await
+            .unwrap();
+        assert_eq!(s.peer_addr().unwrap().port(), port);
+    }
 }

@@ -6,6 +6,13 @@
 //! here, where the body's JSON is at hand; dispatch only sees the result.
 //! Invariant: a 202 is sent only after `Store::accept` returned, that is after
 //! the flush that covers this event. Every refusal is a JSON error body.
+//!
+//! Proxy mode (`ingest.proxy`): an HTTP/1 absolute-form request
+//! (`POST http://host/path`) is matched against the routes that name a
+//! `host`, and is stored with its URL, which the route's implicit `origin`
+//! target delivers to (over https if the route upgrades). `CONNECT` is handed
+//! to [`crate::tunnel`] and never stored. Origin-form requests are routed by
+//! path as usual.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
@@ -25,6 +32,7 @@ use crate::config::{Config, IngestConfig};
 use crate::route::{Context, Missing, Router};
 use crate::store::{now_ms, EventMeta, NewEvent, Store, StoreError};
 use crate::telemetry::Metrics;
+use crate::tunnel::{TunnelError, Tunnels};
 
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +43,10 @@ pub enum IngestError {
     RateLimited(Duration),
     #[error("method {0} is not allowed; use POST")]
     MethodNotAllowed(Method),
+    #[error("a proxy request must be for an http:// URL, got `{0}`")]
+    BadProxyTarget(String),
+    #[error("{0}")]
+    Tunnel(#[from] TunnelError),
     #[error("no route matches {0}")]
     NoRoute(String),
     #[error("request body is larger than {0} bytes")]
@@ -57,6 +69,22 @@ impl IngestError {
             IngestError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             IngestError::MethodNotAllowed(_) => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            IngestError::BadProxyTarget(_) => (StatusCode::BAD_REQUEST, "bad_proxy_target"),
+            IngestError::Tunnel(TunnelError::BadTarget(_)) => {
+                (StatusCode::BAD_REQUEST, "bad_connect_target")
+            }
+            IngestError::Tunnel(TunnelError::NotAllowed(_)) => {
+                (StatusCode::FORBIDDEN, "connect_not_allowed")
+            }
+            IngestError::Tunnel(TunnelError::Busy) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "too_many_tunnels")
+            }
+            IngestError::Tunnel(TunnelError::Egress(crate::egress::EgressError::Refused {
+                ..
+            })) => (StatusCode::FORBIDDEN, "egress_refused"),
+            IngestError::Tunnel(TunnelError::Egress(_)) => {
+                (StatusCode::BAD_GATEWAY, "connect_failed")
             }
             IngestError::NoRoute(_) => (StatusCode::NOT_FOUND, "no_route"),
             IngestError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
@@ -93,6 +121,7 @@ impl IngestError {
                 resp.headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static("POST"));
             }
+            IngestError::Tunnel(e) => tracing::info!(error = %e, "CONNECT refused"),
             IngestError::Store(e) => tracing::error!(error = %e, "event refused: store"),
             _ => {}
         }
@@ -142,6 +171,8 @@ struct Settings {
     limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     max_body_bytes: usize,
     body_read_timeout: Duration,
+    proxy: bool,
+    tunnels: Tunnels,
 }
 
 impl Settings {
@@ -160,6 +191,8 @@ impl Settings {
             limiter,
             max_body_bytes: c.max_body_bytes,
             body_read_timeout: c.body_read_timeout,
+            proxy: c.proxy,
+            tunnels: Tunnels::new(config),
         }
     }
 }
@@ -236,14 +269,33 @@ impl Ingest {
                 not_until.wait_time_from(DefaultClock::default().now()),
             ));
         }
+        if settings.proxy && req.method() == Method::CONNECT {
+            return Ok(settings.tunnels.open(req).await?);
+        }
         if req.method() != Method::POST {
             return Err(IngestError::MethodNotAllowed(req.method().clone()));
         }
         let path = req.uri().path().to_string();
-        let (route, captures) = settings
-            .router
-            .find(&path)
-            .ok_or(IngestError::NoRoute(path))?;
+        let (route, captures, url) = if settings.proxy && is_absolute_form(&req) {
+            let uri = req.uri();
+            let (Some("http"), Some(host)) = (uri.scheme_str(), uri.host()) else {
+                return Err(IngestError::BadProxyTarget(uri.to_string()));
+            };
+            let port = uri.port_u16().unwrap_or(80);
+            let (route, captures) = settings
+                .router
+                .find_proxy(host, port, &path)
+                .ok_or_else(|| IngestError::NoRoute(uri.to_string()))?;
+            let url = relay_url(uri, route.upgrade_https)
+                .ok_or_else(|| IngestError::BadProxyTarget(uri.to_string()))?;
+            (route, captures, Some(url))
+        } else {
+            let (route, captures) = settings
+                .router
+                .find(&path)
+                .ok_or(IngestError::NoRoute(path))?;
+            (route, captures, None)
+        };
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -286,6 +338,7 @@ impl Ingest {
             } else {
                 Vec::new()
             },
+            url,
         };
         let accepted = self
             .store
@@ -315,6 +368,28 @@ async fn read_body(body: Incoming, max: usize, timeout: Duration) -> Result<Byte
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(IngestError::TooLarge(max)),
         Ok(Err(e)) => Err(IngestError::BadBody(e.to_string())),
     }
+}
+
+/// An HTTP/1 request in absolute form (`POST http://host/path`), as a
+/// client sends to its proxy. HTTP/2 requests always carry a scheme and
+/// authority, so they are never proxy requests here.
+fn is_absolute_form<B>(req: &Request<B>) -> bool {
+    req.version() < http::Version::HTTP_2 && req.uri().scheme().is_some()
+}
+
+/// Where a proxy request is relayed: its own URL, switched to https (with
+/// the default port) when the route upgrades.
+fn relay_url(uri: &http::Uri, upgrade_https: bool) -> Option<String> {
+    if !upgrade_https {
+        return Some(uri.to_string());
+    }
+    let authority = uri.authority()?;
+    let authority = match authority.port_u16() {
+        Some(80) | None => authority.host().to_string(),
+        Some(p) => format!("{}:{p}", authority.host()),
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    Some(format!("https://{authority}{path}"))
 }
 
 /// `content-type` and the route's `forward_headers`, as lower-case pairs.

@@ -7,12 +7,15 @@
 //! Layout (data flows one way: ingest → store → dispatch → egress):
 //! - [`config`]: the TOML file, parsed into checked types.
 //! - [`route`]: path patterns, value templates, event patterns, filters.
-//! - [`listener`]: serving HTTP with connection limits and graceful shutdown.
+//! - [`listener`]: serving HTTP with connection, header and time limits,
+//!   optional TLS, and graceful shutdown.
+//! - [`tls`]: listener certificates, client-certificate auth, SIGHUP reload.
 //! - [`ingest`]: the LMS-facing listener: guard, route, store, 202.
+//! - [`tunnel`]: proxy-mode `CONNECT` tunnels through the egress guard.
 //! - [`store`]: sled trees, transactions, group commit.
 //! - [`dispatch`]: the scheduler and per-target lanes.
 //! - [`shape`]: a target's body: the original, XML, or a template's output.
-//! - [`egress`]: the outbound client and its connector.
+//! - [`egress`]: the outbound client, its connector and the egress guard.
 //! - [`sign`]: Standard Webhooks signatures.
 //! - [`catalog`]: configured targets and subscriptions, with their lanes.
 //! - [`admin`]: the admin API; [`client`]: the CLI's side of it.
@@ -36,6 +39,8 @@ pub mod shape;
 pub mod sign;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
+pub mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -76,12 +81,15 @@ pub enum StartError {
     Egress(String),
     #[error("admin.tokens_file: {0}")]
     Tokens(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
 }
 
 /// A running relay: its listeners, scheduler and store.
 pub struct Relay {
     ingest_addrs: Vec<SocketAddr>,
     admin_addrs: Vec<SocketAddr>,
+    tls: Vec<Arc<tls::ReloadableTls>>,
     store: Arc<Store>,
     catalog: Arc<catalog::Catalog>,
     ingest: Arc<ingest::Ingest>,
@@ -130,6 +138,14 @@ impl Relay {
         let ingest_addrs: Vec<SocketAddr> = local(&listeners);
         let admin_addrs: Vec<SocketAddr> = local(&admin_listeners);
 
+        let load_tls = |files: &Option<config::TlsFiles>| -> Result<_, StartError> {
+            Ok(match files {
+                Some(f) => Some(Arc::new(tls::ReloadableTls::load(f)?)),
+                None => None,
+            })
+        };
+        let ingest_tls = load_tls(&config.ingest.tls)?;
+        let admin_tls = load_tls(&config.admin.tls)?;
         let ingest = Arc::new(ingest::Ingest::new(
             &config,
             catalog.clone(),
@@ -143,10 +159,13 @@ impl Relay {
             metrics.clone(),
             tokens,
         ));
+        let c = &config.ingest;
         let limits = listener::Limits {
-            max_connections: config.ingest.max_connections,
-            header_read_timeout: config.ingest.header_read_timeout,
-            max_headers: 100,
+            max_connections: c.max_connections,
+            header_read_timeout: c.header_read_timeout,
+            max_headers: c.max_headers,
+            max_header_bytes: c.max_header_bytes,
+            idle_timeout: c.idle_timeout,
             shutdown_grace: config.delivery.shutdown_grace,
         };
         let mut tasks = Vec::new();
@@ -157,6 +176,7 @@ impl Relay {
                 l,
                 handler,
                 limits,
+                ingest_tls.clone(),
                 rx.clone(),
             )));
         }
@@ -167,6 +187,7 @@ impl Relay {
                 l,
                 handler,
                 limits,
+                admin_tls.clone(),
                 rx.clone(),
             )));
         }
@@ -195,6 +216,7 @@ impl Relay {
         Ok(Relay {
             ingest_addrs,
             admin_addrs,
+            tls: ingest_tls.into_iter().chain(admin_tls).collect(),
             store,
             catalog,
             ingest,
@@ -216,6 +238,24 @@ impl Relay {
         &self.admin_addrs
     }
 
+    /// Reads every listener's certificate files again (on SIGHUP). New
+    /// connections use the new files; open ones keep theirs. A listener
+    /// whose files fail to load keeps its current certificates; the errors
+    /// are logged and returned.
+    pub fn reload_tls(&self) -> Vec<tls::TlsError> {
+        let mut errors = Vec::new();
+        for t in &self.tls {
+            match t.reload() {
+                Ok(()) => tracing::info!("TLS certificates reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "TLS reload failed; the current certificates stay in use");
+                    errors.push(e);
+                }
+            }
+        }
+        errors
+    }
+
     pub fn store(&self) -> &Arc<Store> {
         &self.store
     }
@@ -228,8 +268,9 @@ impl Relay {
         &self.metrics
     }
 
-    /// Takes routes, targets, limits and admin tokens from a new
-    /// configuration without dropping work under way. Targets that are gone
+    /// Takes routes, targets, limits, admin tokens and the egress policy
+    /// from a new configuration, and reads the listeners' certificate files
+    /// again, without dropping work under way. Targets that are gone
     /// have their pending deliveries cancelled, with the reason recorded.
     /// Listen addresses and store settings change only with a restart;
     /// the answer lists such keys, which keep their running values.
@@ -238,9 +279,17 @@ impl Relay {
         let removed = self.catalog.reload(&config)?;
         self.ingest.reload(&config);
         self.admin.reload(&config, tokens);
+        self.reload_tls();
         let restart_only = {
             let mut running = self.config.lock().expect("lock poisoned");
             let mut keys = Vec::new();
+            // The files named at start are read again; naming others needs a restart.
+            if running.ingest.tls != config.ingest.tls {
+                keys.push("ingest.tls");
+            }
+            if running.admin.tls != config.admin.tls {
+                keys.push("admin.tls");
+            }
             if running.ingest.listen != config.ingest.listen {
                 keys.push("ingest.listen");
             }

@@ -1,14 +1,25 @@
-//! Serving HTTP on a bound socket: HTTP/1.1 and h2c, a cap on connections,
-//! a header read timeout, and graceful shutdown.
+//! Serving HTTP on a bound socket: HTTP/1.1 and HTTP/2 (h2c, or h2 over
+//! TLS), optional TLS, bounds on every client resource, graceful shutdown.
 //!
-//! Invariants: at most `max_connections` connections are served at once (the
-//! rest wait in the kernel's accept queue); on shutdown the socket stops
-//! accepting, every open connection finishes its current request, and `serve`
-//! returns once they have all closed or the grace period has passed.
+//! Invariants:
+//! - at most `max_connections` connections are served at once (a semaphore;
+//!   the rest wait in the kernel's accept queue);
+//! - a connection that sends nothing within `header_read_timeout` of being
+//!   accepted, does not finish its TLS handshake within it, or sends no
+//!   complete request head within it, is closed; so is one on which nothing
+//!   moves for `idle_timeout`;
+//! - a request head with more than `max_headers` fields or more than
+//!   `max_header_bytes` bytes gets 431 and the connection is closed;
+//! - on shutdown the socket stops accepting, every open connection finishes
+//!   its current request, and `serve` returns once they have all closed or
+//!   the grace period has passed.
 
 use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,46 +28,66 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
+use tokio::time::{Instant, Sleep};
+
+use crate::tls::ReloadableTls;
+
+/// Most concurrent HTTP/2 streams on one connection.
+const MAX_H2_STREAMS: u32 = 64;
 
 /// Limits applied to every connection of a listener.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_connections: usize,
+    /// Time to the first byte, to the end of the TLS handshake, and to the
+    /// end of each request head.
     pub header_read_timeout: Duration,
     /// Most header fields in one request (over it: 431).
     pub max_headers: usize,
+    /// Most bytes of one request head (over it: 431); at least 8192.
+    pub max_header_bytes: usize,
+    /// A connection with no bytes moving either way for this long is closed.
+    pub idle_timeout: Duration,
     /// How long open connections get to finish at shutdown.
     pub shutdown_grace: Duration,
 }
 
-/// Serves `handler` on `listener` until `shutdown` turns true.
-pub async fn serve<H, F>(
-    listener: TcpListener,
-    handler: H,
-    limits: Limits,
-    mut shutdown: watch::Receiver<bool>,
-) where
-    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
-{
+/// The HTTP server settings every connection of a listener shares.
+pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(limits.max_headers)
+        .max_buf_size(limits.max_header_bytes.max(crate::config::MIN_HEADER_BYTES))
         .keep_alive(true);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(64)
-        .max_header_list_size(64 * 1024);
-    let builder = Arc::new(builder);
+        .max_concurrent_streams(MAX_H2_STREAMS)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+}
+
+/// Serves `handler` on `listener` until `shutdown` turns true. With `tls`,
+/// every connection starts with a TLS handshake using the configuration
+/// current when it was accepted.
+pub async fn serve<H, F>(
+    listener: TcpListener,
+    handler: H,
+    limits: Limits,
+    tls: Option<Arc<ReloadableTls>>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let builder = Arc::new(http_builder(&limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
 
     loop {
         let permit = tokio::select! {
@@ -78,27 +109,158 @@ pub async fn serve<H, F>(
             _ = crate::stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req| {
-            let fut = handler(req, peer);
-            async move { Ok::<_, std::convert::Infallible>(fut.await) }
-        });
-        let conn = builder
-            .serve_connection(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
+        let io = Watched::new(stream, limits.header_read_timeout, limits.idle_timeout);
+        let (handler, builder, shutdown) = (handler.clone(), builder.clone(), shutdown.clone());
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            match acceptor {
+                None => serve_connection(io, peer, handler, &builder, shutdown).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(io))
+                        .await
+                    {
+                        Ok(Ok(tls)) => {
+                            serve_connection(tls, peer, handler, &builder, shutdown).await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "no TLS handshake in time"),
+                    }
+                }
             }
             drop(permit);
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.shutdown_grace, graceful.shutdown())
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    if tokio::time::timeout(limits.shutdown_grace, slots.acquire_many(all))
         .await
         .is_err()
     {
         tracing::warn!("connections still open at the end of the grace period were closed");
+    }
+}
+
+/// Serves one connection until the client closes it, a limit closes it, or
+/// shutdown lets its current request finish. CONNECT upgrades are allowed;
+/// the handler decides whether to grant one.
+pub async fn serve_connection<I, H, F>(
+    io: I,
+    peer: SocketAddr,
+    handler: H,
+    builder: &auto::Builder<TokioExecutor>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>, SocketAddr) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let fut = handler(req, peer);
+        async move { Ok::<_, std::convert::Infallible>(fut.await) }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(io), service)
+        .into_owned();
+    tokio::pin!(conn);
+    let stopping = crate::stopped(&mut shutdown);
+    tokio::pin!(stopping);
+    let early = tokio::select! {
+        r = conn.as_mut() => Some(r),
+        _ = &mut stopping => None,
+    };
+    let result = match early {
+        Some(r) => r,
+        None => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+// === impl Watched ===
+
+/// A connection's stream with a deadline: `first` to receive the first byte,
+/// then `idle` after the last byte moved either way. Past it, reads fail
+/// with `TimedOut` and hyper closes the connection.
+pub struct Watched<S> {
+    inner: S,
+    deadline: Pin<Box<Sleep>>,
+    idle: Duration,
+}
+
+impl<S> Watched<S> {
+    pub fn new(inner: S, first: Duration, idle: Duration) -> Watched<S> {
+        Watched {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(first)),
+            idle,
+        }
+    }
+
+    fn moved(&mut self) {
+        self.deadline.as_mut().reset(Instant::now() + self.idle);
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "connection idle for too long")
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Watched<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    this.moved();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending if this.expired(cx) => Poll::Ready(Err(timed_out())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        match Pin::new(&mut this.inner).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                if n > 0 {
+                    this.moved();
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending if this.expired(cx) => Poll::Ready(Err(timed_out())),
+            other => other,
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

@@ -424,6 +424,9 @@ pub struct Router {
 #[derive(Debug)]
 pub struct Route {
     pub name: String,
+    /// Proxy routes only: the host they take requests for.
+    pub host: Option<crate::config::ProxyHost>,
+    pub upgrade_https: bool,
     pub path: PathPattern,
     pub event: Template,
     pub dedup: Option<Template>,
@@ -450,6 +453,8 @@ impl Router {
             .iter()
             .map(|r| Route {
                 name: r.name.clone(),
+                host: r.host.clone(),
+                upgrade_https: r.upgrade_https,
                 path: r.path.clone(),
                 event: r.event.clone().unwrap_or_else(|| {
                     if r.path.captures("event") {
@@ -467,10 +472,25 @@ impl Router {
         Router { routes }
     }
 
-    /// The first route whose path matches, with its captures.
+    /// The first route without a host whose path matches, with its captures.
     pub fn find(&self, path: &str) -> Option<(&Route, Vec<(String, String)>)> {
         self.routes
             .iter()
+            .filter(|r| r.host.is_none())
+            .find_map(|r| r.path.matches(path).map(|c| (r, c)))
+    }
+
+    /// Proxy mode: the first route for `host` (and `port`, if the route
+    /// names one) whose path matches.
+    pub fn find_proxy(
+        &self,
+        host: &str,
+        port: u16,
+        path: &str,
+    ) -> Option<(&Route, Vec<(String, String)>)> {
+        self.routes
+            .iter()
+            .filter(|r| r.host.as_ref().is_some_and(|h| h.matches(host, port)))
             .find_map(|r| r.path.matches(path).map(|c| (r, c)))
     }
 }

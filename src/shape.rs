@@ -493,6 +493,7 @@ mod tests {
                 event_type: "course.created".into(),
                 headers: vec![("content-type".into(), "application/json".into())],
                 request_headers: vec![("x-lms".into(), "acme".into())],
+                url: None,
             },
             body: Bytes::from(body.to_string()),
         }

@@ -341,7 +341,7 @@ fn env_values_come_from_the_process_environment() {
     std::fs::write(
         &path,
         "[[routes]]\nname = \"r\"\npath = \"/r\"\n[[routes.targets]]\nname = \"t\"\n\
-         url = \"http://127.0.0.1:9/\"\nheaders = { x-api-key = \"env:HOOKRELAY_TEST_API_KEY\" }\n",
+         url = \"https://crm.example.com/hook\"\nheaders = { x-api-key = \"env:HOOKRELAY_TEST_API_KEY\" }\n",
     )
     .unwrap();
     let run = |value: Option<&str>| {
@@ -368,4 +368,92 @@ fn env_values_come_from_the_process_environment() {
             && err.contains("HOOKRELAY_TEST_API_KEY is not set"),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn sighup_reloads_tls_and_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("k.pem"));
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let text = common::test_config_text(
+        &format!(
+            "ingest.tls = {{ cert = {:?}, key = {:?} }}\n",
+            cert_path.display().to_string(),
+            key_path.display().to_string()
+        ),
+        dir.path(),
+    )
+    .replacen("127.0.0.1:0", &format!("127.0.0.1:{port}"), 1);
+    let path = dir.path().join("hookrelay.toml");
+    std::fs::write(&path, text).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The log, read as it comes.
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut stderr = child.stderr.take().unwrap();
+    let sink = log.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stderr.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let logged = |what: &'static str| {
+        let log = log.clone();
+        common::eventually(what, move || {
+            log.lock().unwrap().contains(what).then_some(())
+        })
+    };
+    logged("hookrelay ready").await;
+    let signal = |sig: &str| {
+        assert!(Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
+    };
+    // A broken certificate file: the reload is refused and logged, the old
+    // certificate kept, and the relay goes on serving.
+    std::fs::write(&cert_path, "garbage").unwrap();
+    signal("-HUP");
+    logged("reload refused").await;
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    signal("-HUP");
+    logged("TLS certificates reloaded").await;
+    signal("-TERM");
+    let start = Instant::now();
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if start.elapsed() > common::DEADLINE {
+            let _ = child.kill();
+            panic!("relay did not stop");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    reader.join().unwrap();
+    let log = log.lock().unwrap().clone();
+    assert_eq!(code, Some(0), "{log}");
+    assert!(!log.contains("PRIVATE KEY"), "{log}");
 }

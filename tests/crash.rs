@@ -86,6 +86,7 @@ impl Relay {
              ingest.listen = [\"127.0.0.1:{port}\"]\n\
              ingest.rate = {{ per_second = 100000, burst = 100000 }}\n\
              admin.listen = []\n\
+             egress.allow = [\"127.0.0.0/8\"]\n\
              store.path = {:?}\n\
              delivery.backoff = {{ initial = \"20ms\", max = \"200ms\", multiplier = 2.0, jitter = 0.0 }}\n\
              delivery.timeout = \"2s\"\n\

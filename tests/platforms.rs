@@ -52,6 +52,10 @@ impl Example {
         let mut admin = table(&mut doc, "admin");
         admin.insert("listen".into(), toml::Value::from(vec!["127.0.0.1:0"]));
         doc.insert("admin".into(), admin.into());
+        // The receivers run on loopback, which the egress guard denies by default.
+        let mut egress = table(&mut doc, "egress");
+        egress.insert("allow".into(), toml::Value::from(vec!["127.0.0.0/8"]));
+        doc.insert("egress".into(), egress.into());
         let mut store = table(&mut doc, "store");
         let store_path = dir.path().join("store").display().to_string();
         store.insert("path".into(), store_path.into());

@@ -698,6 +698,7 @@ mod tests {
                 event_type: "e".into(),
                 headers: vec![("content-type".into(), "application/json".into())],
                 request_headers: Vec::new(),
+                url: None,
             },
             body: Bytes::from_static(b"{\"a\":1}"),
             targets: targets.iter().map(|s| s.to_string()).collect(),

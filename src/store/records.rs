@@ -70,6 +70,9 @@ pub struct EventMeta {
     /// them. They are not forwarded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub request_headers: Vec<(String, String)>,
+    /// Proxy mode: the URL the event is relayed to (the `origin` target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 #[derive(Debug, Clone)]

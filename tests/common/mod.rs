@@ -44,12 +44,25 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
 }
 
+/// The egress allowance of the test base: receivers run on loopback, which
+/// the egress guard denies by default.
+pub const LOOPBACK_EGRESS: &str = "egress.allow = [\"127.0.0.0/8\", \"::1/128\"]\n";
+
 /// Starts the relay in-process on port 0 with a fresh store. `toml` is
-/// appended to a base that sets the listener and store; it may use
-/// `[delivery]`, `[ingest]` keys via dotted keys, and `[[routes]]`.
+/// appended to a base that sets the listener and store and allows egress to
+/// loopback; it may use `[delivery]`, `[ingest]` keys via dotted keys, and
+/// `[[routes]]`.
 pub async fn spawn_app(toml: &str) -> TestApp {
+    spawn_app_with(&format!("{LOOPBACK_EGRESS}{toml}")).await
+}
+
+/// Like `spawn_app`, but the egress policy is the default one (loopback
+/// denied) unless `toml` sets it.
+pub async fn spawn_app_with(toml: &str) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
-    let config = test_config(toml, dir.path());
+    let text = test_config_text_with(toml, dir.path());
+    let config =
+        Config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let relay = Relay::start(config).await.expect("relay starts");
     let addr = relay.ingest_addrs()[0];
     TestApp { relay, addr, dir }
@@ -61,9 +74,14 @@ pub fn test_config(toml: &str, store_dir: &Path) -> Config {
     Config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
-/// The test base config text with `toml` added; writes the admin tokens
-/// file (holding `TOKEN`) into `store_dir`.
+/// The test base config text with `toml` added (egress to loopback
+/// allowed); writes the admin tokens file (holding `TOKEN`) into `store_dir`.
 pub fn test_config_text(toml: &str, store_dir: &Path) -> String {
+    test_config_text_with(&format!("{LOOPBACK_EGRESS}{toml}"), store_dir)
+}
+
+/// The base without the loopback egress allowance.
+pub fn test_config_text_with(toml: &str, store_dir: &Path) -> String {
     let tokens = store_dir.join("admin.tokens");
     std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
     format!(

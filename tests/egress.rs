@@ -1,0 +1,135 @@
+//! The egress guard and the fixed source address, end to end: a host name
+//! that resolves to loopback, literal addresses at load, `egress.bind`.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+use hookrelay::store::{EventId, State};
+
+async fn post_event(app: &TestApp) -> EventId {
+    let r = post_json(app.addr, "/t/new_order", "{}").await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    EventId::parse(r.json()["id"].as_str().unwrap()).unwrap()
+}
+
+/// Waits until the event's only delivery reaches `state`; returns its attempts.
+async fn settled(app: &TestApp, id: EventId, state: State) -> Vec<hookrelay::store::Attempt> {
+    let store = app.relay.store().clone();
+    eventually(&format!("delivery {state:?}"), || {
+        let (did, d) = store.deliveries_of(id).unwrap().into_iter().next()?;
+        (d.state == state).then(|| store.attempts(did).unwrap())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_name_resolving_to_loopback_is_refused_by_default() {
+    let rx = Receiver::ok().await;
+    let url = format!("http://localhost:{}/hook", rx.addr.port());
+    let app = spawn_app_with(&one_route(&url, "max_attempts = 2")).await;
+    let id = post_event(&app).await;
+    let attempts = settled(&app, id, State::Dead).await;
+    assert_eq!(attempts.len(), 2);
+    let err = attempts[0].error.as_deref().unwrap();
+    assert!(
+        err.contains("refused to connect to localhost") && err.contains("loopback"),
+        "{err}"
+    );
+    assert!(rx.received().is_empty(), "nothing reached the receiver");
+}
+
+#[tokio::test]
+async fn a_name_resolving_to_loopback_is_delivered_when_allowed() {
+    for allowance in [
+        "egress.allow = [\"127.0.0.0/8\", \"::1/128\"]\n",
+        "egress.allow_private = true\n",
+    ] {
+        let rx = Receiver::ok().await;
+        let url = format!("http://localhost:{}/hook", rx.addr.port());
+        let app = spawn_app_with(&format!("{allowance}{}", one_route(&url, ""))).await;
+        let id = post_event(&app).await;
+        settled(&app, id, State::Succeeded).await;
+        assert_eq!(rx.wait_for(1).await.len(), 1, "{allowance}");
+    }
+}
+
+#[tokio::test]
+async fn deny_wins_over_allow() {
+    let rx = Receiver::ok().await;
+    let url = format!("http://localhost:{}/hook", rx.addr.port());
+    let app = spawn_app_with(&format!(
+        "egress.allow_private = true\negress.deny = [\"127.0.0.0/8\", \"::1/128\"]\n{}",
+        one_route(&url, "max_attempts = 1")
+    ))
+    .await;
+    let id = post_event(&app).await;
+    let attempts = settled(&app, id, State::Dead).await;
+    assert!(
+        attempts[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("egress.deny"),
+        "{attempts:?}"
+    );
+    assert!(rx.received().is_empty());
+}
+
+#[test]
+fn literal_targets_that_can_never_pass_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for (url, reason) in [
+        ("http://127.0.0.1:9/hook", "loopback"),
+        ("http://169.254.169.254/latest/meta-data", "link-local"),
+        ("http://[::ffff:10.0.0.1]/hook", "private"),
+        ("http://[fd00:ec2::254]/", "private"),
+        ("http://0.0.0.0:80/", "unspecified"),
+    ] {
+        let text = test_config_text_with(&one_route(url, ""), dir.path());
+        let e = hookrelay::config::Config::parse(&text, Path::new("t.toml")).unwrap_err();
+        assert_eq!(e.key, "routes[0].targets[0].url", "{url}");
+        assert!(e.reason.contains(reason), "{url}: {e}");
+    }
+    // The unspecified address stays refused even when egress.allow covers it.
+    let text = test_config_text_with(
+        &format!(
+            "egress.allow = [\"0.0.0.0/0\"]\n{}",
+            one_route("http://0.0.0.0/", "")
+        ),
+        dir.path(),
+    );
+    assert!(hookrelay::config::Config::parse(&text, Path::new("t.toml")).is_err());
+    // A public literal passes.
+    let text = test_config_text_with(&one_route("https://93.184.216.34/hook", ""), dir.path());
+    hookrelay::config::Config::parse(&text, Path::new("t.toml")).unwrap();
+}
+
+#[tokio::test]
+async fn bind_makes_deliveries_leave_from_that_address() {
+    let rx = Receiver::ok().await;
+    let app = spawn_app(&format!(
+        "egress.bind = \"127.0.0.2\"\n{}",
+        one_route(&rx.url("/hook"), "")
+    ))
+    .await;
+    post_event(&app).await;
+    let got = rx.wait_for(1).await;
+    assert_eq!(got[0].peer.ip().to_string(), "127.0.0.2");
+}
+
+#[tokio::test]
+async fn bind_to_an_address_that_is_not_local_fails_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    // 192.0.2.1 is a documentation address: never one of this host's.
+    let config = test_config("egress.bind = \"192.0.2.1\"\n", dir.path());
+    let e = hookrelay::Relay::start(config)
+        .await
+        .err()
+        .expect("refused");
+    assert!(e.to_string().contains("egress.bind"), "{e}");
+    let text = test_config_text("egress.bind = \"not-an-ip\"\n", dir.path());
+    let e = hookrelay::config::Config::parse(&text, Path::new("t.toml")).unwrap_err();
+    assert_eq!(e.key, "egress.bind");
+}
