@@ -9,22 +9,6 @@ use std::time::Duration;
 use common::*;
 use hookrelay::store::{EventId, State};
 
-async fn post_event(app: &TestApp, path: &str, body: Vec<u8>) -> EventId {
-    let r = post_json(app.addr, path, body).await;
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    EventId::parse(r.json()["id"].as_str().unwrap()).unwrap()
-}
-
-/// Waits until the event's only delivery reaches `state`; returns its attempts.
-async fn settled(app: &TestApp, id: EventId, state: State) -> Vec<hookrelay::store::Attempt> {
-    let store = app.relay.store().clone();
-    eventually(&format!("delivery {state:?}"), || {
-        let (did, d) = store.deliveries_of(id).unwrap().into_iter().next()?;
-        (d.state == state).then(|| store.attempts(did).unwrap())
-    })
-    .await
-}
-
 #[tokio::test]
 async fn delivery_arrives_intact_and_signed() {
     let rx = Receiver::ok().await;

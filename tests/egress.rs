@@ -6,30 +6,14 @@ mod common;
 use std::path::Path;
 
 use common::*;
-use hookrelay::store::{EventId, State};
-
-async fn post_event(app: &TestApp) -> EventId {
-    let r = post_json(app.addr, "/t/new_order", "{}").await;
-    assert_eq!(r.status, 202, "{:?}", r.body);
-    EventId::parse(r.json()["id"].as_str().unwrap()).unwrap()
-}
-
-/// Waits until the event's only delivery reaches `state`; returns its attempts.
-async fn settled(app: &TestApp, id: EventId, state: State) -> Vec<hookrelay::store::Attempt> {
-    let store = app.relay.store().clone();
-    eventually(&format!("delivery {state:?}"), || {
-        let (did, d) = store.deliveries_of(id).unwrap().into_iter().next()?;
-        (d.state == state).then(|| store.attempts(did).unwrap())
-    })
-    .await
-}
+use hookrelay::store::State;
 
 #[tokio::test]
 async fn a_name_resolving_to_loopback_is_refused_by_default() {
     let rx = Receiver::ok().await;
     let url = format!("http://localhost:{}/hook", rx.addr.port());
     let app = spawn_app_with(&one_route(&url, "max_attempts = 2")).await;
-    let id = post_event(&app).await;
+    let id = post_event(&app, "/t/new_order", "{}").await;
     let attempts = settled(&app, id, State::Dead).await;
     assert_eq!(attempts.len(), 2);
     let err = attempts[0].error.as_deref().unwrap();
@@ -49,7 +33,7 @@ async fn a_name_resolving_to_loopback_is_delivered_when_allowed() {
         let rx = Receiver::ok().await;
         let url = format!("http://localhost:{}/hook", rx.addr.port());
         let app = spawn_app_with(&format!("{allowance}{}", one_route(&url, ""))).await;
-        let id = post_event(&app).await;
+        let id = post_event(&app, "/t/new_order", "{}").await;
         settled(&app, id, State::Succeeded).await;
         assert_eq!(rx.wait_for(1).await.len(), 1, "{allowance}");
     }
@@ -64,7 +48,7 @@ async fn deny_wins_over_allow() {
         one_route(&url, "max_attempts = 1")
     ))
     .await;
-    let id = post_event(&app).await;
+    let id = post_event(&app, "/t/new_order", "{}").await;
     let attempts = settled(&app, id, State::Dead).await;
     assert!(
         attempts[0]
@@ -114,7 +98,7 @@ async fn bind_makes_deliveries_leave_from_that_address() {
         one_route(&rx.url("/hook"), "")
     ))
     .await;
-    post_event(&app).await;
+    post_event(&app, "/t/new_order", "{}").await;
     let got = rx.wait_for(1).await;
     assert_eq!(got[0].peer.ip().to_string(), "127.0.0.2");
 }

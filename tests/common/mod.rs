@@ -159,6 +159,31 @@ pub async fn send(
     }
 }
 
+/// POSTs a JSON body that must be accepted; returns its event id.
+pub async fn post_event(
+    app: &TestApp,
+    path: &str,
+    body: impl Into<Bytes>,
+) -> hookrelay::store::EventId {
+    let r = post_json(app.addr, path, body).await;
+    assert_eq!(r.status, 202, "{:?}", r.body);
+    hookrelay::store::EventId::parse(r.json()["id"].as_str().unwrap()).unwrap()
+}
+
+/// Waits until the event's first delivery reaches `state`; returns its attempts.
+pub async fn settled(
+    app: &TestApp,
+    id: hookrelay::store::EventId,
+    state: hookrelay::store::State,
+) -> Vec<hookrelay::store::Attempt> {
+    let store = app.relay.store().clone();
+    eventually(&format!("delivery {state:?}"), || {
+        let (did, d) = store.deliveries_of(id).unwrap().into_iter().next()?;
+        (d.state == state).then(|| store.attempts(did).unwrap())
+    })
+    .await
+}
+
 /// POSTs a JSON body to the relay.
 pub async fn post_json(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> Reply {
     send(
