@@ -181,7 +181,7 @@ impl Default for StoreConfig {
         StoreConfig {
             path: PathBuf::from("data"),
             retention: Duration::from_secs(7 * 24 * 3600),
-            cache_bytes: 16 * 1024 * 1024,
+            cache_bytes: 4 * 1024 * 1024,
             max_disk_bytes: 0,
         }
     }

@@ -56,6 +56,8 @@ pub enum StoreError {
     Corrupt { tree: &'static str, reason: String },
     #[error("the store is shutting down")]
     Closed,
+    #[error("store commit failed: {0}")]
+    Commit(String),
 }
 
 /// Milliseconds since the Unix epoch.
@@ -68,7 +70,8 @@ pub fn now_ms() -> u64 {
 
 // === Store ===
 
-type Waiter = oneshot::Sender<Result<(), Arc<sled::Error>>>;
+/// Most events written in one commit.
+const MAX_BATCH: usize = 256;
 
 /// The store. Cheap to share behind an `Arc`.
 pub struct Store {
@@ -81,7 +84,9 @@ pub struct Store {
     subscriptions: sled::Tree,
     meta: sled::Tree,
     ids: Mutex<ulid::Generator>,
-    commits: Mutex<Option<mpsc::Sender<Waiter>>>,
+    commits: Mutex<Option<mpsc::Sender<Waiting>>>,
+    /// sled's log file, synced after every commit.
+    log: std::fs::File,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Woken after each flush that made new deliveries durable.
     pub new_work: Arc<Notify>,
@@ -128,7 +133,10 @@ impl Store {
             .flush_every_ms(Some(500))
             .open()?;
         check_schema(&db, &config.path)?;
+        // sled keeps its log in `<path>/db`; any handle on it can sync it.
+        let log = std::fs::File::open(config.path.join("db")).map_err(sled::Error::Io)?;
         let store = Arc::new(Store {
+            log,
             events: db.open_tree("events")?,
             deliveries: db.open_tree("deliveries")?,
             due: db.open_tree("due")?,
@@ -233,94 +241,124 @@ impl Store {
         used
     }
 
-    /// Writes the event and its deliveries in one transaction, then waits for
-    /// a flush covering it. Only `Ok` may be acknowledged to the sender.
+    /// Hands the event to the committer, which writes it (and every other
+    /// event waiting at that moment) in one transaction, flushes, and syncs
+    /// the log file to the disk. Only `Ok` may be acknowledged to the sender.
     pub async fn accept(&self, new: NewEvent) -> Result<Accepted, StoreError> {
         self.check_room()?;
-        let (id, delivery_ids) = self.next_ids(new.targets.len());
-        let now = now_ms();
-        let event_value = encode_event(&new.meta, &new.body);
-        let dedup = new.dedup.as_ref().map(|(r, k)| dedup_key(r, k));
-        let expiry = now + self.retention.as_millis() as u64;
+        let (done, answer) = oneshot::channel();
+        {
+            let commits = self.commits.lock().expect("lock poisoned");
+            let sender = commits.as_ref().ok_or(StoreError::Closed)?;
+            sender
+                .send(Waiting { new, done })
+                .map_err(|_| StoreError::Closed)?;
+        }
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
 
+    /// Writes a batch of events and their deliveries in one transaction,
+    /// then makes it durable. On a failed flush the batch is taken back
+    /// out, so nothing in it is delivered either.
+    fn commit(&self, batch: &[NewEvent]) -> Result<Vec<Accepted>, String> {
+        struct Prepared<'a> {
+            id: EventId,
+            deliveries: Vec<DeliveryId>,
+            targets: &'a [String],
+            value: Vec<u8>,
+            dedup: Option<Vec<u8>>,
+        }
+        let now = now_ms();
+        let expiry = now + self.retention.as_millis() as u64;
+        let prepared: Vec<Prepared> = batch
+            .iter()
+            .map(|new| {
+                let (id, deliveries) = self.next_ids(new.targets.len());
+                Prepared {
+                    id,
+                    deliveries,
+                    targets: &new.targets,
+                    value: encode_event(&new.meta, &new.body),
+                    dedup: new.dedup.as_ref().map(|(r, k)| dedup_key(r, k)),
+                }
+            })
+            .collect();
         let result = (&self.events, &self.deliveries, &self.due, &self.dedup).transaction(
             |(events, deliveries, due, dedup_tree)| {
-                if let Some(k) = &dedup {
-                    if let Some(v) = dedup_tree.get(k)? {
-                        if v.len() == 24 {
-                            let exp = u64::from_be_bytes(v[16..24].try_into().expect("8 bytes"));
-                            if exp > now {
-                                let first = EventId::from_key(&v).expect("16 bytes");
-                                return Ok(Accepted {
-                                    id: first,
-                                    deliveries: 0,
-                                    duplicate: true,
-                                });
-                            }
+                let mut out = Vec::with_capacity(prepared.len());
+                for p in &prepared {
+                    if let Some(k) = &p.dedup {
+                        if let Some(first) = live_dedup(dedup_tree.get(k)?, now) {
+                            out.push(Accepted {
+                                id: first,
+                                deliveries: 0,
+                                duplicate: true,
+                            });
+                            continue;
                         }
+                        let mut v = p.id.to_key().to_vec();
+                        v.extend_from_slice(&expiry.to_be_bytes());
+                        dedup_tree.insert(k.as_slice(), v)?;
                     }
-                    let mut v = id.to_key().to_vec();
-                    v.extend_from_slice(&expiry.to_be_bytes());
-                    dedup_tree.insert(k.as_slice(), v)?;
+                    events.insert(&p.id.to_key(), p.value.as_slice())?;
+                    for (did, target) in p.deliveries.iter().zip(p.targets) {
+                        let d = Delivery {
+                            event: p.id,
+                            target: target.clone(),
+                            state: State::Pending,
+                            attempts: 0,
+                            next_at_ms: now,
+                            last: None,
+                            note: None,
+                            base: 0,
+                        };
+                        deliveries.insert(&did.to_key(), encode(&d))?;
+                        due.insert(due_key(target, now, *did), &[])?;
+                    }
+                    out.push(Accepted {
+                        id: p.id,
+                        deliveries: p.deliveries.len(),
+                        duplicate: false,
+                    });
                 }
-                events.insert(&id.to_key(), event_value.as_slice())?;
-                for (did, target) in delivery_ids.iter().zip(&new.targets) {
-                    let d = Delivery {
-                        event: id,
-                        target: target.clone(),
-                        state: State::Pending,
-                        attempts: 0,
-                        next_at_ms: now,
-                        last: None,
-                        note: None,
-                        base: 0,
-                    };
-                    deliveries.insert(&did.to_key(), encode(&d))?;
-                    due.insert(due_key(target, now, *did), &[])?;
-                }
-                Ok::<_, ConflictableTransactionError<StoreError>>(Accepted {
-                    id,
-                    deliveries: delivery_ids.len(),
-                    duplicate: false,
-                })
+                Ok::<_, ConflictableTransactionError<StoreError>>(out)
             },
         );
-        let accepted = result.map_err(tx_error)?;
-        if accepted.duplicate {
-            return Ok(accepted);
-        }
-        if let Err(e) = self.flush().await {
-            // Not acknowledged: take the event back out so it is not delivered
-            // either, if the store still takes that.
-            let _ = self.events.remove(id.to_key());
-            for (did, target) in delivery_ids.iter().zip(&new.targets) {
-                let _ = self.deliveries.remove(did.to_key());
-                let _ = self.due.remove(due_key(target, now, *did));
+        let accepted = result.map_err(|e| tx_error(e).to_string())?;
+        if let Err(e) = self.sync() {
+            // Not acknowledged: take the batch back out so it is not
+            // delivered either, if the store still takes that.
+            for (p, a) in prepared.iter().zip(&accepted) {
+                if a.duplicate {
+                    continue;
+                }
+                let _ = self.events.remove(p.id.to_key());
+                for (did, target) in p.deliveries.iter().zip(p.targets) {
+                    let _ = self.deliveries.remove(did.to_key());
+                    let _ = self.due.remove(due_key(target, now, *did));
+                }
+                if let Some(k) = &p.dedup {
+                    let _ = self.dedup.remove(k);
+                }
             }
-            if let Some(k) = &dedup {
-                let _ = self.dedup.remove(k);
-            }
-            return Err(e);
+            return Err(e.to_string());
         }
-        for _ in 0..accepted.deliveries {
-            self.counts.moved(None, Some(State::Pending));
+        for a in &accepted {
+            for _ in 0..a.deliveries {
+                self.counts.moved(None, Some(State::Pending));
+            }
         }
         Ok(accepted)
     }
 
-    /// Waits for a flush that starts after this call (group commit).
-    async fn flush(&self) -> Result<(), StoreError> {
-        let (tx, rx) = oneshot::channel();
-        {
-            let commits = self.commits.lock().expect("lock poisoned");
-            let sender = commits.as_ref().ok_or(StoreError::Closed)?;
-            sender.send(tx).map_err(|_| StoreError::Closed)?;
-        }
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(StoreError::Io(sled::Error::ReportableBug(e.to_string()))),
-            Err(_) => Err(StoreError::Closed),
-        }
+    /// Flushes sled's buffers and then syncs the log file itself: sled's own
+    /// flush only asks the kernel to write the range out (`sync_file_range`),
+    /// which survives a crash of the process but not of the machine.
+    pub(crate) fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.log
+            .sync_data()
+            .map_err(|e| StoreError::Io(sled::Error::Io(e)))
     }
 
     /// `target`'s deliveries due at or before `now_ms`, earliest first.
@@ -383,6 +421,12 @@ impl Store {
 
     /// Takes a pending delivery for an attempt: `in_flight`, off the `due`
     /// index. `None` if it is no longer pending at `at_ms`.
+    ///
+    /// Not a transaction (each sled transaction costs a log write of its
+    /// own): the delivery is swapped to `in_flight` first, then the index
+    /// entry goes. A crash in between leaves a stale index entry next to an
+    /// in-flight delivery; `recover` requeues the delivery and a later claim
+    /// drops the stale entry.
     pub fn claim(
         &self,
         target: &str,
@@ -390,26 +434,29 @@ impl Store {
         id: DeliveryId,
     ) -> Result<Option<Delivery>, StoreError> {
         let key = id.to_key();
-        let result = (&self.deliveries, &self.due).transaction(|(deliveries, due)| {
-            due.remove(due_key(target, at_ms, id))?;
-            let Some(v) = deliveries.get(key)? else {
-                return Ok(None);
-            };
-            let mut d: Delivery =
-                decode("deliveries", &v).map_err(ConflictableTransactionError::Abort)?;
-            if d.state != State::Pending || d.next_at_ms != at_ms {
-                return Ok(None);
-            }
-            d.state = State::InFlight;
-            deliveries.insert(&key, encode(&d))?;
-            Ok(Some(d))
-        });
-        let claimed = result.map_err(tx_error)?;
-        if claimed.is_some() {
-            self.counts
-                .moved(Some(State::Pending), Some(State::InFlight));
+        let index = due_key(target, at_ms, id);
+        let Some(v) = self.deliveries.get(key)? else {
+            self.due.remove(index)?;
+            return Ok(None);
+        };
+        let mut d: Delivery = decode("deliveries", &v)?;
+        if d.state != State::Pending || d.next_at_ms != at_ms {
+            self.due.remove(index)?;
+            return Ok(None);
         }
-        Ok(claimed)
+        d.state = State::InFlight;
+        if self
+            .deliveries
+            .compare_and_swap(key, Some(v), Some(encode(&d)))?
+            .is_err()
+        {
+            // Changed meanwhile (re-queued or cancelled by hand): not ours.
+            return Ok(None);
+        }
+        self.due.remove(index)?;
+        self.counts
+            .moved(Some(State::Pending), Some(State::InFlight));
+        Ok(Some(d))
     }
 
     /// Records attempt number `d.attempts + 1` and what follows it.
@@ -590,8 +637,7 @@ impl Store {
     pub fn check_writable(&self) -> Result<(), StoreError> {
         self.check_room()?;
         self.meta.insert("ready_probe", &now_ms().to_be_bytes())?;
-        self.db.flush()?;
-        Ok(())
+        self.sync()
     }
 
     /// Flushes once more and stops the committer; later accepts fail with `Closed`.
@@ -601,7 +647,7 @@ impl Store {
         if let Some(h) = self.committer.lock().expect("lock poisoned").take() {
             let _ = h.join();
         }
-        self.db.flush()?;
+        self.sync()?;
         Ok(())
     }
 }
@@ -644,36 +690,56 @@ fn check_schema(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// The group-commit loop: takes every waiter queued so far, flushes once,
-/// answers them all. Ends when the store is closed or dropped.
-fn committer(store: std::sync::Weak<Store>, rx: mpsc::Receiver<Waiter>) {
+/// An event waiting for the committer, and where its answer goes.
+struct Waiting {
+    new: NewEvent,
+    done: oneshot::Sender<Result<Accepted, StoreError>>,
+}
+
+/// The group-commit loop: takes every event queued so far (up to
+/// `MAX_BATCH`), writes them in one transaction, makes that durable once,
+/// and answers them all. Ends when the store is closed or dropped.
+fn committer(store: std::sync::Weak<Store>, rx: mpsc::Receiver<Waiting>) {
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        batch.extend(rx.try_iter());
+        let mut waiting = vec![first];
+        waiting.extend(rx.try_iter().take(MAX_BATCH - 1));
         let Some(store) = store.upgrade() else {
             return;
         };
+        let (events, answers): (Vec<NewEvent>, Vec<_>) =
+            waiting.into_iter().map(|w| (w.new, w.done)).unzip();
         let started = Instant::now();
-        let result = store.db.flush().map(|_| ()).map_err(Arc::new);
+        let result = store.commit(&events);
         store
             .flush_duration
             .observe(started.elapsed().as_secs_f64());
-        store.flush_batch.observe(batch.len() as f64);
-        if let Err(e) = &result {
-            tracing::error!(error = %e, "store flush failed; events in this batch are refused");
-        }
+        store.flush_batch.observe(events.len() as f64);
         store.flushes.fetch_add(1, Ordering::Relaxed);
         store
             .flushed_events
-            .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        let ok = result.is_ok();
-        for w in batch {
-            let _ = w.send(result.clone());
-        }
-        if ok {
-            store.new_work.notify_one();
+            .fetch_add(events.len() as u64, Ordering::Relaxed);
+        match result {
+            Ok(accepted) => {
+                for (done, a) in answers.into_iter().zip(accepted) {
+                    let _ = done.send(Ok(a));
+                }
+                store.new_work.notify_one();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, events = events.len(), "store commit failed; the events are refused");
+                for done in answers {
+                    let _ = done.send(Err(StoreError::Commit(e.clone())));
+                }
+            }
         }
     }
+}
+
+/// The first event of a dedup entry that has not expired at `now`.
+fn live_dedup(entry: Option<sled::IVec>, now: u64) -> Option<EventId> {
+    let v = entry?;
+    let expiry = u64::from_be_bytes(v.get(16..24)?.try_into().ok()?);
+    (expiry > now).then(|| EventId::from_key(&v)).flatten()
 }
 
 #[cfg(test)]
@@ -824,21 +890,14 @@ mod tests {
     #[test]
     fn another_schema_version_is_refused_with_a_clear_message() {
         let dir = tempfile::tempdir().unwrap();
-        {
-            let db = sled::open(dir.path()).unwrap();
-            db.open_tree("meta")
-                .unwrap()
-                .insert("schema_version", &[9u8])
-                .unwrap();
-            db.flush().unwrap();
-        }
-        let err = Store::open(&StoreConfig {
-            path: dir.path().to_path_buf(),
-            ..StoreConfig::default()
-        })
-        .err()
-        .expect("refused");
-        let msg = err.to_string();
+        let db = sled::open(dir.path()).unwrap();
+        check_schema(&db, dir.path()).expect("a new store takes this version");
+        check_schema(&db, dir.path()).expect("and keeps it");
+        db.open_tree("meta")
+            .unwrap()
+            .insert("schema_version", &[9u8])
+            .unwrap();
+        let msg = check_schema(&db, dir.path()).unwrap_err().to_string();
         assert!(
             msg.contains("schema version 9") && msg.contains("reads version 1"),
             "{msg}"

@@ -205,7 +205,7 @@ impl Store {
 
     pub fn put_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
         self.subscriptions.insert(sub.id.as_bytes(), encode(sub))?;
-        self.db.flush()?;
+        self.sync()?;
         Ok(())
     }
 
@@ -221,7 +221,7 @@ impl Store {
     pub fn delete_subscription(&self, id: &str) -> Result<bool, StoreError> {
         let existed = self.subscriptions.remove(id.as_bytes())?.is_some();
         self.meta.remove(format!("{COUNTERS_PREFIX}{id}"))?;
-        self.db.flush()?;
+        self.sync()?;
         Ok(existed)
     }
 
