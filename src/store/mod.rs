@@ -460,6 +460,12 @@ impl Store {
     }
 
     /// Records attempt number `d.attempts + 1` and what follows it.
+    ///
+    /// Not a transaction (see `claim`): the attempt record and, for a retry,
+    /// the new index entry are written first, then the delivery is swapped
+    /// to its new state. A crash before the swap leaves the delivery in
+    /// flight, so it is attempted again after restart (at least once), and
+    /// any index entry written early is dropped by the next claim.
     pub fn finish(
         &self,
         id: DeliveryId,
@@ -467,35 +473,38 @@ impl Store {
         next: Next,
     ) -> Result<Delivery, StoreError> {
         let key = id.to_key();
-        let result = (&self.deliveries, &self.due, &self.attempts).transaction(
-            |(deliveries, due, attempts)| {
-                let Some(v) = deliveries.get(key)? else {
-                    return Err(ConflictableTransactionError::Abort(StoreError::Corrupt {
-                        tree: "deliveries",
-                        reason: format!("{id} vanished while in flight"),
-                    }));
-                };
-                let mut d: Delivery =
-                    decode("deliveries", &v).map_err(ConflictableTransactionError::Abort)?;
-                d.attempts += 1;
-                d.last = Some(attempt.clone());
-                attempts.insert(&attempt_key(id, d.attempts), encode(attempt))?;
-                match next {
-                    Next::Succeeded => d.state = State::Succeeded,
-                    Next::Dead => d.state = State::Dead,
-                    Next::RetryAt(at) => {
-                        d.state = State::Pending;
-                        d.next_at_ms = at;
-                        due.insert(due_key(&d.target, at, id), &[])?;
-                    }
+        loop {
+            let Some(v) = self.deliveries.get(key)? else {
+                return Err(StoreError::Corrupt {
+                    tree: "deliveries",
+                    reason: format!("{id} vanished while in flight"),
+                });
+            };
+            let mut d: Delivery = decode("deliveries", &v)?;
+            let was = d.state;
+            d.attempts += 1;
+            d.last = Some(attempt.clone());
+            self.attempts
+                .insert(attempt_key(id, d.attempts), encode(attempt))?;
+            match next {
+                Next::Succeeded => d.state = State::Succeeded,
+                Next::Dead => d.state = State::Dead,
+                Next::RetryAt(at) => {
+                    d.state = State::Pending;
+                    d.next_at_ms = at;
+                    self.due.insert(due_key(&d.target, at, id), &[])?;
                 }
-                deliveries.insert(&key, encode(&d))?;
-                Ok(d)
-            },
-        );
-        let d = result.map_err(tx_error)?;
-        self.counts.moved(Some(State::InFlight), Some(d.state));
-        Ok(d)
+            }
+            if self
+                .deliveries
+                .compare_and_swap(key, Some(v), Some(encode(&d)))?
+                .is_ok()
+            {
+                self.counts.moved(Some(was), Some(d.state));
+                return Ok(d);
+            }
+            // Changed by hand meanwhile: read it again and record on top.
+        }
     }
 
     /// Puts an in-flight delivery back to pending at `at_ms` without counting
