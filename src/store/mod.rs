@@ -17,6 +17,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Instant;
 
+use bytes::Bytes;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -32,8 +33,8 @@ mod records;
 
 pub use records::*;
 use records::{
-    attempt_key, decode, decode_event, dedup_key, due_key, due_prefix, encode, encode_event,
-    parse_due_key,
+    attempt_key, chunk_key, decode, decode_event, dedup_key, due_key, due_prefix, encode,
+    encode_event, parse_due_key, BODY_CHUNK,
 };
 
 /// The on-disk layout this code reads and writes.
@@ -81,6 +82,8 @@ pub struct Store {
     due: sled::Tree,
     attempts: sled::Tree,
     dedup: sled::Tree,
+    /// Bodies over `BODY_CHUNK`, in chunks.
+    bodies: sled::Tree,
     subscriptions: sled::Tree,
     meta: sled::Tree,
     ids: Mutex<ulid::Generator>,
@@ -142,6 +145,7 @@ impl Store {
             due: db.open_tree("due")?,
             attempts: db.open_tree("attempts")?,
             dedup: db.open_tree("dedup")?,
+            bodies: db.open_tree("bodies")?,
             subscriptions: db.open_tree("subscriptions")?,
             meta: db.open_tree("meta")?,
             ids: Mutex::new(ulid::Generator::new()),
@@ -266,6 +270,7 @@ impl Store {
             deliveries: Vec<DeliveryId>,
             targets: &'a [String],
             value: Vec<u8>,
+            body: &'a [u8],
             dedup: Option<Vec<u8>>,
         }
         let now = now_ms();
@@ -279,51 +284,62 @@ impl Store {
                     deliveries,
                     targets: &new.targets,
                     value: encode_event(&new.meta, &new.body),
+                    body: &new.body,
                     dedup: new.dedup.as_ref().map(|(r, k)| dedup_key(r, k)),
                 }
             })
             .collect();
-        let result = (&self.events, &self.deliveries, &self.due, &self.dedup).transaction(
-            |(events, deliveries, due, dedup_tree)| {
-                let mut out = Vec::with_capacity(prepared.len());
-                for p in &prepared {
-                    if let Some(k) = &p.dedup {
-                        if let Some(first) = live_dedup(dedup_tree.get(k)?, now) {
-                            out.push(Accepted {
-                                id: first,
-                                deliveries: 0,
-                                duplicate: true,
-                            });
-                            continue;
-                        }
-                        let mut v = p.id.to_key().to_vec();
-                        v.extend_from_slice(&expiry.to_be_bytes());
-                        dedup_tree.insert(k.as_slice(), v)?;
-                    }
-                    events.insert(&p.id.to_key(), p.value.as_slice())?;
-                    for (did, target) in p.deliveries.iter().zip(p.targets) {
-                        let d = Delivery {
-                            event: p.id,
-                            target: target.clone(),
-                            state: State::Pending,
-                            attempts: 0,
-                            next_at_ms: now,
-                            last: None,
-                            note: None,
-                            base: 0,
-                        };
-                        deliveries.insert(&did.to_key(), encode(&d))?;
-                        due.insert(due_key(target, now, *did), &[])?;
-                    }
-                    out.push(Accepted {
-                        id: p.id,
-                        deliveries: p.deliveries.len(),
-                        duplicate: false,
-                    });
-                }
-                Ok::<_, ConflictableTransactionError<StoreError>>(out)
-            },
+        let trees = (
+            &self.events,
+            &self.deliveries,
+            &self.due,
+            &self.dedup,
+            &self.bodies,
         );
+        let result = trees.transaction(|(events, deliveries, due, dedup_tree, bodies)| {
+            let mut out = Vec::with_capacity(prepared.len());
+            for p in &prepared {
+                if let Some(k) = &p.dedup {
+                    if let Some(first) = live_dedup(dedup_tree.get(k)?, now) {
+                        out.push(Accepted {
+                            id: first,
+                            deliveries: 0,
+                            duplicate: true,
+                        });
+                        continue;
+                    }
+                    let mut v = p.id.to_key().to_vec();
+                    v.extend_from_slice(&expiry.to_be_bytes());
+                    dedup_tree.insert(k.as_slice(), v)?;
+                }
+                events.insert(&p.id.to_key(), p.value.as_slice())?;
+                if p.body.len() > BODY_CHUNK {
+                    for (n, chunk) in p.body.chunks(BODY_CHUNK).enumerate() {
+                        bodies.insert(&chunk_key(p.id, n as u32), chunk)?;
+                    }
+                }
+                for (did, target) in p.deliveries.iter().zip(p.targets) {
+                    let d = Delivery {
+                        event: p.id,
+                        target: target.clone(),
+                        state: State::Pending,
+                        attempts: 0,
+                        next_at_ms: now,
+                        last: None,
+                        note: None,
+                        base: 0,
+                    };
+                    deliveries.insert(&did.to_key(), encode(&d))?;
+                    due.insert(due_key(target, now, *did), &[])?;
+                }
+                out.push(Accepted {
+                    id: p.id,
+                    deliveries: p.deliveries.len(),
+                    duplicate: false,
+                });
+            }
+            Ok::<_, ConflictableTransactionError<StoreError>>(out)
+        });
         let accepted = result.map_err(|e| tx_error(e).to_string())?;
         if let Err(e) = self.sync() {
             // Not acknowledged: take the batch back out so it is not
@@ -333,6 +349,7 @@ impl Store {
                     continue;
                 }
                 let _ = self.events.remove(p.id.to_key());
+                let _ = self.remove_body(p.id);
                 for (did, target) in p.deliveries.iter().zip(p.targets) {
                     let _ = self.deliveries.remove(did.to_key());
                     let _ = self.due.remove(due_key(target, now, *did));
@@ -544,10 +561,30 @@ impl Store {
     }
 
     pub fn event(&self, id: EventId) -> Result<Option<Event>, StoreError> {
-        self.events
-            .get(id.to_key())?
-            .map(|v| decode_event(id, v))
-            .transpose()
+        let Some(v) = self.events.get(id.to_key())? else {
+            return Ok(None);
+        };
+        let (meta, inline, chunked) = decode_event(&v)?;
+        let body = if chunked {
+            let mut body = Vec::new();
+            for chunk in self.bodies.scan_prefix(id.to_key()).values() {
+                body.extend_from_slice(&chunk?);
+            }
+            Bytes::from(body)
+        } else {
+            Bytes::copy_from_slice(inline)
+        };
+        Ok(Some(Event { id, meta, body }))
+    }
+
+    /// Removes the chunks of an event's body, if it has any.
+    fn remove_body(&self, id: EventId) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in self.bodies.scan_prefix(id.to_key()).keys() {
+            batch.remove(key?);
+        }
+        self.bodies.apply_batch(batch)?;
+        Ok(())
     }
 
     pub fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
@@ -618,6 +655,7 @@ impl Store {
             for (_, d) in &deliveries {
                 self.counts.moved(Some(d.state), None);
             }
+            self.remove_body(event)?;
             self.events.remove(event.to_key())?;
             removed += 1;
         }
@@ -754,7 +792,6 @@ fn live_dedup(entry: Option<sled::IVec>, now: u64) -> Option<EventId> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use bytes::Bytes;
 
     fn open(dir: &Path) -> Arc<Store> {
         Store::open(&StoreConfig {
@@ -911,6 +948,39 @@ mod tests {
             msg.contains("schema version 9") && msg.contains("reads version 1"),
             "{msg}"
         );
+    }
+
+    #[tokio::test]
+    async fn large_bodies_are_kept_in_chunks_and_read_back_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        let body: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+        let mut new = new_event(&["r/a"], None);
+        new.body = Bytes::from(body.clone());
+        let a = store.accept(new).await.unwrap();
+        let ev = store.event(a.id).unwrap().unwrap();
+        assert_eq!(&ev.body[..], &body[..]);
+        assert_eq!(store.bodies.scan_prefix(a.id.to_key()).count(), 5);
+        // No value in the store is over one chunk (plus its header).
+        for tree in [&store.events, &store.bodies] {
+            assert!(tree
+                .iter()
+                .values()
+                .all(|v| v.unwrap().len() <= BODY_CHUNK + 1024));
+        }
+        // Purged with its event once finished.
+        let (t, at, did) = store.due_entries(10).unwrap().remove(0);
+        store.claim(&t, at, did).unwrap().unwrap();
+        let ok = Attempt {
+            at_ms: now_ms(),
+            duration_ms: 1,
+            status: Some(200),
+            error: None,
+            excerpt: String::new(),
+        };
+        store.finish(did, &ok, Next::Succeeded).unwrap();
+        assert_eq!(store.purge(now_ms() + 1, 10).unwrap(), 1);
+        assert_eq!(store.bodies.iter().count(), 0);
     }
 
     #[test]

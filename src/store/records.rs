@@ -244,23 +244,51 @@ pub(super) fn decode<T: for<'de> Deserialize<'de>>(
     }
 }
 
+/// Bodies up to this size are kept in the event's value; larger ones go
+/// to the `bodies` tree in chunks of this size. sled writes values over
+/// about a quarter of its 512 KiB segment to blob files it never syncs, so
+/// every value stays well below that.
+pub(super) const BODY_CHUNK: usize = 64 * 1024;
+/// The first byte of an event value whose body is in the `bodies` tree.
+pub(super) const CHUNKED_EVENT: u8 = 2;
+
+/// The event's value: version (`1`, or `CHUNKED_EVENT` when the body is in
+/// chunks), the metadata's length and JSON, then the body when inline.
 pub(super) fn encode_event(meta: &EventMeta, body: &[u8]) -> Vec<u8> {
     let meta = serde_json::to_vec(meta).expect("records serialize");
-    let mut out = Vec::with_capacity(1 + 4 + meta.len() + body.len());
-    out.push(VALUE_VERSION);
+    let inline = body.len() <= BODY_CHUNK;
+    let mut out = Vec::with_capacity(1 + 4 + meta.len() + if inline { body.len() } else { 0 });
+    out.push(if inline { VALUE_VERSION } else { CHUNKED_EVENT });
     out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
     out.extend_from_slice(&meta);
-    out.extend_from_slice(body);
+    if inline {
+        out.extend_from_slice(body);
+    }
     out
 }
 
-pub(super) fn decode_event(id: EventId, v: sled::IVec) -> Result<Event, StoreError> {
+/// `event id ‖ chunk number` in the `bodies` tree.
+pub(super) fn chunk_key(id: EventId, n: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(&id.to_key());
+    k[16..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// The metadata and inline body of an event value, and whether its body is
+/// in chunks instead.
+pub(super) fn decode_event(v: &[u8]) -> Result<(EventMeta, &[u8], bool), StoreError> {
     let corrupt = |reason: &str| StoreError::Corrupt {
         tree: "events",
         reason: reason.into(),
     };
-    if v.first() != Some(&VALUE_VERSION) || v.len() < 5 {
-        return Err(corrupt("unknown value version"));
+    let chunked = match v.first() {
+        Some(&VALUE_VERSION) => false,
+        Some(&CHUNKED_EVENT) => true,
+        _ => return Err(corrupt("unknown value version")),
+    };
+    if v.len() < 5 {
+        return Err(corrupt("value too short"));
     }
     let len = u32::from_be_bytes([v[1], v[2], v[3], v[4]]) as usize;
     let meta_end = 5usize
@@ -268,11 +296,7 @@ pub(super) fn decode_event(id: EventId, v: sled::IVec) -> Result<Event, StoreErr
         .filter(|&e| e <= v.len())
         .ok_or_else(|| corrupt("meta length past the end"))?;
     let meta = serde_json::from_slice(&v[5..meta_end]).map_err(|e| corrupt(&e.to_string()))?;
-    Ok(Event {
-        id,
-        meta,
-        body: Bytes::copy_from_slice(&v[meta_end..]),
-    })
+    Ok((meta, &v[meta_end..], chunked))
 }
 
 /// `target ‖ 0 ‖ next_at ms ‖ delivery id`: one run of keys per target,
