@@ -1,15 +1,19 @@
-//! The durable store: one sled `Db` with the trees of DESIGN.md.
+//! The durable store: one sled `Db` with the trees of DESIGN.md (and a
+//! `bodies` tree for bodies over 64 KiB; see docs/STORAGE.md).
 //!
 //! Invariants:
-//! - An event and all its deliveries (and their `due` entries, and its dedup
-//!   key) are written in one transaction.
-//! - `accept` returns only after a flush that covers that transaction has
-//!   returned, so a 202 built on it survives `kill -9` and power loss.
-//!   Concurrent accepts share one flush (group commit, on the `committer`
-//!   thread), so durability costs one fsync per batch, not per event.
-//! - A delivery is in the `due` tree exactly while it is `pending`; `due`
-//!   keys start with the target, so each target's deliveries form one run
-//!   in due order.
+//! - An event and all its deliveries (and their `due` entries, its dedup
+//!   key and its body chunks) are written in one transaction.
+//! - `accept` returns only after that transaction, sled's flush and an
+//!   `fdatasync` of sled's log have returned, so a 202 built on it survives
+//!   `kill -9` and power loss. Concurrent accepts share one transaction and
+//!   one sync (group commit, on the `committer` thread).
+//! - No value is larger than 64 KiB plus a header, so sled never puts one
+//!   in its (unsynced) blob files.
+//! - Every pending delivery has a `due` entry; `due` keys start with the
+//!   target, so each target's deliveries form one run in due order. An
+//!   entry whose delivery is no longer pending at that time is stale, and
+//!   the claim that meets it removes it.
 //! - Deliveries found `in_flight` at open are put back to `pending` and due now.
 //! - Values carry a version byte; keys are big-endian so ranges sort by time.
 
