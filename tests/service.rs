@@ -505,3 +505,59 @@ fn dir_size(p: &Path) -> u64 {
         })
         .unwrap_or(0)
 }
+
+#[tokio::test]
+async fn socket_activation_serves_ingest_on_the_passed_socket() {
+    let Ok(tool) = which("systemd-socket-activate") else {
+        eprintln!("skipped: systemd-socket-activate is not installed");
+        return;
+    };
+    let rx = Receiver::ok().await;
+    let dir = tempfile::tempdir().unwrap();
+    let activated = free_addr();
+    // ingest.listen names another port: the passed socket must win.
+    let text = test_config_text(&one_route(&rx.url("/a"), ""), dir.path());
+    let config = dir.path().join("hookrelay.toml");
+    std::fs::write(&config, text).unwrap();
+    let child = Command::new(tool)
+        .args(["--listen", &activated.to_string(), BIN, "serve", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Killed however the test ends.
+    struct Reaped(Child);
+    impl Drop for Reaped {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Reaped(child);
+    // The tool listens at once and starts hookrelay on the first connection.
+    let start = Instant::now();
+    let r = loop {
+        if tokio::net::TcpStream::connect(activated).await.is_ok() {
+            break post_json(activated, "/t/x", "{}").await;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "nothing listened on {activated}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(r.status, 202);
+    rx.wait_for(1).await;
+}
+
+/// The path of an installed program, if there is one.
+fn which(program: &str) -> Result<PathBuf, ()> {
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(program))
+                .find(|p| p.is_file())
+        })
+        .ok_or(())
+}
