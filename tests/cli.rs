@@ -133,17 +133,7 @@ async fn serve_accepts_events_and_stops_cleanly_on_sigterm() {
         .status()
         .unwrap();
     assert!(status.success());
-    let start = Instant::now();
-    let code = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s.code();
-        }
-        if start.elapsed() > common::DEADLINE {
-            let _ = child.kill();
-            panic!("relay did not stop on SIGTERM");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let code = common::wait_exit(&mut child).await;
     let mut log = String::new();
     let mut out = String::new();
     child
@@ -441,17 +431,7 @@ async fn sighup_reloads_tls_and_keeps_serving() {
     signal("-HUP");
     logged("TLS certificates reloaded").await;
     signal("-TERM");
-    let start = Instant::now();
-    let code = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s.code();
-        }
-        if start.elapsed() > common::DEADLINE {
-            let _ = child.kill();
-            panic!("relay did not stop");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let code = common::wait_exit(&mut child).await;
     reader.join().unwrap();
     let log = log.lock().unwrap().clone();
     assert_eq!(code, Some(0), "{log}");

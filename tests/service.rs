@@ -87,18 +87,7 @@ impl Running {
     }
 
     async fn wait_exit(&mut self) -> Option<i32> {
-        let start = Instant::now();
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return s.code();
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "relay did not exit: {}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_exit(&mut self.child).await
     }
 }
 

@@ -308,6 +308,22 @@ impl Receiver {
     }
 }
 
+/// Waits for a child process to exit and returns its exit code; kills it
+/// and fails the test at the deadline.
+pub async fn wait_exit(child: &mut std::process::Child) -> Option<i32> {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code();
+        }
+        if start.elapsed() > DEADLINE {
+            let _ = child.kill();
+            panic!("the process did not exit");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Polls `check` until it gives `Some`, failing the test at the deadline.
 pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();
