@@ -364,8 +364,12 @@ pub struct TargetConfig {
     pub url: TargetUrl,
     #[serde(default = "all_events")]
     pub events: Vec<EventPattern>,
-    /// One Standard Webhooks secret, or a list while rotating.
-    #[serde(default)]
+    /// One Standard Webhooks secret, or a list while rotating; each may be
+    /// written out or be `env:NAME` / `file:/path`.
+    #[serde(default, rename = "secret")]
+    pub secret_sources: SecretSources,
+    /// The secrets, resolved at load.
+    #[serde(skip)]
     pub secret: Secrets,
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
@@ -627,6 +631,10 @@ impl Config {
                 let at = format!("routes[{i}].targets[{j}]");
                 target.outbound = outbound(target, &at, &base, env)
                     .map_err(|(k, r)| ConfigError::new(path, k, r))?;
+                target.secret = target
+                    .secret_sources
+                    .resolve(&base, env)
+                    .map_err(|r| ConfigError::new(path, format!("{at}.secret"), r))?;
             }
         }
         Ok(())
@@ -1228,23 +1236,46 @@ impl<'de> Deserialize<'de> for HeaderName {
 #[derive(Debug, Clone, Default)]
 pub struct Secrets(pub Vec<Secret>);
 
-impl<'de> Deserialize<'de> for Secrets {
+/// The `secret` key as written. Literal secrets are checked as they are
+/// read; `env:` and `file:` ones when they are resolved.
+#[derive(Debug, Clone, Default)]
+pub struct SecretSources(Vec<ValueSource>);
+
+impl SecretSources {
+    fn resolve(&self, base: &Path, env: &dyn Environment) -> Result<Secrets, String> {
+        self.0
+            .iter()
+            .map(|source| {
+                let text = resolve_value(source, base, env)?;
+                Secret::parse(&text).map_err(|e| match source {
+                    // Never echo a secret; say where it came from.
+                    ValueSource::Literal(_) => e,
+                    other => format!("{other:?}: {e}"),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Secrets)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretSources {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum OneOrMany {
-            One(String),
-            Many(Vec<String>),
+            One(ValueSource),
+            Many(Vec<ValueSource>),
         }
         let list = match OneOrMany::deserialize(d)? {
             OneOrMany::One(s) => vec![s],
             OneOrMany::Many(v) => v,
         };
-        list.iter()
-            .map(|s| Secret::parse(s))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Secrets)
-            .map_err(serde::de::Error::custom)
+        for source in &list {
+            if let ValueSource::Literal(s) = source {
+                Secret::parse(s).map_err(serde::de::Error::custom)?;
+            }
+        }
+        Ok(SecretSources(list))
     }
 }
 
@@ -1457,6 +1488,42 @@ mod tests {
         ))
         .unwrap();
         assert!(c.routes[0].targets[0].renders_template());
+    }
+
+    #[test]
+    fn secrets_come_from_the_file_the_environment_or_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let key_file = dir.path().join("key");
+        std::fs::write(&key_file, "whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n").unwrap();
+        let text = format!(
+            "[[routes]]\nname = \"r\"\npath = \"/r\"\n[[routes.targets]]\nname = \"t\"\n\
+             url = \"https://crm.example.com/\"\n\
+             secret = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\", \"env:HOOK_KEY\", \"file:{}\"]\n",
+            key_file.display()
+        );
+        let env: HashMap<String, String> = [(
+            "HOOK_KEY".to_string(),
+            "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".to_string(),
+        )]
+        .into();
+        let c = Config::parse_with(&text, Path::new("test.toml"), &env).unwrap();
+        let secrets = &c.routes[0].targets[0].secret.0;
+        assert_eq!(secrets.len(), 3);
+        assert_eq!(secrets[0], secrets[1]);
+        assert_eq!(
+            secrets[2],
+            Secret::parse("whsec_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA").unwrap()
+        );
+
+        let e = Config::parse_with(&text, Path::new("test.toml"), &HashMap::new()).unwrap_err();
+        assert_eq!(e.key, "routes[0].targets[0].secret");
+        assert!(e.reason.contains("HOOK_KEY"), "{e}");
+        let bad: HashMap<String, String> = [("HOOK_KEY".to_string(), "hunter2".to_string())].into();
+        let e = Config::parse_with(&text, Path::new("test.toml"), &bad).unwrap_err();
+        assert!(
+            e.reason.contains("env:HOOK_KEY") && !e.reason.contains("hunter2"),
+            "{e}"
+        );
     }
 
     #[test]
