@@ -225,6 +225,11 @@ async fn operator_commands_drive_the_admin_api() {
     assert_eq!(code, Some(0));
     assert!(out.contains(&id));
 
+    let (code, out, _) = run_cli(&cli_config, &["hooks", "test", &id]).await;
+    assert_eq!(code, Some(0));
+    assert!(out.starts_with(&format!("{id}: 200 in ")), "{out}");
+    rx.wait_for(2).await;
+
     let (code, out, _) = run_cli(&cli_config, &["hooks", "rm", &id]).await;
     assert_eq!(code, Some(0));
     assert_eq!(out.trim(), format!("unsubscribed {id}"));
