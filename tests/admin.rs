@@ -522,3 +522,16 @@ async fn readiness_fails_when_the_store_cannot_take_writes() {
         200
     );
 }
+
+#[tokio::test]
+async fn reload_takes_new_admin_tokens() {
+    let app = spawn_app(BARE_ROUTE).await;
+    assert_eq!(admin(&app, "GET", "/api/hooks", None).await.status, 200);
+    let config = test_config(BARE_ROUTE, app.dir.path());
+    // test_config wrote the usual token; the operator replaces it.
+    std::fs::write(app.dir.path().join("admin.tokens"), "rotated-token\n").unwrap();
+    app.relay.reload(config).await.unwrap();
+    assert_eq!(admin(&app, "GET", "/api/hooks", None).await.status, 401);
+    let r = admin_as(&app, Some("rotated-token"), "GET", "/api/hooks", None).await;
+    assert_eq!(r.status, 200);
+}
