@@ -219,7 +219,7 @@ impl Admin {
         let query = req.uri().query().unwrap_or("").to_string();
         match (method, segments.as_slice()) {
             (Method::POST, ["api", "hooks"]) => self.subscribe(read_json(req).await?),
-            (Method::GET, ["api", "hooks"]) => Ok(ok(self.list_hooks())),
+            (Method::GET, ["api", "hooks"]) => self.list_hooks(),
             (Method::GET, ["api", "hooks", id]) => self.show_hook(id),
             (Method::DELETE, ["api", "hooks", id]) => self.unsubscribe(id).await,
             (Method::POST, ["api", "hooks", id, "test"]) => self.test_send(id).await,
@@ -343,13 +343,14 @@ impl Admin {
         Ok((sub, target))
     }
 
-    fn list_hooks(&self) -> Value {
-        let subs = self.store.subscriptions().unwrap_or_default();
-        let hooks: Vec<Value> = subs
+    fn list_hooks(&self) -> Result<Response<Full<Bytes>>, AdminError> {
+        let hooks: Vec<Value> = self
+            .store
+            .subscriptions()?
             .iter()
             .map(|s| hook_json(s, self.catalog.get(&s.id).as_deref()))
             .collect();
-        json!({ "hooks": hooks })
+        Ok(ok(json!({ "hooks": hooks })))
     }
 
     fn show_hook(&self, id: &str) -> Result<Response<Full<Bytes>>, AdminError> {
