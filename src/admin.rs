@@ -362,19 +362,11 @@ impl Admin {
         self.subscription(id)?;
         self.catalog.remove(id);
         self.store.delete_subscription(id)?;
-        let mut cancelled = 0;
-        loop {
-            let (store, key) = (self.store.clone(), id.to_string());
-            let n = tokio::task::spawn_blocking(move || {
-                store.cancel_target(&key, "subscription deleted", RETRY_STEP)
-            })
-            .await
-            .map_err(|e| AdminError::Conflict(e.to_string()))??;
-            cancelled += n;
-            if n < RETRY_STEP {
-                break;
-            }
-        }
+        let (store, key) = (self.store.clone(), id.to_string());
+        let cancelled =
+            tokio::task::spawn_blocking(move || store.cancel_all(&key, "subscription deleted"))
+                .await
+                .map_err(|e| AdminError::Conflict(e.to_string()))??;
         tracing::info!(hook = %id, cancelled, "unsubscribed");
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = StatusCode::NO_CONTENT;

@@ -32,9 +32,6 @@ use crate::store::{
 };
 use crate::telemetry::{Metrics, TargetLabel};
 
-/// Most pending deliveries cancelled in one step when their target is gone.
-const CANCEL_STEP: usize = 1000;
-
 /// Runs the scheduler until shutdown, then gives attempts under way up to
 /// `delivery.shutdown_grace` to finish.
 pub struct Dispatcher {
@@ -124,16 +121,7 @@ impl Dispatcher {
     fn cancel_orphans(&self) -> Result<(), StoreError> {
         for target in self.store.due_targets()? {
             if self.catalog.get(&target).is_none() {
-                let mut total = 0;
-                loop {
-                    let n = self
-                        .store
-                        .cancel_target(&target, "target removed", CANCEL_STEP)?;
-                    total += n;
-                    if n < CANCEL_STEP {
-                        break;
-                    }
-                }
+                let total = self.store.cancel_all(&target, "target removed")?;
                 tracing::warn!(%target, deliveries = total, "cancelled deliveries of a removed target");
             }
         }

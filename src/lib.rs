@@ -307,14 +307,7 @@ impl Relay {
         for key in &removed {
             let (store, k) = (self.store.clone(), key.clone());
             let n = tokio::task::spawn_blocking(move || {
-                let mut total = 0;
-                loop {
-                    let n = store.cancel_target(&k, "target removed from configuration", 1000)?;
-                    total += n;
-                    if n < 1000 {
-                        return Ok::<_, StoreError>(total);
-                    }
-                }
+                store.cancel_all(&k, "target removed from configuration")
             })
             .await
             .map_err(|e| e.to_string())?

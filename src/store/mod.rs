@@ -528,29 +528,55 @@ impl Store {
         }
     }
 
-    /// Puts an in-flight delivery back to pending at `at_ms` without counting
-    /// an attempt (used when shutdown interrupts it before it was sent).
-    pub fn release(&self, id: DeliveryId, at_ms: u64) -> Result<(), StoreError> {
+    /// Changes one delivery in a transaction, keeping the `due` index and
+    /// the state counts in step with it; `change` returns false to leave the
+    /// delivery as it is. Returns whether it changed and the delivery as it
+    /// now is; `None` if there is no such delivery.
+    pub(super) fn change(
+        &self,
+        id: DeliveryId,
+        change: impl Fn(&mut Delivery) -> bool,
+    ) -> Result<Option<(bool, Delivery)>, StoreError> {
         let key = id.to_key();
         let result = (&self.deliveries, &self.due).transaction(|(deliveries, due)| {
             let Some(v) = deliveries.get(key)? else {
-                return Ok(false);
+                return Ok(None);
             };
             let mut d: Delivery =
                 decode("deliveries", &v).map_err(ConflictableTransactionError::Abort)?;
+            let (was, was_due) = (d.state, due_key(&d.target, d.next_at_ms, id));
+            if !change(&mut d) {
+                return Ok(Some((was, false, d)));
+            }
+            if was == State::Pending {
+                due.remove(was_due)?;
+            }
+            if d.state == State::Pending {
+                due.insert(due_key(&d.target, d.next_at_ms, id), &[])?;
+            }
+            deliveries.insert(&key, encode(&d))?;
+            Ok(Some((was, true, d)))
+        });
+        let Some((was, changed, d)) = result.map_err(tx_error)? else {
+            return Ok(None);
+        };
+        if changed {
+            self.counts.moved(Some(was), Some(d.state));
+        }
+        Ok(Some((changed, d)))
+    }
+
+    /// Puts an in-flight delivery back to pending at `at_ms` without counting
+    /// an attempt (used when shutdown interrupts it before it was sent).
+    pub fn release(&self, id: DeliveryId, at_ms: u64) -> Result<(), StoreError> {
+        self.change(id, |d| {
             if d.state != State::InFlight {
-                return Ok(false);
+                return false;
             }
             d.state = State::Pending;
             d.next_at_ms = at_ms;
-            deliveries.insert(&key, encode(&d))?;
-            due.insert(due_key(&d.target, at_ms, id), &[])?;
-            Ok(true)
-        });
-        if result.map_err(tx_error)? {
-            self.counts
-                .moved(Some(State::InFlight), Some(State::Pending));
-        }
+            true
+        })?;
         Ok(())
     }
 
@@ -805,6 +831,24 @@ mod tests {
         .unwrap()
     }
 
+    fn attempt(status: u16) -> Attempt {
+        Attempt {
+            at_ms: now_ms(),
+            duration_ms: 1,
+            status: Some(status),
+            error: None,
+            excerpt: String::new(),
+        }
+    }
+
+    /// Claims the first due delivery and records one attempt with `next`.
+    fn attempt_first(store: &Store, status: u16, next: Next) -> DeliveryId {
+        let (target, at, id) = store.due_entries(1).unwrap().remove(0);
+        store.claim(&target, at, id).unwrap().unwrap();
+        store.finish(id, &attempt(status), next).unwrap();
+        id
+    }
+
     fn new_event(targets: &[&str], dedup: Option<&str>) -> NewEvent {
         NewEvent {
             meta: EventMeta {
@@ -909,19 +953,7 @@ mod tests {
         let store = open(dir.path());
         let done = store.accept(new_event(&["r/a"], Some("k"))).await.unwrap();
         let waiting = store.accept(new_event(&["r/a"], None)).await.unwrap();
-        let (target, at, did) = {
-            let (t, at, id) = store.due_entries(10).unwrap().remove(0);
-            (t, at, id)
-        };
-        store.claim(&target, at, did).unwrap().unwrap();
-        let ok = Attempt {
-            at_ms: now_ms(),
-            duration_ms: 1,
-            status: Some(200),
-            error: None,
-            excerpt: String::new(),
-        };
-        store.finish(did, &ok, Next::Succeeded).unwrap();
+        let did = attempt_first(&store, 200, Next::Succeeded);
         // Nothing is older than a cutoff in the past.
         assert_eq!(store.purge(done.id.0.timestamp_ms(), 100).unwrap(), 0);
         // Past both: the finished one goes, the pending one stays.
@@ -973,18 +1005,66 @@ mod tests {
                 .all(|v| v.unwrap().len() <= BODY_CHUNK + 1024));
         }
         // Purged with its event once finished.
-        let (t, at, did) = store.due_entries(10).unwrap().remove(0);
-        store.claim(&t, at, did).unwrap().unwrap();
-        let ok = Attempt {
-            at_ms: now_ms(),
-            duration_ms: 1,
-            status: Some(200),
-            error: None,
-            excerpt: String::new(),
-        };
-        store.finish(did, &ok, Next::Succeeded).unwrap();
+        attempt_first(&store, 200, Next::Succeeded);
         assert_eq!(store.purge(now_ms() + 1, 10).unwrap(), 1);
         assert_eq!(store.bodies.iter().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn bulk_requeue_pages_through_every_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for _ in 0..5 {
+            store.accept(new_event(&["r/a"], None)).await.unwrap();
+            attempt_first(&store, 500, Next::Dead);
+        }
+        store.accept(new_event(&["r/b"], None)).await.unwrap();
+        attempt_first(&store, 500, Next::Dead);
+        let (mut total, mut from, mut batches) = (0, None, 0);
+        loop {
+            let (n, next) = store
+                .requeue_batch(State::Dead, Some("r/a"), from, 2)
+                .unwrap();
+            total += n;
+            batches += 1;
+            match next {
+                Some(next) => from = Some(next),
+                None => break,
+            }
+            assert!(batches < 20, "the cursor does not advance");
+        }
+        assert_eq!(total, 5);
+        assert!(batches >= 3, "{batches} batches of at most 2");
+        assert_eq!(store.count(State::Dead), 1, "r/b is left alone");
+        assert_eq!(store.count(State::Pending), 5);
+        assert!(store
+            .due_entries(10)
+            .unwrap()
+            .iter()
+            .all(|(t, _, _)| t == "r/a"));
+    }
+
+    #[tokio::test]
+    async fn cancel_all_takes_pending_and_stale_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        for _ in 0..3 {
+            store.accept(new_event(&["r/a"], None)).await.unwrap();
+        }
+        store.accept(new_event(&["r/b"], None)).await.unwrap();
+        // A stale index entry, as a crash between claim's two writes leaves.
+        let (_, at, id) = store.due_entries(1).unwrap().remove(0);
+        store.due.insert(due_key("r/a", at + 5, id), &[]).unwrap();
+        assert_eq!(store.cancel_all("r/a", "gone").unwrap(), 3);
+        assert_eq!(store.count(State::Cancelled), 3);
+        assert_eq!(store.count(State::Pending), 1);
+        let left = store.due_entries(10).unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].0, "r/b");
+        assert_eq!(
+            store.delivery(id).unwrap().unwrap().note.as_deref(),
+            Some("gone")
+        );
     }
 
     #[test]

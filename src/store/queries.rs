@@ -4,13 +4,8 @@
 //! Every scan here is bounded by a caller-given limit, so no request can
 //! hold the store for long.
 
-use sled::transaction::ConflictableTransactionError;
-use sled::Transactional;
-
-use super::records::{decode, due_key, due_prefix, encode, parse_due_key};
-use super::{
-    now_ms, tx_error, Counters, Delivery, DeliveryId, State, Store, StoreError, Subscription,
-};
+use super::records::{decode, due_prefix, encode, parse_due_key};
+use super::{now_ms, Counters, Delivery, DeliveryId, State, Store, StoreError, Subscription};
 
 const COUNTERS_PREFIX: &str = "counters/";
 
@@ -71,42 +66,27 @@ impl Store {
     }
 
     /// Re-queues a delivery now, with a fresh attempt budget. Refused for
-    /// one in flight (it is being attempted). `None` if there is no such delivery.
+    /// one in flight (it is being attempted): that one comes back unchanged.
+    /// `None` if there is no such delivery.
     pub fn requeue(&self, id: DeliveryId, note: &str) -> Result<Option<Delivery>, StoreError> {
-        let key = id.to_key();
         let now = now_ms();
-        let result = (&self.deliveries, &self.due).transaction(|(deliveries, due)| {
-            let Some(v) = deliveries.get(key)? else {
-                return Ok(None);
-            };
-            let mut d: Delivery =
-                decode("deliveries", &v).map_err(ConflictableTransactionError::Abort)?;
-            let was = d.state;
-            match d.state {
-                State::InFlight => return Ok(Some((was, d))),
-                State::Pending => {
-                    due.remove(due_key(&d.target, d.next_at_ms, id))?;
-                }
-                State::Succeeded | State::Dead | State::Cancelled => {}
+        let result = self.change(id, |d| {
+            if d.state == State::InFlight {
+                return false;
             }
             d.state = State::Pending;
             d.next_at_ms = now;
             d.base = d.attempts;
             d.note = Some(note.to_string());
-            deliveries.insert(&key, encode(&d))?;
-            due.insert(due_key(&d.target, now, id), &[])?;
-            Ok(Some((was, d)))
-        });
-        let Some((was, d)) = result.map_err(tx_error)? else {
-            return Ok(None);
-        };
-        self.counts.moved(Some(was), Some(d.state));
+            true
+        })?;
         self.new_work.notify_one();
-        Ok(Some(d))
+        Ok(result.map(|(_, d)| d))
     }
 
     /// Re-queues up to `limit` deliveries in `state` (and of `target`),
-    /// oldest first from just after `from`. Returns how many, and where the
+    /// oldest first from just after `from`, looking at no more than
+    /// `4 * limit`. Returns how many, and where the
     /// next batch starts (`None` when the scan reached the end).
     pub fn requeue_batch(
         &self,
@@ -115,24 +95,24 @@ impl Store {
         from: Option<DeliveryId>,
         limit: usize,
     ) -> Result<(usize, Option<DeliveryId>), StoreError> {
-        let iter = match from {
-            Some(f) => self.deliveries.range(f.to_key()..),
-            None => self.deliveries.iter(),
+        use std::ops::Bound::{Excluded, Unbounded};
+        let start = match from {
+            Some(f) => Excluded(f.to_key()),
+            None => Unbounded,
         };
         let mut matched = Vec::new();
-        let mut next = None;
-        for (n, item) in iter.enumerate() {
+        let mut last = None;
+        let mut full = false;
+        for (n, item) in self.deliveries.range((start, Unbounded)).enumerate() {
+            if n == limit * 4 || matched.len() == limit {
+                full = true;
+                break;
+            }
             let (k, v) = item?;
             let Some(id) = DeliveryId::from_key(&k) else {
                 continue;
             };
-            if Some(id) == from {
-                continue;
-            }
-            if n > limit * 4 || matched.len() == limit {
-                next = Some(id);
-                break;
-            }
+            last = Some(id);
             let d: Delivery = decode("deliveries", &v)?;
             if d.state == state && target.is_none_or(|t| t == d.target) {
                 matched.push(id);
@@ -144,61 +124,51 @@ impl Store {
                 done += 1;
             }
         }
-        // `next` is the first id not looked at; step back so the next
-        // batch (which skips `from` itself) starts there.
-        let next = next.map(|n| DeliveryId(ulid::Ulid(n.0 .0.saturating_sub(1))));
-        Ok((done, next))
+        // The next batch starts after the last delivery looked at.
+        Ok((done, if full { last } else { None }))
     }
 
-    /// Cancels a pending delivery: it will not be attempted. Returns whether
-    /// it was pending.
+    /// Cancels a pending or in-flight delivery: it will not be attempted
+    /// (again). Returns whether it was cancelled.
     pub fn cancel(&self, id: DeliveryId, reason: &str) -> Result<bool, StoreError> {
-        let key = id.to_key();
-        let result = (&self.deliveries, &self.due).transaction(|(deliveries, due)| {
-            let Some(v) = deliveries.get(key)? else {
-                return Ok(None);
-            };
-            let mut d: Delivery =
-                decode("deliveries", &v).map_err(ConflictableTransactionError::Abort)?;
-            let was = d.state;
+        let result = self.change(id, |d| {
             if !matches!(d.state, State::Pending | State::InFlight) {
-                return Ok(None);
-            }
-            if d.state == State::Pending {
-                due.remove(due_key(&d.target, d.next_at_ms, id))?;
+                return false;
             }
             d.state = State::Cancelled;
             d.note = Some(reason.to_string());
-            deliveries.insert(&key, encode(&d))?;
-            Ok(Some(was))
-        });
-        let was = result.map_err(tx_error)?;
-        if let Some(was) = was {
-            self.counts.moved(Some(was), Some(State::Cancelled));
-        }
-        Ok(was.is_some())
+            true
+        })?;
+        Ok(result.is_some_and(|(changed, _)| changed))
     }
 
-    /// Cancels up to `limit` of `target`'s pending deliveries; returns how many.
-    pub fn cancel_target(
-        &self,
-        target: &str,
-        reason: &str,
-        limit: usize,
-    ) -> Result<usize, StoreError> {
-        let keys: Vec<_> = self
-            .due
-            .scan_prefix(due_prefix(target))
-            .keys()
-            .take(limit)
-            .collect::<Result<_, _>>()?;
-        let mut n = 0;
-        for k in keys {
-            if let Some((_, _, id)) = parse_due_key(&k) {
-                n += usize::from(self.cancel(id, reason)?);
+    /// Cancels every pending delivery of `target`, a bounded step at a time;
+    /// returns how many. Index entries left stale by a crash go too.
+    pub fn cancel_all(&self, target: &str, reason: &str) -> Result<usize, StoreError> {
+        const STEP: usize = 1000;
+        let mut cancelled = 0;
+        loop {
+            let keys: Vec<_> = self
+                .due
+                .scan_prefix(due_prefix(target))
+                .keys()
+                .take(STEP)
+                .collect::<Result<_, _>>()?;
+            if keys.is_empty() {
+                return Ok(cancelled);
+            }
+            for k in keys {
+                let Some((_, _, id)) = parse_due_key(&k) else {
+                    self.due.remove(&k)?;
+                    continue;
+                };
+                if self.cancel(id, reason)? {
+                    cancelled += 1;
+                } else {
+                    self.due.remove(&k)?;
+                }
             }
         }
-        Ok(n)
     }
 
     // === subscriptions ===
