@@ -168,29 +168,32 @@ impl Relay {
             idle_timeout: c.idle_timeout,
             shutdown_grace: config.delivery.shutdown_grace,
         };
+        // The admin listener shares ingest's connection limits.
         let mut tasks = Vec::new();
-        for l in listeners {
+        let ingest_handler = {
             let ingest = ingest.clone();
-            let handler = move |req, peer| ingest.clone().handle(req, peer);
-            tasks.push(tokio::spawn(listener::serve(
-                l,
-                handler,
-                limits,
-                ingest_tls.clone(),
-                rx.clone(),
-            )));
-        }
-        for l in admin_listeners {
+            move |req, peer| ingest.clone().handle(req, peer)
+        };
+        let admin_handler = {
             let admin = admin.clone();
-            let handler = move |req, peer| admin.clone().handle(req, peer);
-            tasks.push(tokio::spawn(listener::serve(
-                l,
-                handler,
-                limits,
-                admin_tls.clone(),
-                rx.clone(),
-            )));
-        }
+            move |req, peer| admin.clone().handle(req, peer)
+        };
+        spawn_listeners(
+            &mut tasks,
+            listeners,
+            ingest_handler,
+            limits,
+            &ingest_tls,
+            &rx,
+        );
+        spawn_listeners(
+            &mut tasks,
+            admin_listeners,
+            admin_handler,
+            limits,
+            &admin_tls,
+            &rx,
+        );
         tasks.push(tokio::spawn(dispatcher.run(rx.clone())));
         tasks.push(tokio::spawn(housekeeping(
             ingest.clone(),
@@ -327,6 +330,31 @@ impl Relay {
         }
         self.catalog.save_counters()?;
         self.store.close()
+    }
+}
+
+/// Serves `handler` on each of `listeners`, one task each.
+fn spawn_listeners<H, F>(
+    tasks: &mut Vec<JoinHandle<()>>,
+    listeners: Vec<TcpListener>,
+    handler: H,
+    limits: listener::Limits,
+    tls: &Option<Arc<tls::ReloadableTls>>,
+    shutdown: &watch::Receiver<bool>,
+) where
+    H: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>>
+        + Send
+        + 'static,
+{
+    for l in listeners {
+        tasks.push(tokio::spawn(listener::serve(
+            l,
+            handler.clone(),
+            limits,
+            tls.clone(),
+            shutdown.clone(),
+        )));
     }
 }
 
