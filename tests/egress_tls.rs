@@ -3,20 +3,12 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper::{Request, Response};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use common::*;
@@ -60,20 +52,11 @@ fn make_pki() -> Pki {
     }
 }
 
-/// A loopback https server (HTTP/1.1 or h2 over rustls) that records every
-/// request and answers 200, and counts handshakes that failed.
+/// A loopback https receiver (tests/common's `Receiver` over rustls) and a
+/// count of the handshakes that failed.
 struct TlsReceiver {
-    addr: SocketAddr,
-    log: Arc<Mutex<Vec<Received>>>,
-    count: watch::Receiver<usize>,
+    rx: Receiver,
     failed_handshakes: Arc<AtomicUsize>,
-}
-
-#[derive(Debug, Clone)]
-struct Received {
-    path: String,
-    headers: http::HeaderMap,
-    body: Bytes,
 }
 
 impl TlsReceiver {
@@ -85,61 +68,10 @@ impl TlsReceiver {
             .with_no_client_auth()
             .with_single_cert(pki.leaf_chain.clone(), pki.leaf_key.clone_key())
             .unwrap();
-        let acceptor = TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let failed_handshakes = Arc::new(AtomicUsize::new(0));
-        let (tx, count) = watch::channel(0usize);
-        let tx = Arc::new(tx);
-        let (log2, failed2) = (log.clone(), failed_handshakes.clone());
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _peer)) = listener.accept().await else {
-                    return;
-                };
-                let (acceptor, log, tx, failed) =
-                    (acceptor.clone(), log2.clone(), tx.clone(), failed2.clone());
-                tokio::spawn(async move {
-                    let tls = match acceptor.accept(tcp).await {
-                        Ok(s) => s,
-                        Err(_) => {
-                            failed.fetch_add(1, Ordering::SeqCst);
-                            return;
-                        }
-                    };
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let (log, tx) = (log.clone(), tx.clone());
-                        async move {
-                            let (parts, body) = req.into_parts();
-                            let body = body
-                                .collect()
-                                .await
-                                .map(|b| b.to_bytes())
-                                .unwrap_or_default();
-                            let n = {
-                                let mut log = log.lock().unwrap();
-                                log.push(Received {
-                                    path: parts.uri.path().to_string(),
-                                    headers: parts.headers,
-                                    body,
-                                });
-                                log.len()
-                            };
-                            tx.send_replace(n);
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
+        let (rx, failed_handshakes) =
+            Receiver::start_tls(TlsAcceptor::from(Arc::new(config))).await;
         TlsReceiver {
-            addr,
-            log,
-            count,
+            rx,
             failed_handshakes,
         }
     }
@@ -148,7 +80,7 @@ impl TlsReceiver {
     /// 127.0.0.1 only (where the receiver listens); else the IP literal,
     /// which the certificate also names.
     async fn url(&self) -> String {
-        let port = self.addr.port();
+        let port = self.rx.addr.port();
         let resolved: Vec<SocketAddr> = tokio::net::lookup_host(("localhost", port))
             .await
             .map(|a| a.collect())
@@ -165,21 +97,11 @@ impl TlsReceiver {
     }
 
     async fn wait_for(&self, n: usize) -> Vec<Received> {
-        let mut count = self.count.clone();
-        tokio::time::timeout(DEADLINE, count.wait_for(|c| *c >= n))
-            .await
-            .unwrap_or_else(|_| {
-                panic!(
-                    "https receiver got {} requests, expected {n}",
-                    self.received().len()
-                )
-            })
-            .unwrap();
-        self.received()
+        self.rx.wait_for(n).await
     }
 
     fn received(&self) -> Vec<Received> {
-        self.log.lock().unwrap().clone()
+        self.rx.received()
     }
 }
 

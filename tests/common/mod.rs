@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -204,6 +205,7 @@ pub async fn post_json(addr: SocketAddr, path: &str, body: impl Into<Bytes>) -> 
 pub struct Received {
     pub at: Instant,
     pub peer: SocketAddr,
+    pub path: String,
     pub headers: http::HeaderMap,
     pub body: Bytes,
 }
@@ -231,6 +233,24 @@ impl Receiver {
     }
 
     pub fn serve(listener: TcpListener, script: Script) -> Receiver {
+        Receiver::serve_with(listener, script, None)
+    }
+
+    /// Answers 200 over TLS with `acceptor`; also returns a count of the
+    /// handshakes that failed.
+    pub async fn start_tls(acceptor: tokio_rustls::TlsAcceptor) -> (Receiver, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let failed = Arc::new(AtomicUsize::new(0));
+        let script: Script = Arc::new(|_| (200, Duration::ZERO));
+        let rx = Receiver::serve_with(listener, script, Some((acceptor, failed.clone())));
+        (rx, failed)
+    }
+
+    fn serve_with(
+        listener: TcpListener,
+        script: Script,
+        tls: Option<(tokio_rustls::TlsAcceptor, Arc<AtomicUsize>)>,
+    ) -> Receiver {
         let addr = listener.local_addr().unwrap();
         let log = Arc::new(Mutex::new(Vec::new()));
         let (tx, count) = watch::channel(0usize);
@@ -257,6 +277,7 @@ impl Receiver {
                             log.push(Received {
                                 at,
                                 peer,
+                                path: parts.uri.path().to_string(),
                                 headers: parts.headers,
                                 body,
                             });
@@ -274,10 +295,27 @@ impl Receiver {
                         Ok::<_, Infallible>(resp)
                     }
                 });
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder
+                                .serve_connection(TokioIo::new(stream), service)
+                                .await;
+                        }
+                        Some((acceptor, failed)) => match acceptor.accept(stream).await {
+                            Ok(stream) => {
+                                let _ = builder
+                                    .serve_connection(TokioIo::new(stream), service)
+                                    .await;
+                            }
+                            Err(_) => {
+                                failed.fetch_add(1, Ordering::SeqCst);
+                            }
+                        },
+                    }
                 });
             }
         });
