@@ -1,0 +1,264 @@
+//! The load generator: request bodies and timestamps, the closed-loop and
+//! open-loop (paced) runs, and the latency figures drawn from them.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::server::Receiver;
+use crate::{
+    BODY_BYTES, CONNECTIONS, DRAIN, MAX_REQUESTS_PER_CONNECTION, MEASURE, PACED_CONNECTIONS,
+    PACED_EVENTS, PACED_RATE, REQUEST_TIMEOUT, WARMUP,
+};
+
+// === time and bodies ===
+
+/// The instant every timestamp of this run is measured from.
+pub(crate) fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// Nanoseconds since `base()`, plus one so that 0 can mean "not yet".
+pub(crate) fn stamp(t: Instant) -> u64 {
+    t.saturating_duration_since(base()).as_nanos() as u64 + 1
+}
+
+/// A 1 KiB JSON body that starts with a fixed-width sequence number, so the
+/// receiver can tell which event a delivery is without parsing JSON.
+fn body(seq: u64) -> Bytes {
+    let mut s = format!(r#"{{"seq":"{seq:010}","event":"new_order","lms":"bench","pad":""#);
+    let tail = r#""}"#;
+    let pad = BODY_BYTES - s.len() - tail.len();
+    s.push_str(&"x".repeat(pad));
+    s.push_str(tail);
+    Bytes::from(s)
+}
+
+/// The sequence number `body` put at bytes 8..18.
+pub(crate) fn seq_of(body: &[u8]) -> Option<usize> {
+    std::str::from_utf8(body.get(8..18)?).ok()?.parse().ok()
+}
+
+// === the load generator ===
+
+type Conn = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+pub(crate) async fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(conn);
+    Ok(sender)
+}
+
+/// POSTs `body` and reads the whole answer; returns the status.
+async fn post(conn: &mut Conn, addr: SocketAddr, path: &str, body: Bytes) -> Result<u16, String> {
+    let work = async {
+        conn.ready().await?;
+        let req = Request::post(path)
+            .header(http::header::HOST, addr.to_string())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .expect("valid request");
+        let resp = conn.send_request(req).await?;
+        let status = resp.status().as_u16();
+        resp.into_body().collect().await?;
+        Ok::<_, hyper::Error>(status)
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
+        Ok(Ok(status)) => Ok(status),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timeout".into()),
+    }
+}
+
+/// Counts of one closed-loop run, inside the counted window only.
+#[derive(Default)]
+pub(crate) struct Throughput {
+    pub(crate) ok: u64,
+    pub(crate) other_status: u64,
+    pub(crate) errors: u64,
+}
+
+impl Throughput {
+    pub(crate) fn per_sec(&self) -> f64 {
+        self.ok as f64 / MEASURE.as_secs_f64()
+    }
+}
+
+/// `CONNECTIONS` keep-alive connections sending back to back for
+/// `WARMUP + MEASURE`; answers with status `want` inside the window count.
+pub(crate) async fn closed_loop(addr: SocketAddr, path: &'static str, want: u16) -> Throughput {
+    let from = Instant::now() + WARMUP;
+    let until = from + MEASURE;
+    let payload = body(9_999_999_999);
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            tokio::spawn(one_connection(
+                addr,
+                path,
+                payload.clone(),
+                want,
+                from,
+                until,
+            ))
+        })
+        .collect();
+    let mut total = Throughput::default();
+    for t in tasks {
+        let t = t.await.expect("load task");
+        total.ok += t.ok;
+        total.other_status += t.other_status;
+        total.errors += t.errors;
+    }
+    total
+}
+
+async fn one_connection(
+    addr: SocketAddr,
+    path: &str,
+    payload: Bytes,
+    want: u16,
+    from: Instant,
+    until: Instant,
+) -> Throughput {
+    let mut counts = Throughput::default();
+    let mut conn = None;
+    for _ in 0..MAX_REQUESTS_PER_CONNECTION {
+        if Instant::now() >= until {
+            break;
+        }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match connect(addr).await {
+                Ok(c) => conn.insert(c),
+                Err(_) => {
+                    counts.errors += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        let result = post(c, addr, path, payload.clone()).await;
+        let now = Instant::now();
+        let counted = now >= from && now < until;
+        match result {
+            Ok(s) if s == want => counts.ok += u64::from(counted),
+            Ok(_) => counts.other_status += u64::from(counted),
+            Err(_) => {
+                counts.errors += 1;
+                conn = None;
+            }
+        }
+    }
+    counts
+}
+
+/// Results of the open-loop run: latencies in µs, sorted.
+pub(crate) struct Latency {
+    pub(crate) end_to_end_us: Vec<u64>,
+    pub(crate) ack_us: Vec<u64>,
+    pub(crate) refused: u64,
+    pub(crate) duplicates: u64,
+}
+
+/// Sends `PACED_EVENTS` events at `PACED_RATE`/s, spread over
+/// `PACED_CONNECTIONS` connections, each stamped at its scheduled send time;
+/// then waits up to `DRAIN` for the deliveries still on their way.
+pub(crate) async fn paced(addr: SocketAddr, rx: &Receiver) -> Latency {
+    let sent: Arc<Vec<AtomicU64>> =
+        Arc::new((0..PACED_EVENTS).map(|_| AtomicU64::new(0)).collect());
+    let acked: Arc<Vec<AtomicU64>> =
+        Arc::new((0..PACED_EVENTS).map(|_| AtomicU64::new(0)).collect());
+    let refused = Arc::new(AtomicU64::new(0));
+    let mut queues = Vec::new();
+    let mut workers = Vec::new();
+    for _ in 0..PACED_CONNECTIONS {
+        let (tx, mut rx_seq) = mpsc::unbounded_channel::<usize>();
+        queues.push(tx);
+        let mut conn = connect(addr).await.expect("connect to relay");
+        let (acked, refused) = (acked.clone(), refused.clone());
+        workers.push(tokio::spawn(async move {
+            while let Some(seq) = rx_seq.recv().await {
+                match post(&mut conn, addr, "/bench/new_order", body(seq as u64)).await {
+                    Ok(202) => acked[seq].store(stamp(Instant::now()), Ordering::Relaxed),
+                    Ok(_) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(_) => {
+                        refused.fetch_add(1, Ordering::Relaxed);
+                        if let Ok(c) = connect(addr).await {
+                            conn = c;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / PACED_RATE));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for seq in 0..PACED_EVENTS {
+        let at = tick.tick().await.into_std();
+        sent[seq].store(stamp(at), Ordering::Relaxed);
+        let _ = queues[seq % PACED_CONNECTIONS].send(seq);
+    }
+    drop(queues);
+    for w in workers {
+        let _ = w.await;
+    }
+    let deadline = Instant::now() + DRAIN;
+    let acks = acked
+        .iter()
+        .filter(|a| a.load(Ordering::Relaxed) > 0)
+        .count();
+    while Instant::now() < deadline && arrivals(rx) < acks {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    Latency {
+        end_to_end_us: deltas_us(&sent, &rx.arrived),
+        ack_us: deltas_us(&sent, &acked),
+        refused: refused.load(Ordering::Relaxed),
+        duplicates: rx.duplicates.load(Ordering::Relaxed),
+    }
+}
+
+fn arrivals(rx: &Receiver) -> usize {
+    rx.arrived
+        .iter()
+        .filter(|a| a.load(Ordering::Relaxed) > 0)
+        .count()
+}
+
+/// `to - from` in µs for every index stamped in both, sorted.
+fn deltas_us(from: &[AtomicU64], to: &[AtomicU64]) -> Vec<u64> {
+    let mut out: Vec<u64> = from
+        .iter()
+        .zip(to)
+        .filter_map(|(a, b)| {
+            let (a, b) = (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
+            (a > 0 && b > 0).then(|| b.saturating_sub(a) / 1000)
+        })
+        .collect();
+    out.sort_unstable();
+    out
+}
+
+/// Nearest-rank percentile of a sorted list, in ms.
+pub(crate) fn pct_ms(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+}

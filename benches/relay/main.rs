@@ -1,0 +1,146 @@
+//! `cargo bench --bench relay`: what durability costs, measured against a
+//! ceiling on the same machine in the same run.
+//!
+//! Absolute requests/s mean little across machines; the ratio to a plain
+//! HTTP server under the same load does not. So one run measures:
+//!
+//! - (a) the ceiling: a plain hyper 1.x server answering 202 with no storage,
+//!   in its own process (this binary re-executed with
+//!   `HOOKRELAY_BENCH_ROLE=plain`);
+//! - (b) hookrelay's durable ingest rate: the release binary (the one `cargo
+//!   bench` builds, `target/release/hookrelay`) with a fresh sled store,
+//!   delivering to a loopback receiver in this process while it ingests.
+//!   Only 202s count, and a 202 is sent only after the store's flush that
+//!   covers the event (group commit);
+//! - (c) end-to-end latency, from sending the POST to the receiver getting
+//!   the signed delivery, at a fixed 1000 events/s (open loop, so a slow
+//!   answer does not slow the sender down and hide itself);
+//! - (d) the relay's memory after each run (VmRSS, and VmHWM for the peak).
+//!
+//! It also reads the relay's own `/metrics` (admin listener) for the store's
+//! flush count, events per flush and flush time, which explain (b) and (c).
+//!
+//! Load for (a) and (b): 32 HTTP/1.1 keep-alive connections, each sending
+//! 1 KiB JSON POSTs back to back, 1 s warm-up then 5 s counted. The load
+//! generator and the receiver share the machine with the server under test,
+//! as they would on a one-box deployment; the ratio is what to compare.
+//!
+//! Everything stays on 127.0.0.1. Every loop is bounded in count and time,
+//! and child processes are killed when their guard drops (also on panic).
+
+mod load;
+mod procs;
+mod report;
+mod server;
+
+use std::path::Path;
+use std::time::Duration;
+
+use load::{base, closed_loop, paced, Latency, Throughput};
+use procs::{
+    cpu_secs, flushes, machine_info, memory, relay_binary, start_plain_server, start_relay,
+    Flushes, Memory,
+};
+use report::print_report;
+use server::{plain_server_main, Receiver};
+
+const ROLE_VAR: &str = "HOOKRELAY_BENCH_ROLE";
+const BODY_BYTES: usize = 1024;
+/// Closed-loop load, (a) and (b).
+const CONNECTIONS: usize = 32;
+const WARMUP: Duration = Duration::from_secs(1);
+const MEASURE: Duration = Duration::from_secs(5);
+/// Open-loop load, (c).
+const PACED_RATE: u64 = 1000;
+const PACED_SECS: u64 = 10;
+const PACED_EVENTS: usize = (PACED_RATE * PACED_SECS) as usize;
+const PACED_CONNECTIONS: usize = 16;
+/// How long (c) waits for the last deliveries after the sending stops.
+const DRAIN: Duration = Duration::from_secs(10);
+/// Bounds on every loop and wait.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_REQUESTS_PER_CONNECTION: u64 = 10_000_000;
+const MAX_ACCEPTS: usize = 10_000;
+const STARTUP: Duration = Duration::from_secs(10);
+const CHILD_LIFETIME: Duration = Duration::from_secs(300);
+/// The target's signing secret (the Standard Webhooks example key).
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+/// Goals the figures are checked against.
+const GOAL_INGEST_RATIO: f64 = 1.0 / 3.0;
+const GOAL_P99_MS: f64 = 5.0;
+const GOAL_RSS_MIB: f64 = 30.0;
+
+fn main() {
+    if std::env::var(ROLE_VAR).as_deref() == Ok("plain") {
+        plain_server_main();
+    }
+    base();
+    println!("{}", machine_info());
+    let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let ceiling = measure_ceiling(&rt);
+    let bin = relay_binary();
+    let ingest = measure_ingest(&rt, &bin);
+    let end_to_end = measure_end_to_end(&rt, &bin);
+    print_report(&ceiling, &ingest, &end_to_end);
+}
+
+/// (a): the plain server under the closed-loop load.
+struct Ceiling {
+    load: Throughput,
+    cpu_secs: f64,
+}
+
+fn measure_ceiling(rt: &tokio::runtime::Runtime) -> Ceiling {
+    let plain = start_plain_server();
+    let load = rt.block_on(closed_loop(plain.addr, "/bench/new_order", 202));
+    Ceiling {
+        load,
+        cpu_secs: cpu_secs(plain.guard.pid()),
+    }
+}
+
+/// (b) and (d): hookrelay under the same load, delivering as it ingests.
+struct Ingest {
+    load: Throughput,
+    cpu_secs: f64,
+    delivered: u64,
+    flushes: Option<Flushes>,
+    mem_at_start: Memory,
+    mem_after: Memory,
+}
+
+fn measure_ingest(rt: &tokio::runtime::Runtime, bin: &Path) -> Ingest {
+    let rx = rt.block_on(Receiver::start());
+    let relay = start_relay(bin, rx.addr);
+    let mem_at_start = memory(relay.guard.pid());
+    let load = rt.block_on(closed_loop(relay.addr, "/bench/new_order", 202));
+    let (cpu_secs, delivered) = (cpu_secs(relay.guard.pid()), rx.total());
+    let mem_after = memory(relay.guard.pid());
+    Ingest {
+        load,
+        cpu_secs,
+        delivered,
+        flushes: rt.block_on(flushes(relay.admin)),
+        mem_at_start,
+        mem_after,
+    }
+}
+
+/// (c) and (d): a fresh relay at a fixed rate.
+struct EndToEnd {
+    latency: Latency,
+    flushes: Option<Flushes>,
+    mem_after: Memory,
+}
+
+fn measure_end_to_end(rt: &tokio::runtime::Runtime, bin: &Path) -> EndToEnd {
+    let rx = rt.block_on(Receiver::start());
+    let relay = start_relay(bin, rx.addr);
+    let latency = rt.block_on(paced(relay.addr, &rx));
+    let mem_after = memory(relay.guard.pid());
+    EndToEnd {
+        latency,
+        flushes: rt.block_on(flushes(relay.admin)),
+        mem_after,
+    }
+}
