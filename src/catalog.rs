@@ -1,33 +1,30 @@
 //! The catalog of targets: the configured ones and the REST Hooks
-//! subscriptions, each with its delivery lane.
+//! subscriptions, each with what it wants and its delivery lane.
 //!
 //! Ingest asks the catalog which targets want an event; the dispatcher asks
 //! it for each target's lane; the admin API adds and removes subscriptions.
-//! A lane holds what an attempt needs (client, signing secrets, policy), the
-//! bounds on work (a concurrency semaphore, a rate limiter deliveries wait
-//! on, a cap on claimed deliveries), the circuit breaker and the counters.
+//! A target's spec holds what an attempt needs (URL, signing secrets, shape,
+//! policy); its [`Lane`] holds the bounds on work, the circuit breaker and
+//! the counters.
 //!
 //! Counters live in memory and are saved to the store every second and at
 //! shutdown, so after a crash they may lag by up to a second.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
-use governor::{DefaultDirectRateLimiter, RateLimiter};
 use serde::Serialize;
-use tokio::sync::Semaphore;
-
 use serde_json::Value;
 
-use crate::config::{Config, DeliveryConfig, Outbound, TargetUrl, ORIGIN_TARGET};
-use crate::egress::{Connector, EgressClient, Policy};
-use crate::route::{EventPattern, Filter};
-use crate::sign::Secret;
-use crate::store::{now_ms, Attempt, Counters, Store, StoreError, Subscription};
-
-/// A lane holds at most this many deliveries per unit of concurrency claimed
-/// at once (in flight or waiting on its rate limit).
-const CLAIMED_PER_SLOT: usize = 2;
+use crate::config::{Config, ORIGIN_TARGET};
+use crate::deliver::egress::{tls_config, Connector, EgressError, Policy, Reply, TargetUrl};
+use crate::deliver::lane::Lane;
+use crate::deliver::policy::DeliveryConfig;
+use crate::deliver::request::build_request;
+use crate::deliver::shape::{Outbound, Shaped};
+use crate::deliver::sign::Secret;
+use crate::ingest::filter::Filter;
+use crate::ingest::route::EventPattern;
+use crate::store::{Counters, EventMeta, Store, StoreError, Subscription};
 
 /// The key a configured target is known by: `route/target`.
 pub fn target_key(route: &str, target: &str) -> String {
@@ -89,35 +86,36 @@ impl TargetSpec {
     }
 }
 
-/// A circuit breaker's state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Circuit {
-    Closed {
-        failures: u32,
-    },
-    /// Deliveries wait until `until_ms`.
-    Open {
-        until_ms: u64,
-    },
-    /// One probe at a time decides whether to close.
-    HalfOpen {
-        probing: bool,
-    },
-}
-
 /// A target and its delivery lane.
 pub struct Target {
     pub spec: TargetSpec,
-    pub client: EgressClient,
-    pub slots: Semaphore,
-    pub limiter: DefaultDirectRateLimiter,
-    claimed: AtomicUsize,
-    circuit: Mutex<Circuit>,
-    counters: Mutex<Counters>,
-    dirty: AtomicBool,
+    pub lane: Lane,
 }
 
 impl Target {
+    /// Sends one signed attempt of `meta`'s event (id `event_id`, body
+    /// `shaped`) to `uri`, within the target's timeout.
+    pub async fn send(
+        &self,
+        uri: http::Uri,
+        event_id: &str,
+        timestamp: i64,
+        meta: &EventMeta,
+        shaped: Shaped,
+    ) -> Result<Reply, EgressError> {
+        let spec = &self.spec;
+        let request = build_request(
+            &spec.secrets,
+            &spec.outbound,
+            uri,
+            event_id,
+            timestamp,
+            meta,
+            shaped,
+        );
+        self.lane.client.send(request, spec.policy.timeout).await
+    }
+
     fn new(spec: TargetSpec, egress: &Egress, counters: Counters) -> Target {
         let connector = Connector::new(
             egress.tls.clone(),
@@ -125,114 +123,8 @@ impl Target {
             spec.policy.connect_timeout,
         );
         Target {
-            client: EgressClient::new(connector, spec.policy.concurrency),
-            slots: Semaphore::new(spec.policy.concurrency),
-            limiter: RateLimiter::direct(spec.policy.rate.quota()),
-            claimed: AtomicUsize::new(0),
-            circuit: Mutex::new(Circuit::Closed { failures: 0 }),
-            counters: Mutex::new(counters),
-            dirty: AtomicBool::new(false),
+            lane: Lane::new(&spec.key, &spec.policy, connector, counters),
             spec,
-        }
-    }
-
-    /// This target with `other`'s circuit state (a reload keeps it).
-    fn with_circuit_of(self, other: &Target) -> Target {
-        let state = *other.circuit.lock().expect("lock poisoned");
-        *self.circuit.lock().expect("lock poisoned") = match state {
-            // A probe under way belongs to the old lane; let the new one probe.
-            Circuit::HalfOpen { .. } => Circuit::HalfOpen { probing: false },
-            s => s,
-        };
-        self
-    }
-
-    /// How many more deliveries may be claimed now; when the circuit is
-    /// open, also when to look again.
-    pub fn room(&self, now: u64) -> (usize, Option<u64>) {
-        let mut circuit = self.circuit.lock().expect("lock poisoned");
-        if let Circuit::Open { until_ms } = *circuit {
-            if until_ms > now {
-                return (0, Some(until_ms));
-            }
-            *circuit = Circuit::HalfOpen { probing: false };
-        }
-        let cap = self.spec.policy.concurrency * CLAIMED_PER_SLOT;
-        let free = cap.saturating_sub(self.claimed.load(Ordering::Relaxed));
-        match *circuit {
-            Circuit::HalfOpen { probing: true } => (0, None),
-            Circuit::HalfOpen { probing: false } => (free.min(1), None),
-            _ => (free, None),
-        }
-    }
-
-    /// A delivery was claimed for this lane (in half-open, it is the probe).
-    pub fn claimed(&self) {
-        self.claimed.fetch_add(1, Ordering::Relaxed);
-        let mut circuit = self.circuit.lock().expect("lock poisoned");
-        if let Circuit::HalfOpen { probing: false } = *circuit {
-            *circuit = Circuit::HalfOpen { probing: true };
-        }
-    }
-
-    /// A claimed delivery left the lane. `released`: it was given back
-    /// without an attempt (a probe given back lets another probe go).
-    pub fn unclaimed(&self, released: bool) {
-        self.claimed.fetch_sub(1, Ordering::Relaxed);
-        if released {
-            let mut circuit = self.circuit.lock().expect("lock poisoned");
-            if let Circuit::HalfOpen { probing: true } = *circuit {
-                *circuit = Circuit::HalfOpen { probing: false };
-            }
-        }
-    }
-
-    /// Counts an attempt and moves the circuit.
-    pub fn record(&self, attempt: &Attempt, succeeded: bool, dead: bool) {
-        {
-            let mut c = self.counters.lock().expect("lock poisoned");
-            c.calls += 1;
-            if succeeded {
-                c.succeeded += 1;
-            } else {
-                c.failed += 1;
-            }
-            if dead {
-                c.dead += 1;
-            }
-            c.last_status = attempt.status;
-            c.last_error = attempt.error.clone();
-            c.last_at_ms = Some(attempt.at_ms);
-        }
-        self.dirty.store(true, Ordering::Relaxed);
-
-        let threshold = self.spec.policy.circuit.failures;
-        let mut circuit = self.circuit.lock().expect("lock poisoned");
-        *circuit = match (*circuit, succeeded) {
-            (_, true) => Circuit::Closed { failures: 0 },
-            (_, false) if threshold == 0 => Circuit::Closed { failures: 0 },
-            (Circuit::Closed { failures }, false) if failures + 1 < threshold => Circuit::Closed {
-                failures: failures + 1,
-            },
-            (Circuit::Open { until_ms }, false) => Circuit::Open { until_ms },
-            (_, false) => {
-                let until_ms = now_ms() + self.spec.policy.circuit.cooldown.as_millis() as u64;
-                tracing::warn!(target = %self.spec.key, "circuit open: deliveries wait");
-                Circuit::Open { until_ms }
-            }
-        };
-    }
-
-    pub fn counters(&self) -> Counters {
-        self.counters.lock().expect("lock poisoned").clone()
-    }
-
-    /// `closed`, `open` or `half_open`.
-    pub fn circuit_state(&self) -> &'static str {
-        match *self.circuit.lock().expect("lock poisoned") {
-            Circuit::Closed { .. } => "closed",
-            Circuit::Open { until_ms } if until_ms > now_ms() => "open",
-            Circuit::Open { .. } | Circuit::HalfOpen { .. } => "half_open",
         }
     }
 }
@@ -242,7 +134,7 @@ impl Target {
 pub struct Catalog {
     targets: RwLock<Vec<Arc<Target>>>,
     egress: RwLock<Egress>,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
 }
 
 /// What every target's lane is built with.
@@ -257,7 +149,7 @@ impl Egress {
         let guard = Policy::new(&config.egress);
         guard.check_bind()?;
         Ok(Egress {
-            tls: crate::egress::tls_config(config.egress.ca_file.as_deref())?,
+            tls: tls_config(config.egress.ca_file.as_deref())?,
             guard: Arc::new(guard),
             defaults: config.delivery.clone(),
         })
@@ -295,7 +187,7 @@ fn configured(config: &Config) -> Result<Vec<TargetSpec>, String> {
                 url: t.url.clone(),
                 secrets: t.secret.0.clone(),
                 outbound: t.outbound.clone(),
-                policy: config.delivery.with(t),
+                policy: t.policy(&config.delivery),
                 to_event_url: false,
             });
         }
@@ -306,17 +198,19 @@ fn configured(config: &Config) -> Result<Vec<TargetSpec>, String> {
 impl Catalog {
     /// The configured targets and the stored subscriptions, with their
     /// saved counters. Fails if `egress.bind` is not a local address.
-    pub fn new(config: &Config, store: Arc<Store>) -> Result<Arc<Catalog>, String> {
+    pub async fn new(config: &Config, store: Arc<dyn Store>) -> Result<Arc<Catalog>, String> {
         let egress = Egress::new(config)?;
         let mut targets = Vec::new();
-        let counters = |key: &str| store.counters(key).map_err(|e| e.to_string());
         for spec in configured(config)? {
-            let saved = counters(&spec.key)?;
+            let saved = store.counters(&spec.key).await.map_err(|e| e.to_string())?;
             targets.push(Arc::new(Target::new(spec, &egress, saved)));
         }
-        for sub in store.subscriptions().map_err(|e| e.to_string())? {
+        for sub in store.subscriptions().await.map_err(|e| e.to_string())? {
             match TargetSpec::of_subscription(&sub, &config.delivery) {
-                Ok(spec) => targets.push(Arc::new(Target::new(spec, &egress, counters(&sub.id)?))),
+                Ok(spec) => {
+                    let saved = store.counters(&sub.id).await.map_err(|e| e.to_string())?;
+                    targets.push(Arc::new(Target::new(spec, &egress, saved)))
+                }
                 Err(e) => {
                     tracing::error!(subscription = %sub.id, error = %e, "stored subscription is unusable; skipped")
                 }
@@ -335,20 +229,41 @@ impl Catalog {
     /// state carry over. Attempts under way finish on the lane they started
     /// on. Subscriptions stay. Returns the keys of configured targets that
     /// are gone.
-    pub fn reload(&self, config: &Config) -> Result<Vec<String>, String> {
+    pub async fn reload(&self, config: &Config) -> Result<Vec<String>, String> {
         let fresh = Egress::new(config)?;
         let specs = configured(config)?;
+        let old = self.all();
+        let mut saved = Vec::new();
+        for spec in &specs {
+            if !old.iter().any(|t| t.spec.key == spec.key) {
+                let c = self
+                    .store
+                    .counters(&spec.key)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                saved.push((spec.key.clone(), c));
+            }
+        }
         let mut egress = self.egress.write().expect("lock poisoned");
         *egress = fresh;
-        let old = self.all();
         let find = |key: &str| old.iter().find(|t| t.spec.key == key);
+        // A lane built anew keeps the counters and circuit of the one it replaces.
+        let carried = |spec: TargetSpec, t: &Target| {
+            let target = Target::new(spec, &egress, t.lane.counters());
+            target.lane.keep_circuit_of(&t.lane);
+            target
+        };
         let mut next = Vec::new();
         for spec in specs {
             let target = match find(&spec.key) {
-                Some(t) => Target::new(spec, &egress, t.counters()).with_circuit_of(t),
+                Some(t) => carried(spec, t),
                 None => {
-                    let saved = self.store.counters(&spec.key).map_err(|e| e.to_string())?;
-                    Target::new(spec, &egress, saved)
+                    let c = saved
+                        .iter()
+                        .find(|(k, _)| *k == spec.key)
+                        .map(|(_, c)| c.clone())
+                        .unwrap_or_default();
+                    Target::new(spec, &egress, c)
                 }
             };
             next.push(Arc::new(target));
@@ -358,9 +273,7 @@ impl Catalog {
                 policy: config.delivery.clone(),
                 ..t.spec.clone()
             };
-            next.push(Arc::new(
-                Target::new(spec, &egress, t.counters()).with_circuit_of(t),
-            ));
+            next.push(Arc::new(carried(spec, t)));
         }
         let removed = old
             .iter()
@@ -415,10 +328,10 @@ impl Catalog {
     }
 
     /// Saves the counters that changed since the last save.
-    pub fn save_counters(&self) -> Result<(), StoreError> {
+    pub async fn save_counters(&self) -> Result<(), StoreError> {
         for t in self.all() {
-            if t.dirty.swap(false, Ordering::Relaxed) {
-                self.store.save_counters(&t.spec.key, &t.counters())?;
+            if let Some(c) = t.lane.take_dirty_counters() {
+                self.store.save_counters(&t.spec.key, &c).await?;
             }
         }
         Ok(())

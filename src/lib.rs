@@ -4,43 +4,45 @@
 //! answers 202, and delivers it to every matching receiver, signed, rate
 //! limited, retried with backoff, and dead-lettered when it gives up.
 //!
-//! Layout (data flows one way: ingest → store → dispatch → egress):
-//! - [`config`]: the TOML file, parsed into checked types.
-//! - [`route`]: path patterns, value templates, event patterns, filters.
-//! - [`listener`]: serving HTTP with connection, header and time limits,
-//!   optional TLS, and graceful shutdown.
-//! - [`tls`]: listener certificates, client-certificate auth, SIGHUP reload.
-//! - [`ingest`]: the LMS-facing listener: guard, route, store, 202.
-//! - [`tunnel`]: proxy-mode `CONNECT` tunnels through the egress guard.
-//! - [`store`]: sled trees, transactions, group commit.
-//! - [`dispatch`]: the scheduler and per-target lanes.
-//! - [`shape`]: a target's body: the original, XML, or a template's output.
-//! - [`egress`]: the outbound client, its connector and the egress guard.
-//! - [`sign`]: Standard Webhooks signatures.
-//! - [`catalog`]: configured targets and subscriptions, with their lanes.
-//! - [`admin`]: the admin API; [`client`]: the CLI's side of it.
-//! - [`telemetry`]: metrics and logs; [`service`]: systemd integration.
+//! The map, in the order data flows (ingest → store → deliver → egress);
+//! no module imports one above it (`python3 ../shared/tools/layers.py`
+//! prints the floors, and `cycles: 0`):
 //!
-//! [`Relay::start`] wires them together; `main.rs` only parses the command line.
+//! - [`ingest`]: the LMS-facing handler: guard, route, filters, store, 202;
+//!   proxy-mode tunnels.
+//! - [`store`]: the [`store::Store`] interface, its records, and the sled
+//!   backend behind it.
+//! - [`deliver`]: the scheduler and per-target lanes, delivery policy,
+//!   shaping, signing, and the egress client and guard.
+//! - [`catalog`]: every receiver (configured targets and subscriptions),
+//!   what each wants, and its lane; where ingest, delivery and admin meet.
+//! - [`admin`]: the admin API (a route table) and the CLI's client of it.
+//! - [`server`]: serving plumbing both listeners share: limits, TLS, shutdown.
+//! - [`config`]: the TOML file, parsed into the settings types the modules
+//!   above own.
+//! - [`telemetry`]: metrics and logs; [`service`]: systemd integration;
+//!   [`rate`]: token-bucket rates; [`shutdown`]: the stop signal.
+//!
+//! The bottom floor (`deliver::sign`, `deliver::shape`, `deliver::policy`,
+//! `deliver::egress`, `ingest::route`, `ingest::filter`, `server`, `store`)
+//! knows nothing of the file; `config` builds their settings; `catalog`,
+//! `ingest`, `deliver::dispatch` and `admin` wire them; [`Relay`] (here)
+//! starts them all; `main.rs` only parses the command line.
+//! docs/ARCHITECTURE.md tells the same story for contributors.
 
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod catalog;
-pub mod client;
 pub mod config;
-pub mod dispatch;
-pub mod egress;
+pub mod deliver;
 pub mod ingest;
-pub mod listener;
-pub mod route;
+pub mod rate;
+pub mod server;
 pub mod service;
-pub mod shape;
-pub mod sign;
+pub mod shutdown;
 pub mod store;
 pub mod telemetry;
-pub mod tls;
-pub mod tunnel;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,10 +53,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use config::Config;
+use server::serve::Limits;
+use server::tls::{ReloadableTls, TlsError, TlsFiles};
+use shutdown::stopped;
 use store::{Store, StoreError};
 
-/// `user-agent` of every outbound request.
-pub const USER_AGENT: &str = concat!("hookrelay/", env!("CARGO_PKG_VERSION"));
+pub use deliver::request::USER_AGENT;
 
 /// How often rate-limit state of idle sources is dropped.
 const EVICT_EVERY: Duration = Duration::from_secs(60);
@@ -82,15 +86,15 @@ pub enum StartError {
     #[error("admin.tokens_file: {0}")]
     Tokens(String),
     #[error("TLS: {0}")]
-    Tls(#[from] tls::TlsError),
+    Tls(#[from] TlsError),
 }
 
 /// A running relay: its listeners, scheduler and store.
 pub struct Relay {
     ingest_addrs: Vec<SocketAddr>,
     admin_addrs: Vec<SocketAddr>,
-    tls: Vec<Arc<tls::ReloadableTls>>,
-    store: Arc<Store>,
+    tls: Vec<Arc<ReloadableTls>>,
+    store: Arc<dyn Store>,
     catalog: Arc<catalog::Catalog>,
     ingest: Arc<ingest::Ingest>,
     admin: Arc<admin::Admin>,
@@ -106,13 +110,15 @@ impl Relay {
     /// manager passed) and starts the dispatcher. Listen addresses with port
     /// 0 get a free port; see [`Relay::ingest_addrs`].
     pub async fn start(config: Config) -> Result<Relay, StartError> {
-        let store = Store::open(&config.store).map_err(|source| StartError::Store {
+        let store = store::open(&config.store).map_err(|source| StartError::Store {
             path: config.store.path.display().to_string(),
             source,
         })?;
-        let metrics = telemetry::Metrics::new(&store);
-        let catalog = catalog::Catalog::new(&config, store.clone()).map_err(StartError::Egress)?;
-        let dispatcher = dispatch::Dispatcher::new(
+        let metrics = telemetry::Metrics::new(&*store);
+        let catalog = catalog::Catalog::new(&config, store.clone())
+            .await
+            .map_err(StartError::Egress)?;
+        let dispatcher = deliver::dispatch::Dispatcher::new(
             catalog.clone(),
             store.clone(),
             metrics.clone(),
@@ -138,9 +144,9 @@ impl Relay {
         let ingest_addrs: Vec<SocketAddr> = local(&listeners);
         let admin_addrs: Vec<SocketAddr> = local(&admin_listeners);
 
-        let load_tls = |files: &Option<config::TlsFiles>| -> Result<_, StartError> {
+        let load_tls = |files: &Option<TlsFiles>| -> Result<_, StartError> {
             Ok(match files {
-                Some(f) => Some(Arc::new(tls::ReloadableTls::load(f)?)),
+                Some(f) => Some(Arc::new(ReloadableTls::load(f)?)),
                 None => None,
             })
         };
@@ -159,16 +165,8 @@ impl Relay {
             metrics.clone(),
             tokens,
         ));
-        let c = &config.ingest;
-        let limits = listener::Limits {
-            max_connections: c.max_connections,
-            header_read_timeout: c.header_read_timeout,
-            max_headers: c.max_headers,
-            max_header_bytes: c.max_header_bytes,
-            idle_timeout: c.idle_timeout,
-            shutdown_grace: config.delivery.shutdown_grace,
-        };
         // The admin listener shares ingest's connection limits.
+        let limits = config.ingest.limits(config.delivery.shutdown_grace);
         let mut tasks = Vec::new();
         let ingest_handler = {
             let ingest = ingest.clone();
@@ -245,7 +243,7 @@ impl Relay {
     /// connections use the new files; open ones keep theirs. A listener
     /// whose files fail to load keeps its current certificates; the errors
     /// are logged and returned.
-    pub fn reload_tls(&self) -> Vec<tls::TlsError> {
+    pub fn reload_tls(&self) -> Vec<TlsError> {
         let mut errors = Vec::new();
         for t in &self.tls {
             match t.reload() {
@@ -259,7 +257,7 @@ impl Relay {
         errors
     }
 
-    pub fn store(&self) -> &Arc<Store> {
+    pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }
 
@@ -279,7 +277,7 @@ impl Relay {
     /// the answer lists such keys, which keep their running values.
     pub async fn reload(&self, config: Config) -> Result<Vec<&'static str>, String> {
         let tokens = admin::Tokens::load(&config.admin.tokens_path(&config.base_dir))?;
-        let removed = self.catalog.reload(&config)?;
+        let removed = self.catalog.reload(&config).await?;
         self.ingest.reload(&config);
         self.admin.reload(&config, tokens);
         self.reload_tls();
@@ -308,16 +306,14 @@ impl Relay {
             keys
         };
         for key in &removed {
-            let (store, k) = (self.store.clone(), key.clone());
-            let n = tokio::task::spawn_blocking(move || {
-                store.cancel_all(&k, "target removed from configuration")
-            })
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+            let n = self
+                .store
+                .cancel_all(key, "target removed from configuration")
+                .await
+                .map_err(|e| e.to_string())?;
             tracing::info!(target = %key, cancelled = n, "target removed");
         }
-        self.store.new_work.notify_one();
+        self.store.new_work().notify_one();
         Ok(restart_only)
     }
 
@@ -328,8 +324,8 @@ impl Relay {
         for t in self.tasks {
             let _ = t.await;
         }
-        self.catalog.save_counters()?;
-        self.store.close()
+        self.catalog.save_counters().await?;
+        self.store.close().await
     }
 }
 
@@ -338,8 +334,8 @@ fn spawn_listeners<H, F>(
     tasks: &mut Vec<JoinHandle<()>>,
     listeners: Vec<TcpListener>,
     handler: H,
-    limits: listener::Limits,
-    tls: &Option<Arc<tls::ReloadableTls>>,
+    limits: Limits,
+    tls: &Option<Arc<ReloadableTls>>,
     shutdown: &watch::Receiver<bool>,
 ) where
     H: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
@@ -348,7 +344,7 @@ fn spawn_listeners<H, F>(
         + 'static,
 {
     for l in listeners {
-        tasks.push(tokio::spawn(listener::serve(
+        tasks.push(tokio::spawn(server::serve::serve(
             l,
             handler.clone(),
             limits,
@@ -372,17 +368,12 @@ async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> 
     Ok(out)
 }
 
-/// Resolves once `shutdown` is true (or its sender is gone).
-pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|s| *s).await;
-}
-
 /// Periodic chores: forget idle rate-limit keys, re-read disk usage, save
 /// counters, remove finished events past `store.retention`.
 async fn housekeeping(
     ingest: Arc<ingest::Ingest>,
     catalog: Arc<catalog::Catalog>,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     retention: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -393,39 +384,31 @@ async fn housekeeping(
         tokio::select! {
             _ = evict.tick() => ingest.evict_idle_sources(),
             _ = every_second.tick() => {
-                let (s, c) = (store.clone(), catalog.clone());
-                let saved = tokio::task::spawn_blocking(move || {
-                    s.refresh_disk_usage();
-                    c.save_counters()
-                });
-                if let Ok(Err(e)) = saved.await {
+                store.refresh_disk_usage().await;
+                if let Err(e) = catalog.save_counters().await {
                     tracing::error!(error = %e, "cannot save counters");
                 }
             }
             _ = purge.tick() => {
                 let cutoff = store::now_ms().saturating_sub(retention.as_millis() as u64);
                 loop {
-                    let s = store.clone();
-                    let step = tokio::task::spawn_blocking(move || s.purge(cutoff, PURGE_STEP)).await;
-                    match step {
-                        Ok(Ok(n)) if n > 0 => tracing::info!(events = n, "removed events past retention"),
-                        Ok(Ok(_)) => break,
-                        Ok(Err(e)) => {
+                    match store.purge(cutoff, PURGE_STEP).await {
+                        Ok(n) if n > 0 => tracing::info!(events = n, "removed events past retention"),
+                        Ok(_) => break,
+                        Err(e) => {
                             tracing::error!(error = %e, "retention cleanup failed");
                             break;
                         }
-                        Err(_) => break,
                     }
                     if *shutdown.borrow() {
                         break;
                     }
                 }
-                let s = store.clone();
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || s.purge_dedup()).await {
+                if let Err(e) = store.purge_dedup().await {
                     tracing::error!(error = %e, "dedup cleanup failed");
                 }
             }
-            _ = crate::stopped(&mut shutdown) => return,
+            _ = stopped(&mut shutdown) => return,
         }
     }
 }

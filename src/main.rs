@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use hookrelay::config::Config;
-use hookrelay::shape::Body;
+use hookrelay::deliver::shape::Body;
 use hookrelay::{service, Relay};
 
 #[derive(Parser)]
@@ -191,7 +191,7 @@ enum Api {
 }
 
 fn api(opts: ApiOpts, what: Api) -> anyhow::Result<()> {
-    use hookrelay::client;
+    use hookrelay::admin::client;
     use serde_json::json;
 
     let path = config_path(opts.config);
@@ -290,7 +290,7 @@ fn api(opts: ApiOpts, what: Api) -> anyhow::Result<()> {
 
 fn serve(path: PathBuf) -> anyhow::Result<()> {
     let config = Config::load(&path)?;
-    hookrelay::telemetry::init_logging(&config.log)
+    hookrelay::telemetry::log::init_logging(&config.log)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -13,6 +13,7 @@ use sd_notify::NotifyState;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
+use crate::shutdown::stopped;
 use crate::store::Store;
 
 /// How long the dispatcher gets to show it is alive when poked.
@@ -74,7 +75,7 @@ impl Heartbeat {
 /// restarts a relay that hangs.
 pub async fn watchdog(
     every: Duration,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     heartbeat: Heartbeat,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -82,13 +83,9 @@ pub async fn watchdog(
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = crate::stopped(&mut shutdown) => return,
+            _ = stopped(&mut shutdown) => return,
         }
-        let s = store.clone();
-        let store_ok = matches!(
-            tokio::task::spawn_blocking(move || s.check_writable()).await,
-            Ok(Ok(()))
-        );
+        let store_ok = store.check_writable().await.is_ok();
         if !store_ok {
             tracing::error!("watchdog: the store cannot take writes");
             continue;

@@ -93,9 +93,9 @@ async fn unsubscribing_cancels_queued_deliveries() {
     // The first attempt fails; the next waits.
     let path = format!("/api/events/{event}");
     let store = app.relay.store().clone();
-    eventually("first attempt", || {
+    eventually_async("first attempt", async || {
         let id = hookrelay::store::EventId::parse(&event)?;
-        let (_, d) = store.deliveries_of(id).ok()?.pop()?;
+        let (_, d) = store.deliveries_of(id).await.ok()?.pop()?;
         (d.attempts == 1 && d.state == hookrelay::store::State::Pending).then_some(())
     })
     .await;
@@ -247,10 +247,11 @@ async fn dead_letter_then_bulk_repair_delivers_exactly_once_more() {
     let r = post_json(app.addr, "/t/new_order", fixture("heights/new_order.json")).await;
     let event = r.json()["id"].as_str().unwrap().to_string();
 
-    eventually("a dead delivery", || {
+    eventually_async("a dead delivery", async || {
         let store = app.relay.store().clone();
         let page = store
             .list_deliveries(Some(hookrelay::store::State::Dead), None, None, 10, 1000)
+            .await
             .ok()?;
         (!page.deliveries.is_empty()).then_some(())
     })
@@ -534,4 +535,41 @@ async fn reload_takes_new_admin_tokens() {
     assert_eq!(admin(&app, "GET", "/api/hooks", None).await.status, 401);
     let r = admin_as(&app, Some("rotated-token"), "GET", "/api/hooks", None).await;
     assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn a_wrong_method_gets_405_with_the_allowed_ones_and_an_unknown_path_404() {
+    let app = spawn_app(BARE_ROUTE).await;
+    for (method, path, allow) in [
+        ("PUT", "/api/hooks", "POST, GET"),
+        ("POST", "/api/hooks/hook_x", "GET, DELETE"),
+        ("GET", "/api/hooks/hook_x/test", "POST"),
+        ("DELETE", "/api/deliveries/retry", "POST"),
+        ("POST", "/healthz", "GET"),
+        ("HEAD", "/metrics", "GET"),
+    ] {
+        for token in [Some(TOKEN), None] {
+            let r = admin_as(&app, token, method, path, None).await;
+            assert_eq!(r.status, 405, "{method} {path}");
+            assert_eq!(r.headers["allow"], allow, "{method} {path}");
+            if method != "HEAD" {
+                assert_eq!(r.json()["error"]["code"], "method_not_allowed");
+            }
+        }
+    }
+    // Unknown paths are 404 whatever the method, with or without a token.
+    for (method, path) in [
+        ("GET", "/api"),
+        ("POST", "/api/hooks/a/b"),
+        ("GET", "/ui/x"),
+    ] {
+        for token in [Some(TOKEN), None] {
+            let r = admin_as(&app, token, method, path, None).await;
+            assert_eq!(r.status, 404, "{method} {path}");
+            assert_eq!(r.json()["error"]["code"], "not_found");
+        }
+    }
+    // A known path still needs the token.
+    let r = admin_as(&app, None, "GET", "/api/hooks/hook_x", None).await;
+    assert_eq!(r.status, 401);
 }

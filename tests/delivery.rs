@@ -262,7 +262,7 @@ async fn fan_out_reaches_every_matching_target_only() {
     everything.wait_for(2).await;
     courses.wait_for(1).await;
     orders.wait_for(1).await;
-    let d = app.relay.store().due_entries(10).unwrap();
+    let d = app.relay.store().due_entries(10).await.unwrap();
     assert!(d.is_empty());
     assert_eq!(orders.received().len(), 1);
     assert_eq!(courses.received().len(), 1);
@@ -281,7 +281,7 @@ async fn shutdown_lets_attempts_under_way_finish() {
     // The receiver holds the request for 500ms; shut down meanwhile.
     relay.shutdown().await.unwrap();
     let relay = hookrelay::Relay::start(config).await.unwrap();
-    let (_, d) = relay.store().deliveries_of(id).unwrap().remove(0);
+    let (_, d) = relay.store().deliveries_of(id).await.unwrap().remove(0);
     assert_eq!(
         d.state,
         State::Succeeded,

@@ -151,13 +151,13 @@ async fn https_receiver_trusted_through_ca_file() {
 
     // The store agrees: one attempt, a 200, succeeded.
     let store = app.relay.store().clone();
-    let (did, d) = eventually("the delivery to be recorded as succeeded", || {
-        let ds = store.deliveries_of(id).unwrap();
+    let (did, d) = eventually_async("the delivery to be recorded as succeeded", async || {
+        let ds = store.deliveries_of(id).await.unwrap();
         ds.into_iter().find(|(_, d)| d.state == State::Succeeded)
     })
     .await;
     assert_eq!(d.attempts, 1);
-    let attempts = store.attempts(did).unwrap();
+    let attempts = store.attempts(did).await.unwrap();
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].status, Some(200));
     assert_eq!(attempts[0].error, None);
@@ -185,13 +185,16 @@ async fn https_receiver_refused_without_ca_file() {
     let app = spawn_app(&one_route(&url, "max_attempts = 2")).await;
     let id = posted_id(&post_json(app.addr, "/t/new_order", "{\"n\":2}").await);
     let store = app.relay.store().clone();
-    let (did, d) = eventually("the untrusted delivery to be dead after 2 attempts", || {
-        let ds = store.deliveries_of(id).unwrap();
-        ds.into_iter().find(|(_, d)| d.state == State::Dead)
-    })
+    let (did, d) = eventually_async(
+        "the untrusted delivery to be dead after 2 attempts",
+        async || {
+            let ds = store.deliveries_of(id).await.unwrap();
+            ds.into_iter().find(|(_, d)| d.state == State::Dead)
+        },
+    )
     .await;
     assert_eq!(d.attempts, 2);
-    let attempts = store.attempts(did).unwrap();
+    let attempts = store.attempts(did).await.unwrap();
     assert_eq!(attempts.len(), 2);
     eprintln!("attempt errors without ca_file: {:?}", attempts[0].error);
     for a in &attempts {

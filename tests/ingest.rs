@@ -27,7 +27,7 @@ async fn accepted_event_is_stored_before_202() {
     let json = r.json();
     assert_eq!(json["deliveries"], 1);
     let id = EventId::parse(json["id"].as_str().unwrap()).expect("an event id");
-    let event = app.relay.store().event(id).unwrap().expect("stored");
+    let event = app.relay.store().event(id).await.unwrap().expect("stored");
     assert_eq!(&event.body[..], &body[..]);
     assert_eq!(event.meta.event_type, "new_order");
     assert_eq!(event.meta.route, "t");
@@ -188,7 +188,7 @@ async fn full_store_gets_503_and_keeps_nothing() {
     assert_eq!(r.status, 503);
     assert_eq!(r.json()["error"]["code"], "store_full");
     assert!(
-        app.relay.store().due_entries(10).unwrap().is_empty(),
+        app.relay.store().due_entries(10).await.unwrap().is_empty(),
         "nothing queued"
     );
     assert!(rx.received().is_empty());

@@ -154,6 +154,7 @@ async fn every_documented_operation_answers_as_documented() {
     };
     c.call(&app, None, "GET", "/healthz", None).await;
     c.call(&app, None, "GET", "/readyz", None).await;
+    c.call(&app, None, "GET", "/metrics", None).await;
     c.call(&app, None, "GET", "/api/hooks", None).await;
     c.call(&app, Some("wrong"), "GET", "/api/targets", None)
         .await;
@@ -294,4 +295,28 @@ fn the_checker_catches_misfits() {
     let mut bad = good;
     bad["attempts"] = json!("one");
     assert!(check(&spec, &delivery, &bad, "$").is_err());
+}
+
+#[test]
+fn the_route_table_and_the_document_name_the_same_operations() {
+    let spec = spec();
+    let documented: BTreeSet<(String, String)> = spec["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|m| *m != "parameters")
+                .map(move |m| (m.to_uppercase(), p.clone()))
+        })
+        .collect();
+    let served: BTreeSet<(String, String)> = hookrelay::admin::operations().into_iter().collect();
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    let unserved: Vec<_> = documented.difference(&served).collect();
+    assert!(
+        undocumented.is_empty() && unserved.is_empty(),
+        "served but not documented: {undocumented:?}; documented but not served: {unserved:?}"
+    );
 }

@@ -133,16 +133,14 @@ impl Example {
     async fn all_succeeded(&self, ids: &[String]) {
         let store = self.relay.store().clone();
         let ids: Vec<EventId> = ids.iter().map(|i| EventId::parse(i).unwrap()).collect();
-        eventually("every delivery succeeded", || {
-            ids.iter()
-                .all(|id| {
-                    store
-                        .deliveries_of(*id)
-                        .unwrap()
-                        .iter()
-                        .all(|(_, d)| d.state == State::Succeeded)
-                })
-                .then_some(())
+        eventually_async("every delivery succeeded", async || {
+            for id in &ids {
+                let ds = store.deliveries_of(*id).await.unwrap();
+                if !ds.iter().all(|(_, d)| d.state == State::Succeeded) {
+                    return None;
+                }
+            }
+            Some(())
         })
         .await;
     }
@@ -358,6 +356,7 @@ async fn braincert_fixtures_are_typed_by_resource_and_action() {
             .relay
             .store()
             .event(EventId::parse(id).unwrap())
+            .await
             .unwrap()
             .unwrap();
         assert_eq!(&stored.meta.event_type, event_type, "{name}");
@@ -469,6 +468,7 @@ async fn notifiable_id_filter_lets_one_course_through_and_holds_another_back() {
         .relay
         .store()
         .deliveries_of(EventId::parse(&held).unwrap())
+        .await
         .unwrap()
         .into_iter()
         .map(|(_, d)| d.target)
@@ -503,7 +503,7 @@ async fn live_events_hr_counts_redirects_as_success_and_retries_like_the_platfor
     let route = &app.config.routes[0];
     let policy = |name: &str| {
         let t = route.targets.iter().find(|t| t.name == name).unwrap();
-        app.config.delivery.with(t)
+        t.policy(&app.config.delivery)
     };
     let hr = policy("hr");
     assert!(hr.success.contains(200) && hr.success.contains(308) && !hr.success.contains(309));
@@ -517,8 +517,8 @@ async fn live_events_hr_counts_redirects_as_success_and_retries_like_the_platfor
     let (id, _) = app.post("/live-events", body).await;
     let store = app.relay.store().clone();
     let event = EventId::parse(&id).unwrap();
-    let states = eventually("hr succeeded and archive is retrying", || {
-        let ds = store.deliveries_of(event).unwrap();
+    let states = eventually_async("hr succeeded and archive is retrying", async || {
+        let ds = store.deliveries_of(event).await.unwrap();
         let state = |t: &str| {
             ds.iter()
                 .find(|(_, d)| d.target == t)

@@ -77,7 +77,7 @@ async fn connect_to_a_host_not_allowed_is_refused() {
     assert!(head.starts_with("HTTP/1.1 403"), "{head}");
     assert!(rx.received().is_empty());
     assert!(
-        app.relay.store().due_entries(10).unwrap().is_empty(),
+        app.relay.store().due_entries(10).await.unwrap().is_empty(),
         "never stored"
     );
 }
@@ -120,7 +120,7 @@ async fn connect_allowed_by_both_is_tunnelled_and_not_stored() {
     assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
     assert_eq!(&rx.wait_for(1).await[0].body[..], b"hi");
     assert!(
-        app.relay.store().due_entries(10).unwrap().is_empty(),
+        app.relay.store().due_entries(10).await.unwrap().is_empty(),
         "never stored"
     );
 }

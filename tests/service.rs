@@ -235,9 +235,10 @@ async fn reload_cancels_deliveries_of_a_removed_target() {
     post_json(addr, "/t/a", "{}").await;
     let store = relay.store().clone();
     // The first attempt to the dead receiver fails; its circuit holds the rest.
-    eventually("a failed attempt", || {
+    eventually_async("a failed attempt", async || {
         let page = store
             .list_deliveries(None, Some("t/rx"), None, 10, 100)
+            .await
             .ok()?;
         page.deliveries
             .iter()
@@ -256,6 +257,7 @@ async fn reload_cancels_deliveries_of_a_removed_target() {
     assert!(restart_only.is_empty(), "{restart_only:?}");
     let page = store
         .list_deliveries(None, Some("t/rx"), None, 10, 100)
+        .await
         .unwrap();
     assert_eq!(page.deliveries.len(), 2);
     for (_, d) in &page.deliveries {

@@ -183,8 +183,8 @@ async fn a_template_that_fails_for_an_event_dead_letters_that_delivery_only() {
     assert_eq!(r.status, 202);
     let id = EventId::parse(r.json()["id"].as_str().unwrap()).unwrap();
     let store = relay.store().clone();
-    let deliveries = eventually("both deliveries finished", || {
-        let ds = store.deliveries_of(id).unwrap();
+    let deliveries = eventually_async("both deliveries finished", async || {
+        let ds = store.deliveries_of(id).await.unwrap();
         ds.iter()
             .all(|(_, d)| matches!(d.state, State::Succeeded | State::Dead))
             .then_some(ds)
@@ -197,7 +197,7 @@ async fn a_template_that_fails_for_an_event_dead_letters_that_delivery_only() {
     let (did, dead) = by_target["t/shaped"];
     assert_eq!(dead.state, State::Dead);
     assert_eq!(dead.attempts, 1, "not retried: it would fail the same way");
-    let attempts = store.attempts(*did).unwrap();
+    let attempts = store.attempts(*did).await.unwrap();
     let err = attempts[0].error.as_deref().unwrap();
     assert!(err.contains("template failed"), "{err}");
     assert!(err.contains("undefined"), "{err}");
@@ -268,9 +268,12 @@ async fn xml_for_a_body_that_is_not_json_is_dead_with_the_reason() {
     .await;
     let id = EventId::parse(r.json()["id"].as_str().unwrap()).unwrap();
     let store = app.relay.store().clone();
-    let attempts = eventually("delivery dead", || {
-        let (did, d) = store.deliveries_of(id).unwrap().into_iter().next()?;
-        (d.state == State::Dead).then(|| store.attempts(did).unwrap())
+    let attempts = eventually_async("delivery dead", async || {
+        let (did, d) = store.deliveries_of(id).await.unwrap().into_iter().next()?;
+        if d.state != State::Dead {
+            return None;
+        }
+        Some(store.attempts(did).await.unwrap())
     })
     .await;
     assert_eq!(attempts.len(), 1);

@@ -212,7 +212,7 @@ async fn plain_http_to_a_tls_listener_fails_cleanly() {
     );
     assert_eq!(post_over(&app, client_config(&ca, None)).await, Ok(202));
     rx.wait_for(1).await;
-    assert!(app.relay.store().due_entries(10).is_ok());
+    assert!(app.relay.store().due_entries(10).await.is_ok());
 }
 
 #[tokio::test]

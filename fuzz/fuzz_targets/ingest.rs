@@ -9,10 +9,11 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use hookrelay::catalog::Catalog;
 use hookrelay::config::Config;
 use hookrelay::ingest::Ingest;
-use hookrelay::listener::{http_builder, serve_connection, Limits};
-use hookrelay::store::Store;
+use hookrelay::server::serve::{http_builder, serve_connection, Limits};
+use hookrelay::telemetry::Metrics;
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -60,19 +61,17 @@ fn world() -> &'static World {
             .enable_all()
             .build()
             .expect("runtime");
-        let store = rt
-            .block_on(async { Store::open(&config.store) })
-            .expect("store");
-        let c = &config.ingest;
+        let (store, catalog) = rt.block_on(async {
+            let store = hookrelay::store::open(&config.store).expect("store");
+            let catalog = Catalog::new(&config, store.clone()).await.expect("catalog");
+            (store, catalog)
+        });
         let limits = Limits {
             max_connections: 1,
-            header_read_timeout: c.header_read_timeout,
-            max_headers: c.max_headers,
-            max_header_bytes: c.max_header_bytes,
-            idle_timeout: c.idle_timeout,
-            shutdown_grace: Duration::from_millis(100),
+            ..config.ingest.limits(Duration::from_millis(100))
         };
-        let ingest = Arc::new(Ingest::new(&config, store));
+        let metrics = Metrics::new(&*store);
+        let ingest = Arc::new(Ingest::new(&config, catalog, store, metrics));
         World {
             rt,
             ingest,

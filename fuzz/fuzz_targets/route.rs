@@ -3,7 +3,7 @@
 //! same input. Nothing may panic.
 #![no_main]
 
-use hookrelay::route::{Context, EventPattern, PathPattern, Template};
+use hookrelay::ingest::route::{Context, EventPattern, PathPattern, Template};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|input: &str| {

@@ -1,9 +1,8 @@
-//! The records of the store: ids, values and key layouts.
+//! The records of the store, the same for every backend: ids, events,
+//! deliveries and their states, attempts, subscriptions, counters.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
-
-use super::{StoreError, VALUE_VERSION};
 
 // === ids ===
 
@@ -117,7 +116,8 @@ impl State {
         }
     }
 
-    pub(super) fn index(self) -> usize {
+    /// Its place in [`State::ALL`].
+    pub fn index(self) -> usize {
         self as usize
     }
 
@@ -219,126 +219,10 @@ pub struct Accepted {
     pub duplicate: bool,
 }
 
-pub(super) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = vec![VALUE_VERSION];
-    // Serializing these plain structs to a Vec cannot fail.
-    serde_json::to_writer(&mut out, v).expect("records serialize");
-    out
-}
-
-pub(super) fn decode<T: for<'de> Deserialize<'de>>(
-    tree: &'static str,
-    bytes: &[u8],
-) -> Result<T, StoreError> {
-    match bytes.split_first() {
-        Some((&VALUE_VERSION, rest)) => {
-            serde_json::from_slice(rest).map_err(|e| StoreError::Corrupt {
-                tree,
-                reason: e.to_string(),
-            })
-        }
-        _ => Err(StoreError::Corrupt {
-            tree,
-            reason: "unknown value version".into(),
-        }),
-    }
-}
-
-/// Bodies up to this size are kept in the event's value; larger ones go
-/// to the `bodies` tree in chunks of this size. sled writes values over
-/// about a quarter of its 512 KiB segment to blob files it never syncs, so
-/// every value stays well below that.
-pub(super) const BODY_CHUNK: usize = 64 * 1024;
-/// The first byte of an event value whose body is in the `bodies` tree.
-pub(super) const CHUNKED_EVENT: u8 = 2;
-
-/// The event's value: version (`1`, or `CHUNKED_EVENT` when the body is in
-/// chunks), the metadata's length and JSON, then the body when inline.
-pub(super) fn encode_event(meta: &EventMeta, body: &[u8]) -> Vec<u8> {
-    let meta = serde_json::to_vec(meta).expect("records serialize");
-    let inline = body.len() <= BODY_CHUNK;
-    let mut out = Vec::with_capacity(1 + 4 + meta.len() + if inline { body.len() } else { 0 });
-    out.push(if inline { VALUE_VERSION } else { CHUNKED_EVENT });
-    out.extend_from_slice(&(meta.len() as u32).to_be_bytes());
-    out.extend_from_slice(&meta);
-    if inline {
-        out.extend_from_slice(body);
-    }
-    out
-}
-
-/// `event id ‖ chunk number` in the `bodies` tree.
-pub(super) fn chunk_key(id: EventId, n: u32) -> [u8; 20] {
-    let mut k = [0u8; 20];
-    k[..16].copy_from_slice(&id.to_key());
-    k[16..].copy_from_slice(&n.to_be_bytes());
-    k
-}
-
-/// The metadata and inline body of an event value, and whether its body is
-/// in chunks instead.
-pub(super) fn decode_event(v: &[u8]) -> Result<(EventMeta, &[u8], bool), StoreError> {
-    let corrupt = |reason: &str| StoreError::Corrupt {
-        tree: "events",
-        reason: reason.into(),
-    };
-    let chunked = match v.first() {
-        Some(&VALUE_VERSION) => false,
-        Some(&CHUNKED_EVENT) => true,
-        _ => return Err(corrupt("unknown value version")),
-    };
-    if v.len() < 5 {
-        return Err(corrupt("value too short"));
-    }
-    let len = u32::from_be_bytes([v[1], v[2], v[3], v[4]]) as usize;
-    let meta_end = 5usize
-        .checked_add(len)
-        .filter(|&e| e <= v.len())
-        .ok_or_else(|| corrupt("meta length past the end"))?;
-    let meta = serde_json::from_slice(&v[5..meta_end]).map_err(|e| corrupt(&e.to_string()))?;
-    Ok((meta, &v[meta_end..], chunked))
-}
-
-/// `target ‖ 0 ‖ next_at ms ‖ delivery id`: one run of keys per target,
-/// in due order, so the scheduler serves each target from its own run and
-/// one slow or failing target never holds back another.
-pub(super) fn due_key(target: &str, at_ms: u64, id: DeliveryId) -> Vec<u8> {
-    let mut k = due_prefix(target);
-    k.extend_from_slice(&at_ms.to_be_bytes());
-    k.extend_from_slice(&id.to_key());
-    k
-}
-
-pub(super) fn due_prefix(target: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(target.len() + 25);
-    k.extend_from_slice(target.as_bytes());
-    k.push(0);
-    k
-}
-
-/// (target, next_at ms, delivery) of a `due` key.
-pub(super) fn parse_due_key(k: &[u8]) -> Option<(&str, u64, DeliveryId)> {
-    let split = k.len().checked_sub(25)?;
-    let (target, rest) = k.split_at(split);
-    if rest[0] != 0 {
-        return None;
-    }
-    let at = u64::from_be_bytes(rest[1..9].try_into().ok()?);
-    let id = DeliveryId::from_key(&rest[9..])?;
-    Some((std::str::from_utf8(target).ok()?, at, id))
-}
-
-pub(super) fn attempt_key(id: DeliveryId, n: u32) -> [u8; 20] {
-    let mut k = [0u8; 20];
-    k[..16].copy_from_slice(&id.to_key());
-    k[16..].copy_from_slice(&n.to_be_bytes());
-    k
-}
-
-pub(super) fn dedup_key(route: &str, key: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(route.len() + 1 + key.len());
-    k.extend_from_slice(route.as_bytes());
-    k.push(0);
-    k.extend_from_slice(key.as_bytes());
-    k
+/// One page of deliveries, newest first.
+#[derive(Debug)]
+pub struct Page {
+    pub deliveries: Vec<(DeliveryId, Delivery)>,
+    /// Where the next page starts (`after`), if the scan stopped early.
+    pub next: Option<DeliveryId>,
 }

@@ -178,9 +178,12 @@ pub async fn settled(
     state: hookrelay::store::State,
 ) -> Vec<hookrelay::store::Attempt> {
     let store = app.relay.store().clone();
-    eventually(&format!("delivery {state:?}"), || {
-        let (did, d) = store.deliveries_of(id).unwrap().into_iter().next()?;
-        (d.state == state).then(|| store.attempts(did).unwrap())
+    eventually_async(&format!("delivery {state:?}"), async || {
+        let (did, d) = store.deliveries_of(id).await.unwrap().into_iter().next()?;
+        if d.state != state {
+            return None;
+        }
+        Some(store.attempts(did).await.unwrap())
     })
     .await
 }
@@ -367,6 +370,18 @@ pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> 
     let start = Instant::now();
     loop {
         if let Some(v) = check() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// `eventually`, for checks that ask the store (its calls are async).
+pub async fn eventually_async<T>(what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check().await {
             return v;
         }
         assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");

@@ -1,4 +1,4 @@
-//! What hookrelay tells operators: Prometheus metrics and log output.
+//! Prometheus metrics.
 //!
 //! Metric labels are bounded: routes and targets come from the config file
 //! and the subscriptions that exist; reasons, outcomes and states are fixed
@@ -15,7 +15,6 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::catalog::Catalog;
-use crate::config::{LogConfig, LogFormat};
 use crate::store::{State, Store};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -67,8 +66,8 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// The registry, with the store's own flush histograms in it.
-    pub fn new(store: &Store) -> Arc<Metrics> {
+    /// The registry, with the store's own metrics in it.
+    pub fn new(store: &dyn Store) -> Arc<Metrics> {
         let mut r = Registry::with_prefix("hookrelay");
         let m = Metrics {
             events_received: Counter::default(),
@@ -132,17 +131,7 @@ impl Metrics {
             Unit::Bytes,
             m.store_bytes.clone(),
         );
-        r.register(
-            "fsync_batch_events",
-            "Events made durable by one flush (group commit)",
-            store.flush_batch.clone(),
-        );
-        r.register_with_unit(
-            "fsync_duration",
-            "Time one store flush took",
-            Unit::Seconds,
-            store.flush_duration.clone(),
-        );
+        store.register_metrics(&mut r);
         Arc::new(Metrics { registry: r, ..m })
     }
 
@@ -172,7 +161,7 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition, gauges read now.
-    pub fn render(&self, store: &Store, catalog: &Catalog) -> String {
+    pub fn render(&self, store: &dyn Store, catalog: &Catalog) -> String {
         for state in State::ALL {
             self.queue_depth
                 .get_or_create(&StateLabel {
@@ -182,7 +171,7 @@ impl Metrics {
         }
         self.circuit.clear();
         for t in catalog.all() {
-            let v = match t.circuit_state() {
+            let v = match t.lane.circuit_state() {
                 "closed" => 0,
                 "open" => 1,
                 _ => 2,
@@ -199,73 +188,5 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("encode to String");
         out
-    }
-}
-
-/// Sets up log output: human text on a terminal or in files; under systemd
-/// (JOURNAL_STREAM set) no timestamps and journald priority prefixes; JSON
-/// lines with `log.format = "json"`. `RUST_LOG` overrides `log.level`.
-pub fn init_logging(config: &LogConfig) -> Result<(), String> {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(&config.level))
-        .map_err(|e| format!("log.level: not a valid filter: {e}"))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let result = match config.format {
-        // The event's own `target` field (a delivery target) wins over the module path.
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_target(false)
-            .try_init(),
-        LogFormat::Text if journald => builder
-            .with_ansi(false)
-            .event_format(journal::Format)
-            .try_init(),
-        LogFormat::Text => builder
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-            .try_init(),
-    };
-    result.map_err(|e| e.to_string())
-}
-
-/// Lines for journald: `<priority>target: message fields`, no timestamp
-/// (the journal adds its own).
-mod journal {
-    use std::fmt;
-
-    use tracing::{Event, Level, Subscriber};
-    use tracing_subscriber::fmt::format::Writer;
-    use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-    use tracing_subscriber::registry::LookupSpan;
-
-    pub struct Format;
-
-    impl<S, N> FormatEvent<S, N> for Format
-    where
-        S: Subscriber + for<'a> LookupSpan<'a>,
-        N: for<'a> FormatFields<'a> + 'static,
-    {
-        fn format_event(
-            &self,
-            ctx: &FmtContext<'_, S, N>,
-            mut w: Writer<'_>,
-            event: &Event<'_>,
-        ) -> fmt::Result {
-            let meta = event.metadata();
-            // sd-daemon(3) priorities: 3 err, 4 warning, 6 info, 7 debug.
-            let priority = match *meta.level() {
-                Level::ERROR => 3,
-                Level::WARN => 4,
-                Level::INFO => 6,
-                Level::DEBUG | Level::TRACE => 7,
-            };
-            write!(w, "<{priority}>{}: ", meta.target())?;
-            ctx.format_fields(w.by_ref(), event)?;
-            writeln!(w)
-        }
     }
 }

@@ -17,25 +17,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::Full;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 use crate::catalog::{Catalog, Target};
-use crate::egress::{EgressError, Reply};
+use crate::deliver::egress::{EgressError, Reply};
 use crate::service::Heartbeat;
-use crate::shape::Shaped;
-use crate::sign::signature_header;
-use crate::store::{
-    now_ms, Attempt, Delivery, DeliveryId, EventMeta, Next, State, Store, StoreError,
-};
+use crate::shutdown::stopped;
+use crate::store::{now_ms, Attempt, Delivery, DeliveryId, Next, State, Store, StoreError};
 use crate::telemetry::{Metrics, TargetLabel};
 
 /// Runs the scheduler until shutdown, then gives attempts under way up to
 /// `delivery.shutdown_grace` to finish.
 pub struct Dispatcher {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
@@ -46,12 +41,12 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(
         catalog: Arc<Catalog>,
-        store: Arc<Store>,
+        store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
         grace: Duration,
     ) -> Dispatcher {
         Dispatcher {
-            wake: store.new_work.clone(),
+            wake: store.new_work(),
             store,
             catalog,
             metrics,
@@ -69,14 +64,14 @@ impl Dispatcher {
     }
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        if let Err(e) = self.cancel_orphans() {
+        if let Err(e) = self.cancel_orphans().await {
             tracing::error!(error = %e, "cannot cancel deliveries of removed targets");
         }
         let mut tasks = JoinSet::new();
         let wake = self.wake.clone();
         loop {
             while tasks.try_join_next().is_some() {}
-            let next = match self.pass(&mut tasks, &shutdown) {
+            let next = match self.pass(&mut tasks, &shutdown).await {
                 Ok(next) => next,
                 Err(e) => {
                     tracing::error!(error = %e, "dispatcher cannot read the store; retrying in 1s");
@@ -118,10 +113,10 @@ impl Dispatcher {
 
     /// Pending deliveries whose target is in no configuration any more are
     /// cancelled, with the reason recorded.
-    fn cancel_orphans(&self) -> Result<(), StoreError> {
-        for target in self.store.due_targets()? {
+    async fn cancel_orphans(&self) -> Result<(), StoreError> {
+        for target in self.store.due_targets().await? {
             if self.catalog.get(&target).is_none() {
-                let total = self.store.cancel_all(&target, "target removed")?;
+                let total = self.store.cancel_all(&target, "target removed").await?;
                 tracing::warn!(%target, deliveries = total, "cancelled deliveries of a removed target");
             }
         }
@@ -130,7 +125,7 @@ impl Dispatcher {
 
     /// Claims what is due and has room in its lane; returns when to look
     /// again (`None`: only when woken).
-    fn pass(
+    async fn pass(
         &self,
         tasks: &mut JoinSet<()>,
         shutdown: &watch::Receiver<bool>,
@@ -140,7 +135,7 @@ impl Dispatcher {
         let mut wake_at = |at: u64| next = Some(next.map_or(at, |n| n.min(at)));
         for target in self.catalog.all() {
             let key = &target.spec.key;
-            let (room, reopens) = target.room(now);
+            let (room, reopens) = target.lane.room(now);
             if let Some(at) = reopens {
                 wake_at(at);
                 continue;
@@ -149,13 +144,13 @@ impl Dispatcher {
                 // A finishing attempt wakes the scheduler.
                 continue;
             }
-            let due = self.store.due_for(key, now, room)?;
+            let due = self.store.due_for(key, now, room).await?;
             let drained = due.len() < room;
             for (at, id) in due {
-                let Some(delivery) = self.store.claim(key, at, id)? else {
+                let Some(delivery) = self.store.claim(key, at, id).await? else {
                     continue;
                 };
-                target.claimed();
+                target.lane.claimed();
                 let job = Job {
                     target: target.clone(),
                     catalog: self.catalog.clone(),
@@ -169,7 +164,7 @@ impl Dispatcher {
                 tasks.spawn(job.run(shutdown.clone()));
             }
             if drained {
-                if let Some(at) = self.store.next_due(key)? {
+                if let Some(at) = self.store.next_due(key).await? {
                     wake_at(at.max(now + 1));
                 }
             }
@@ -183,7 +178,7 @@ struct Job {
     target: Arc<Target>,
     catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     wake: Arc<Notify>,
     id: DeliveryId,
     at: u64,
@@ -195,20 +190,20 @@ impl Job {
         // Wait for a slot and the rate limit; on shutdown, give the delivery
         // back untouched instead of starting it.
         let ready = async {
-            let permit = self.target.slots.acquire().await;
-            self.target.limiter.until_ready().await;
+            let permit = self.target.lane.slots.acquire().await;
+            self.target.lane.limiter.until_ready().await;
             permit
         };
         let permit = tokio::select! {
             p = ready => p,
-            _ = crate::stopped(&mut shutdown) => {
-                self.give_back();
+            _ = stopped(&mut shutdown) => {
+                self.give_back().await;
                 return;
             }
         };
         if self.catalog.get(&self.target.spec.key).is_none() {
             // Removed while this delivery waited.
-            if let Err(e) = self.store.cancel(self.id, "target removed") {
+            if let Err(e) = self.store.cancel(self.id, "target removed").await {
                 tracing::error!(delivery = %self.id, error = %e, "cannot cancel delivery");
             }
             self.metrics.outcome(&self.target.spec.key, "cancelled");
@@ -222,24 +217,24 @@ impl Job {
         self.done(false);
     }
 
-    fn give_back(&self) {
-        if let Err(e) = self.store.release(self.id, self.at) {
+    async fn give_back(&self) {
+        if let Err(e) = self.store.release(self.id, self.at).await {
             tracing::error!(delivery = %self.id, error = %e, "cannot release delivery; it is retried at the next start");
         }
         self.done(true);
     }
 
     fn done(&self, released: bool) {
-        self.target.unclaimed(released);
+        self.target.lane.unclaimed(released);
         self.wake.notify_one();
     }
 
     async fn attempt(&self) -> Result<(), StoreError> {
         let target = &*self.target;
         let n = self.delivery.attempts + 1;
-        let Some(event) = self.store.event(self.delivery.event)? else {
+        let Some(event) = self.store.event(self.delivery.event).await? else {
             let attempt = failed_attempt("the event is no longer stored".into());
-            self.store.finish(self.id, &attempt, Next::Dead)?;
+            self.store.finish(self.id, &attempt, Next::Dead).await?;
             return Ok(());
         };
         let event_id = event.id.to_string();
@@ -248,8 +243,8 @@ impl Job {
             Err(e) => {
                 // Shaping is deterministic: another attempt would fail the same way.
                 let attempt = failed_attempt(e.to_string());
-                self.store.finish(self.id, &attempt, Next::Dead)?;
-                target.record(&attempt, false, true);
+                self.store.finish(self.id, &attempt, Next::Dead).await?;
+                target.lane.record(&attempt, false, true);
                 self.metrics.outcome(&target.spec.key, "dead");
                 tracing::warn!(
                     event = %event_id,
@@ -268,7 +263,7 @@ impl Job {
                 Some(Ok(uri)) => uri,
                 _ => {
                     let attempt = failed_attempt("the event has no URL to relay to".into());
-                    self.store.finish(self.id, &attempt, Next::Dead)?;
+                    self.store.finish(self.id, &attempt, Next::Dead).await?;
                     return Ok(());
                 }
             }
@@ -277,14 +272,12 @@ impl Job {
         };
         let started = now_ms();
         let timestamp = (started / 1000) as i64;
-        let request = build_request(target, uri, &event_id, timestamp, &event.meta, shaped);
         let result = target
-            .client
-            .send(request, target.spec.policy.timeout)
+            .send(uri, &event_id, timestamp, &event.meta, shaped)
             .await;
         let (attempt, next) = self.outcome(n, started, result);
-        let d = self.store.finish(self.id, &attempt, next)?;
-        target.record(
+        let d = self.store.finish(self.id, &attempt, next).await?;
+        target.lane.record(
             &attempt,
             d.state == State::Succeeded,
             d.state == State::Dead,
@@ -378,56 +371,4 @@ fn failed_attempt(error: String) -> Attempt {
         error: Some(error),
         excerpt: String::new(),
     }
-}
-
-/// The outbound request: the shaped body, the kept headers, the target's
-/// own headers, and the Standard Webhooks headers, signed over the bytes sent.
-pub fn build_request(
-    target: &Target,
-    uri: http::Uri,
-    event_id: &str,
-    timestamp: i64,
-    meta: &EventMeta,
-    shaped: Shaped,
-) -> http::Request<Full<Bytes>> {
-    let mut headers = http::HeaderMap::new();
-    for (name, value) in &meta.headers {
-        // Stored names and values were valid headers when they arrived.
-        if let (Ok(n), Ok(v)) = (
-            http::HeaderName::from_bytes(name.as_bytes()),
-            http::HeaderValue::from_str(value),
-        ) {
-            headers.append(n, v);
-        }
-    }
-    if let Some(ct) = shaped.content_type {
-        headers.insert(http::header::CONTENT_TYPE, ct);
-    }
-    // The target's headers replace forwarded ones of the same name; config
-    // load refused any that hookrelay sets below.
-    for (name, value) in &target.spec.outbound.headers {
-        headers.insert(name.clone(), value.clone());
-    }
-    let text = |s: &str| http::HeaderValue::from_str(s);
-    if let Ok(v) = text(event_id) {
-        headers.insert("webhook-id", v);
-    }
-    headers.insert("webhook-timestamp", http::HeaderValue::from(timestamp));
-    if let Ok(v) = text(&meta.event_type) {
-        headers.insert("webhook-event-type", v);
-    }
-    headers.insert(
-        http::header::USER_AGENT,
-        http::HeaderValue::from_static(crate::USER_AGENT),
-    );
-    if let Some(sig) = signature_header(&target.spec.secrets, event_id, timestamp, &shaped.body) {
-        if let Ok(v) = text(&sig) {
-            headers.insert("webhook-signature", v);
-        }
-    }
-    let mut request = http::Request::new(Full::new(shaped.body));
-    *request.method_mut() = http::Method::POST;
-    *request.uri_mut() = uri;
-    *request.headers_mut() = headers;
-    request
 }

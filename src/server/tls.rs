@@ -12,7 +12,7 @@
 //! construction. With `client_ca`, a client must present a certificate that
 //! chains to it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
 use rustls::pki_types::pem::PemObject;
@@ -21,7 +21,17 @@ use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio_rustls::TlsAcceptor;
 
-use crate::config::TlsFiles;
+use serde::Deserialize;
+
+/// `ingest.tls`: PEM files of the listener's certificate chain and key, and
+/// optionally of the CA that client certificates must chain to.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
+}
 
 /// Why a TLS configuration could not be built. Paths are named; the contents
 /// of key files never appear.

@@ -33,7 +33,12 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{Instant, Sleep};
 
-use crate::tls::ReloadableTls;
+use crate::server::tls::ReloadableTls;
+use crate::shutdown::stopped;
+
+/// The smallest `ingest.max_header_bytes`: HTTP/1 parsing needs one 8 KiB
+/// buffer at least.
+pub const MIN_HEADER_BYTES: usize = 8192;
 
 /// Most concurrent HTTP/2 streams on one connection.
 const MAX_H2_STREAMS: u32 = 64;
@@ -63,7 +68,7 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_headers(limits.max_headers)
-        .max_buf_size(limits.max_header_bytes.max(crate::config::MIN_HEADER_BYTES))
+        .max_buf_size(limits.max_header_bytes.max(MIN_HEADER_BYTES))
         .keep_alive(true);
     builder
         .http2()
@@ -92,7 +97,7 @@ pub async fn serve<H, F>(
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p,
-            _ = crate::stopped(&mut shutdown) => break,
+            _ = stopped(&mut shutdown) => break,
         };
         // The semaphore is never closed, so acquiring only fails if it were.
         let Ok(permit) = permit else { break };
@@ -106,7 +111,7 @@ pub async fn serve<H, F>(
                     continue;
                 }
             },
-            _ = crate::stopped(&mut shutdown) => break,
+            _ = stopped(&mut shutdown) => break,
         };
         let _ = stream.set_nodelay(true);
         let io = Watched::new(stream, limits.header_read_timeout, limits.idle_timeout);
@@ -164,7 +169,7 @@ pub async fn serve_connection<I, H, F>(
         .serve_connection_with_upgrades(TokioIo::new(io), service)
         .into_owned();
     tokio::pin!(conn);
-    let stopping = crate::stopped(&mut shutdown);
+    let stopping = stopped(&mut shutdown);
     tokio::pin!(stopping);
     let early = tokio::select! {
         r = conn.as_mut() => Some(r),

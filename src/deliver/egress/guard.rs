@@ -1,99 +1,57 @@
-//! The egress client: how hookrelay reaches receivers.
-//!
-//! A hyper client over our own connector: resolve, check, connect (with a
-//! connect timeout), then TLS with rustls for https. The connector is the one
-//! place where addresses are chosen, so the egress guard lives here and
-//! nowhere else.
+//! The egress guard: which addresses hookrelay may connect to, and the
+//! one place where outbound sockets are opened.
 //!
 //! Invariants: every resolved address is canonicalised (IPv4-mapped IPv6
-//! becomes IPv4) and checked against the [`Policy`] before a socket is
-//! opened, and the socket connects to exactly that checked address, so a
-//! second DNS answer can never slip past the check (no DNS rebinding). With
-//! `egress.bind`, every socket is bound to that source address before it
-//! connects. Connections are pooled per target; redirects are never followed
-//! (a 3xx is just a status).
+//! becomes IPv4) and checked before a socket is opened, and the socket
+//! connects to exactly that checked address, so a second DNS answer can
+//! never slip past the check (no DNS rebinding). With `egress.bind`, every
+//! socket is bound to that source address before it connects.
 
-use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
-
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::Request;
-use hyper_util::client::legacy::connect::{Connected, Connection};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+use std::path::PathBuf;
 use std::sync::LazyLock;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use std::time::Duration;
 
 use ipnet::IpNet;
+use serde::Deserialize;
 use tokio::net::{TcpSocket, TcpStream};
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
-/// The longest response body read back from a receiver; past it the
-/// connection is dropped rather than read further.
-pub const MAX_RESPONSE_BYTES: usize = 64 * 1024;
-/// How much of the response body is kept with the attempt.
-pub const EXCERPT_BYTES: usize = 1024;
+use crate::deliver::egress::EgressError;
 
-/// Why an attempt got no response. Every kind is a failed attempt, so all
-/// are retryable; the text is what operators see in the attempt log.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum EgressError {
-    #[error("cannot resolve {host}: {reason}")]
-    Resolve { host: String, reason: String },
-    #[error("cannot connect to {host}: {reason}")]
-    Connect { host: String, reason: String },
-    #[error("refused to connect to {host}: {reason}")]
-    Refused { host: String, reason: String },
-    #[error("TLS handshake with {host} failed: {reason}")]
-    Tls { host: String, reason: String },
-    #[error("no response within {0:?}")]
-    Timeout(Duration),
-    #[error("request failed: {0}")]
-    Http(String),
+/// `[egress]`: how outbound connections are made, and where they may go.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressConfig {
+    /// Extra trust roots (PEM) beside the built-in ones.
+    pub ca_file: Option<PathBuf>,
+    /// Refuse `http://` targets at load.
+    pub https_only: bool,
+    /// Let loopback, private (RFC 1918, fc00::/7) and CGNAT addresses through.
+    pub allow_private: bool,
+    /// Networks allowed even when a denied range holds them.
+    pub allow: Vec<ipnet::IpNet>,
+    /// Networks always refused, whatever else allows them.
+    pub deny: Vec<ipnet::IpNet>,
+    /// Source address of every outbound connection; `""` lets the OS choose.
+    pub bind: BindAddr,
 }
 
-/// Reads the PEM certificates of `egress.ca_file`.
-pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{}: no certificates in it", path.display()));
-    }
-    Ok(certs)
-}
+/// `egress.bind`: an IP address, or `""` for none.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BindAddr(pub Option<IpAddr>);
 
-/// The TLS settings shared by all targets: built-in roots plus `ca_file`.
-pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        for cert in load_ca_file(path)? {
-            roots
-                .add(cert)
-                .map_err(|e| format!("{}: unusable certificate: {e}", path.display()))?;
+impl<'de> Deserialize<'de> for BindAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Ok(BindAddr(None));
         }
+        s.parse::<IpAddr>()
+            .map(|ip| BindAddr(Some(ip)))
+            .map_err(|_| serde::de::Error::custom(format!("`{s}` is not an IP address")))
     }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
-
-// === impl Policy ===
 
 /// Why an address is in a denied range. Every kind but the last three can be
 /// let through by `egress.allow`; see [`Kind::never`].
@@ -214,7 +172,7 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn new(c: &crate::config::EgressConfig) -> Policy {
+    pub fn new(c: &EgressConfig) -> Policy {
         Policy {
             allow_private: c.allow_private,
             allow: c.allow.clone(),
@@ -349,224 +307,9 @@ impl Policy {
     }
 }
 
-// === impl Connector ===
-
-/// Resolves and connects; adds TLS for https.
-#[derive(Clone)]
-pub struct Connector {
-    tls: TlsConnector,
-    policy: Arc<Policy>,
-    connect_timeout: Duration,
-}
-
-impl Connector {
-    pub fn new(
-        tls: Arc<rustls::ClientConfig>,
-        policy: Arc<Policy>,
-        connect_timeout: Duration,
-    ) -> Connector {
-        Connector {
-            tls: TlsConnector::from(tls),
-            policy,
-            connect_timeout,
-        }
-    }
-
-    async fn connect(self, uri: http::Uri) -> Result<TokioIo<EgressStream>, EgressError> {
-        let https = uri.scheme_str() == Some("https");
-        let host = uri.host().unwrap_or_default().to_string();
-        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
-        let bare = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let tcp = self
-            .policy
-            .connect(&host, port, self.connect_timeout)
-            .await?;
-        let _ = tcp.set_nodelay(true);
-        if !https {
-            return Ok(TokioIo::new(EgressStream::Plain(tcp)));
-        }
-        let name = ServerName::try_from(bare.clone()).map_err(|e| EgressError::Tls {
-            host: host.clone(),
-            reason: e.to_string(),
-        })?;
-        let tls = tokio::time::timeout(self.connect_timeout, self.tls.connect(name, tcp))
-            .await
-            .map_err(|_| EgressError::Tls {
-                host: host.clone(),
-                reason: format!("no handshake within {:?}", self.connect_timeout),
-            })?
-            .map_err(|e| EgressError::Tls {
-                host: host.clone(),
-                reason: e.to_string(),
-            })?;
-        Ok(TokioIo::new(EgressStream::Tls(Box::new(tls))))
-    }
-}
-
-impl tower_service::Service<http::Uri> for Connector {
-    type Response = TokioIo<EgressStream>;
-    type Error = EgressError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, uri: http::Uri) -> Self::Future {
-        Box::pin(self.clone().connect(uri))
-    }
-}
-
-/// A connection to a receiver, plain or TLS.
-pub enum EgressStream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl Connection for EgressStream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl AsyncRead for EgressStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            EgressStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            EgressStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for EgressStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            EgressStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            EgressStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            EgressStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            EgressStream::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            EgressStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            EgressStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
-
-// === impl EgressClient ===
-
-/// What a receiver answered.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub status: u16,
-    /// `Retry-After`, when it was given in seconds.
-    pub retry_after: Option<Duration>,
-    pub excerpt: String,
-    pub duration: Duration,
-}
-
-/// A pooled client for one target.
-#[derive(Clone)]
-pub struct EgressClient {
-    client: Client<Connector, Full<Bytes>>,
-}
-
-impl EgressClient {
-    pub fn new(connector: Connector, max_idle: usize) -> EgressClient {
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(max_idle)
-            .build(connector);
-        EgressClient { client }
-    }
-
-    /// Sends `req` and reads the reply, all within `timeout`.
-    pub async fn send(
-        &self,
-        req: Request<Full<Bytes>>,
-        timeout: Duration,
-    ) -> Result<Reply, EgressError> {
-        let started = Instant::now();
-        let work = async {
-            let resp = self.client.request(req).await.map_err(describe)?;
-            let status = resp.status().as_u16();
-            let retry_after = resp
-                .headers()
-                .get(http::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
-            let mut body = resp.into_body();
-            let mut kept = Vec::new();
-            let mut read = 0usize;
-            while read <= MAX_RESPONSE_BYTES {
-                match body.frame().await {
-                    Some(Ok(frame)) => {
-                        if let Some(data) = frame.data_ref() {
-                            read += data.len();
-                            let room = EXCERPT_BYTES.saturating_sub(kept.len());
-                            kept.extend_from_slice(&data[..data.len().min(room)]);
-                        }
-                    }
-                    // The status has arrived; a broken body does not change it.
-                    Some(Err(_)) | None => break,
-                }
-            }
-            Ok(Reply {
-                status,
-                retry_after,
-                excerpt: String::from_utf8_lossy(&kept).into_owned(),
-                duration: started.elapsed(),
-            })
-        };
-        tokio::time::timeout(timeout, work)
-            .await
-            .map_err(|_| EgressError::Timeout(timeout))?
-    }
-}
-
-/// The most specific message in a client error's chain.
-fn describe(e: hyper_util::client::legacy::Error) -> EgressError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
-    while let Some(s) = source {
-        if let Some(egress) = s.downcast_ref::<EgressError>() {
-            return egress.clone();
-        }
-        source = s.source();
-    }
-    let mut msg = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        source = s.source();
-    }
-    EgressError::Http(msg)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{BindAddr, EgressConfig};
 
     fn policy(allow_private: bool, allow: &[&str], deny: &[&str]) -> Policy {
         Policy::new(&EgressConfig {

@@ -11,8 +11,13 @@
 //! (`POST http://host/path`) is matched against the routes that name a
 //! `host`, and is stored with its URL, which the route's implicit `origin`
 //! target delivers to (over https if the route upgrades). `CONNECT` is handed
-//! to [`crate::tunnel`] and never stored. Origin-form requests are routed by
+//! to [`tunnel`] and never stored. Origin-form requests are routed by
 //! path as usual.
+//!
+//! The room: [`route`] (path patterns, value templates, event patterns,
+//! proxy hosts), [`filter`] (target filters on the JSON body), [`headers`]
+//! (what is kept and forwarded), [`router`] (a config's routes, ready to
+//! match), [`tunnel`] (`CONNECT`), [`error`] (refusals and their statuses).
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, RwLock};
@@ -21,7 +26,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, RateLimiter};
-use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use http::{header, Method, StatusCode};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -29,145 +34,30 @@ use serde_json::json;
 
 use crate::catalog::Catalog;
 use crate::config::{Config, IngestConfig};
-use crate::route::{Context, Missing, Router};
-use crate::store::{now_ms, EventMeta, NewEvent, Store, StoreError};
+use crate::deliver::egress::Policy;
+use crate::rate::Rate;
+use crate::server::json_response;
+use crate::store::{now_ms, EventMeta, NewEvent, Store};
 use crate::telemetry::Metrics;
-use crate::tunnel::{TunnelError, Tunnels};
 
-/// Why a request was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum IngestError {
-    #[error("source {0} is not allowed to post")]
-    SourceNotAllowed(IpAddr),
-    #[error("too many requests from this source")]
-    RateLimited(Duration),
-    #[error("method {0} is not allowed; use POST")]
-    MethodNotAllowed(Method),
-    #[error("a proxy request must be for an http:// URL, got `{0}`")]
-    BadProxyTarget(String),
-    #[error("{0}")]
-    Tunnel(#[from] TunnelError),
-    #[error("no route matches {0}")]
-    NoRoute(String),
-    #[error("request body is larger than {0} bytes")]
-    TooLarge(usize),
-    #[error("request body was not received within {0:?}")]
-    BodyTimeout(Duration),
-    #[error("request body could not be read: {0}")]
-    BadBody(String),
-    #[error("{0}")]
-    BadPayload(Missing),
-    #[error("{0}")]
-    Store(#[from] StoreError),
-}
+pub mod error;
+pub mod filter;
+pub mod headers;
+pub mod route;
+pub mod router;
+pub mod tunnel;
 
-impl IngestError {
-    /// The one place ingest errors get their HTTP status and error code.
-    fn status(&self) -> (StatusCode, &'static str) {
-        match self {
-            IngestError::SourceNotAllowed(_) => (StatusCode::FORBIDDEN, "source_not_allowed"),
-            IngestError::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
-            IngestError::MethodNotAllowed(_) => {
-                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
-            }
-            IngestError::BadProxyTarget(_) => (StatusCode::BAD_REQUEST, "bad_proxy_target"),
-            IngestError::Tunnel(TunnelError::BadTarget(_)) => {
-                (StatusCode::BAD_REQUEST, "bad_connect_target")
-            }
-            IngestError::Tunnel(TunnelError::NotAllowed(_)) => {
-                (StatusCode::FORBIDDEN, "connect_not_allowed")
-            }
-            IngestError::Tunnel(TunnelError::Busy) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "too_many_tunnels")
-            }
-            IngestError::Tunnel(TunnelError::Egress(crate::egress::EgressError::Refused {
-                ..
-            })) => (StatusCode::FORBIDDEN, "egress_refused"),
-            IngestError::Tunnel(TunnelError::Egress(_)) => {
-                (StatusCode::BAD_GATEWAY, "connect_failed")
-            }
-            IngestError::NoRoute(_) => (StatusCode::NOT_FOUND, "no_route"),
-            IngestError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
-            IngestError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
-            IngestError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
-            IngestError::BadPayload(_) => (StatusCode::BAD_REQUEST, "bad_payload"),
-            IngestError::Store(StoreError::Full { .. }) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "store_full")
-            }
-            IngestError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-        }
-    }
-
-    fn into_response(self) -> Response<Full<Bytes>> {
-        let (status, code) = self.status();
-        // Store errors are logged in full; the client gets a plain reason.
-        let message = match &self {
-            IngestError::Store(StoreError::Full { .. }) => {
-                "the store is full; nothing was accepted".to_string()
-            }
-            IngestError::Store(_) => {
-                "the store cannot take writes; nothing was accepted".to_string()
-            }
-            other => other.to_string(),
-        };
-        let mut resp = json_response(status, json!({"error": {"code": code, "message": message}}));
-        match self {
-            IngestError::RateLimited(wait) => {
-                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-                resp.headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-            }
-            IngestError::MethodNotAllowed(_) => {
-                resp.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
-            }
-            IngestError::Tunnel(e) => tracing::info!(error = %e, "CONNECT refused"),
-            IngestError::Store(e) => tracing::error!(error = %e, "event refused: store"),
-            _ => {}
-        }
-        resp
-    }
-}
-
-pub fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body.to_string())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-/// Request headers that are never kept or forwarded: hop-by-hop headers,
-/// credentials, and the ones hookrelay sets itself.
-pub fn never_forwarded(name: &http::HeaderName) -> bool {
-    const NAMES: &[&str] = &[
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "authorization",
-        "cookie",
-        "set-cookie",
-        "host",
-        "content-length",
-        "user-agent",
-    ];
-    let n = name.as_str();
-    NAMES.contains(&n) || n.starts_with("webhook-")
-}
+pub use error::IngestError;
+use headers::{kept_headers, other_headers};
+use route::Context;
+use router::Router;
+use tunnel::Tunnels;
 
 /// What a config decides about ingest; replaced whole on reload.
 struct Settings {
     router: Router,
     allow: Vec<ipnet::IpNet>,
-    rate: crate::config::Rate,
+    rate: Rate,
     limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
     max_body_bytes: usize,
     body_read_timeout: Duration,
@@ -192,7 +82,12 @@ impl Settings {
             max_body_bytes: c.max_body_bytes,
             body_read_timeout: c.body_read_timeout,
             proxy: c.proxy,
-            tunnels: Tunnels::new(config),
+            tunnels: Tunnels::new(
+                c.connect_allow.clone(),
+                Policy::new(&config.egress),
+                config.delivery.connect_timeout,
+                c.max_connections,
+            ),
         }
     }
 }
@@ -201,7 +96,7 @@ impl Settings {
 pub struct Ingest {
     settings: RwLock<Arc<Settings>>,
     catalog: Arc<Catalog>,
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
 }
 
@@ -209,7 +104,7 @@ impl Ingest {
     pub fn new(
         config: &Config,
         catalog: Arc<Catalog>,
-        store: Arc<Store>,
+        store: Arc<dyn Store>,
         metrics: Arc<Metrics>,
     ) -> Ingest {
         Ingest {
@@ -390,31 +285,4 @@ fn relay_url(uri: &http::Uri, upgrade_https: bool) -> Option<String> {
     };
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
     Some(format!("https://{authority}{path}"))
-}
-
-/// `content-type` and the route's `forward_headers`, as lower-case pairs.
-fn kept_headers(headers: &HeaderMap, forward: &[http::HeaderName]) -> Vec<(String, String)> {
-    std::iter::once(&header::CONTENT_TYPE)
-        .chain(forward)
-        .flat_map(|name| {
-            headers
-                .get_all(name)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(|v| (name.as_str().to_string(), v.to_string()))
-        })
-        .collect()
-}
-
-/// The request's headers that are neither kept for forwarding nor ever
-/// forwarded (credentials, hop-by-hop): what a body template sees besides
-/// the kept ones.
-fn other_headers(headers: &HeaderMap, forward: &[http::HeaderName]) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .filter(|(name, _)| {
-            **name != header::CONTENT_TYPE && !forward.contains(name) && !never_forwarded(name)
-        })
-        .filter_map(|(name, v)| Some((name.as_str().to_string(), v.to_str().ok()?.to_string())))
-        .collect()
 }

@@ -20,8 +20,38 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::sync::Semaphore;
 
-use crate::config::{Config, ConnectTarget};
-use crate::egress::{EgressError, Policy};
+use serde::Deserialize;
+
+use crate::deliver::egress::{EgressError, Policy};
+use crate::ingest::route::ProxyHost;
+
+/// An `ingest.connect_allow` entry: a host name or IP, and a port (443 when
+/// left out). Host names compare case-insensitively.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectTarget {
+    pub host: String,
+    pub port: u16,
+}
+
+impl ConnectTarget {
+    pub fn parse(s: &str) -> Result<ConnectTarget, String> {
+        let ProxyHost { host, port } = ProxyHost::parse(s)?;
+        Ok(ConnectTarget {
+            host,
+            port: port.unwrap_or(443),
+        })
+    }
+
+    pub fn matches(&self, host: &str, port: u16) -> bool {
+        self.port == port && self.host.eq_ignore_ascii_case(host)
+    }
+}
+
+impl<'de> Deserialize<'de> for ConnectTarget {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        ConnectTarget::parse(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
 
 /// Why a tunnel was not opened.
 #[derive(Debug, thiserror::Error)]
@@ -45,12 +75,18 @@ pub struct Tunnels {
 }
 
 impl Tunnels {
-    pub fn new(config: &Config) -> Tunnels {
+    /// Tunnels to `allow` through `policy`, at most `max_open` at once.
+    pub fn new(
+        allow: Vec<ConnectTarget>,
+        policy: Policy,
+        connect_timeout: Duration,
+        max_open: usize,
+    ) -> Tunnels {
         Tunnels {
-            allow: config.ingest.connect_allow.clone(),
-            policy: Arc::new(Policy::new(&config.egress)),
-            connect_timeout: config.delivery.connect_timeout,
-            slots: Arc::new(Semaphore::new(config.ingest.max_connections)),
+            allow,
+            policy: Arc::new(policy),
+            connect_timeout,
+            slots: Arc::new(Semaphore::new(max_open)),
         }
     }
 

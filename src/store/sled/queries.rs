@@ -4,20 +4,13 @@
 //! Every scan here is bounded by a caller-given limit, so no request can
 //! hold the store for long.
 
-use super::records::{decode, due_prefix, encode, parse_due_key};
-use super::{now_ms, Counters, Delivery, DeliveryId, State, Store, StoreError, Subscription};
+use crate::store::sled::keys::{decode, due_prefix, encode, parse_due_key};
+use crate::store::sled::Sled;
+use crate::store::{now_ms, Counters, Delivery, DeliveryId, Page, State, StoreError, Subscription};
 
 const COUNTERS_PREFIX: &str = "counters/";
 
-/// One page of deliveries, newest first.
-#[derive(Debug)]
-pub struct Page {
-    pub deliveries: Vec<(DeliveryId, Delivery)>,
-    /// Where the next page starts (`after`), if the scan stopped early.
-    pub next: Option<DeliveryId>,
-}
-
-impl Store {
+impl Sled {
     /// Deliveries newest first, from just before `after`, matching `state`
     /// and `target`. Looks at no more than `scan` records, so a filter that
     /// matches little still answers promptly; `next` then tells where to go on.

@@ -1,0 +1,74 @@
+//! Why an admin request failed, and the one place such failures get their
+//! HTTP status, error code and headers.
+
+use bytes::Bytes;
+use http::{header, StatusCode};
+use http_body_util::Full;
+use hyper::Response;
+use serde_json::json;
+
+use crate::server::json_response;
+use crate::store::StoreError;
+
+/// Why an admin request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("source {0} may not use the admin API")]
+    SourceNotAllowed(std::net::IpAddr),
+    #[error("a valid bearer token is needed")]
+    Unauthorized,
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("method {method} is not allowed here; use {}", allow.join(", "))]
+    MethodNotAllowed { method: String, allow: Vec<String> },
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+}
+
+impl AdminError {
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let (status, code) = match &self {
+            AdminError::SourceNotAllowed(_) => (StatusCode::FORBIDDEN, "source_not_allowed"),
+            AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            AdminError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AdminError::MethodNotAllowed { .. } => {
+                (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+            }
+            AdminError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
+            AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AdminError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+        };
+        if let AdminError::Store(e) = &self {
+            tracing::error!(error = %e, "admin request failed: store");
+        }
+        let mut resp = json_response(
+            status,
+            json!({"error": {"code": code, "message": self.to_string()}}),
+        );
+        match &self {
+            AdminError::Unauthorized => {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    header::HeaderValue::from_static("Bearer"),
+                );
+            }
+            AdminError::MethodNotAllowed { allow, .. } => {
+                // Method names are tokens, so the joined list is a valid value.
+                if let Ok(v) = header::HeaderValue::from_str(&allow.join(", ")) {
+                    resp.headers_mut().insert(header::ALLOW, v);
+                }
+            }
+            _ => {}
+        }
+        resp
+    }
+}
+
+/// A 422 naming the field and what is wrong with it.
+pub fn invalid(field: &str, reason: impl std::fmt::Display) -> AdminError {
+    AdminError::Invalid(format!("{field}: {reason}"))
+}

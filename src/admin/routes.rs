@@ -1,0 +1,298 @@
+//! The admin API's route table: method + path pattern → handler, declared
+//! once. A path that matches no pattern is 404; one that matches patterns
+//! of other methods only is 405 with an `Allow` header from the table.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use http::Method;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::Request;
+use serde_json::{json, Value};
+
+use crate::admin::error::{invalid, AdminError};
+use crate::admin::{ok, Admin, Reply};
+
+/// Largest admin request body.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone the source allowlist lets in (health and metrics).
+    Open,
+    /// A valid bearer token is needed.
+    Token,
+}
+
+/// A request as a handler gets it: the path's `{params}` in order, and the query.
+pub struct Call {
+    pub req: Request<Incoming>,
+    pub params: Vec<String>,
+    pub query: String,
+}
+
+impl Call {
+    /// The first path parameter (the table gives every route that reads it one).
+    fn id(&self) -> &str {
+        self.params.first().map_or("", String::as_str)
+    }
+
+    /// The body as JSON, at most `MAX_BODY` bytes.
+    async fn json(self) -> Result<Value, AdminError> {
+        let body = http_body_util::Limited::new(self.req.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|_| invalid("body", format!("unreadable or over {MAX_BODY} bytes")))?
+            .to_bytes();
+        serde_json::from_slice(&body).map_err(|e| invalid("body", format!("not JSON: {e}")))
+    }
+}
+
+type Handler = fn(Arc<Admin>, Call) -> Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+/// One entry of the table.
+pub struct Route {
+    pub method: Method,
+    /// Literal segments and `{name}` segments, e.g. `/api/hooks/{id}/test`.
+    pub path: &'static str,
+    pub access: Access,
+    handler: Handler,
+}
+
+/// A handler from an async block over `a` (the admin service) and `c` (the call).
+macro_rules! handler {
+    (|$a:pat_param, $c:pat_param| $body:expr) => {{
+        let h: Handler = |$a, $c| Box::pin(async move { $body });
+        h
+    }};
+}
+
+/// Every route of the admin API.
+pub fn table() -> Vec<Route> {
+    use Access::{Open, Token};
+    let r = |method: Method, path, access, handler| Route {
+        method,
+        path,
+        access,
+        handler,
+    };
+    vec![
+        r(
+            Method::GET,
+            "/healthz",
+            Open,
+            handler!(|_, _| Ok(ok(json!({"status": "ok"})))),
+        ),
+        r(
+            Method::GET,
+            "/readyz",
+            Open,
+            handler!(|a, _| Ok(a.ready().await)),
+        ),
+        r(
+            Method::GET,
+            "/metrics",
+            Open,
+            handler!(|a, _| Ok(a.metrics())),
+        ),
+        r(
+            Method::POST,
+            "/api/hooks",
+            Token,
+            handler!(|a, c| a.subscribe(c.json().await?).await),
+        ),
+        r(
+            Method::GET,
+            "/api/hooks",
+            Token,
+            handler!(|a, _| a.list_hooks().await),
+        ),
+        r(
+            Method::GET,
+            "/api/hooks/{id}",
+            Token,
+            handler!(|a, c| a.show_hook(c.id()).await),
+        ),
+        r(
+            Method::DELETE,
+            "/api/hooks/{id}",
+            Token,
+            handler!(|a, c| a.unsubscribe(c.id()).await),
+        ),
+        r(
+            Method::POST,
+            "/api/hooks/{id}/test",
+            Token,
+            handler!(|a, c| a.test_send(c.id()).await),
+        ),
+        r(
+            Method::GET,
+            "/api/targets",
+            Token,
+            handler!(|a, _| Ok(ok(a.targets()))),
+        ),
+        r(
+            Method::GET,
+            "/api/events/{id}",
+            Token,
+            handler!(|a, c| a.event(c.id()).await),
+        ),
+        r(
+            Method::GET,
+            "/api/deliveries",
+            Token,
+            handler!(|a, c| a.deliveries(&c.query).await),
+        ),
+        r(
+            Method::POST,
+            "/api/deliveries/retry",
+            Token,
+            handler!(|a, c| a.retry_many(c.json().await?).await),
+        ),
+        r(
+            Method::POST,
+            "/api/deliveries/{id}/retry",
+            Token,
+            handler!(|a, c| a.retry_one(c.id()).await),
+        ),
+    ]
+}
+
+/// What the table says about a request.
+pub enum Resolved<'t> {
+    /// This route, with the path's parameters.
+    Found(&'t Route, Vec<String>),
+    /// The path is known, but not for this method: these methods are.
+    WrongMethod(Vec<String>),
+    NotFound,
+}
+
+impl Route {
+    /// The path's `{params}` if `path` fits this route's pattern.
+    fn matches(&self, path: &[&str]) -> Option<Vec<String>> {
+        let pattern: Vec<&str> = segments(self.path);
+        if pattern.len() != path.len() {
+            return None;
+        }
+        let mut params = Vec::new();
+        for (p, s) in pattern.iter().zip(path) {
+            if p.starts_with('{') {
+                params.push((*s).to_string());
+            } else if p != s {
+                return None;
+            }
+        }
+        Some(params)
+    }
+
+    /// Literal segments: where two patterns fit a path, the more literal wins.
+    fn literals(&self) -> usize {
+        segments(self.path)
+            .iter()
+            .filter(|s| !s.starts_with('{'))
+            .count()
+    }
+
+    pub async fn call(&self, admin: Arc<Admin>, call: Call) -> Reply {
+        (self.handler)(admin, call).await
+    }
+}
+
+fn segments(path: &str) -> Vec<&str> {
+    path.split('/').filter(|s| !s.is_empty()).collect()
+}
+
+/// Finds the route for `method` and `path`.
+pub fn resolve<'t>(table: &'t [Route], method: &Method, path: &str) -> Resolved<'t> {
+    let path = segments(path);
+    let fitting: Vec<(&Route, Vec<String>)> = table
+        .iter()
+        .filter_map(|r| r.matches(&path).map(|params| (r, params)))
+        .collect();
+    let found = fitting
+        .iter()
+        .filter(|(r, _)| r.method == *method)
+        .max_by_key(|(r, _)| r.literals());
+    if let Some((route, params)) = found {
+        return Resolved::Found(route, params.clone());
+    }
+    if fitting.is_empty() {
+        return Resolved::NotFound;
+    }
+    let mut allow: Vec<String> = Vec::new();
+    for (r, _) in &fitting {
+        let m = r.method.to_string();
+        if !allow.contains(&m) {
+            allow.push(m);
+        }
+    }
+    Resolved::WrongMethod(allow)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn found(t: &[Route], method: Method, path: &str) -> Option<(&'static str, Vec<String>)> {
+        match resolve(t, &method, path) {
+            Resolved::Found(r, p) => Some((r.path, p)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn paths_resolve_to_one_route_with_their_params() {
+        let t = table();
+        assert_eq!(
+            found(&t, Method::POST, "/api/hooks/hook_1/test"),
+            Some(("/api/hooks/{id}/test", vec!["hook_1".into()]))
+        );
+        assert_eq!(
+            found(&t, Method::POST, "/api/deliveries/retry/"),
+            Some(("/api/deliveries/retry", vec![]))
+        );
+        assert_eq!(
+            found(&t, Method::POST, "/api/deliveries/dlv_1/retry"),
+            Some(("/api/deliveries/{id}/retry", vec!["dlv_1".into()]))
+        );
+        assert!(matches!(
+            resolve(&t, &Method::GET, "/api/nothing"),
+            Resolved::NotFound
+        ));
+        assert!(matches!(
+            resolve(&t, &Method::GET, "/api/hooks/a/b/c"),
+            Resolved::NotFound
+        ));
+    }
+
+    #[test]
+    fn other_methods_get_the_allowed_ones_from_the_table() {
+        let t = table();
+        let Resolved::WrongMethod(allow) = resolve(&t, &Method::PUT, "/api/hooks") else {
+            panic!("PUT /api/hooks is not a 405");
+        };
+        assert_eq!(allow, ["POST", "GET"]);
+        let Resolved::WrongMethod(allow) = resolve(&t, &Method::POST, "/api/hooks/h") else {
+            panic!("POST /api/hooks/h is not a 405");
+        };
+        assert_eq!(allow, ["GET", "DELETE"]);
+    }
+
+    #[test]
+    fn every_route_is_declared_once() {
+        let t = table();
+        for (i, a) in t.iter().enumerate() {
+            for b in &t[i + 1..] {
+                assert!(
+                    !(a.method == b.method && a.path == b.path),
+                    "{} {} twice",
+                    a.method,
+                    a.path
+                );
+            }
+        }
+    }
+}

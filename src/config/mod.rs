@@ -1,0 +1,307 @@
+//! Configuration: the TOML file, parsed once into types that carry the rules.
+//!
+//! Every key has a serde default, so an empty file is a valid (loopback-only)
+//! configuration. Values are parsed into their domain types while the file is
+//! read (`Cidr`, `TargetUrl`, `Secret`, durations, success ranges), so past
+//! `Config::load` nothing re-checks strings. Cross-field rules live in one
+//! `validate()` step; then `resolve()` reads what lives outside the file
+//! (`env:` and `file:` values, template files) and compiles each target's
+//! shape, so a missing secret or a broken template stops the load. Every
+//! error names the file, the key and the reason, and never a secret's value.
+//!
+//! The file's layout: [`sections`] (`[ingest]`, `[admin]`), [`targets`]
+//! (`[[routes]]` and their targets), [`values`] (`env:`/`file:` values and
+//! secrets). The other sections are settings types of the modules they
+//! configure: `store::StoreConfig`, `deliver::policy::DeliveryConfig`,
+//! `deliver::egress::EgressConfig`, `telemetry::log::LogConfig`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::deliver::egress::{EgressConfig, Policy};
+use crate::deliver::policy::DeliveryConfig;
+use crate::server::serve::MIN_HEADER_BYTES;
+use crate::store::StoreConfig;
+use crate::telemetry::log::LogConfig;
+
+pub mod sections;
+pub mod targets;
+#[cfg(test)]
+mod tests;
+pub mod values;
+
+pub use sections::{AdminConfig, IngestConfig};
+pub use targets::{BasicAuthConfig, Format, RouteConfig, TargetConfig, ORIGIN_TARGET};
+pub use values::{Environment, ProcessEnv, Secrets, ValueSource};
+
+/// A configuration that could not be loaded: which file, which key, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
+        ConfigError {
+            file: file.display().to_string(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// The whole configuration, as loaded from one file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub ingest: IngestConfig,
+    pub admin: AdminConfig,
+    pub store: StoreConfig,
+    pub delivery: DeliveryConfig,
+    pub egress: EgressConfig,
+    pub log: LogConfig,
+    pub routes: Vec<RouteConfig>,
+    /// The directory of the config file: relative `admin.tokens_file` paths
+    /// are taken from here.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+impl Config {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, &ProcessEnv)
+    }
+
+    /// `load`, with `env:` values taken from `env`.
+    pub fn load_with(path: &Path, env: &dyn Environment) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "(file)", format!("cannot read: {e}")))?;
+        Config::parse_with(&text, path, env)
+    }
+
+    /// Parses and validates `text`; `path` names the file in errors, and its
+    /// directory is where relative `file:` and `template_file` paths start.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with(text, path, &ProcessEnv)
+    }
+
+    /// `parse`, with `env:` values taken from `env`.
+    pub fn parse_with(
+        text: &str,
+        path: &Path,
+        env: &dyn Environment,
+    ) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let reason = match inner.span() {
+                Some(span) => {
+                    let line = text[..span.start.min(text.len())].lines().count().max(1);
+                    format!("{} (line {line})", inner.message().trim())
+                }
+                None => inner.message().trim().to_string(),
+            };
+            // The root, or a key with an empty name (`['']`), has no path.
+            let key = if key == "." || key.is_empty() {
+                "(top level)".into()
+            } else {
+                key
+            };
+            ConfigError::new(path, key, reason)
+        })?;
+        config.validate(path)?;
+        config.resolve(path, env)?;
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(config)
+    }
+
+    /// Reads `env:` and `file:` values and template files, and builds each
+    /// target's outbound shape and headers.
+    fn resolve(&mut self, path: &Path, env: &dyn Environment) -> Result<(), ConfigError> {
+        let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        for (i, route) in self.routes.iter_mut().enumerate() {
+            for (j, target) in route.targets.iter_mut().enumerate() {
+                let at = format!("routes[{i}].targets[{j}]");
+                target.outbound = targets::outbound(target, &at, &base, env)
+                    .map_err(|(k, r)| ConfigError::new(path, k, r))?;
+                target.secret = target
+                    .secret_sources
+                    .resolve(&base, env)
+                    .map_err(|r| ConfigError::new(path, format!("{at}.secret"), r))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rules that involve more than one key.
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let err = |key: &str, reason: &str| Err(ConfigError::new(path, key, reason));
+        if self.ingest.listen.is_empty() {
+            return err("ingest.listen", "at least one address is needed");
+        }
+        if self.ingest.max_body_bytes == 0 {
+            return err("ingest.max_body_bytes", "must be above 0");
+        }
+        if self.ingest.max_connections == 0 || self.ingest.max_connections > MAX_CONNECTIONS {
+            return err(
+                "ingest.max_connections",
+                &format!("must be between 1 and {MAX_CONNECTIONS}"),
+            );
+        }
+        if self.ingest.max_headers == 0 {
+            return err("ingest.max_headers", "must be above 0");
+        }
+        if self.ingest.max_header_bytes < MIN_HEADER_BYTES {
+            return err(
+                "ingest.max_header_bytes",
+                &format!("must be at least {MIN_HEADER_BYTES}"),
+            );
+        }
+        for (name, d) in [
+            ("header_read_timeout", self.ingest.header_read_timeout),
+            ("body_read_timeout", self.ingest.body_read_timeout),
+            ("idle_timeout", self.ingest.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return err(&format!("ingest.{name}"), "must be above 0");
+            }
+        }
+        if !self.ingest.connect_allow.is_empty() && !self.ingest.proxy {
+            return err(
+                "ingest.connect_allow",
+                "CONNECT is served only in proxy mode (ingest.proxy = true)",
+            );
+        }
+        for (key, tls) in [
+            ("ingest.tls", &self.ingest.tls),
+            ("admin.tls", &self.admin.tls),
+        ] {
+            if let Some(tls) = tls {
+                if let Err(e) = crate::server::tls::server_config(tls) {
+                    return err(key, &e.to_string());
+                }
+            }
+        }
+        let e = &self.egress;
+        let policy = Policy::new(e);
+        for (i, c) in self.ingest.connect_allow.iter().enumerate() {
+            if let Some(reason) = policy.refuses_literal(&c.host) {
+                return err(&format!("ingest.connect_allow[{i}]"), &reason);
+            }
+        }
+        if let Some(ca) = &e.ca_file {
+            if let Err(err) = crate::deliver::egress::load_ca_file(ca) {
+                return Err(ConfigError::new(path, "egress.ca_file", err.to_string()));
+            }
+        }
+        self.delivery
+            .validate("delivery")
+            .map_err(|(k, r)| ConfigError::new(path, k, r))?;
+
+        let mut route_names = HashSet::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            let at = format!("routes[{i}]");
+            if !valid_name(&route.name) {
+                return err(
+                    &format!("{at}.name"),
+                    "must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'",
+                );
+            }
+            if !route_names.insert(route.name.as_str()) {
+                return err(&format!("{at}.name"), "another route has this name");
+            }
+            match &route.host {
+                Some(_) if !self.ingest.proxy => {
+                    return err(
+                        &format!("{at}.host"),
+                        "a route with a host takes proxy requests; set ingest.proxy = true",
+                    );
+                }
+                Some(host) => {
+                    if let Some(reason) = policy.refuses_literal(&host.host) {
+                        return err(&format!("{at}.host"), &reason);
+                    }
+                    if e.https_only && !route.upgrade_https {
+                        return err(
+                            &format!("{at}.upgrade_https"),
+                            "egress.https_only is set: a proxy route must upgrade to https",
+                        );
+                    }
+                }
+                None if route.upgrade_https => {
+                    return err(
+                        &format!("{at}.upgrade_https"),
+                        "only a route with a host (proxy mode) is upgraded",
+                    );
+                }
+                None => {}
+            }
+            for (field, template) in [("event", &route.event), ("dedup", &route.dedup)] {
+                if let Some(t) = template {
+                    if let Some(name) = t.path_captures().find(|c| !route.path.captures(c)) {
+                        return err(
+                            &format!("{at}.{field}"),
+                            &format!("{{path.{name}}} is not captured by the route's path"),
+                        );
+                    }
+                }
+            }
+            let mut target_names = HashSet::new();
+            for (j, target) in route.targets.iter().enumerate() {
+                let at = format!("{at}.targets[{j}]");
+                if !valid_name(&target.name) {
+                    return err(
+                        &format!("{at}.name"),
+                        "must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'",
+                    );
+                }
+                if route.host.is_some() && target.name == ORIGIN_TARGET {
+                    return err(
+                        &format!("{at}.name"),
+                        "`origin` is the implicit target of a proxy route",
+                    );
+                }
+                if !target_names.insert(target.name.as_str()) {
+                    return err(
+                        &format!("{at}.name"),
+                        "another target of this route has this name",
+                    );
+                }
+                if e.https_only && !target.url.is_https() {
+                    return err(
+                        &format!("{at}.url"),
+                        "egress.https_only is set and this URL is http",
+                    );
+                }
+                if let Some(host) = target.url.uri().host() {
+                    if let Some(reason) = policy.refuses_literal(host) {
+                        return err(&format!("{at}.url"), &reason);
+                    }
+                }
+                target
+                    .policy(&self.delivery)
+                    .validate(&at)
+                    .map_err(|(k, r)| ConfigError::new(path, k, r))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The largest `ingest.max_connections`.
+pub const MAX_CONNECTIONS: usize = 1 << 20;
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}

@@ -1,0 +1,299 @@
+//! `[[routes]]` and `[[routes.targets]]`: where events come in, and the
+//! receivers they go to, with each target's shape, headers and policy
+//! resolved at load.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::values::{
+    resolve_value, sensitive, Environment, SecretSources, Secrets, ValueSource,
+};
+use crate::deliver::egress::TargetUrl;
+use crate::deliver::policy::{Backoff, CircuitConfig, DeliveryConfig, SuccessRanges};
+use crate::deliver::shape::{Body, BodyTemplate, Outbound, Shape, XmlName};
+use crate::ingest::filter::Filter;
+use crate::ingest::headers::ForwardHeader;
+use crate::ingest::route::{EventPattern, PathPattern, ProxyHost, Template};
+use crate::rate::Rate;
+
+/// `[[routes]]`: a path the LMS posts to, and where its events go.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    /// Proxy mode: the host (and port, if given) of the absolute-form
+    /// requests this route takes. Such a route takes only proxy requests, and
+    /// relays each to its own URL (the implicit target `origin`).
+    pub host: Option<ProxyHost>,
+    /// Deliver a proxy route's requests over https, whatever scheme the LMS used.
+    #[serde(default)]
+    pub upgrade_https: bool,
+    pub path: PathPattern,
+    /// The event type. Defaults to `{path.event}` when the path captures
+    /// `event`, else to the route's name.
+    pub event: Option<Template>,
+    /// Same key again within retention is acknowledged, not queued again.
+    pub dedup: Option<Template>,
+    /// Request headers (besides `content-type`) kept with the event and
+    /// forwarded to receivers.
+    #[serde(default)]
+    pub forward_headers: Vec<ForwardHeader>,
+    #[serde(default)]
+    pub targets: Vec<TargetConfig>,
+}
+
+/// `[[routes.targets]]`: a receiver, with any delivery setting overridden.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    pub name: String,
+    pub url: TargetUrl,
+    #[serde(default = "all_events")]
+    pub events: Vec<EventPattern>,
+    /// One Standard Webhooks secret, or a list while rotating; each may be
+    /// written out or be `env:NAME` / `file:/path`.
+    #[serde(default, rename = "secret")]
+    pub secret_sources: SecretSources,
+    /// The secrets, resolved at load.
+    #[serde(skip)]
+    pub secret: Secrets,
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub connect_timeout: Option<Duration>,
+    pub max_attempts: Option<u32>,
+    #[serde(default)]
+    pub backoff: BackoffOverride,
+    pub success: Option<SuccessRanges>,
+    pub concurrency: Option<usize>,
+    pub rate: Option<Rate>,
+    pub circuit: Option<CircuitConfig>,
+    /// Deliver only events whose JSON body matches (decided at ingest).
+    pub filter: Option<Filter>,
+    /// `json`: the original bytes; `xml`: the JSON body as XML.
+    #[serde(default)]
+    pub format: Format,
+    /// The root element of XML bodies (default `event`).
+    pub xml_root: Option<XmlName>,
+    /// A body template (minijinja), inline ...
+    pub template: Option<String>,
+    /// ... or from a file, relative to the config file's directory.
+    pub template_file: Option<PathBuf>,
+    /// Replaces the content type the body would otherwise be sent with.
+    pub content_type: Option<String>,
+    pub basic_auth: Option<BasicAuthConfig>,
+    /// Extra request headers; values may be `env:NAME` or `file:/path`.
+    #[serde(default)]
+    pub headers: BTreeMap<String, ValueSource>,
+    /// The body shape and extra headers, built from the keys above at load.
+    #[serde(skip)]
+    pub outbound: Outbound,
+}
+
+impl TargetConfig {
+    pub fn renders_template(&self) -> bool {
+        matches!(self.outbound.shape.body, Body::Template(_))
+    }
+}
+
+/// A target's body format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Format {
+    #[default]
+    Json,
+    Xml,
+}
+
+/// `basic_auth = { username, password }`; the password may be `env:` or `file:`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    pub username: String,
+    pub password: ValueSource,
+}
+
+/// The name of a proxy route's implicit target: the request's own URL.
+pub const ORIGIN_TARGET: &str = "origin";
+
+fn all_events() -> Vec<EventPattern> {
+    vec![EventPattern::parse("*").expect("literal pattern")]
+}
+
+/// A target's `backoff` table: any key it leaves out comes from `[delivery]`.
+#[derive(Debug, Clone, Copy, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackoffOverride {
+    #[serde(with = "humantime_serde")]
+    pub initial: Option<Duration>,
+    #[serde(with = "humantime_serde")]
+    pub max: Option<Duration>,
+    pub multiplier: Option<f64>,
+    pub jitter: Option<f64>,
+}
+
+impl TargetConfig {
+    /// The delivery policy of `target`: `defaults` with its overrides applied.
+    pub fn policy(&self, defaults: &DeliveryConfig) -> DeliveryConfig {
+        let (target, d) = (self, defaults);
+        let b = &target.backoff;
+        DeliveryConfig {
+            timeout: target.timeout.unwrap_or(d.timeout),
+            connect_timeout: target.connect_timeout.unwrap_or(d.connect_timeout),
+            max_attempts: target.max_attempts.unwrap_or(d.max_attempts),
+            backoff: Backoff {
+                initial: b.initial.unwrap_or(d.backoff.initial),
+                max: b.max.unwrap_or(d.backoff.max),
+                multiplier: b.multiplier.unwrap_or(d.backoff.multiplier),
+                jitter: b.jitter.unwrap_or(d.backoff.jitter),
+            },
+            success: target.success.clone().unwrap_or_else(|| d.success.clone()),
+            concurrency: target.concurrency.unwrap_or(d.concurrency),
+            rate: target.rate.unwrap_or(d.rate),
+            circuit: target.circuit.unwrap_or(d.circuit),
+            shutdown_grace: d.shutdown_grace,
+        }
+    }
+}
+
+/// Headers a target's `headers` may not set: hookrelay sets them, or they
+/// belong to the connection.
+fn reserved_header(name: &http::HeaderName) -> bool {
+    const NAMES: &[&str] = &[
+        "content-type",
+        "content-length",
+        "host",
+        "user-agent",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "expect",
+    ];
+    NAMES.contains(&name.as_str()) || name.as_str().starts_with("webhook-")
+}
+
+/// A target's shape and extra headers; errors are (key, reason).
+pub(super) fn outbound(
+    t: &TargetConfig,
+    at: &str,
+    base: &Path,
+    env: &dyn Environment,
+) -> Result<Outbound, (String, String)> {
+    let bad = |k: &str, r: String| (format!("{at}.{k}"), r);
+    let content_type = t
+        .content_type
+        .as_deref()
+        .map(|ct| {
+            let essence = ct.split(';').next().unwrap_or_default().trim();
+            let media_type = essence.split_once('/').is_some_and(|(a, b)| {
+                let token = |s: &str| {
+                    !s.is_empty()
+                        && s.bytes()
+                            .all(|c| c.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&c))
+                };
+                token(a) && token(b)
+            });
+            match http::HeaderValue::from_str(ct) {
+                Ok(v) if media_type => Ok(v),
+                _ => Err(bad(
+                    "content_type",
+                    format!("`{ct}` is not a media type like application/json"),
+                )),
+            }
+        })
+        .transpose()?;
+    let source = match (&t.template, &t.template_file) {
+        (Some(_), Some(_)) => {
+            return Err(bad(
+                "template_file",
+                "set template or template_file, not both".into(),
+            ))
+        }
+        (Some(s), None) => Some(("template", s.clone())),
+        (None, Some(file)) => {
+            let full = base.join(file);
+            let text = std::fs::read_to_string(&full).map_err(|e| {
+                bad(
+                    "template_file",
+                    format!("cannot read {}: {e}", full.display()),
+                )
+            })?;
+            Some(("template_file", text))
+        }
+        (None, None) => None,
+    };
+    if t.xml_root.is_some() && t.format != Format::Xml {
+        return Err(bad("xml_root", "only applies with format = \"xml\"".into()));
+    }
+    let body = match (source, t.format) {
+        (Some((key, _)), Format::Xml) => {
+            return Err(bad(
+                key,
+                "a template makes the whole body; it cannot be combined with format = \"xml\""
+                    .into(),
+            ))
+        }
+        (Some((key, text)), Format::Json) => {
+            Body::Template(BodyTemplate::parse(&text).map_err(|e| bad(key, e))?)
+        }
+        (None, Format::Xml) => Body::Xml(t.xml_root.clone().unwrap_or_default()),
+        (None, Format::Json) => Body::Original,
+    };
+
+    let mut headers: Vec<(http::HeaderName, http::HeaderValue)> = Vec::new();
+    if let Some(auth) = &t.basic_auth {
+        if auth.username.contains(':') {
+            return Err(bad("basic_auth.username", "may not contain ':'".into()));
+        }
+        let password =
+            resolve_value(&auth.password, base, env).map_err(|r| bad("basic_auth.password", r))?;
+        use base64::Engine;
+        let token = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{password}", auth.username));
+        let value = sensitive(&format!("Basic {token}"))
+            .ok_or_else(|| bad("basic_auth", "not usable in a header".into()))?;
+        headers.push((http::header::AUTHORIZATION, value));
+    }
+    for (name, source) in &t.headers {
+        let key = format!("headers.{name}");
+        let header = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| bad(&key, format!("`{name}` is not a header name")))?;
+        if reserved_header(&header) {
+            return Err(bad(
+                &key,
+                format!(
+                    "`{header}` cannot be set: hookrelay sets it, or it belongs to the connection \
+                     (webhook-*, content-type, content-length, host, user-agent and hop-by-hop \
+                     headers are reserved; use content_type for the content type)"
+                ),
+            ));
+        }
+        if headers.iter().any(|(n, _)| *n == header) {
+            let why = if header == http::header::AUTHORIZATION && t.basic_auth.is_some() {
+                "basic_auth already sets authorization".to_string()
+            } else {
+                format!("`{header}` is set twice (header names ignore case)")
+            };
+            return Err(bad(&key, why));
+        }
+        let text = resolve_value(source, base, env).map_err(|r| bad(&key, r))?;
+        let value = sensitive(&text).ok_or_else(|| {
+            bad(
+                &key,
+                "the value is not a valid header value (control characters or non-ASCII)".into(),
+            )
+        })?;
+        headers.push((header, value));
+    }
+    Ok(Outbound {
+        shape: Shape { body, content_type },
+        headers,
+    })
+}

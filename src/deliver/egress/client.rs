@@ -1,0 +1,271 @@
+//! The egress client: a hyper client over hookrelay's own connector, which
+//! resolves and connects through the [`Policy`] (with a connect timeout),
+//! then speaks TLS with rustls for https. Redirects are never followed (a
+//! 3xx is just a status).
+
+use std::future::Future;
+use std::io;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::Request;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::deliver::egress::guard::Policy;
+use crate::deliver::egress::{EgressError, EXCERPT_BYTES, MAX_RESPONSE_BYTES};
+
+/// Reads the PEM certificates of `egress.ca_file`.
+pub fn load_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no certificates in it", path.display()));
+    }
+    Ok(certs)
+}
+
+/// The TLS settings shared by all targets: built-in roots plus `ca_file`.
+pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        for cert in load_ca_file(path)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: unusable certificate: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Resolves and connects; adds TLS for https.
+#[derive(Clone)]
+pub struct Connector {
+    tls: TlsConnector,
+    policy: Arc<Policy>,
+    connect_timeout: Duration,
+}
+
+impl Connector {
+    pub fn new(
+        tls: Arc<rustls::ClientConfig>,
+        policy: Arc<Policy>,
+        connect_timeout: Duration,
+    ) -> Connector {
+        Connector {
+            tls: TlsConnector::from(tls),
+            policy,
+            connect_timeout,
+        }
+    }
+
+    async fn connect(self, uri: http::Uri) -> Result<TokioIo<EgressStream>, EgressError> {
+        let https = uri.scheme_str() == Some("https");
+        let host = uri.host().unwrap_or_default().to_string();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let tcp = self
+            .policy
+            .connect(&host, port, self.connect_timeout)
+            .await?;
+        let _ = tcp.set_nodelay(true);
+        if !https {
+            return Ok(TokioIo::new(EgressStream::Plain(tcp)));
+        }
+        let name = ServerName::try_from(bare.clone()).map_err(|e| EgressError::Tls {
+            host: host.clone(),
+            reason: e.to_string(),
+        })?;
+        let tls = tokio::time::timeout(self.connect_timeout, self.tls.connect(name, tcp))
+            .await
+            .map_err(|_| EgressError::Tls {
+                host: host.clone(),
+                reason: format!("no handshake within {:?}", self.connect_timeout),
+            })?
+            .map_err(|e| EgressError::Tls {
+                host: host.clone(),
+                reason: e.to_string(),
+            })?;
+        Ok(TokioIo::new(EgressStream::Tls(Box::new(tls))))
+    }
+}
+
+impl tower_service::Service<http::Uri> for Connector {
+    type Response = TokioIo<EgressStream>;
+    type Error = EgressError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: http::Uri) -> Self::Future {
+        Box::pin(self.clone().connect(uri))
+    }
+}
+
+/// A connection to a receiver, plain or TLS.
+pub enum EgressStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl Connection for EgressStream {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl AsyncRead for EgressStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            EgressStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            EgressStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for EgressStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            EgressStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            EgressStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            EgressStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            EgressStream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            EgressStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            EgressStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+// === impl EgressClient ===
+
+/// What a receiver answered.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    /// `Retry-After`, when it was given in seconds.
+    pub retry_after: Option<Duration>,
+    pub excerpt: String,
+    pub duration: Duration,
+}
+
+/// A pooled client for one target.
+#[derive(Clone)]
+pub struct EgressClient {
+    client: Client<Connector, Full<Bytes>>,
+}
+
+impl EgressClient {
+    pub fn new(connector: Connector, max_idle: usize) -> EgressClient {
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(max_idle)
+            .build(connector);
+        EgressClient { client }
+    }
+
+    /// Sends `req` and reads the reply, all within `timeout`.
+    pub async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+        timeout: Duration,
+    ) -> Result<Reply, EgressError> {
+        let started = Instant::now();
+        let work = async {
+            let resp = self.client.request(req).await.map_err(describe)?;
+            let status = resp.status().as_u16();
+            let retry_after = resp
+                .headers()
+                .get(http::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map(Duration::from_secs);
+            let mut body = resp.into_body();
+            let mut kept = Vec::new();
+            let mut read = 0usize;
+            while read <= MAX_RESPONSE_BYTES {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Some(data) = frame.data_ref() {
+                            read += data.len();
+                            let room = EXCERPT_BYTES.saturating_sub(kept.len());
+                            kept.extend_from_slice(&data[..data.len().min(room)]);
+                        }
+                    }
+                    // The status has arrived; a broken body does not change it.
+                    Some(Err(_)) | None => break,
+                }
+            }
+            Ok(Reply {
+                status,
+                retry_after,
+                excerpt: String::from_utf8_lossy(&kept).into_owned(),
+                duration: started.elapsed(),
+            })
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .map_err(|_| EgressError::Timeout(timeout))?
+    }
+}
+
+/// The most specific message in a client error's chain.
+fn describe(e: hyper_util::client::legacy::Error) -> EgressError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+    while let Some(s) = source {
+        if let Some(egress) = s.downcast_ref::<EgressError>() {
+            return egress.clone();
+        }
+        source = s.source();
+    }
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        msg.push_str(": ");
+        msg.push_str(&s.to_string());
+        source = s.source();
+    }
+    EgressError::Http(msg)
+}

@@ -1,0 +1,181 @@
+//! A target's delivery lane: what an attempt is sent with (its client), the
+//! bounds on its work (a concurrency semaphore, a rate limiter deliveries
+//! wait on, a cap on claimed deliveries), its circuit breaker and counters.
+//!
+//! A slow or failing target fills only its own lane. Counters live in
+//! memory and are marked dirty when they change; the catalog saves them.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use governor::{DefaultDirectRateLimiter, RateLimiter};
+use tokio::sync::Semaphore;
+
+use crate::deliver::egress::{Connector, EgressClient};
+use crate::deliver::policy::{CircuitConfig, DeliveryConfig};
+use crate::store::{now_ms, Attempt, Counters};
+
+/// A lane holds at most this many deliveries per unit of concurrency claimed
+/// at once (in flight or waiting on its rate limit).
+const CLAIMED_PER_SLOT: usize = 2;
+
+/// A circuit breaker's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Circuit {
+    Closed {
+        failures: u32,
+    },
+    /// Deliveries wait until `until_ms`.
+    Open {
+        until_ms: u64,
+    },
+    /// One probe at a time decides whether to close.
+    HalfOpen {
+        probing: bool,
+    },
+}
+
+/// One target's lane.
+pub struct Lane {
+    /// The target's key, for log lines.
+    key: String,
+    pub client: EgressClient,
+    pub slots: Semaphore,
+    pub limiter: DefaultDirectRateLimiter,
+    concurrency: usize,
+    breaker: CircuitConfig,
+    claimed: AtomicUsize,
+    circuit: Mutex<Circuit>,
+    counters: Mutex<Counters>,
+    dirty: AtomicBool,
+}
+
+impl Lane {
+    /// A lane for `policy`, connecting through `connector`, with its saved
+    /// counters.
+    pub fn new(
+        key: &str,
+        policy: &DeliveryConfig,
+        connector: Connector,
+        counters: Counters,
+    ) -> Lane {
+        Lane {
+            key: key.to_string(),
+            client: EgressClient::new(connector, policy.concurrency),
+            slots: Semaphore::new(policy.concurrency),
+            limiter: RateLimiter::direct(policy.rate.quota()),
+            concurrency: policy.concurrency,
+            breaker: policy.circuit,
+            claimed: AtomicUsize::new(0),
+            circuit: Mutex::new(Circuit::Closed { failures: 0 }),
+            counters: Mutex::new(counters),
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes `other`'s circuit state (a reload keeps it).
+    pub fn keep_circuit_of(&self, other: &Lane) {
+        let state = *other.circuit.lock().expect("lock poisoned");
+        *self.circuit.lock().expect("lock poisoned") = match state {
+            // A probe under way belongs to the old lane; let the new one probe.
+            Circuit::HalfOpen { .. } => Circuit::HalfOpen { probing: false },
+            s => s,
+        };
+    }
+
+    /// How many more deliveries may be claimed now; when the circuit is
+    /// open, also when to look again.
+    pub fn room(&self, now: u64) -> (usize, Option<u64>) {
+        let mut circuit = self.circuit.lock().expect("lock poisoned");
+        if let Circuit::Open { until_ms } = *circuit {
+            if until_ms > now {
+                return (0, Some(until_ms));
+            }
+            *circuit = Circuit::HalfOpen { probing: false };
+        }
+        let cap = self.concurrency * CLAIMED_PER_SLOT;
+        let free = cap.saturating_sub(self.claimed.load(Ordering::Relaxed));
+        match *circuit {
+            Circuit::HalfOpen { probing: true } => (0, None),
+            Circuit::HalfOpen { probing: false } => (free.min(1), None),
+            _ => (free, None),
+        }
+    }
+
+    /// A delivery was claimed for this lane (in half-open, it is the probe).
+    pub fn claimed(&self) {
+        self.claimed.fetch_add(1, Ordering::Relaxed);
+        let mut circuit = self.circuit.lock().expect("lock poisoned");
+        if let Circuit::HalfOpen { probing: false } = *circuit {
+            *circuit = Circuit::HalfOpen { probing: true };
+        }
+    }
+
+    /// A claimed delivery left the lane. `released`: it was given back
+    /// without an attempt (a probe given back lets another probe go).
+    pub fn unclaimed(&self, released: bool) {
+        self.claimed.fetch_sub(1, Ordering::Relaxed);
+        if released {
+            let mut circuit = self.circuit.lock().expect("lock poisoned");
+            if let Circuit::HalfOpen { probing: true } = *circuit {
+                *circuit = Circuit::HalfOpen { probing: false };
+            }
+        }
+    }
+
+    /// Counts an attempt and moves the circuit.
+    pub fn record(&self, attempt: &Attempt, succeeded: bool, dead: bool) {
+        {
+            let mut c = self.counters.lock().expect("lock poisoned");
+            c.calls += 1;
+            if succeeded {
+                c.succeeded += 1;
+            } else {
+                c.failed += 1;
+            }
+            if dead {
+                c.dead += 1;
+            }
+            c.last_status = attempt.status;
+            c.last_error = attempt.error.clone();
+            c.last_at_ms = Some(attempt.at_ms);
+        }
+        self.dirty.store(true, Ordering::Relaxed);
+
+        let threshold = self.breaker.failures;
+        let mut circuit = self.circuit.lock().expect("lock poisoned");
+        *circuit = match (*circuit, succeeded) {
+            (_, true) => Circuit::Closed { failures: 0 },
+            (_, false) if threshold == 0 => Circuit::Closed { failures: 0 },
+            (Circuit::Closed { failures }, false) if failures + 1 < threshold => Circuit::Closed {
+                failures: failures + 1,
+            },
+            (Circuit::Open { until_ms }, false) => Circuit::Open { until_ms },
+            (_, false) => {
+                let until_ms = now_ms() + self.breaker.cooldown.as_millis() as u64;
+                tracing::warn!(target = %self.key, "circuit open: deliveries wait");
+                Circuit::Open { until_ms }
+            }
+        };
+    }
+
+    pub fn counters(&self) -> Counters {
+        self.counters.lock().expect("lock poisoned").clone()
+    }
+
+    /// The counters, if they changed since the last call.
+    pub fn take_dirty_counters(&self) -> Option<Counters> {
+        self.dirty
+            .swap(false, Ordering::Relaxed)
+            .then(|| self.counters())
+    }
+
+    /// `closed`, `open` or `half_open`.
+    pub fn circuit_state(&self) -> &'static str {
+        match *self.circuit.lock().expect("lock poisoned") {
+            Circuit::Closed { .. } => "closed",
+            Circuit::Open { until_ms } if until_ms > now_ms() => "open",
+            Circuit::Open { .. } | Circuit::HalfOpen { .. } => "half_open",
+        }
+    }
+}

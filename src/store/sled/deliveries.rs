@@ -1,0 +1,334 @@
+//! The life of a delivery in sled: the `due` index, claims, attempts,
+//! hand-made changes; and reading events back, and purging them.
+
+use ::sled::transaction::ConflictableTransactionError;
+use ::sled::Transactional;
+use bytes::Bytes;
+
+use crate::store::sled::keys::{
+    attempt_key, decode, decode_event, due_key, due_prefix, encode, parse_due_key,
+};
+use crate::store::sled::{tx_error, Sled};
+use crate::store::{
+    now_ms, Attempt, Delivery, DeliveryId, Event, EventId, Next, State, StoreError,
+};
+
+impl Sled {
+    /// `target`'s deliveries due at or before `now_ms`, earliest first.
+    pub fn due_for(
+        &self,
+        target: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeliveryId)>, StoreError> {
+        let start = due_prefix(target);
+        let mut end = start.clone();
+        end.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
+        let mut out = Vec::new();
+        for item in self.due.range(start..end).keys().take(limit) {
+            if let Some((_, at, id)) = parse_due_key(&item?) {
+                out.push((at, id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// When `target`'s earliest pending delivery is due.
+    pub fn next_due(&self, target: &str) -> Result<Option<u64>, StoreError> {
+        let Some(item) = self.due.scan_prefix(due_prefix(target)).keys().next() else {
+            return Ok(None);
+        };
+        Ok(parse_due_key(&item?).map(|(_, at, _)| at))
+    }
+
+    /// The first `limit` entries of the `due` index: (target, due at, delivery).
+    pub fn due_entries(&self, limit: usize) -> Result<Vec<(String, u64, DeliveryId)>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.due.iter().keys().take(limit) {
+            if let Some((t, at, id)) = parse_due_key(&item?) {
+                out.push((t.to_string(), at, id));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every target that has pending deliveries.
+    pub fn due_targets(&self) -> Result<Vec<String>, StoreError> {
+        let mut out = Vec::new();
+        let mut from = Vec::new();
+        while let Some(item) = self.due.range(from.clone()..).keys().next() {
+            let k = item?;
+            let Some((target, _, _)) = parse_due_key(&k) else {
+                // Not a key of ours: step past it.
+                from = k.to_vec();
+                from.push(0);
+                continue;
+            };
+            out.push(target.to_string());
+            from = due_prefix(target);
+            // 0 ends the prefix; 1 sorts after every key with this prefix.
+            *from.last_mut().expect("prefix ends in 0") = 1;
+        }
+        Ok(out)
+    }
+
+    /// Takes a pending delivery for an attempt: `in_flight`, off the `due`
+    /// index. `None` if it is no longer pending at `at_ms`.
+    ///
+    /// Not a transaction (each sled transaction costs a log write of its
+    /// own): the delivery is swapped to `in_flight` first, then the index
+    /// entry goes. A crash in between leaves a stale index entry next to an
+    /// in-flight delivery; `recover` requeues the delivery and a later claim
+    /// drops the stale entry.
+    pub fn claim(
+        &self,
+        target: &str,
+        at_ms: u64,
+        id: DeliveryId,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let key = id.to_key();
+        let index = due_key(target, at_ms, id);
+        let Some(v) = self.deliveries.get(key)? else {
+            self.due.remove(index)?;
+            return Ok(None);
+        };
+        let mut d: Delivery = decode("deliveries", &v)?;
+        if d.state != State::Pending || d.next_at_ms != at_ms {
+            self.due.remove(index)?;
+            return Ok(None);
+        }
+        d.state = State::InFlight;
+        if self
+            .deliveries
+            .compare_and_swap(key, Some(v), Some(encode(&d)))?
+            .is_err()
+        {
+            // Changed meanwhile (re-queued or cancelled by hand): not ours.
+            return Ok(None);
+        }
+        self.due.remove(index)?;
+        self.counts
+            .moved(Some(State::Pending), Some(State::InFlight));
+        Ok(Some(d))
+    }
+
+    /// Records attempt number `d.attempts + 1` and what follows it.
+    ///
+    /// Not a transaction (see `claim`): the attempt record and, for a retry,
+    /// the new index entry are written first, then the delivery is swapped
+    /// to its new state. A crash before the swap leaves the delivery in
+    /// flight, so it is attempted again after restart (at least once), and
+    /// any index entry written early is dropped by the next claim.
+    pub fn finish(
+        &self,
+        id: DeliveryId,
+        attempt: &Attempt,
+        next: Next,
+    ) -> Result<Delivery, StoreError> {
+        let key = id.to_key();
+        loop {
+            let Some(v) = self.deliveries.get(key)? else {
+                return Err(StoreError::Corrupt {
+                    tree: "deliveries",
+                    reason: format!("{id} vanished while in flight"),
+                });
+            };
+            let mut d: Delivery = decode("deliveries", &v)?;
+            let was = d.state;
+            d.attempts += 1;
+            d.last = Some(attempt.clone());
+            self.attempts
+                .insert(attempt_key(id, d.attempts), encode(attempt))?;
+            match next {
+                Next::Succeeded => d.state = State::Succeeded,
+                Next::Dead => d.state = State::Dead,
+                Next::RetryAt(at) => {
+                    d.state = State::Pending;
+                    d.next_at_ms = at;
+                    self.due.insert(due_key(&d.target, at, id), &[])?;
+                }
+            }
+            if self
+                .deliveries
+                .compare_and_swap(key, Some(v), Some(encode(&d)))?
+                .is_ok()
+            {
+                self.counts.moved(Some(was), Some(d.state));
+                return Ok(d);
+            }
+            // Changed by hand meanwhile: read it again and record on top.
+        }
+    }
+
+    /// Changes one delivery in a transaction, keeping the `due` index and
+    /// the state counts in step with it; `change` returns false to leave the
+    /// delivery as it is. Returns whether it changed and the delivery as it
+    /// now is; `None` if there is no such delivery.
+    pub(super) fn change(
+        &self,
+        id: DeliveryId,
+        change: impl Fn(&mut Delivery) -> bool,
+    ) -> Result<Option<(bool, Delivery)>, StoreError> {
+        let key = id.to_key();
+        let result = (&self.deliveries, &self.due).transaction(|(deliveries, due)| {
+            let Some(v) = deliveries.get(key)? else {
+                return Ok(None);
+            };
+            let mut d: Delivery =
+                decode("deliveries", &v).map_err(ConflictableTransactionError::Abort)?;
+            let (was, was_due) = (d.state, due_key(&d.target, d.next_at_ms, id));
+            if !change(&mut d) {
+                return Ok(Some((was, false, d)));
+            }
+            if was == State::Pending {
+                due.remove(was_due)?;
+            }
+            if d.state == State::Pending {
+                due.insert(due_key(&d.target, d.next_at_ms, id), &[])?;
+            }
+            deliveries.insert(&key, encode(&d))?;
+            Ok(Some((was, true, d)))
+        });
+        let Some((was, changed, d)) = result.map_err(tx_error)? else {
+            return Ok(None);
+        };
+        if changed {
+            self.counts.moved(Some(was), Some(d.state));
+        }
+        Ok(Some((changed, d)))
+    }
+
+    /// Puts an in-flight delivery back to pending at `at_ms` without counting
+    /// an attempt (used when shutdown interrupts it before it was sent).
+    pub fn release(&self, id: DeliveryId, at_ms: u64) -> Result<(), StoreError> {
+        self.change(id, |d| {
+            if d.state != State::InFlight {
+                return false;
+            }
+            d.state = State::Pending;
+            d.next_at_ms = at_ms;
+            true
+        })?;
+        Ok(())
+    }
+
+    pub fn event(&self, id: EventId) -> Result<Option<Event>, StoreError> {
+        let Some(v) = self.events.get(id.to_key())? else {
+            return Ok(None);
+        };
+        let (meta, inline, chunked) = decode_event(&v)?;
+        let body = if chunked {
+            let mut body = Vec::new();
+            for chunk in self.bodies.scan_prefix(id.to_key()).values() {
+                body.extend_from_slice(&chunk?);
+            }
+            Bytes::from(body)
+        } else {
+            Bytes::copy_from_slice(inline)
+        };
+        Ok(Some(Event { id, meta, body }))
+    }
+
+    /// Removes the chunks of an event's body, if it has any.
+    pub(super) fn remove_body(&self, id: EventId) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for key in self.bodies.scan_prefix(id.to_key()).keys() {
+            batch.remove(key?);
+        }
+        self.bodies.apply_batch(batch)?;
+        Ok(())
+    }
+
+    pub fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
+        self.deliveries
+            .get(id.to_key())?
+            .map(|v| decode("deliveries", &v))
+            .transpose()
+    }
+
+    /// Every delivery of `event`, in creation order.
+    pub fn deliveries_of(&self, event: EventId) -> Result<Vec<(DeliveryId, Delivery)>, StoreError> {
+        // An event's delivery ids directly follow its own id (`next_ids`), so
+        // they are the run of deliveries starting at the event's key.
+        let mut out = Vec::new();
+        for item in self.deliveries.range(event.to_key()..) {
+            let (k, v) = item?;
+            let d: Delivery = decode("deliveries", &v)?;
+            if d.event != event {
+                break;
+            }
+            if let Some(id) = DeliveryId::from_key(&k) {
+                out.push((id, d));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The attempts of a delivery, in order.
+    pub fn attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>, StoreError> {
+        self.attempts
+            .scan_prefix(id.to_key())
+            .values()
+            .map(|v| decode("attempts", &v?))
+            .collect()
+    }
+
+    /// Removes events received before `cutoff_ms` whose deliveries have all
+    /// finished (succeeded or dead), with their deliveries and attempts,
+    /// looking at no more than `limit` events. Returns how many it removed.
+    pub fn purge(&self, cutoff_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        let mut removed = 0;
+        for item in self.events.iter().keys().take(limit) {
+            let Some(event) = EventId::from_key(&item?) else {
+                continue;
+            };
+            if event.0.timestamp_ms() >= cutoff_ms {
+                break;
+            }
+            let deliveries = self.deliveries_of(event)?;
+            if deliveries
+                .iter()
+                .any(|(_, d)| matches!(d.state, State::Pending | State::InFlight))
+            {
+                continue;
+            }
+            let mut batch = sled::Batch::default();
+            for (id, _) in &deliveries {
+                for key in self.attempts.scan_prefix(id.to_key()).keys() {
+                    batch.remove(key?);
+                }
+            }
+            self.attempts.apply_batch(batch)?;
+            let mut batch = sled::Batch::default();
+            for (id, _) in &deliveries {
+                batch.remove(&id.to_key());
+            }
+            self.deliveries.apply_batch(batch)?;
+            for (_, d) in &deliveries {
+                self.counts.moved(Some(d.state), None);
+            }
+            self.remove_body(event)?;
+            self.events.remove(event.to_key())?;
+            removed += 1;
+        }
+        Ok(removed)
+    }
+
+    /// Drops dedup keys that have expired; returns how many.
+    pub fn purge_dedup(&self) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let mut removed = 0;
+        for item in self.dedup.iter() {
+            let (k, v) = item?;
+            let expired = v
+                .get(16..24)
+                .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")) <= now)
+                .unwrap_or(true);
+            if expired {
+                self.dedup.remove(k)?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}

@@ -1,0 +1,518 @@
+//! The embedded backend: one sled `Db` with the trees of DESIGN.md (and a
+//! `bodies` tree for bodies over 64 KiB; see docs/STORAGE.md).
+//!
+//! Invariants:
+//! - An event and all its deliveries (and their `due` entries, its dedup
+//!   key and its body chunks) are written in one transaction.
+//! - `accept` returns only after that transaction, sled's flush and an
+//!   `fdatasync` of sled's log have returned, so a 202 built on it survives
+//!   `kill -9` and power loss. Concurrent accepts share one transaction and
+//!   one sync (group commit, on the `committer` thread; `commit.rs`).
+//! - No value is larger than 64 KiB plus a header, so sled never puts one
+//!   in its (unsynced) blob files.
+//! - Every pending delivery has a `due` entry; `due` keys start with the
+//!   target, so each target's deliveries form one run in due order. An
+//!   entry whose delivery is no longer pending at that time is stale, and
+//!   the claim that meets it removes it.
+//! - Deliveries found `in_flight` at open are put back to `pending` and due now.
+//! - Values carry a version byte; keys are big-endian so ranges sort by time
+//!   (`keys.rs`).
+//!
+//! sled's calls block. The quick ones (a claim, a read) run in place; those
+//! that sync the log or scan many records run on tokio's blocking pool.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use ::sled::transaction::TransactionError;
+use async_trait::async_trait;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use tokio::sync::Notify;
+
+use crate::store::{
+    now_ms, Accepted, Attempt, Counters, Delivery, DeliveryId, Event, EventId, NewEvent, Next,
+    Page, State, Store, StoreConfig, StoreError, Subscription,
+};
+
+mod commit;
+mod deliveries;
+mod keys;
+mod queries;
+#[cfg(test)]
+mod tests;
+
+use commit::{committer, Waiting};
+use keys::{decode, due_key, encode};
+
+/// The on-disk layout this code reads and writes.
+const SCHEMA_VERSION: u8 = 1;
+/// The first byte of every value.
+const VALUE_VERSION: u8 = 1;
+
+impl From<::sled::Error> for StoreError {
+    fn from(e: ::sled::Error) -> StoreError {
+        StoreError::Io(e.to_string())
+    }
+}
+
+fn io_error(e: std::io::Error) -> StoreError {
+    StoreError::Io(e.to_string())
+}
+
+/// The sled store itself; [`SledStore`] is its face to the relay.
+struct Sled {
+    db: sled::Db,
+    events: sled::Tree,
+    deliveries: sled::Tree,
+    due: sled::Tree,
+    attempts: sled::Tree,
+    dedup: sled::Tree,
+    /// Bodies over `BODY_CHUNK`, in chunks.
+    bodies: sled::Tree,
+    subscriptions: sled::Tree,
+    meta: sled::Tree,
+    ids: Mutex<ulid::Generator>,
+    commits: Mutex<Option<mpsc::Sender<Waiting>>>,
+    /// sled's log file, synced after every commit.
+    log: std::fs::File,
+    committer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Woken after each flush that made new deliveries durable.
+    new_work: Arc<Notify>,
+    retention: Duration,
+    path: std::path::PathBuf,
+    max_disk_bytes: u64,
+    disk_bytes: AtomicU64,
+    writable: AtomicBool,
+    /// Flushes done, and events they covered (for metrics and tests).
+    flushes: AtomicU64,
+    flushed_events: AtomicU64,
+    /// Events per flush, and how long each flush took (seconds).
+    flush_batch: Histogram,
+    flush_duration: Histogram,
+    /// Deliveries by state, kept up to date by every transition.
+    counts: StateCounts,
+}
+
+/// How many deliveries are in each state.
+#[derive(Default)]
+struct StateCounts([AtomicI64; 5]);
+
+impl StateCounts {
+    fn moved(&self, from: Option<State>, to: Option<State>) {
+        if from == to {
+            return;
+        }
+        if let Some(f) = from {
+            self.0[f.index()].fetch_sub(1, Ordering::Relaxed);
+        }
+        if let Some(t) = to {
+            self.0[t.index()].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Sled {
+    /// Opens (or creates) the store, checks its schema version, and puts
+    /// deliveries that a crash left in flight back to pending.
+    pub fn open(config: &StoreConfig) -> Result<Arc<Sled>, StoreError> {
+        let db = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_bytes)
+            .flush_every_ms(Some(500))
+            .open()?;
+        check_schema(&db, &config.path)?;
+        // sled keeps its log in `<path>/db`; any handle on it can sync it.
+        let log = std::fs::File::open(config.path.join("db")).map_err(io_error)?;
+        let store = Arc::new(Sled {
+            log,
+            events: db.open_tree("events")?,
+            deliveries: db.open_tree("deliveries")?,
+            due: db.open_tree("due")?,
+            attempts: db.open_tree("attempts")?,
+            dedup: db.open_tree("dedup")?,
+            bodies: db.open_tree("bodies")?,
+            subscriptions: db.open_tree("subscriptions")?,
+            meta: db.open_tree("meta")?,
+            ids: Mutex::new(ulid::Generator::new()),
+            commits: Mutex::new(None),
+            committer: Mutex::new(None),
+            new_work: Arc::new(Notify::new()),
+            retention: config.retention,
+            max_disk_bytes: config.max_disk_bytes,
+            disk_bytes: AtomicU64::new(0),
+            path: config.path.clone(),
+            writable: AtomicBool::new(true),
+            flushes: AtomicU64::new(0),
+            flushed_events: AtomicU64::new(0),
+            flush_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            flush_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            counts: StateCounts::default(),
+            db,
+        });
+        store.recover()?;
+        for item in store.deliveries.iter().values() {
+            let d: Delivery = decode("deliveries", &item?)?;
+            store.counts.moved(None, Some(d.state));
+        }
+        store.db.flush()?;
+        store.refresh_disk_usage();
+        let (tx, rx) = mpsc::channel();
+        let weak = Arc::downgrade(&store);
+        let handle = std::thread::Builder::new()
+            .name("hookrelay-commit".into())
+            .spawn(move || committer(weak, rx))
+            .map_err(io_error)?;
+        *store.commits.lock().expect("lock poisoned") = Some(tx);
+        *store.committer.lock().expect("lock poisoned") = Some(handle);
+        Ok(store)
+    }
+
+    /// In-flight deliveries back to pending, due now.
+    fn recover(&self) -> Result<usize, StoreError> {
+        let now = now_ms();
+        let mut n = 0;
+        for item in self.deliveries.iter() {
+            let (k, v) = item?;
+            let mut d: Delivery = decode("deliveries", &v)?;
+            if d.state != State::InFlight {
+                continue;
+            }
+            let Some(id) = DeliveryId::from_key(&k) else {
+                continue;
+            };
+            d.state = State::Pending;
+            d.next_at_ms = now;
+            self.deliveries.insert(k, encode(&d))?;
+            self.due.insert(due_key(&d.target, now, id), &[])?;
+            n += 1;
+        }
+        if n > 0 {
+            tracing::info!(
+                deliveries = n,
+                "requeued deliveries left in flight by the last run"
+            );
+        }
+        Ok(n)
+    }
+
+    /// An event id and `n` delivery ids, consecutive in id order, so an
+    /// event's deliveries sit next to each other in the `deliveries` tree
+    /// and no other id sorts between the event and its first delivery.
+    fn next_ids(&self, n: usize) -> (EventId, Vec<DeliveryId>) {
+        let mut g = self.ids.lock().expect("lock poisoned");
+        // The generator only fails when 2^80 ids are asked for in one
+        // millisecond; a fresh ULID then still sorts after the last one.
+        let mut next = || g.generate().unwrap_or_else(|_| ulid::Ulid::new());
+        let event = EventId(next());
+        let deliveries = (0..n).map(|_| DeliveryId(next())).collect();
+        (event, deliveries)
+    }
+
+    /// Refuses writes the store might not be able to keep.
+    fn check_room(&self) -> Result<(), StoreError> {
+        if !self.writable.load(Ordering::Relaxed) {
+            return Err(StoreError::Closed);
+        }
+        let used = self.disk_bytes.load(Ordering::Relaxed);
+        if self.max_disk_bytes > 0 && used >= self.max_disk_bytes {
+            return Err(StoreError::Full {
+                used,
+                limit: self.max_disk_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    /// Re-reads the store's size on disk (the janitor calls this periodically).
+    pub fn refresh_disk_usage(&self) -> u64 {
+        let used = dir_size(&self.path);
+        self.disk_bytes.store(used, Ordering::Relaxed);
+        used
+    }
+
+    /// Flushes sled's buffers and then syncs the log file itself: sled's own
+    /// flush only asks the kernel to write the range out (`sync_file_range`),
+    /// which survives a crash of the process but not of the machine.
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        self.log.sync_data().map_err(io_error)
+    }
+
+    /// How many deliveries are in `state` now.
+    pub fn count(&self, state: State) -> i64 {
+        self.counts.0[state.index()].load(Ordering::Relaxed)
+    }
+
+    /// The store's size on disk at the last check (every second).
+    pub fn disk_bytes(&self) -> u64 {
+        self.disk_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Writes and flushes a probe value: can the store take writes now?
+    pub fn check_writable(&self) -> Result<(), StoreError> {
+        self.check_room()?;
+        self.meta.insert("ready_probe", &now_ms().to_be_bytes())?;
+        self.sync()
+    }
+
+    /// Flushes once more and stops the committer; later accepts fail with `Closed`.
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.writable.store(false, Ordering::Relaxed);
+        self.commits.lock().expect("lock poisoned").take();
+        if let Some(h) = self.committer.lock().expect("lock poisoned").take() {
+            let _ = h.join();
+        }
+        self.sync()?;
+        Ok(())
+    }
+}
+
+/// Bytes used by the files under `dir` (sled keeps a flat tree: a log, a
+/// snapshot or two, and a directory of blobs).
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+fn tx_error(e: TransactionError<StoreError>) -> StoreError {
+    match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(e) => StoreError::from(e),
+    }
+}
+
+fn check_schema(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
+    let meta = db.open_tree("meta")?;
+    match meta.get("schema_version")? {
+        None => {
+            meta.insert("schema_version", &[SCHEMA_VERSION])?;
+            Ok(())
+        }
+        Some(v) if v.as_ref() == [SCHEMA_VERSION] => Ok(()),
+        Some(v) => Err(StoreError::Schema {
+            path: path.display().to_string(),
+            found: v.first().copied().unwrap_or(0),
+            known: SCHEMA_VERSION,
+        }),
+    }
+}
+
+// === impl Store ===
+
+/// The sled backend, as the relay holds it.
+pub struct SledStore(Arc<Sled>);
+
+impl SledStore {
+    /// Opens (or creates) the store at `config.path`, checks its schema
+    /// version, and puts deliveries that a crash left in flight back to
+    /// pending. Fails with [`StoreError::Schema`] for a store written by a
+    /// hookrelay with another layout.
+    pub fn open(config: &StoreConfig) -> Result<SledStore, StoreError> {
+        Sled::open(config).map(SledStore)
+    }
+
+    /// Runs `f` on tokio's blocking pool: for calls that sync the log or
+    /// scan many records.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Sled) -> Result<T, StoreError> + Send + 'static,
+    {
+        let sled = self.0.clone();
+        tokio::task::spawn_blocking(move || f(&sled))
+            .await
+            .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
+    }
+}
+
+#[async_trait]
+impl Store for SledStore {
+    async fn accept(&self, new: NewEvent) -> Result<Accepted, StoreError> {
+        self.0.accept(new).await
+    }
+
+    async fn due_targets(&self) -> Result<Vec<String>, StoreError> {
+        self.0.due_targets()
+    }
+
+    async fn due_for(
+        &self,
+        target: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeliveryId)>, StoreError> {
+        self.0.due_for(target, now_ms, limit)
+    }
+
+    async fn next_due(&self, target: &str) -> Result<Option<u64>, StoreError> {
+        self.0.next_due(target)
+    }
+
+    async fn due_entries(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(String, u64, DeliveryId)>, StoreError> {
+        self.0.due_entries(limit)
+    }
+
+    async fn claim(
+        &self,
+        target: &str,
+        at_ms: u64,
+        id: DeliveryId,
+    ) -> Result<Option<Delivery>, StoreError> {
+        self.0.claim(target, at_ms, id)
+    }
+
+    async fn finish(
+        &self,
+        id: DeliveryId,
+        attempt: &Attempt,
+        next: Next,
+    ) -> Result<Delivery, StoreError> {
+        self.0.finish(id, attempt, next)
+    }
+
+    async fn release(&self, id: DeliveryId, at_ms: u64) -> Result<(), StoreError> {
+        self.0.release(id, at_ms)
+    }
+
+    fn new_work(&self) -> Arc<Notify> {
+        self.0.new_work.clone()
+    }
+
+    async fn requeue(&self, id: DeliveryId, note: &str) -> Result<Option<Delivery>, StoreError> {
+        self.0.requeue(id, note)
+    }
+
+    async fn requeue_batch(
+        &self,
+        state: State,
+        target: Option<&str>,
+        from: Option<DeliveryId>,
+        limit: usize,
+    ) -> Result<(usize, Option<DeliveryId>), StoreError> {
+        let target = target.map(str::to_string);
+        self.blocking(move |s| s.requeue_batch(state, target.as_deref(), from, limit))
+            .await
+    }
+
+    async fn cancel(&self, id: DeliveryId, reason: &str) -> Result<bool, StoreError> {
+        self.0.cancel(id, reason)
+    }
+
+    async fn cancel_all(&self, target: &str, reason: &str) -> Result<usize, StoreError> {
+        let (target, reason) = (target.to_string(), reason.to_string());
+        self.blocking(move |s| s.cancel_all(&target, &reason)).await
+    }
+
+    async fn event(&self, id: EventId) -> Result<Option<Event>, StoreError> {
+        self.0.event(id)
+    }
+
+    async fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
+        self.0.delivery(id)
+    }
+
+    async fn deliveries_of(
+        &self,
+        event: EventId,
+    ) -> Result<Vec<(DeliveryId, Delivery)>, StoreError> {
+        self.0.deliveries_of(event)
+    }
+
+    async fn attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>, StoreError> {
+        self.0.attempts(id)
+    }
+
+    async fn list_deliveries(
+        &self,
+        state: Option<State>,
+        target: Option<&str>,
+        after: Option<DeliveryId>,
+        limit: usize,
+        scan: usize,
+    ) -> Result<Page, StoreError> {
+        let target = target.map(str::to_string);
+        self.blocking(move |s| s.list_deliveries(state, target.as_deref(), after, limit, scan))
+            .await
+    }
+
+    fn count(&self, state: State) -> i64 {
+        self.0.count(state)
+    }
+
+    async fn put_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
+        let sub = sub.clone();
+        self.blocking(move |s| s.put_subscription(&sub)).await
+    }
+
+    async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
+        self.0.subscriptions()
+    }
+
+    async fn delete_subscription(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_string();
+        self.blocking(move |s| s.delete_subscription(&id)).await
+    }
+
+    async fn counters(&self, target: &str) -> Result<Counters, StoreError> {
+        self.0.counters(target)
+    }
+
+    async fn save_counters(&self, target: &str, counters: &Counters) -> Result<(), StoreError> {
+        self.0.save_counters(target, counters)
+    }
+
+    async fn purge(&self, cutoff_ms: u64, limit: usize) -> Result<usize, StoreError> {
+        self.blocking(move |s| s.purge(cutoff_ms, limit)).await
+    }
+
+    async fn purge_dedup(&self) -> Result<usize, StoreError> {
+        self.blocking(|s| s.purge_dedup()).await
+    }
+
+    async fn refresh_disk_usage(&self) -> u64 {
+        self.blocking(|s| Ok(s.refresh_disk_usage()))
+            .await
+            .unwrap_or_else(|_| self.0.disk_bytes())
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.0.disk_bytes()
+    }
+
+    async fn check_writable(&self) -> Result<(), StoreError> {
+        self.blocking(|s| s.check_writable()).await
+    }
+
+    fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "fsync_batch_events",
+            "Events made durable by one flush (group commit)",
+            self.0.flush_batch.clone(),
+        );
+        registry.register_with_unit(
+            "fsync_duration",
+            "Time one store flush took",
+            Unit::Seconds,
+            self.0.flush_duration.clone(),
+        );
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        self.blocking(|s| s.close()).await
+    }
+}

@@ -1,0 +1,698 @@
+//! The store contract: what every backend of `hookrelay::store::Store` does,
+//! case by case. A backend's test file implements [`Backend`] and calls
+//! `store_contract!(ItsBackend)`, which makes one test of each case:
+//!
+//! ```ignore
+//! mod contract;
+//! struct Sled { .. }
+//! impl contract::Backend for Sled { .. }
+//! contract::store_contract!(Sled);
+//! ```
+//!
+//! Cases talk to the store only through the trait, so a case that passes
+//! on one backend and fails on another is a difference in behaviour.
+
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hookrelay::store::{
+    now_ms, Attempt, Counters, DeliveryId, EventMeta, NewEvent, Next, State, Store, StoreError,
+    Subscription,
+};
+
+/// How the contract reaches a backend.
+pub trait Backend: Sized {
+    /// A fresh, empty store location that keeps finished events and dedup
+    /// keys for `retention`.
+    fn new(retention: Duration) -> Self;
+
+    /// Opens the store at this location: empty the first time, and on each
+    /// later call the same store again, as a restart finds it (the caller
+    /// closed and dropped the previous handle).
+    fn open(&self) -> impl std::future::Future<Output = Arc<dyn Store>>;
+}
+
+/// One `#[tokio::test]` per contract case, against `$backend`.
+macro_rules! store_contract {
+    ($backend:ty) => {
+        $crate::contract::store_contract!(@cases $backend;
+            accept_keeps_the_event_and_one_pending_delivery_per_target,
+            an_event_for_no_target_is_kept_with_nothing_due,
+            a_dedup_key_within_retention_answers_with_the_first_event,
+            dedup_keys_expire_after_retention,
+            a_claim_takes_a_delivery_once,
+            a_claim_for_another_due_time_is_refused,
+            a_retry_is_recorded_and_due_again_at_its_time,
+            succeeded_and_dead_are_final,
+            release_gives_a_delivery_back_without_an_attempt,
+            deliveries_in_flight_at_a_restart_are_pending_again,
+            everything_acknowledged_survives_a_restart,
+            requeue_gives_a_fresh_attempt_budget,
+            bulk_requeue_pages_through_every_batch,
+            cancel_and_cancel_all,
+            the_delivery_log_pages_newest_first_with_filters,
+            subscriptions_and_counters_round_trip,
+            purge_removes_old_finished_events_only,
+            concurrent_accepts_all_get_their_own_ids,
+            large_bodies_come_back_whole,
+            a_closed_store_refuses_writes,
+        );
+    };
+    (@cases $backend:ty; $($case:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $case() {
+                $crate::contract::$case::<$backend>().await
+            }
+        )*
+    };
+}
+pub(crate) use store_contract;
+
+// === helpers ===
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+fn new_event(targets: &[&str], dedup: Option<&str>) -> NewEvent {
+    NewEvent {
+        meta: EventMeta {
+            received_at_ms: now_ms(),
+            source: "127.0.0.1".into(),
+            route: "r".into(),
+            event_type: "course.created".into(),
+            headers: vec![("content-type".into(), "application/json".into())],
+            request_headers: Vec::new(),
+            url: None,
+        },
+        body: Bytes::from_static(b"{\"a\":1}"),
+        targets: targets.iter().map(|s| s.to_string()).collect(),
+        dedup: dedup.map(|k| ("r".to_string(), k.to_string())),
+    }
+}
+
+fn attempt(status: u16) -> Attempt {
+    Attempt {
+        at_ms: now_ms(),
+        duration_ms: 3,
+        status: Some(status),
+        error: None,
+        excerpt: format!("status {status}"),
+    }
+}
+
+/// Claims the first due delivery of `target`.
+async fn claim_first(store: &dyn Store, target: &str) -> (u64, DeliveryId) {
+    let (at, id) = store.due_for(target, now_ms(), 1).await.unwrap()[0];
+    let d = store.claim(target, at, id).await.unwrap().expect("claimed");
+    assert_eq!(d.state, State::InFlight);
+    (at, id)
+}
+
+/// Claims the first due delivery of `target` and records one attempt.
+async fn attempt_first(store: &dyn Store, target: &str, status: u16, next: Next) -> DeliveryId {
+    let (_, id) = claim_first(store, target).await;
+    store.finish(id, &attempt(status), next).await.unwrap();
+    id
+}
+
+async fn reopen<B: Backend>(backend: &B, store: Arc<dyn Store>) -> Arc<dyn Store> {
+    store.close().await.unwrap();
+    drop(store);
+    backend.open().await
+}
+
+// === ingest ===
+
+pub async fn accept_keeps_the_event_and_one_pending_delivery_per_target<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    let new = new_event(&["r/a", "r/b"], None);
+    let meta = new.meta.clone();
+    let a = store.accept(new).await.unwrap();
+    assert_eq!((a.deliveries, a.duplicate), (2, false));
+
+    let ev = store.event(a.id).await.unwrap().expect("stored");
+    assert_eq!(ev.id, a.id);
+    assert_eq!(&ev.body[..], b"{\"a\":1}");
+    assert_eq!(ev.meta.event_type, meta.event_type);
+    assert_eq!(ev.meta.headers, meta.headers);
+    assert_eq!(ev.meta.received_at_ms, meta.received_at_ms);
+
+    let ds = store.deliveries_of(a.id).await.unwrap();
+    let targets: Vec<&str> = ds.iter().map(|(_, d)| d.target.as_str()).collect();
+    assert_eq!(targets, ["r/a", "r/b"], "in creation order");
+    for (id, d) in &ds {
+        assert_eq!((d.event, d.state, d.attempts), (a.id, State::Pending, 0));
+        assert_eq!(store.delivery(*id).await.unwrap().unwrap().target, d.target);
+        assert!(store.attempts(*id).await.unwrap().is_empty());
+    }
+    assert_eq!(store.count(State::Pending), 2);
+    let mut due_targets = store.due_targets().await.unwrap();
+    due_targets.sort();
+    assert_eq!(due_targets, ["r/a", "r/b"]);
+    let due = store.due_entries(10).await.unwrap();
+    assert_eq!(due.len(), 2);
+    assert!(due.iter().all(|(_, at, _)| *at <= now_ms()));
+    assert_eq!(store.due_for("r/a", now_ms(), 10).await.unwrap().len(), 1);
+    assert!(store.next_due("r/a").await.unwrap().is_some());
+    assert!(store.next_due("r/none").await.unwrap().is_none());
+}
+
+pub async fn an_event_for_no_target_is_kept_with_nothing_due<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    let a = store.accept(new_event(&[], None)).await.unwrap();
+    assert_eq!(a.deliveries, 0);
+    assert!(store.event(a.id).await.unwrap().is_some());
+    assert!(store.deliveries_of(a.id).await.unwrap().is_empty());
+    assert!(store.due_entries(10).await.unwrap().is_empty());
+    assert!(store.due_targets().await.unwrap().is_empty());
+}
+
+pub async fn a_dedup_key_within_retention_answers_with_the_first_event<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    let a = store.accept(new_event(&["r/a"], Some("k1"))).await.unwrap();
+    let again = store.accept(new_event(&["r/a"], Some("k1"))).await.unwrap();
+    assert!(again.duplicate);
+    assert_eq!((again.id, again.deliveries), (a.id, 0));
+    let other = store.accept(new_event(&["r/a"], Some("k2"))).await.unwrap();
+    assert!(!other.duplicate);
+    assert_ne!(other.id, a.id);
+    assert_eq!(
+        store.due_entries(10).await.unwrap().len(),
+        2,
+        "the duplicate queued nothing"
+    );
+    assert_eq!(store.count(State::Pending), 2);
+    // The same key on another route is another key.
+    let mut elsewhere = new_event(&["r/a"], None);
+    elsewhere.dedup = Some(("other".into(), "k1".into()));
+    assert!(!store.accept(elsewhere).await.unwrap().duplicate);
+}
+
+pub async fn dedup_keys_expire_after_retention<B: Backend>() {
+    let b = B::new(Duration::ZERO);
+    let store = b.open().await;
+    let first = store.accept(new_event(&["r/a"], Some("k"))).await.unwrap();
+    let second = store.accept(new_event(&["r/a"], Some("k"))).await.unwrap();
+    assert!(!second.duplicate, "an expired key is not a duplicate");
+    assert_ne!(first.id, second.id);
+    assert!(store.purge_dedup().await.unwrap() >= 1);
+}
+
+// === scheduling ===
+
+pub async fn a_claim_takes_a_delivery_once<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    store.accept(new_event(&["r/a"], None)).await.unwrap();
+    let (at, id) = claim_first(&*store, "r/a").await;
+    assert!(
+        store.claim("r/a", at, id).await.unwrap().is_none(),
+        "claimed twice"
+    );
+    assert!(store.due_for("r/a", now_ms(), 10).await.unwrap().is_empty());
+    assert!(store.due_entries(10).await.unwrap().is_empty());
+    assert_eq!(
+        store.delivery(id).await.unwrap().unwrap().state,
+        State::InFlight
+    );
+    assert_eq!(
+        (store.count(State::Pending), store.count(State::InFlight)),
+        (0, 1)
+    );
+}
+
+pub async fn a_claim_for_another_due_time_is_refused<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    store.accept(new_event(&["r/a"], None)).await.unwrap();
+    let (at, id) = store.due_for("r/a", now_ms(), 1).await.unwrap()[0];
+    assert!(store.claim("r/a", at + 1, id).await.unwrap().is_none());
+    assert!(
+        store.claim("r/a", at, id).await.unwrap().is_some(),
+        "the real one still works"
+    );
+}
+
+pub async fn a_retry_is_recorded_and_due_again_at_its_time<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    store.accept(new_event(&["r/a"], None)).await.unwrap();
+    let (_, id) = claim_first(&*store, "r/a").await;
+    let later = now_ms() + 60_000;
+    let tried = attempt(500);
+    let d = store
+        .finish(id, &tried, Next::RetryAt(later))
+        .await
+        .unwrap();
+    assert_eq!(
+        (d.state, d.attempts, d.next_at_ms),
+        (State::Pending, 1, later)
+    );
+    assert_eq!(d.last.as_ref(), Some(&tried));
+    assert_eq!(store.attempts(id).await.unwrap(), vec![tried.clone()]);
+    assert!(
+        store.due_for("r/a", now_ms(), 10).await.unwrap().is_empty(),
+        "not due yet"
+    );
+    assert_eq!(
+        store.due_for("r/a", later, 10).await.unwrap(),
+        vec![(later, id)]
+    );
+    assert_eq!(store.next_due("r/a").await.unwrap(), Some(later));
+    assert_eq!(store.count(State::Pending), 1);
+
+    // The second attempt is numbered after the first.
+    store
+        .claim("r/a", later, id)
+        .await
+        .unwrap()
+        .expect("claimed at its time");
+    let d = store
+        .finish(id, &attempt(200), Next::Succeeded)
+        .await
+        .unwrap();
+    assert_eq!((d.state, d.attempts), (State::Succeeded, 2));
+    let statuses: Vec<_> = store
+        .attempts(id)
+        .await
+        .unwrap()
+        .iter()
+        .map(|a| a.status)
+        .collect();
+    assert_eq!(statuses, [Some(500), Some(200)]);
+}
+
+pub async fn succeeded_and_dead_are_final<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    store
+        .accept(new_event(&["r/ok", "r/bad"], None))
+        .await
+        .unwrap();
+    let ok = attempt_first(&*store, "r/ok", 200, Next::Succeeded).await;
+    let bad = attempt_first(&*store, "r/bad", 500, Next::Dead).await;
+    assert_eq!(
+        store.delivery(ok).await.unwrap().unwrap().state,
+        State::Succeeded
+    );
+    assert_eq!(
+        store.delivery(bad).await.unwrap().unwrap().state,
+        State::Dead
+    );
+    assert!(store.due_entries(10).await.unwrap().is_empty());
+    assert!(store.due_targets().await.unwrap().is_empty());
+    assert_eq!(
+        (store.count(State::Succeeded), store.count(State::Dead)),
+        (1, 1)
+    );
+    assert_eq!(
+        (store.count(State::Pending), store.count(State::InFlight)),
+        (0, 0)
+    );
+}
+
+pub async fn release_gives_a_delivery_back_without_an_attempt<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    store.accept(new_event(&["r/a"], None)).await.unwrap();
+    let (at, id) = claim_first(&*store, "r/a").await;
+    store.release(id, at).await.unwrap();
+    let d = store.delivery(id).await.unwrap().unwrap();
+    assert_eq!((d.state, d.attempts), (State::Pending, 0));
+    assert!(store.attempts(id).await.unwrap().is_empty());
+    assert_eq!(
+        store.due_for("r/a", now_ms(), 10).await.unwrap(),
+        vec![(at, id)]
+    );
+    // Releasing one that is not in flight changes nothing.
+    store.release(id, at + 5).await.unwrap();
+    assert_eq!(store.delivery(id).await.unwrap().unwrap().next_at_ms, at);
+}
+
+pub async fn deliveries_in_flight_at_a_restart_are_pending_again<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    store
+        .accept(new_event(&["r/a", "r/b"], None))
+        .await
+        .unwrap();
+    let (_, taken) = claim_first(&*store, "r/a").await;
+    // A "crash": the attempt never finishes.
+    let store = reopen(&b, store).await;
+    let d = store.delivery(taken).await.unwrap().unwrap();
+    assert_eq!((d.state, d.attempts), (State::Pending, 0));
+    assert!(d.next_at_ms <= now_ms(), "due now");
+    assert_eq!(store.due_entries(10).await.unwrap().len(), 2);
+    assert_eq!(
+        (store.count(State::Pending), store.count(State::InFlight)),
+        (2, 0)
+    );
+    let (at, id) = store.due_for("r/a", now_ms(), 1).await.unwrap()[0];
+    assert_eq!(id, taken);
+    assert!(store.claim("r/a", at, id).await.unwrap().is_some());
+}
+
+pub async fn everything_acknowledged_survives_a_restart<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        let mut new = new_event(&["r/a"], Some(&format!("k{n}")));
+        new.body = Bytes::from(format!("{{\"n\":{n}}}"));
+        ids.push(store.accept(new).await.unwrap().id);
+    }
+    let done = attempt_first(&*store, "r/a", 200, Next::Succeeded).await;
+    let sub = subscription("hook_1");
+    store.put_subscription(&sub).await.unwrap();
+    let counters = Counters {
+        calls: 3,
+        succeeded: 2,
+        failed: 1,
+        ..Counters::default()
+    };
+    store.save_counters("r/a", &counters).await.unwrap();
+
+    let store = reopen(&b, store).await;
+    for (n, id) in ids.iter().enumerate() {
+        let ev = store.event(*id).await.unwrap().expect("survived");
+        assert_eq!(ev.body, Bytes::from(format!("{{\"n\":{n}}}")));
+        assert_eq!(store.deliveries_of(*id).await.unwrap().len(), 1);
+    }
+    assert_eq!(
+        store.delivery(done).await.unwrap().unwrap().state,
+        State::Succeeded
+    );
+    assert_eq!(store.attempts(done).await.unwrap().len(), 1);
+    assert_eq!(
+        (store.count(State::Pending), store.count(State::Succeeded)),
+        (19, 1)
+    );
+    let again = store.accept(new_event(&["r/a"], Some("k3"))).await.unwrap();
+    assert_eq!(
+        (again.duplicate, again.id),
+        (true, ids[3]),
+        "dedup keys survive"
+    );
+    let subs = store.subscriptions().await.unwrap();
+    assert_eq!(subs.len(), 1);
+    assert_eq!(
+        (subs[0].id.as_str(), subs[0].secret.as_str()),
+        ("hook_1", sub.secret.as_str())
+    );
+    assert_eq!(store.counters("r/a").await.unwrap(), counters);
+}
+
+// === repair ===
+
+pub async fn requeue_gives_a_fresh_attempt_budget<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    store
+        .accept(new_event(&["r/a", "r/b"], None))
+        .await
+        .unwrap();
+    let dead = attempt_first(&*store, "r/a", 500, Next::Dead).await;
+    let d = store.requeue(dead, "by hand").await.unwrap().unwrap();
+    assert_eq!((d.state, d.attempts, d.base), (State::Pending, 1, 1));
+    assert_eq!(d.note.as_deref(), Some("by hand"));
+    assert_eq!(store.due_for("r/a", now_ms(), 10).await.unwrap().len(), 1);
+    assert_eq!(
+        (store.count(State::Dead), store.count(State::Pending)),
+        (0, 2)
+    );
+
+    let (_, flying) = claim_first(&*store, "r/b").await;
+    let d = store.requeue(flying, "by hand").await.unwrap().unwrap();
+    assert_eq!(
+        d.state,
+        State::InFlight,
+        "one being attempted is left alone"
+    );
+    assert_eq!(
+        store.delivery(flying).await.unwrap().unwrap().state,
+        State::InFlight
+    );
+
+    let unknown = DeliveryId(ulid::Ulid::new());
+    assert!(store.requeue(unknown, "x").await.unwrap().is_none());
+}
+
+pub async fn bulk_requeue_pages_through_every_batch<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    for _ in 0..5 {
+        store.accept(new_event(&["r/a"], None)).await.unwrap();
+        attempt_first(&*store, "r/a", 500, Next::Dead).await;
+    }
+    store.accept(new_event(&["r/b"], None)).await.unwrap();
+    attempt_first(&*store, "r/b", 500, Next::Dead).await;
+    let (mut total, mut from, mut batches) = (0, None, 0);
+    loop {
+        let (n, next) = store
+            .requeue_batch(State::Dead, Some("r/a"), from, 2)
+            .await
+            .unwrap();
+        total += n;
+        batches += 1;
+        match next {
+            Some(next) => from = Some(next),
+            None => break,
+        }
+        assert!(batches < 20, "the cursor does not advance");
+    }
+    assert_eq!(total, 5);
+    assert!(batches >= 3, "{batches} batches of at most 2");
+    assert_eq!(store.count(State::Dead), 1, "r/b is left alone");
+    assert_eq!(store.count(State::Pending), 5);
+    let due = store.due_entries(10).await.unwrap();
+    assert!(due.iter().all(|(t, _, _)| t == "r/a"));
+}
+
+pub async fn cancel_and_cancel_all<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    for _ in 0..3 {
+        store.accept(new_event(&["r/a"], None)).await.unwrap();
+    }
+    store.accept(new_event(&["r/b"], None)).await.unwrap();
+    let (_, one) = store.due_for("r/a", now_ms(), 1).await.unwrap()[0];
+    assert!(store.cancel(one, "not wanted").await.unwrap());
+    let d = store.delivery(one).await.unwrap().unwrap();
+    assert_eq!(
+        (d.state, d.note.as_deref()),
+        (State::Cancelled, Some("not wanted"))
+    );
+    assert!(
+        !store.cancel(one, "again").await.unwrap(),
+        "a finished one stays"
+    );
+    assert_eq!(store.cancel_all("r/a", "gone").await.unwrap(), 2);
+    assert_eq!(store.count(State::Cancelled), 3);
+    assert_eq!(store.count(State::Pending), 1);
+    let left = store.due_entries(10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0, "r/b");
+    assert_eq!(store.cancel_all("r/a", "gone").await.unwrap(), 0);
+}
+
+// === queries ===
+
+pub async fn the_delivery_log_pages_newest_first_with_filters<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    let mut all = Vec::new();
+    for _ in 0..5 {
+        let a = store
+            .accept(new_event(&["r/a", "r/b"], None))
+            .await
+            .unwrap();
+        all.extend(
+            store
+                .deliveries_of(a.id)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|(id, _)| id),
+        );
+    }
+    attempt_first(&*store, "r/a", 500, Next::Dead).await;
+    all.reverse();
+
+    let page = store
+        .list_deliveries(None, None, None, 4, 1000)
+        .await
+        .unwrap();
+    let ids: Vec<_> = page.deliveries.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, all[..4]);
+    let next = store
+        .list_deliveries(None, None, page.next, 100, 1000)
+        .await
+        .unwrap();
+    let ids: Vec<_> = next.deliveries.iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, all[4..]);
+    assert!(next.next.is_none());
+
+    let only_b = store
+        .list_deliveries(None, Some("r/b"), None, 100, 1000)
+        .await
+        .unwrap();
+    assert_eq!(only_b.deliveries.len(), 5);
+    assert!(only_b.deliveries.iter().all(|(_, d)| d.target == "r/b"));
+    let dead = store
+        .list_deliveries(Some(State::Dead), None, None, 100, 1000)
+        .await
+        .unwrap();
+    assert_eq!(dead.deliveries.len(), 1);
+    assert_eq!(dead.deliveries[0].1.target, "r/a");
+
+    // A scan bound stops early and says where to go on.
+    let bounded = store
+        .list_deliveries(Some(State::Dead), None, None, 100, 2)
+        .await
+        .unwrap();
+    assert!(bounded.deliveries.len() <= 2);
+    assert!(bounded.next.is_some());
+}
+
+fn subscription(id: &str) -> Subscription {
+    Subscription {
+        id: id.into(),
+        target_url: "https://crm.example.com/hook".into(),
+        event: "course_*".into(),
+        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+        route: Some("r".into()),
+        created_at_ms: now_ms(),
+    }
+}
+
+pub async fn subscriptions_and_counters_round_trip<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    assert!(store.subscriptions().await.unwrap().is_empty());
+    assert_eq!(store.counters("hook_b").await.unwrap(), Counters::default());
+    store
+        .put_subscription(&subscription("hook_b"))
+        .await
+        .unwrap();
+    store
+        .put_subscription(&subscription("hook_a"))
+        .await
+        .unwrap();
+    let ids: Vec<String> = store
+        .subscriptions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, ["hook_a", "hook_b"], "by id");
+
+    let c = Counters {
+        calls: 7,
+        succeeded: 5,
+        failed: 2,
+        dead: 1,
+        last_status: Some(503),
+        last_error: None,
+        last_at_ms: Some(now_ms()),
+    };
+    store.save_counters("hook_b", &c).await.unwrap();
+    assert_eq!(store.counters("hook_b").await.unwrap(), c);
+
+    assert!(store.delete_subscription("hook_b").await.unwrap());
+    assert!(!store.delete_subscription("hook_b").await.unwrap());
+    assert_eq!(
+        store.counters("hook_b").await.unwrap(),
+        Counters::default(),
+        "counters go too"
+    );
+    let ids: Vec<String> = store
+        .subscriptions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, ["hook_a"]);
+}
+
+// === retention ===
+
+pub async fn purge_removes_old_finished_events_only<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    let done = store.accept(new_event(&["r/a"], Some("k"))).await.unwrap();
+    let waiting = store.accept(new_event(&["r/a"], None)).await.unwrap();
+    let did = attempt_first(&*store, "r/a", 200, Next::Succeeded).await;
+    // Nothing is older than a cutoff in the past.
+    assert_eq!(store.purge(done.id.0.timestamp_ms(), 100).await.unwrap(), 0);
+    // Past both: the finished one goes, the pending one stays.
+    assert_eq!(store.purge(now_ms() + 1, 100).await.unwrap(), 1);
+    assert!(store.event(done.id).await.unwrap().is_none());
+    assert!(store.delivery(did).await.unwrap().is_none());
+    assert!(store.attempts(did).await.unwrap().is_empty());
+    assert!(store.event(waiting.id).await.unwrap().is_some());
+    assert_eq!(store.deliveries_of(waiting.id).await.unwrap().len(), 1);
+    assert_eq!(store.count(State::Succeeded), 0);
+    // The dedup key has not expired, so it still answers.
+    let again = store.accept(new_event(&["r/a"], Some("k"))).await.unwrap();
+    assert!(again.duplicate);
+}
+
+// === concurrency, size, life ===
+
+pub async fn concurrent_accepts_all_get_their_own_ids<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let s = store.clone();
+            tokio::spawn(async move { s.accept(new_event(&["r/a"], None)).await })
+        })
+        .collect();
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap().unwrap().id);
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 64);
+    assert_eq!(store.count(State::Pending), 64);
+    assert_eq!(store.due_entries(100).await.unwrap().len(), 64);
+}
+
+pub async fn large_bodies_come_back_whole<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    let body: Vec<u8> = (0..300 * 1024).map(|i| (i % 251) as u8).collect();
+    let mut new = new_event(&["r/a"], None);
+    new.body = Bytes::from(body.clone());
+    let a = store.accept(new).await.unwrap();
+    let store = reopen(&b, store).await;
+    assert_eq!(
+        &store.event(a.id).await.unwrap().unwrap().body[..],
+        &body[..]
+    );
+    attempt_first(&*store, "r/a", 200, Next::Succeeded).await;
+    assert_eq!(store.purge(now_ms() + 1, 10).await.unwrap(), 1);
+    assert!(store.event(a.id).await.unwrap().is_none());
+}
+
+pub async fn a_closed_store_refuses_writes<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    store.check_writable().await.unwrap();
+    let used = store.refresh_disk_usage().await;
+    assert!(used > 0);
+    assert_eq!(store.disk_bytes(), used);
+    store.close().await.unwrap();
+    let e = store.accept(new_event(&["r/a"], None)).await.unwrap_err();
+    assert!(matches!(e, StoreError::Closed), "{e}");
+    assert!(store.check_writable().await.is_err());
+}
