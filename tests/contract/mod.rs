@@ -12,8 +12,6 @@
 //! Cases talk to the store only through the trait, so a case that passes
 //! on one backend and fails on another is a difference in behaviour.
 
-#![allow(dead_code)]
-
 use std::sync::Arc;
 use std::time::Duration;
 
