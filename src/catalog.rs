@@ -10,6 +10,7 @@
 //! Counters live in memory and are saved to the store every second and at
 //! shutdown, so after a crash they may lag by up to a second.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
@@ -232,21 +233,28 @@ impl Catalog {
     pub async fn reload(&self, config: &Config) -> Result<Vec<String>, String> {
         let fresh = Egress::new(config)?;
         let specs = configured(config)?;
-        let old = self.all();
-        let mut saved = Vec::new();
-        for spec in &specs {
-            if !old.iter().any(|t| t.spec.key == spec.key) {
+        // Targets new to this config start from their saved counters, read
+        // before the lock is taken (a std lock is not held across an await).
+        let mut saved = HashMap::new();
+        {
+            let before = self.all();
+            let known: HashSet<&str> = before.iter().map(|t| t.spec.key.as_str()).collect();
+            for spec in specs.iter().filter(|s| !known.contains(s.key.as_str())) {
                 let c = self
                     .store
                     .counters(&spec.key)
                     .await
                     .map_err(|e| e.to_string())?;
-                saved.push((spec.key.clone(), c));
+                saved.insert(spec.key.clone(), c);
             }
         }
+        // From here to the swap the egress lock is held, so a subscription
+        // added meanwhile waits and lands in the new list.
         let mut egress = self.egress.write().expect("lock poisoned");
         *egress = fresh;
-        let find = |key: &str| old.iter().find(|t| t.spec.key == key);
+        let old = self.all();
+        let by_key: HashMap<&str, &Arc<Target>> =
+            old.iter().map(|t| (t.spec.key.as_str(), t)).collect();
         // A lane built anew keeps the counters and circuit of the one it replaces.
         let carried = |spec: TargetSpec, t: &Target| {
             let target = Target::new(spec, &egress, t.lane.counters());
@@ -255,14 +263,10 @@ impl Catalog {
         };
         let mut next = Vec::new();
         for spec in specs {
-            let target = match find(&spec.key) {
+            let target = match by_key.get(spec.key.as_str()) {
                 Some(t) => carried(spec, t),
                 None => {
-                    let c = saved
-                        .iter()
-                        .find(|(k, _)| *k == spec.key)
-                        .map(|(_, c)| c.clone())
-                        .unwrap_or_default();
+                    let c = saved.remove(&spec.key).unwrap_or_default();
                     Target::new(spec, &egress, c)
                 }
             };
@@ -275,9 +279,10 @@ impl Catalog {
             };
             next.push(Arc::new(carried(spec, t)));
         }
+        let kept: HashSet<&str> = next.iter().map(|t| t.spec.key.as_str()).collect();
         let removed = old
             .iter()
-            .filter(|t| !next.iter().any(|n| n.spec.key == t.spec.key))
+            .filter(|t| !kept.contains(t.spec.key.as_str()))
             .map(|t| t.spec.key.clone())
             .collect();
         *self.targets.write().expect("lock poisoned") = next;

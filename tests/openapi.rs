@@ -83,6 +83,22 @@ fn check(spec: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String
     Ok(())
 }
 
+/// Every documented (METHOD, path template).
+fn operations(spec: &Value) -> BTreeSet<(String, String)> {
+    spec["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(p, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .filter(|m| *m != "parameters")
+                .map(move |m| (m.to_uppercase(), p.clone()))
+        })
+        .collect()
+}
+
 /// The documented path template that `path` (without query) falls under.
 fn template_of(spec: &Value, path: &str) -> String {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
@@ -138,7 +154,7 @@ impl Checker {
                 .unwrap_or_else(|e| panic!("{method} {path} {}: {e}", r.status));
         }
         if r.status.is_success() {
-            self.seen.insert((method.to_lowercase(), template));
+            self.seen.insert((method.to_uppercase(), template));
         }
         r
     }
@@ -260,18 +276,7 @@ async fn every_documented_operation_answers_as_documented() {
     )
     .await;
 
-    let documented: BTreeSet<(String, String)> = c.spec["paths"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .flat_map(|(p, item)| {
-            item.as_object()
-                .unwrap()
-                .keys()
-                .filter(|m| *m != "parameters")
-                .map(move |m| (m.clone(), p.clone()))
-        })
-        .collect();
+    let documented = operations(&c.spec);
     let missing: Vec<_> = documented.difference(&c.seen).collect();
     assert!(
         missing.is_empty(),
@@ -299,19 +304,7 @@ fn the_checker_catches_misfits() {
 
 #[test]
 fn the_route_table_and_the_document_name_the_same_operations() {
-    let spec = spec();
-    let documented: BTreeSet<(String, String)> = spec["paths"]
-        .as_object()
-        .unwrap()
-        .iter()
-        .flat_map(|(p, item)| {
-            item.as_object()
-                .unwrap()
-                .keys()
-                .filter(|m| *m != "parameters")
-                .map(move |m| (m.to_uppercase(), p.clone()))
-        })
-        .collect();
+    let documented = operations(&spec());
     let served: BTreeSet<(String, String)> = hookrelay::admin::operations().into_iter().collect();
     let undocumented: Vec<_> = served.difference(&documented).collect();
     let unserved: Vec<_> = documented.difference(&served).collect();

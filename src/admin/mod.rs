@@ -68,7 +68,8 @@ pub struct Admin {
     catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
     settings: RwLock<Arc<Settings>>,
-    routes: Vec<Route>,
+    /// The route table, built once.
+    table: Vec<Route>,
 }
 
 impl Admin {
@@ -84,7 +85,7 @@ impl Admin {
             catalog,
             metrics,
             settings: RwLock::new(Arc::new(Settings::new(config, tokens))),
-            routes: routes::table(),
+            table: routes::table(),
         }
     }
 
@@ -115,7 +116,7 @@ impl Admin {
             return Err(AdminError::SourceNotAllowed(source));
         }
         let path = req.uri().path().to_string();
-        let (route, params) = match routes::resolve(&self.routes, req.method(), &path) {
+        let (route, params) = match routes::resolve(&self.table, req.method(), &path) {
             Resolved::Found(route, params) => (route, params),
             Resolved::WrongMethod(allow) => {
                 return Err(AdminError::MethodNotAllowed {

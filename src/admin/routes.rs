@@ -59,6 +59,8 @@ pub struct Route {
     /// Literal segments and `{name}` segments, e.g. `/api/hooks/{id}/test`.
     pub path: &'static str,
     pub access: Access,
+    /// `path` split at `/`, once.
+    segments: Vec<&'static str>,
     handler: Handler,
 }
 
@@ -73,10 +75,11 @@ macro_rules! handler {
 /// Every route of the admin API.
 pub fn table() -> Vec<Route> {
     use Access::{Open, Token};
-    let r = |method: Method, path, access, handler| Route {
+    let r = |method: Method, path: &'static str, access, handler| Route {
         method,
         path,
         access,
+        segments: segments(path),
         handler,
     };
     vec![
@@ -173,12 +176,11 @@ pub enum Resolved<'t> {
 impl Route {
     /// The path's `{params}` if `path` fits this route's pattern.
     fn matches(&self, path: &[&str]) -> Option<Vec<String>> {
-        let pattern: Vec<&str> = segments(self.path);
-        if pattern.len() != path.len() {
+        if self.segments.len() != path.len() {
             return None;
         }
         let mut params = Vec::new();
-        for (p, s) in pattern.iter().zip(path) {
+        for (p, s) in self.segments.iter().zip(path) {
             if p.starts_with('{') {
                 params.push((*s).to_string());
             } else if p != s {
@@ -190,10 +192,7 @@ impl Route {
 
     /// Literal segments: where two patterns fit a path, the more literal wins.
     fn literals(&self) -> usize {
-        segments(self.path)
-            .iter()
-            .filter(|s| !s.starts_with('{'))
-            .count()
+        self.segments.iter().filter(|s| !s.starts_with('{')).count()
     }
 
     pub async fn call(&self, admin: Arc<Admin>, call: Call) -> Reply {

@@ -136,25 +136,27 @@ pub struct BackoffOverride {
 }
 
 impl TargetConfig {
-    /// The delivery policy of `target`: `defaults` with its overrides applied.
+    /// This target's delivery policy: `defaults` with its overrides applied.
     pub fn policy(&self, defaults: &DeliveryConfig) -> DeliveryConfig {
-        let (target, d) = (self, defaults);
-        let b = &target.backoff;
+        let b = &self.backoff;
         DeliveryConfig {
-            timeout: target.timeout.unwrap_or(d.timeout),
-            connect_timeout: target.connect_timeout.unwrap_or(d.connect_timeout),
-            max_attempts: target.max_attempts.unwrap_or(d.max_attempts),
+            timeout: self.timeout.unwrap_or(defaults.timeout),
+            connect_timeout: self.connect_timeout.unwrap_or(defaults.connect_timeout),
+            max_attempts: self.max_attempts.unwrap_or(defaults.max_attempts),
             backoff: Backoff {
-                initial: b.initial.unwrap_or(d.backoff.initial),
-                max: b.max.unwrap_or(d.backoff.max),
-                multiplier: b.multiplier.unwrap_or(d.backoff.multiplier),
-                jitter: b.jitter.unwrap_or(d.backoff.jitter),
+                initial: b.initial.unwrap_or(defaults.backoff.initial),
+                max: b.max.unwrap_or(defaults.backoff.max),
+                multiplier: b.multiplier.unwrap_or(defaults.backoff.multiplier),
+                jitter: b.jitter.unwrap_or(defaults.backoff.jitter),
             },
-            success: target.success.clone().unwrap_or_else(|| d.success.clone()),
-            concurrency: target.concurrency.unwrap_or(d.concurrency),
-            rate: target.rate.unwrap_or(d.rate),
-            circuit: target.circuit.unwrap_or(d.circuit),
-            shutdown_grace: d.shutdown_grace,
+            success: self
+                .success
+                .clone()
+                .unwrap_or_else(|| defaults.success.clone()),
+            concurrency: self.concurrency.unwrap_or(defaults.concurrency),
+            rate: self.rate.unwrap_or(defaults.rate),
+            circuit: self.circuit.unwrap_or(defaults.circuit),
+            shutdown_grace: defaults.shutdown_grace,
         }
     }
 }

@@ -15,8 +15,9 @@
 //! Invariants: a delivery is attempted only after the store moved it to
 //! `in_flight`, and every attempt is recorded with what follows (succeeded,
 //! retry at a time, dead); the signature covers exactly the bytes sent.
-//! Only `dispatch` knows about the store; the modules below it know
-//! nothing of the store or the configuration file.
+//! Only `dispatch` talks to the store; the modules below it see its
+//! records (an event, an attempt, counters) and nothing of the store
+//! itself or of the configuration file.
 
 pub mod dispatch;
 pub mod egress;

@@ -17,6 +17,8 @@
 //!   follows; `release` gives an in-flight one back without an attempt.
 //! - Deliveries left in flight by a crash are pending again, due now, when
 //!   the store is next opened (at least once).
+//! - Work that becomes due now (an accepted event, a re-queue) wakes
+//!   `new_work`, on which the scheduler sleeps when nothing else is due.
 //! - Every scan is bounded by a caller-given limit.
 //! - A store that cannot take writes refuses them with an error; nothing
 //!   it refused was kept.

@@ -367,14 +367,7 @@ pub async fn wait_exit(child: &mut std::process::Child) -> Option<i32> {
 
 /// Polls `check` until it gives `Some`, failing the test at the deadline.
 pub async fn eventually<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually_async(what, async || check()).await
 }
 
 /// `eventually`, for checks that ask the store (its calls are async).
