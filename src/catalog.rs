@@ -1,22 +1,35 @@
-//! The catalog of targets: the configured ones and the REST Hooks
-//! subscriptions, each with what it wants and its delivery lane.
+//! The catalog of endpoints: every receiver, from the config file or made
+//! through the admin API, each with what it wants and its delivery lane.
 //!
-//! Ingest asks the catalog which targets want an event; the dispatcher asks
-//! it for each target's lane; the admin API adds and removes subscriptions.
-//! A target's spec holds what an attempt needs (URL, signing secrets, shape,
-//! policy); its [`Lane`] holds the bounds on work, the circuit breaker and
-//! the counters.
+//! Ingest asks the catalog which endpoints want an event; the dispatcher
+//! asks it for each endpoint's lane; the admin API makes, changes and
+//! removes API endpoints through it. An endpoint's spec holds what an
+//! attempt needs (URL, signing secrets, shape, policy); its [`Lane`] holds
+//! the bounds on work, the circuit breaker and the counters; its record is
+//! what the store keeps.
+//!
+//! Invariants:
+//! - Config endpoints and API endpoints are checked by the same code
+//!   (`TargetConfig::validate`, the shared `outbound`): what the file
+//!   refuses, the API refuses.
+//! - A config endpoint keeps its id for as long as its route and URL, or
+//!   its route and name, stay: the store remembers which id a (route, URL,
+//!   name) was given, so a rename keeps counters and pending deliveries.
+//! - An API endpoint is written to the store before it is in the catalog,
+//!   and taken out of the catalog before it leaves the store.
 //!
 //! Counters live in memory and are saved to the store every second and at
 //! shutdown, so after a crash they may lag by up to a second.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
-use serde::Serialize;
 use serde_json::Value;
 
-use crate::config::{Config, ORIGIN_TARGET};
+use crate::config::endpoint::{EndpointDef, Invalid, Rules};
+use crate::config::targets::valid_id;
+use crate::config::{Config, TargetConfig, ORIGIN_TARGET};
 use crate::deliver::egress::{tls_config, Connector, EgressError, Policy, Reply, TargetUrl};
 use crate::deliver::lane::Lane;
 use crate::deliver::policy::DeliveryConfig;
@@ -25,77 +38,120 @@ use crate::deliver::shape::{Outbound, Shaped};
 use crate::deliver::sign::Secret;
 use crate::ingest::filter::Filter;
 use crate::ingest::route::EventPattern;
-use crate::store::{Counters, EventMeta, Store, StoreError, Subscription};
+pub use crate::store::Origin;
+use crate::store::{
+    now_ms, Counters, EndpointRecord, EventMeta, Store, StoreError, StoredSecret, TestSend,
+};
 
-/// The key a configured target is known by: `route/target`.
+/// How many test sends an endpoint's record keeps.
+const KEPT_TESTS: usize = 10;
+/// The longest grace a rotated secret may keep signing.
+pub const MAX_GRACE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The id a configured target gets when it has no `id` and none was given
+/// to it before: `route/target`, as older versions named every target.
 pub fn target_key(route: &str, target: &str) -> String {
     format!("{route}/{target}")
 }
 
-/// Where a target comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Origin {
-    Config,
-    Subscription,
+/// Why the catalog refused a change.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("{}: {}", .0.field, .0.reason)]
+    Invalid(Invalid),
+    #[error("endpoint {0} not found")]
+    NotFound(String),
+    #[error("endpoint {0} comes from the config file; change it there and reload")]
+    ReadOnly(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
-/// What a target is: where it is, what it wants, how to deliver to it.
+/// What an endpoint is: where it is, what it wants, how to deliver to it.
 #[derive(Debug, Clone)]
 pub struct TargetSpec {
+    /// The endpoint's id.
     pub key: String,
     pub origin: Origin,
+    pub name: String,
     /// Only events of this route; `None`: of every route.
     pub route: Option<String>,
     pub events: Vec<EventPattern>,
     /// Only events whose JSON body matches.
     pub filter: Option<Filter>,
     pub url: TargetUrl,
-    pub secrets: Vec<Secret>,
-    /// How the body is shaped, and the target's own headers.
+    /// Signing secrets, with when each stops signing (after a rotation).
+    pub secrets: Vec<(Secret, Option<u64>)>,
+    /// How the body is shaped, and the endpoint's own headers.
     pub outbound: Outbound,
     pub policy: DeliveryConfig,
     /// A proxy route's `origin` target: each event goes to the URL it was
     /// sent to, not to `url`.
     pub to_event_url: bool,
+    /// `false`: paused; events queue, nothing is attempted.
+    pub enabled: bool,
+    /// The receiver said `410 Gone`: no new deliveries are queued.
+    pub gone: bool,
+    /// What it was made from (absent for a proxy route's `origin`).
+    pub config: Option<Arc<TargetConfig>>,
 }
 
 impl TargetSpec {
     pub fn wants(&self, route: &str, event: &str, json: Option<&Value>) -> bool {
-        self.route.as_deref().is_none_or(|r| r == route)
+        !self.gone
+            && self.route.as_deref().is_none_or(|r| r == route)
             && self.events.iter().any(|p| p.matches(event))
             && self.filter.as_ref().is_none_or(|f| f.matches(json))
     }
 
-    /// The spec of a subscription, delivered with the `[delivery]` defaults.
-    pub fn of_subscription(
-        sub: &Subscription,
+    /// The secrets that sign at `now`.
+    pub fn live_secrets(&self, now: u64) -> Vec<Secret> {
+        self.secrets
+            .iter()
+            .filter(|(_, until)| until.is_none_or(|u| u > now))
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+
+    fn of_target(
+        key: String,
+        origin: Origin,
+        route: Option<String>,
+        t: TargetConfig,
+        secrets: Vec<(Secret, Option<u64>)>,
         defaults: &DeliveryConfig,
-    ) -> Result<TargetSpec, String> {
-        Ok(TargetSpec {
-            key: sub.id.clone(),
-            origin: Origin::Subscription,
-            route: sub.route.clone(),
-            events: vec![EventPattern::parse(&sub.event)?],
-            filter: None,
-            url: TargetUrl::parse(&sub.target_url)?,
-            secrets: vec![Secret::parse(&sub.secret)?],
-            outbound: Outbound::default(),
-            policy: defaults.clone(),
+    ) -> TargetSpec {
+        TargetSpec {
+            key,
+            origin,
+            name: t.name.clone(),
+            route,
+            events: t.events.clone(),
+            filter: t.filter.clone(),
+            url: t.url.clone(),
+            secrets,
+            outbound: t.outbound.clone(),
+            policy: t.policy(defaults),
             to_event_url: false,
-        })
+            enabled: t.enabled,
+            gone: false,
+            config: Some(Arc::new(t)),
+        }
     }
 }
 
-/// A target and its delivery lane.
+/// An endpoint, its delivery lane, and its record in the store.
 pub struct Target {
     pub spec: TargetSpec,
     pub lane: Lane,
+    /// Changes without a new lane only for what does not change delivery
+    /// (test sends); every other change builds a new `Target`.
+    record: std::sync::Mutex<EndpointRecord>,
 }
 
 impl Target {
     /// Sends one signed attempt of `meta`'s event (id `event_id`, body
-    /// `shaped`) to `uri`, within the target's timeout.
+    /// `shaped`) to `uri`, within the endpoint's timeout.
     pub async fn send(
         &self,
         uri: http::Uri,
@@ -106,7 +162,7 @@ impl Target {
     ) -> Result<Reply, EgressError> {
         let spec = &self.spec;
         let request = build_request(
-            &spec.secrets,
+            &spec.live_secrets(now_ms()),
             &spec.outbound,
             uri,
             event_id,
@@ -117,7 +173,12 @@ impl Target {
         self.lane.client.send(request, spec.policy.timeout).await
     }
 
-    fn new(spec: TargetSpec, egress: &Egress, counters: Counters) -> Target {
+    fn new(
+        spec: TargetSpec,
+        record: EndpointRecord,
+        egress: &Egress,
+        counters: Counters,
+    ) -> Target {
         let connector = Connector::new(
             egress.tls.clone(),
             egress.guard.clone(),
@@ -126,23 +187,38 @@ impl Target {
         Target {
             lane: Lane::new(&spec.key, &spec.policy, connector, counters),
             spec,
+            record: std::sync::Mutex::new(record),
         }
+    }
+
+    /// The endpoint's record as the store has it.
+    pub fn record(&self) -> EndpointRecord {
+        self.record.lock().expect("lock poisoned").clone()
+    }
+
+    /// A new lane for `spec` that keeps this one's counters and circuit.
+    fn carried(&self, spec: TargetSpec, record: EndpointRecord, egress: &Egress) -> Target {
+        let t = Target::new(spec, record, egress, self.lane.counters());
+        t.lane.keep_circuit_of(&self.lane);
+        t
     }
 }
 
-/// Every target the relay delivers to, in a stable order: configured
-/// targets in file order, then subscriptions by id.
+/// Every endpoint the relay delivers to, in a stable order: configured
+/// ones in file order, then API ones by id.
 pub struct Catalog {
     targets: RwLock<Vec<Arc<Target>>>,
     egress: RwLock<Egress>,
     store: Arc<dyn Store>,
 }
 
-/// What every target's lane is built with.
+/// What every lane is built with, and what API endpoints are checked against.
 struct Egress {
     tls: Arc<rustls::ClientConfig>,
     guard: Arc<Policy>,
     defaults: DeliveryConfig,
+    https_only: bool,
+    routes: Vec<String>,
 }
 
 impl Egress {
@@ -153,21 +229,86 @@ impl Egress {
             tls: tls_config(config.egress.ca_file.as_deref())?,
             guard: Arc::new(guard),
             defaults: config.delivery.clone(),
+            https_only: config.egress.https_only,
+            routes: config.routes.iter().map(|r| r.name.clone()).collect(),
         })
+    }
+
+    fn rules(&self) -> Rules<'_> {
+        Rules {
+            guard: &self.guard,
+            https_only: self.https_only,
+            defaults: &self.defaults,
+            routes: &self.routes,
+        }
+    }
+
+    /// An API endpoint's spec from its record.
+    fn compile(&self, record: &EndpointRecord) -> Result<TargetSpec, Invalid> {
+        let def = EndpointDef::from_json(record.spec.clone())?;
+        let secrets = parse_secrets(&record.secrets)?;
+        let plain = secrets.iter().map(|(s, _)| s.clone()).collect();
+        let target = def.compile(plain, &self.rules())?;
+        let mut spec = TargetSpec::of_target(
+            record.id.clone(),
+            Origin::Api,
+            def.route.clone(),
+            target,
+            secrets,
+            &self.defaults,
+        );
+        spec.gone = record.disabled_reason.is_some();
+        Ok(spec)
     }
 }
 
-/// The configured targets of `config`, in file order; a proxy route
+fn parse_secrets(stored: &[StoredSecret]) -> Result<Vec<(Secret, Option<u64>)>, Invalid> {
+    stored
+        .iter()
+        .map(|s| {
+            Secret::parse(&s.secret)
+                .map(|p| (p, s.expires_at_ms))
+                .map_err(|reason| Invalid {
+                    field: "secret".into(),
+                    reason,
+                })
+        })
+        .collect()
+}
+
+/// The configured targets of `config`, in file order, each with its id and
+/// record: the id it was given before (by `id`, by route and name, or by
+/// route and URL when its name changed), else a new one. A proxy route
 /// (one with a `host`) first gets its implicit `origin` target.
-fn configured(config: &Config) -> Result<Vec<TargetSpec>, String> {
+fn configured(
+    config: &Config,
+    stored: &[EndpointRecord],
+) -> Result<Vec<(TargetSpec, EndpointRecord)>, String> {
+    let known: Vec<&EndpointRecord> = stored
+        .iter()
+        .filter(|r| r.origin == Origin::Config)
+        .collect();
+    let name_of = |r: &EndpointRecord| r.spec["name"].as_str().map(str::to_string);
+    let mut taken: HashSet<String> = HashSet::new();
+    // Ids named in the file are theirs, whatever was stored.
+    for route in &config.routes {
+        for t in &route.targets {
+            if let Some(id) = &t.id {
+                taken.insert(id.clone());
+            }
+        }
+    }
+    let now = now_ms();
     let mut out = Vec::new();
     for route in &config.routes {
         if let Some(host) = &route.host {
             let scheme = if route.upgrade_https { "https" } else { "http" };
             let port = host.port.map(|p| format!(":{p}")).unwrap_or_default();
-            out.push(TargetSpec {
-                key: target_key(&route.name, ORIGIN_TARGET),
+            let key = target_key(&route.name, ORIGIN_TARGET);
+            let spec = TargetSpec {
+                key: key.clone(),
                 origin: Origin::Config,
+                name: ORIGIN_TARGET.to_string(),
                 route: Some(route.name.clone()),
                 events: vec![EventPattern::Prefix(String::new())],
                 filter: None,
@@ -176,44 +317,170 @@ fn configured(config: &Config) -> Result<Vec<TargetSpec>, String> {
                 outbound: Outbound::default(),
                 policy: config.delivery.clone(),
                 to_event_url: true,
-            });
+                enabled: true,
+                gone: false,
+                config: None,
+            };
+            let record = config_record(&key, &route.name, &spec.url, ORIGIN_TARGET, stored, now);
+            taken.insert(key);
+            out.push((spec, record));
         }
+        let names: HashSet<&str> = route.targets.iter().map(|t| t.name.as_str()).collect();
         for t in &route.targets {
-            out.push(TargetSpec {
-                key: target_key(&route.name, &t.name),
-                origin: Origin::Config,
-                route: Some(route.name.clone()),
-                events: t.events.clone(),
-                filter: t.filter.clone(),
-                url: t.url.clone(),
-                secrets: t.secret.0.clone(),
-                outbound: t.outbound.clone(),
-                policy: t.policy(&config.delivery),
-                to_event_url: false,
-            });
+            let url = t.url.to_string();
+            let same_route = |r: &&&EndpointRecord| r.route.as_deref() == Some(&route.name);
+            let id = t
+                .id
+                .clone()
+                .or_else(|| {
+                    known
+                        .iter()
+                        .filter(same_route)
+                        .find(|r| name_of(r).as_deref() == Some(&t.name) && !taken.contains(&r.id))
+                        .map(|r| r.id.clone())
+                })
+                .or_else(|| {
+                    // Renamed: the same URL on the same route, under a name
+                    // this route no longer has.
+                    known
+                        .iter()
+                        .filter(same_route)
+                        .find(|r| {
+                            r.url == url
+                                && !taken.contains(&r.id)
+                                && name_of(r).is_none_or(|n| !names.contains(n.as_str()))
+                        })
+                        .map(|r| r.id.clone())
+                })
+                .unwrap_or_else(|| {
+                    let legacy = target_key(&route.name, &t.name);
+                    if valid_id(&t.name) && !taken.contains(&legacy) {
+                        legacy
+                    } else {
+                        target_key(&route.name, &ulid::Ulid::new().to_string().to_lowercase())
+                    }
+                });
+            taken.insert(id.clone());
+            let secrets = t.secret.0.iter().map(|s| (s.clone(), None)).collect();
+            let record = config_record(&id, &route.name, &t.url, &t.name, stored, now);
+            let spec = TargetSpec::of_target(
+                id,
+                Origin::Config,
+                Some(route.name.clone()),
+                t.clone(),
+                secrets,
+                &config.delivery,
+            );
+            out.push((spec, record));
         }
     }
     Ok(out)
 }
 
+/// The record of a configured target: the stored one with its route, URL
+/// and name brought up to date, or a new one.
+fn config_record(
+    id: &str,
+    route: &str,
+    url: &TargetUrl,
+    name: &str,
+    stored: &[EndpointRecord],
+    now: u64,
+) -> EndpointRecord {
+    let mut r = stored
+        .iter()
+        .find(|r| r.id == id)
+        .cloned()
+        .unwrap_or_else(|| EndpointRecord {
+            id: id.to_string(),
+            origin: Origin::Config,
+            route: None,
+            url: String::new(),
+            owner: None,
+            created_at_ms: now,
+            updated_at_ms: now,
+            secrets: Vec::new(),
+            disabled_reason: None,
+            tests: Vec::new(),
+            spec: serde_json::json!({}),
+        });
+    let url = url.to_string();
+    if r.route.as_deref() != Some(route) || r.url != url || r.spec["name"] != name {
+        r.origin = Origin::Config;
+        r.route = Some(route.to_string());
+        r.url = url;
+        r.spec = serde_json::json!({ "name": name });
+        r.updated_at_ms = now;
+    }
+    r
+}
+
+/// Saves the configured records that changed (or are new).
+async fn save_config_records(
+    store: &dyn Store,
+    specs: &[(TargetSpec, EndpointRecord)],
+    stored: &[EndpointRecord],
+) -> Result<(), StoreError> {
+    let before: HashMap<&str, &EndpointRecord> =
+        stored.iter().map(|r| (r.id.as_str(), r)).collect();
+    for (_, r) in specs {
+        let same = before.get(r.id.as_str()).is_some_and(|b| {
+            b.origin == r.origin && b.route == r.route && b.url == r.url && b.spec == r.spec
+        });
+        if !same {
+            store.put_endpoint(r).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Applies a JSON merge patch (RFC 7396) to `target`.
+pub fn merge_patch(target: &mut Value, patch: &Value) {
+    let Value::Object(patch) = patch else {
+        *target = patch.clone();
+        return;
+    };
+    if !target.is_object() {
+        *target = Value::Object(Default::default());
+    }
+    let Value::Object(obj) = target else {
+        return;
+    };
+    for (k, v) in patch {
+        if v.is_null() {
+            obj.remove(k);
+        } else {
+            merge_patch(obj.entry(k.clone()).or_insert(Value::Null), v);
+        }
+    }
+}
+
 impl Catalog {
-    /// The configured targets and the stored subscriptions, with their
-    /// saved counters. Fails if `egress.bind` is not a local address.
+    /// The configured endpoints and the stored API ones, with their saved
+    /// counters. Fails if `egress.bind` is not a local address.
     pub async fn new(config: &Config, store: Arc<dyn Store>) -> Result<Arc<Catalog>, String> {
         let egress = Egress::new(config)?;
+        let stored = store.endpoints().await.map_err(|e| e.to_string())?;
+        let specs = configured(config, &stored)?;
+        save_config_records(&*store, &specs, &stored)
+            .await
+            .map_err(|e| e.to_string())?;
         let mut targets = Vec::new();
-        for spec in configured(config)? {
+        for (spec, record) in specs {
             let saved = store.counters(&spec.key).await.map_err(|e| e.to_string())?;
-            targets.push(Arc::new(Target::new(spec, &egress, saved)));
+            targets.push(Arc::new(Target::new(spec, record, &egress, saved)));
         }
-        for sub in store.subscriptions().await.map_err(|e| e.to_string())? {
-            match TargetSpec::of_subscription(&sub, &config.delivery) {
+        for record in stored.into_iter().filter(|r| r.origin == Origin::Api) {
+            match egress.compile(&record) {
                 Ok(spec) => {
-                    let saved = store.counters(&sub.id).await.map_err(|e| e.to_string())?;
-                    targets.push(Arc::new(Target::new(spec, &egress, saved)))
+                    let saved = store
+                        .counters(&record.id)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    targets.push(Arc::new(Target::new(spec, record, &egress, saved)))
                 }
                 Err(e) => {
-                    tracing::error!(subscription = %sub.id, error = %e, "stored subscription is unusable; skipped")
+                    tracing::error!(endpoint = %record.id, field = %e.field, error = %e.reason, "stored endpoint is unusable; skipped")
                 }
             }
         }
@@ -224,22 +491,29 @@ impl Catalog {
         }))
     }
 
-    /// Takes the configured targets, delivery defaults and egress settings
-    /// of a new config. Every lane is built anew (settings, shapes, trust
-    /// roots and the egress guard may have changed); counters and circuit
-    /// state carry over. Attempts under way finish on the lane they started
-    /// on. Subscriptions stay. Returns the keys of configured targets that
-    /// are gone.
+    /// Takes the configured endpoints, delivery defaults and egress
+    /// settings of a new config. Every lane is built anew (settings,
+    /// shapes, trust roots and the egress guard may have changed); counters
+    /// and circuit state carry over. Attempts under way finish on the lane
+    /// they started on. API endpoints stay. Returns the ids of configured
+    /// endpoints that are gone.
     pub async fn reload(&self, config: &Config) -> Result<Vec<String>, String> {
         let fresh = Egress::new(config)?;
-        let specs = configured(config)?;
-        // Targets new to this config start from their saved counters, read
+        let stored = self.store.endpoints().await.map_err(|e| e.to_string())?;
+        let specs = configured(config, &stored)?;
+        save_config_records(&*self.store, &specs, &stored)
+            .await
+            .map_err(|e| e.to_string())?;
+        // Endpoints new to this config start from their saved counters, read
         // before the lock is taken (a std lock is not held across an await).
         let mut saved = HashMap::new();
         {
             let before = self.all();
             let known: HashSet<&str> = before.iter().map(|t| t.spec.key.as_str()).collect();
-            for spec in specs.iter().filter(|s| !known.contains(s.key.as_str())) {
+            for (spec, _) in specs
+                .iter()
+                .filter(|(s, _)| !known.contains(s.key.as_str()))
+            {
                 let c = self
                     .store
                     .counters(&spec.key)
@@ -248,48 +522,58 @@ impl Catalog {
                 saved.insert(spec.key.clone(), c);
             }
         }
-        // From here to the swap the egress lock is held, so a subscription
-        // added meanwhile waits and lands in the new list.
-        let mut egress = self.egress.write().expect("lock poisoned");
-        *egress = fresh;
-        let old = self.all();
-        let by_key: HashMap<&str, &Arc<Target>> =
-            old.iter().map(|t| (t.spec.key.as_str(), t)).collect();
-        // A lane built anew keeps the counters and circuit of the one it replaces.
-        let carried = |spec: TargetSpec, t: &Target| {
-            let target = Target::new(spec, &egress, t.lane.counters());
-            target.lane.keep_circuit_of(&t.lane);
-            target
+        let removed = {
+            // From here to the swap the egress lock is held, so an endpoint
+            // added meanwhile waits and lands in the new list.
+            let mut egress = self.egress.write().expect("lock poisoned");
+            *egress = fresh;
+            let old = self.all();
+            let by_key: HashMap<&str, &Arc<Target>> =
+                old.iter().map(|t| (t.spec.key.as_str(), t)).collect();
+            let mut next = Vec::new();
+            for (spec, record) in specs {
+                let target = match by_key.get(spec.key.as_str()) {
+                    Some(t) => t.carried(spec, record, &egress),
+                    None => {
+                        let c = saved.remove(&spec.key).unwrap_or_default();
+                        Target::new(spec, record, &egress, c)
+                    }
+                };
+                next.push(Arc::new(target));
+            }
+            for t in old.iter().filter(|t| t.spec.origin == Origin::Api) {
+                let record = t.record();
+                let spec = match egress.compile(&record) {
+                    Ok(spec) => spec,
+                    Err(e) => {
+                        tracing::error!(endpoint = %t.spec.key, field = %e.field, error = %e.reason, "endpoint does not fit the new configuration; it keeps its settings");
+                        TargetSpec {
+                            policy: egress.defaults.clone(),
+                            ..t.spec.clone()
+                        }
+                    }
+                };
+                next.push(Arc::new(t.carried(spec, record, &egress)));
+            }
+            let kept: HashSet<&str> = next.iter().map(|t| t.spec.key.as_str()).collect();
+            let removed: Vec<String> = old
+                .iter()
+                .filter(|t| !kept.contains(t.spec.key.as_str()))
+                .map(|t| t.spec.key.clone())
+                .collect();
+            *self.targets.write().expect("lock poisoned") = next;
+            removed
         };
-        let mut next = Vec::new();
-        for spec in specs {
-            let target = match by_key.get(spec.key.as_str()) {
-                Some(t) => carried(spec, t),
-                None => {
-                    let c = saved.remove(&spec.key).unwrap_or_default();
-                    Target::new(spec, &egress, c)
-                }
-            };
-            next.push(Arc::new(target));
+        for id in &removed {
+            self.store
+                .delete_endpoint(id)
+                .await
+                .map_err(|e| e.to_string())?;
         }
-        for t in old.iter().filter(|t| t.spec.origin == Origin::Subscription) {
-            let spec = TargetSpec {
-                policy: config.delivery.clone(),
-                ..t.spec.clone()
-            };
-            next.push(Arc::new(carried(spec, t)));
-        }
-        let kept: HashSet<&str> = next.iter().map(|t| t.spec.key.as_str()).collect();
-        let removed = old
-            .iter()
-            .filter(|t| !kept.contains(t.spec.key.as_str()))
-            .map(|t| t.spec.key.clone())
-            .collect();
-        *self.targets.write().expect("lock poisoned") = next;
         Ok(removed)
     }
 
-    /// Keys of the targets that want an `event` that came in on `route`.
+    /// Ids of the endpoints that want an `event` that came in on `route`.
     pub fn matching(&self, route: &str, event: &str, json: Option<&Value>) -> Vec<String> {
         self.targets
             .read()
@@ -313,11 +597,62 @@ impl Catalog {
         self.targets.read().expect("lock poisoned").clone()
     }
 
-    /// Adds a subscription's target (it is already stored).
-    pub fn add_subscription(&self, sub: &Subscription) -> Result<Arc<Target>, String> {
+    /// How many API endpoints there are, and how many of them `owner` made.
+    pub fn api_counts(&self, owner: Option<&str>) -> (usize, usize) {
+        let targets = self.targets.read().expect("lock poisoned");
+        let api = targets.iter().filter(|t| t.spec.origin == Origin::Api);
+        let mine = api
+            .clone()
+            .filter(|t| owner.is_some() && t.record().owner.as_deref() == owner)
+            .count();
+        (api.count(), mine)
+    }
+
+    /// Checks an endpoint body against the running configuration, without
+    /// making anything.
+    pub fn check(&self, body: &Value) -> Result<EndpointDef, CatalogError> {
+        let def = EndpointDef::from_json(body.clone()).map_err(CatalogError::Invalid)?;
         let egress = self.egress.read().expect("lock poisoned");
-        let spec = TargetSpec::of_subscription(sub, &egress.defaults)?;
-        let target = Arc::new(Target::new(spec, &egress, Counters::default()));
+        def.compile(Vec::new(), &egress.rules())
+            .map_err(CatalogError::Invalid)?;
+        Ok(def)
+    }
+
+    /// Makes an API endpoint `id` from `body` (the API's endpoint body,
+    /// without `secret`), signed with `secret`: stored, then delivered to.
+    pub async fn create(
+        &self,
+        id: String,
+        body: Value,
+        secret: String,
+        owner: Option<String>,
+    ) -> Result<Arc<Target>, CatalogError> {
+        let now = now_ms();
+        let record = EndpointRecord {
+            id,
+            origin: Origin::Api,
+            route: None,
+            url: String::new(),
+            owner,
+            created_at_ms: now,
+            updated_at_ms: now,
+            secrets: vec![StoredSecret {
+                secret,
+                expires_at_ms: None,
+            }],
+            disabled_reason: None,
+            tests: Vec::new(),
+            spec: body,
+        };
+        self.egress
+            .read()
+            .expect("lock poisoned")
+            .compile(&record)
+            .map_err(CatalogError::Invalid)?;
+        self.store.put_endpoint(&record).await?;
+        let egress = self.egress.read().expect("lock poisoned");
+        let spec = egress.compile(&record).map_err(CatalogError::Invalid)?;
+        let target = Arc::new(Target::new(spec, record, &egress, Counters::default()));
         self.targets
             .write()
             .expect("lock poisoned")
@@ -325,11 +660,140 @@ impl Catalog {
         Ok(target)
     }
 
-    /// Takes a target out; deliveries still queued for it are cancelled by the caller.
-    pub fn remove(&self, key: &str) -> Option<Arc<Target>> {
+    /// An API endpoint, or why not.
+    fn api_target(&self, id: &str) -> Result<Arc<Target>, CatalogError> {
+        let t = self
+            .get(id)
+            .ok_or_else(|| CatalogError::NotFound(id.to_string()))?;
+        if t.spec.origin != Origin::Api {
+            return Err(CatalogError::ReadOnly(id.to_string()));
+        }
+        Ok(t)
+    }
+
+    /// Stores `record` (a changed version of `old`'s) and swaps the
+    /// endpoint's lane for one built from it, keeping counters and circuit.
+    async fn replace(
+        &self,
+        old: &Target,
+        record: EndpointRecord,
+    ) -> Result<Arc<Target>, CatalogError> {
+        let spec = if record.origin == Origin::Api {
+            self.egress
+                .read()
+                .expect("lock poisoned")
+                .compile(&record)
+                .map_err(CatalogError::Invalid)?
+        } else {
+            old.spec.clone()
+        };
+        self.store.put_endpoint(&record).await?;
+        let egress = self.egress.read().expect("lock poisoned");
+        let target = Arc::new(old.carried(spec, record, &egress));
         let mut targets = self.targets.write().expect("lock poisoned");
-        let i = targets.iter().position(|t| t.spec.key == key)?;
-        Some(targets.remove(i))
+        match targets.iter().position(|t| t.spec.key == old.spec.key) {
+            Some(i) => targets[i] = target.clone(),
+            None => return Err(CatalogError::NotFound(old.spec.key.clone())),
+        }
+        Ok(target)
+    }
+
+    /// Applies a merge patch of the API's endpoint body to an API endpoint.
+    /// A header value `"***"` keeps the current value.
+    pub async fn update(&self, id: &str, patch: &Value) -> Result<Arc<Target>, CatalogError> {
+        let old = self.api_target(id)?;
+        let mut patch = patch.clone();
+        if let Some(headers) = patch.get_mut("headers").and_then(Value::as_object_mut) {
+            headers.retain(|_, v| v != "***");
+        }
+        let mut record = old.record();
+        merge_patch(&mut record.spec, &patch);
+        if record.spec.get("enabled") == Some(&Value::Bool(true)) {
+            record.disabled_reason = None;
+        }
+        record.updated_at_ms = now_ms();
+        let target = self.replace(&old, record).await?;
+        if target.spec.enabled {
+            // Deliveries that waited while it was paused are due again.
+            self.store.new_work().notify_one();
+        }
+        Ok(target)
+    }
+
+    /// Removes an API endpoint; its pending deliveries are cancelled.
+    pub async fn delete(&self, id: &str, reason: &str) -> Result<usize, CatalogError> {
+        self.api_target(id)?;
+        {
+            let mut targets = self.targets.write().expect("lock poisoned");
+            targets.retain(|t| t.spec.key != id);
+        }
+        self.store.delete_endpoint(id).await?;
+        Ok(self.store.cancel_all(id, reason).await?)
+    }
+
+    /// Gives an API endpoint a new secret (returned); the ones it had sign
+    /// on for `grace`.
+    pub async fn rotate(
+        &self,
+        id: &str,
+        secret: String,
+        grace: Duration,
+    ) -> Result<(Arc<Target>, u64), CatalogError> {
+        let old = self.api_target(id)?;
+        let now = now_ms();
+        let until = now + grace.as_millis() as u64;
+        let mut record = old.record();
+        let mut secrets = vec![StoredSecret {
+            secret,
+            expires_at_ms: None,
+        }];
+        for s in &record.secrets {
+            let end = s.expires_at_ms.map_or(until, |e| e.min(until));
+            if end > now {
+                secrets.push(StoredSecret {
+                    secret: s.secret.clone(),
+                    expires_at_ms: Some(end),
+                });
+            }
+        }
+        record.secrets = secrets;
+        record.updated_at_ms = now;
+        Ok((self.replace(&old, record).await?, until))
+    }
+
+    /// The receiver said `410 Gone`: the API endpoint is disabled, and its
+    /// pending deliveries are cancelled with `reason`. Config endpoints are
+    /// the file's to change; for them this does nothing.
+    pub async fn disable_gone(&self, id: &str, reason: &str) -> Result<usize, CatalogError> {
+        let old = match self.api_target(id) {
+            Ok(t) => t,
+            Err(CatalogError::ReadOnly(_) | CatalogError::NotFound(_)) => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        if old.spec.gone {
+            return Ok(0);
+        }
+        let mut record = old.record();
+        merge_patch(&mut record.spec, &serde_json::json!({"enabled": false}));
+        record.disabled_reason = Some(reason.to_string());
+        record.updated_at_ms = now_ms();
+        self.replace(&old, record).await?;
+        Ok(self.store.cancel_all(id, reason).await?)
+    }
+
+    /// Keeps a test send in the endpoint's record (the last few).
+    pub async fn record_test(&self, id: &str, test: TestSend) -> Result<(), CatalogError> {
+        let target = self
+            .get(id)
+            .ok_or_else(|| CatalogError::NotFound(id.to_string()))?;
+        let record = {
+            let mut r = target.record.lock().expect("lock poisoned");
+            r.tests.insert(0, test);
+            r.tests.truncate(KEPT_TESTS);
+            r.clone()
+        };
+        self.store.put_endpoint(&record).await?;
+        Ok(())
     }
 
     /// Saves the counters that changed since the last save.

@@ -195,9 +195,10 @@ impl Relay {
         tasks.push(tokio::spawn(dispatcher.run(rx.clone())));
         tasks.push(tokio::spawn(housekeeping(
             ingest.clone(),
+            admin.clone(),
             catalog.clone(),
             store.clone(),
-            config.store.retention,
+            config.store.clone(),
             rx.clone(),
         )));
         if let Some(every) = service::watchdog_interval() {
@@ -368,15 +369,19 @@ async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> 
     Ok(out)
 }
 
-/// Periodic chores: forget idle rate-limit keys, re-read disk usage, save
-/// counters, remove finished events past `store.retention`.
+/// Periodic chores: forget idle rate-limit keys, re-read disk usage and
+/// the admin tokens file, save counters, remove finished events and
+/// inbound records past `store.retention` (and beyond
+/// `store.inbound_log_entries`).
 async fn housekeeping(
     ingest: Arc<ingest::Ingest>,
+    admin: Arc<admin::Admin>,
     catalog: Arc<catalog::Catalog>,
     store: Arc<dyn Store>,
-    retention: Duration,
+    settings: store::StoreConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let retention = settings.retention;
     let mut evict = tokio::time::interval(EVICT_EVERY);
     let mut every_second = tokio::time::interval(EVERY_SECOND);
     let mut purge = tokio::time::interval(PURGE_EVERY);
@@ -385,6 +390,7 @@ async fn housekeeping(
             _ = evict.tick() => ingest.evict_idle_sources(),
             _ = every_second.tick() => {
                 store.refresh_disk_usage().await;
+                admin.refresh_tokens();
                 if let Err(e) = catalog.save_counters().await {
                     tracing::error!(error = %e, "cannot save counters");
                 }
@@ -403,6 +409,11 @@ async fn housekeeping(
                     if *shutdown.borrow() {
                         break;
                     }
+                }
+                match store.purge_inbound(cutoff, settings.inbound_log_entries).await {
+                    Ok(n) if n > 0 => tracing::debug!(records = n, "trimmed the inbound log"),
+                    Ok(_) => {}
+                    Err(e) => tracing::error!(error = %e, "inbound log cleanup failed"),
                 }
                 if let Err(e) = store.purge_dedup().await {
                     tracing::error!(error = %e, "dedup cleanup failed");

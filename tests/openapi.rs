@@ -8,6 +8,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use common::*;
+use hookrelay::config::Config;
+use hookrelay::Relay;
 use serde_json::{json, Value};
 
 fn spec() -> Value {
@@ -17,7 +19,8 @@ fn spec() -> Value {
 
 /// Checks `v` against `schema`, for the parts of JSON Schema the document
 /// uses: `$ref`, `allOf`, `oneOf`, `type` (one or a list), `enum`,
-/// `required`, `properties`, `additionalProperties`, `items`.
+/// `required`, `properties`, `additionalProperties` (a schema, or `false`:
+/// no key beyond `properties`), `items`.
 fn check(spec: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
     if let Some(r) = schema["$ref"].as_str() {
         let name = r.trim_start_matches("#/components/schemas/");
@@ -41,6 +44,7 @@ fn check(spec: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String
     let type_ok = |t: &str| match t {
         "string" => v.is_string(),
         "integer" => v.is_u64() || v.is_i64(),
+        "number" => v.is_number(),
         "boolean" => v.is_boolean(),
         "object" => v.is_object(),
         "array" => v.is_array(),
@@ -65,13 +69,15 @@ fn check(spec: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String
         for (k, sub) in obj {
             match schema["properties"].get(k) {
                 Some(s) => check(spec, s, sub, &format!("{at}.{k}"))?,
-                None => {
-                    if let Some(extra) =
-                        schema.get("additionalProperties").filter(|e| e.is_object())
-                    {
+                None => match schema.get("additionalProperties") {
+                    Some(Value::Bool(false)) => {
+                        return Err(format!("{at}: `{k}` is not allowed in {v}"));
+                    }
+                    Some(extra) if extra.is_object() => {
                         check(spec, extra, sub, &format!("{at}.{k}"))?;
                     }
-                }
+                    _ => {}
+                },
             }
         }
     }
@@ -158,12 +164,69 @@ impl Checker {
         }
         r
     }
+
+    /// `call`, and the answer must have `status`.
+    async fn expect(
+        &mut self,
+        app: &TestApp,
+        token: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        status: u16,
+    ) -> Reply {
+        let r = self.call(app, token, method, path, body).await;
+        assert_eq!(
+            r.status,
+            status,
+            "{method} {path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        r
+    }
+}
+
+/// A `read` token and a `subscriber` one, besides the admin `TOKEN`.
+const READ: &str = "test-read-token";
+const SUB: &str = "test-subscriber-token";
+
+/// A catalog entry of route `t`, with the example test sends use.
+const EVENT_TYPES: &str = "[[routes.event_types]]\n\
+    name = \"new_order\"\n\
+    display_name = \"New Order\"\n\
+    category = \"Sales\"\n\
+    description = \"A customer bought a product.\"\n\
+    example = '{\"id\": \"order_1\", \"amount\": 49.99, \"status\": \"paid\"}'\n";
+
+/// `spawn_app`, with the `READ` and `SUB` tokens in the tokens file too.
+async fn spawn_app_with_scopes(toml: &str) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let text = test_config_text(toml, dir.path());
+    std::fs::write(
+        dir.path().join("admin.tokens"),
+        format!(
+            "{TOKEN}\n{READ} read name=dashboard\n# a subscriber\n{SUB} subscriber name=zapier\n"
+        ),
+    )
+    .unwrap();
+    let config =
+        Config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let relay = Relay::start(config).await.expect("relay starts");
+    let addr = relay.ingest_addrs()[0];
+    TestApp { relay, addr, dir }
 }
 
 #[tokio::test]
 async fn every_documented_operation_answers_as_documented() {
     let rx = Receiver::ok().await;
-    let app = spawn_app(&one_route(&rx.url("/hook"), "")).await;
+    // The API endpoints' receiver, apart from `rx` so that `rx`'s count
+    // stays the hook's and the config target's.
+    let erx = Receiver::ok().await;
+    let toml = format!(
+        "admin.max_endpoints_per_token = 2\n{}{EVENT_TYPES}",
+        one_route(&rx.url("/hook"), "")
+    );
+    let app = spawn_app_with_scopes(&toml).await;
     let mut c = Checker {
         spec: spec(),
         seen: BTreeSet::new(),
@@ -177,10 +240,24 @@ async fn every_documented_operation_answers_as_documented() {
 
     let body = json!({"target_url": rx.url("/sub"), "event": "*"});
     let hook = c
-        .call(&app, Some(TOKEN), "POST", "/api/hooks", Some(body))
+        .expect(
+            &app,
+            Some(TOKEN),
+            "POST",
+            "/api/hooks",
+            Some(body.clone()),
+            201,
+        )
         .await
         .json();
     let id = hook["id"].as_str().unwrap();
+    // The same subscription again: the hook there is, without its secret.
+    let again = c
+        .expect(&app, Some(TOKEN), "POST", "/api/hooks", Some(body), 200)
+        .await
+        .json();
+    assert_eq!(again["id"], hook["id"]);
+    assert!(again.get("secret").is_none(), "{again}");
     c.call(
         &app,
         Some(TOKEN),
@@ -203,9 +280,412 @@ async fn every_documented_operation_answers_as_documented() {
     )
     .await;
 
+    // === endpoints ===
+    let bad = json!({"name": "x", "url": "not a url"});
+    let r = c
+        .expect(&app, Some(TOKEN), "POST", "/api/endpoints", Some(bad), 422)
+        .await
+        .json();
+    let message = r["error"]["message"].as_str().unwrap();
+    assert!(message.starts_with("url"), "{message}");
+    let new = json!({
+        "name": "Nouvelle vente → CRM",
+        "description": "Sales to the CRM, as XML",
+        "url": erx.url("/ep"),
+        "events": ["new_order"],
+        "route": "t",
+        "enabled": true,
+        "format": "xml",
+        "content_type": "application/xml",
+        "xml_root": "sale",
+        "basic_auth": {"username": "lms", "password": "basic-auth-password"},
+        "headers": {"x-api-key": "header-value"},
+        "filter": {"json": "/status", "in": ["paid", "refunded"]},
+        "retry": {
+            "max_attempts": 3,
+            "timeout": "5s",
+            "success": ["200-299"],
+            "backoff": {"initial": "20ms", "max": "200ms", "multiplier": 2.0, "jitter": 0.1}
+        },
+        "rate": {"per_second": 10, "burst": 20},
+        "concurrency": 4,
+        "metadata": {"team": "sales"},
+        "secret": SECRET
+    });
+    let made = c
+        .expect(&app, Some(TOKEN), "POST", "/api/endpoints", Some(new), 201)
+        .await
+        .json();
+    assert_eq!(made["secret"], SECRET);
+    let ep = made["id"].as_str().unwrap().to_string();
+    let at = format!("/api/endpoints/{ep}");
+    let shown = c.expect(&app, Some(TOKEN), "GET", &at, None, 200).await;
+    let text = String::from_utf8_lossy(&shown.body);
+    assert!(
+        !text.contains("basic-auth-password") && !text.contains("header-value"),
+        "{text}"
+    );
+    let page = c
+        .expect(
+            &app,
+            Some(TOKEN),
+            "GET",
+            "/api/endpoints?limit=1",
+            None,
+            200,
+        )
+        .await
+        .json();
+    assert_eq!(page["endpoints"][0]["id"], "t/rx", "config ones first");
+    let next = page["next"].as_str().expect("a next page").to_string();
+    let rest = c
+        .expect(
+            &app,
+            Some(TOKEN),
+            "GET",
+            &format!("/api/endpoints?route=t&limit=1000&after={next}"),
+            None,
+            200,
+        )
+        .await
+        .json();
+    assert!(
+        rest["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"] == ep.as_str()),
+        "{rest}"
+    );
+
+    // A config endpoint: its id `t/rx` has a `/`, percent-encoded in a path.
+    let config_ep = c
+        .expect(&app, Some(TOKEN), "GET", "/api/endpoints/t%2Frx", None, 200)
+        .await
+        .json();
+    assert_eq!(config_ep["id"], "t/rx");
+    assert_eq!(config_ep["origin"], "config");
+    let r = c
+        .expect(
+            &app,
+            Some(TOKEN),
+            "PATCH",
+            "/api/endpoints/t%2Frx",
+            Some(json!({"enabled": false})),
+            409,
+        )
+        .await
+        .json();
+    assert_eq!(r["error"]["code"], "read_only");
+    c.expect(
+        &app,
+        Some(TOKEN),
+        "POST",
+        "/api/endpoints/t%2Frx/rotate-secret",
+        Some(json!({})),
+        409,
+    )
+    .await;
+    c.expect(
+        &app,
+        Some(TOKEN),
+        "DELETE",
+        "/api/endpoints/t%2Frx",
+        None,
+        409,
+    )
+    .await;
+    c.expect(
+        &app,
+        Some(TOKEN),
+        "GET",
+        "/api/endpoints/ep_missing",
+        None,
+        404,
+    )
+    .await;
+
+    // Test sends: the catalog's example, then a payload of our own.
+    let test = format!("{at}/test");
+    let sent = c
+        .expect(
+            &app,
+            Some(TOKEN),
+            "POST",
+            &test,
+            Some(json!({"event_type": "new_order"})),
+            200,
+        )
+        .await
+        .json();
+    assert_eq!(sent["succeeded"], true, "{sent}");
+    erx.wait_for(1).await;
+    let own = json!({"event_type": "new_order", "payload": {"id": "order_2", "status": "paid"}});
+    c.expect(&app, Some(TOKEN), "POST", &test, Some(own), 200)
+        .await;
+    let no_example = json!({"event_type": "no_such_type"});
+    c.expect(&app, Some(TOKEN), "POST", &test, Some(no_example), 422)
+        .await;
+
+    let patch = json!({
+        "name": "Ventes → CRM (JSON)",
+        "description": null,
+        "format": "template",
+        "template": "{\"order\": {{ payload.id | tojson }}}",
+        "content_type": "application/json",
+        "xml_root": null,
+        "headers": {"x-api-key": "***", "x-team": "sales"},
+        "metadata": {"team": null, "env": "test"},
+        "retry": {"max_attempts": 5},
+        "enabled": false
+    });
+    let changed = c
+        .expect(&app, Some(TOKEN), "PATCH", &at, Some(patch), 200)
+        .await
+        .json();
+    assert_eq!(changed["format"], "template");
+    assert_eq!(changed["enabled"], false);
+    c.expect(
+        &app,
+        Some(TOKEN),
+        "PATCH",
+        &at,
+        Some(json!({"enabled": true})),
+        200,
+    )
+    .await;
+    c.expect(
+        &app,
+        Some(TOKEN),
+        "PATCH",
+        &at,
+        Some(json!({"url": "not a url"})),
+        422,
+    )
+    .await;
+
+    let rotate = format!("{at}/rotate-secret");
+    let rotated = c
+        .expect(
+            &app,
+            Some(TOKEN),
+            "POST",
+            &rotate,
+            Some(json!({"grace": "1h"})),
+            200,
+        )
+        .await
+        .json();
+    assert_ne!(rotated["secret"], SECRET);
+    let shown = c
+        .expect(&app, Some(TOKEN), "GET", &at, None, 200)
+        .await
+        .json();
+    assert_eq!(shown["secrets"], 2, "{shown}");
+    c.expect(
+        &app,
+        Some(TOKEN),
+        "POST",
+        &rotate,
+        Some(json!({"grace": "31d"})),
+        422,
+    )
+    .await;
+
+    // === scopes ===
+    let mine = json!({"name": "Zap", "url": erx.url("/zap"), "events": ["new_order"]});
+    let zap = c
+        .expect(
+            &app,
+            Some(SUB),
+            "POST",
+            "/api/endpoints",
+            Some(mine.clone()),
+            201,
+        )
+        .await
+        .json();
+    assert_eq!(zap["owner"], "zapier");
+    let zap = zap["id"].as_str().unwrap().to_string();
+    let zap_test = c
+        .expect(
+            &app,
+            Some(SUB),
+            "POST",
+            &format!("/api/endpoints/{zap}/test"),
+            Some(json!({"event_type": "new_order"})),
+            200,
+        )
+        .await
+        .json();
+    assert!(zap_test.get("excerpt").is_none(), "{zap_test}");
+    let theirs = c
+        .expect(&app, Some(SUB), "GET", "/api/endpoints", None, 200)
+        .await
+        .json();
+    let ids: Vec<&Value> = theirs["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["id"])
+        .collect();
+    assert_eq!(ids, [&json!(zap)], "a subscriber sees only its own");
+    c.expect(&app, Some(SUB), "GET", &at, None, 404).await;
+    c.expect(
+        &app,
+        Some(SUB),
+        "GET",
+        &format!("/api/endpoints/{zap}"),
+        None,
+        200,
+    )
+    .await;
+    let sub_hook = json!({"target_url": erx.url("/zap-hook"), "event": "new_order"});
+    let sub_hook = c
+        .expect(&app, Some(SUB), "POST", "/api/hooks", Some(sub_hook), 201)
+        .await
+        .json();
+    let r = c
+        .expect(
+            &app,
+            Some(SUB),
+            "POST",
+            "/api/endpoints",
+            Some(mine.clone()),
+            409,
+        )
+        .await
+        .json();
+    assert_eq!(r["error"]["code"], "limit_reached");
+    let r = c
+        .expect(
+            &app,
+            Some(SUB),
+            "PATCH",
+            &format!("/api/endpoints/{zap}"),
+            Some(json!({"enabled": false})),
+            403,
+        )
+        .await
+        .json();
+    assert_eq!(r["error"]["code"], "forbidden");
+    c.expect(&app, Some(SUB), "GET", "/api/targets", None, 403)
+        .await;
+    c.expect(&app, Some(SUB), "GET", "/api/event-types", None, 200)
+        .await;
+    c.expect(&app, Some(READ), "GET", "/api/endpoints", None, 200)
+        .await;
+    c.expect(&app, Some(READ), "POST", "/api/endpoints", Some(mine), 403)
+        .await;
+    c.expect(
+        &app,
+        Some(SUB),
+        "DELETE",
+        &format!("/api/hooks/{}", sub_hook["id"].as_str().unwrap()),
+        None,
+        204,
+    )
+    .await;
+    c.expect(
+        &app,
+        Some(SUB),
+        "DELETE",
+        &format!("/api/endpoints/{zap}"),
+        None,
+        204,
+    )
+    .await;
+
+    // === the inbound log ===
+    let refused = post_json(app.addr, "/nowhere", "{}").await;
+    assert_eq!(refused.status, 404);
     let event = post_json(app.addr, "/t/new_order", fixture("heights/new_order.json")).await;
     let event = event.json()["id"].as_str().unwrap().to_string();
     rx.wait_for(3).await;
+    // Three test sends and this event's delivery to `ep`.
+    erx.wait_for(4).await;
+    let undeclared = post_json(
+        app.addr,
+        "/t/new_student",
+        fixture("heights/new_student.json"),
+    )
+    .await;
+    assert_eq!(undeclared.status, 202);
+    eventually_async("the 404 in the inbound log", async || {
+        let r = admin(&app, "GET", "/api/events?outcome=rejected", None).await;
+        let log = (r.status == 200).then(|| r.json())?;
+        (!log["events"].as_array()?.is_empty()).then_some(())
+    })
+    .await;
+    let log = c
+        .expect(&app, Some(TOKEN), "GET", "/api/events?limit=10", None, 200)
+        .await
+        .json();
+    let outcomes: BTreeSet<&str> = log["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["outcome"].as_str())
+        .collect();
+    assert!(
+        outcomes.contains("accepted") && outcomes.contains("rejected"),
+        "{log}"
+    );
+    let accepted = c
+        .expect(
+            &app,
+            Some(TOKEN),
+            "GET",
+            "/api/events?route=t&type=new_order&outcome=accepted&limit=1",
+            None,
+            200,
+        )
+        .await
+        .json();
+    assert_eq!(accepted["events"][0]["event"], event.as_str(), "{accepted}");
+    c.expect(
+        &app,
+        Some(TOKEN),
+        "GET",
+        "/api/events?outcome=nope",
+        None,
+        422,
+    )
+    .await;
+
+    // === event types: new_order is declared, new_student only seen ===
+    eventually_async("new_student among the event types", async || {
+        let r = admin(&app, "GET", "/api/event-types?route=t", None).await;
+        let types = (r.status == 200).then(|| r.json())?;
+        types["event_types"]
+            .as_array()?
+            .iter()
+            .any(|t| t["name"] == "new_student")
+            .then_some(())
+    })
+    .await;
+    let types = c
+        .expect(
+            &app,
+            Some(TOKEN),
+            "GET",
+            "/api/event-types?route=t",
+            None,
+            200,
+        )
+        .await
+        .json();
+    let declared = |name: &str| {
+        types["event_types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == name)
+            .map(|t| t["declared"].clone())
+    };
+    assert_eq!(declared("new_order"), Some(json!(true)), "{types}");
+    assert_eq!(declared("new_student"), Some(json!(false)), "{types}");
+
     c.call(&app, Some(TOKEN), "GET", "/api/targets", None).await;
     let ev = c
         .call(
@@ -259,6 +739,8 @@ async fn every_documented_operation_answers_as_documented() {
         Some(json!({})),
     )
     .await;
+    c.expect(&app, Some(TOKEN), "DELETE", &at, None, 204).await;
+    c.expect(&app, Some(TOKEN), "DELETE", &at, None, 404).await;
     c.call(
         &app,
         Some(TOKEN),
@@ -300,6 +782,19 @@ fn the_checker_catches_misfits() {
     let mut bad = good;
     bad["attempts"] = json!("one");
     assert!(check(&spec, &delivery, &bad, "$").is_err());
+
+    // A fraction is a number; `additionalProperties: false` is enforced, so
+    // a basic-auth password in an answer is caught.
+    let endpoint = &spec["components"]["schemas"]["Endpoint"]["properties"];
+    assert!(check(&spec, &endpoint["success_rate"], &json!(0.5), "$").is_ok());
+    assert!(check(&spec, &endpoint["success_rate"], &json!("half"), "$").is_err());
+    let auth = &endpoint["basic_auth"];
+    assert!(check(&spec, auth, &json!({"username": "lms"}), "$").is_ok());
+    assert!(check(&spec, auth, &json!(null), "$").is_ok());
+    let leaked = json!({"username": "lms", "password": "pw"});
+    assert!(check(&spec, auth, &leaked, "$").is_err());
+    assert!(check(&spec, &endpoint["headers"], &json!({"x-key": "***"}), "$").is_ok());
+    assert!(check(&spec, &endpoint["headers"], &json!({"x-key": "k"}), "$").is_err());
 }
 
 #[test]

@@ -7,6 +7,7 @@ use http_body_util::Full;
 use hyper::Response;
 use serde_json::json;
 
+use crate::catalog::CatalogError;
 use crate::server::json_response;
 use crate::store::StoreError;
 
@@ -15,8 +16,10 @@ use crate::store::StoreError;
 pub enum AdminError {
     #[error("source {0} may not use the admin API")]
     SourceNotAllowed(std::net::IpAddr),
-    #[error("a valid bearer token is needed")]
-    Unauthorized,
+    #[error("a valid bearer token is needed{}", .0.as_ref().map(|p| format!(" ({p}: no token is accepted)")).unwrap_or_default())]
+    Unauthorized(Option<String>),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0} not found")]
     NotFound(String),
     #[error("method {method} is not allowed here; use {}", allow.join(", "))]
@@ -26,6 +29,10 @@ pub enum AdminError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
+    ReadOnly(String),
+    #[error("{0}")]
+    Limit(String),
+    #[error("{0}")]
     Store(#[from] StoreError),
 }
 
@@ -33,13 +40,16 @@ impl AdminError {
     pub fn into_response(self) -> Response<Full<Bytes>> {
         let (status, code) = match &self {
             AdminError::SourceNotAllowed(_) => (StatusCode::FORBIDDEN, "source_not_allowed"),
-            AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            AdminError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            AdminError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AdminError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AdminError::MethodNotAllowed { .. } => {
                 (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
             }
             AdminError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid"),
             AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
+            AdminError::ReadOnly(_) => (StatusCode::CONFLICT, "read_only"),
+            AdminError::Limit(_) => (StatusCode::CONFLICT, "limit_reached"),
             AdminError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         };
         if let AdminError::Store(e) = &self {
@@ -50,7 +60,7 @@ impl AdminError {
             json!({"error": {"code": code, "message": self.to_string()}}),
         );
         match &self {
-            AdminError::Unauthorized => {
+            AdminError::Unauthorized(_) => {
                 resp.headers_mut().insert(
                     header::WWW_AUTHENTICATE,
                     header::HeaderValue::from_static("Bearer"),
@@ -65,6 +75,17 @@ impl AdminError {
             _ => {}
         }
         resp
+    }
+}
+
+impl From<CatalogError> for AdminError {
+    fn from(e: CatalogError) -> AdminError {
+        match e {
+            CatalogError::Invalid(i) => invalid(&i.field, i.reason),
+            CatalogError::NotFound(id) => AdminError::NotFound(format!("endpoint {id}")),
+            e @ CatalogError::ReadOnly(_) => AdminError::ReadOnly(e.to_string()),
+            CatalogError::Store(e) => AdminError::Store(e),
+        }
     }
 }
 

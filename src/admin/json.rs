@@ -1,10 +1,14 @@
 //! The JSON shapes of the admin API's answers (docs/openapi.json has them
 //! as schemas; tests/openapi.rs checks every answer against them).
+//!
+//! Invariant: no answer built here holds a secret, a password or a header
+//! value; the only answers with a secret are those of a creation and of a
+//! rotation, which add it themselves.
 
 use serde_json::{json, Value};
 
-use crate::catalog::Target;
-use crate::store::{Attempt, Counters, Delivery, DeliveryId, State, Subscription};
+use crate::catalog::{Origin, Target};
+use crate::store::{Attempt, Counters, Delivery, DeliveryId, State, TestSend};
 
 pub fn counters_json(c: &Counters) -> Value {
     json!({
@@ -12,35 +16,153 @@ pub fn counters_json(c: &Counters) -> Value {
         "succeeded": c.succeeded,
         "failed": c.failed,
         "dead": c.dead,
+        "tests": c.tests,
         "last_status": c.last_status,
         "last_error": c.last_error,
         "last_at": c.last_at_ms,
     })
 }
 
-pub fn hook_json(sub: &Subscription, target: Option<&Target>) -> Value {
-    let mut j = json!({
-        "id": sub.id,
-        "target_url": sub.target_url,
-        "event": sub.event,
-        "route": sub.route,
-        "created_at": sub.created_at_ms,
+/// succeeded / (succeeded + failed), `None` before any delivery attempt.
+pub fn success_rate(c: &Counters) -> Option<f64> {
+    let tried = c.succeeded + c.failed;
+    (tried > 0).then(|| c.succeeded as f64 / tried as f64)
+}
+
+fn duration(d: std::time::Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+/// An endpoint as the API shows it; `excerpts`: whether test excerpts are shown.
+pub fn endpoint_json(t: &Target, excerpts: bool) -> Value {
+    let spec = &t.spec;
+    let record = t.record();
+    let events: Vec<String> = spec.events.iter().map(ToString::to_string).collect();
+    let p = &spec.policy;
+    let success: Vec<String> = p
+        .success
+        .0
+        .iter()
+        .map(|&(lo, hi)| {
+            if lo == hi {
+                lo.to_string()
+            } else {
+                format!("{lo}-{hi}")
+            }
+        })
+        .collect();
+    let counters = t.lane.counters();
+    let c = spec.config.as_deref();
+    let headers: serde_json::Map<String, Value> = spec
+        .outbound
+        .headers
+        .iter()
+        .filter(|(n, _)| {
+            // basic_auth's header is shown as basic_auth.
+            !(c.is_some_and(|c| c.basic_auth.is_some()) && *n == http::header::AUTHORIZATION)
+        })
+        .map(|(n, _)| (n.to_string(), json!("***")))
+        .collect();
+    let format = c.map_or("original", |c| match &c.outbound.shape.body {
+        crate::deliver::shape::Body::Original => "original",
+        crate::deliver::shape::Body::Json => "json",
+        crate::deliver::shape::Body::Xml(_) => "xml",
+        crate::deliver::shape::Body::Template(_) => "template",
     });
-    if let Some(t) = target {
-        j["counters"] = counters_json(&t.lane.counters());
-        j["circuit"] = json!(t.lane.circuit_state());
+    let now = crate::store::now_ms();
+    let tests: Vec<Value> = record
+        .tests
+        .iter()
+        .map(|s| test_json(s, excerpts))
+        .collect();
+    json!({
+        "id": spec.key,
+        "origin": spec.origin,
+        "owner": record.owner,
+        "name": spec.name,
+        "description": c.map_or("", |c| c.description.as_str()),
+        "url": spec.url.to_string(),
+        "events": events,
+        "route": spec.route,
+        "enabled": spec.enabled,
+        "disabled_reason": record.disabled_reason,
+        "format": format,
+        "template": c.and_then(|c| c.template.clone()),
+        "content_type": c.and_then(|c| c.content_type.clone()),
+        "xml_root": c.and_then(|c| c.xml_root.as_ref().map(|x| x.as_str().to_string())),
+        "basic_auth": c.and_then(|c| c.basic_auth.as_ref()).map(|a| json!({"username": a.username})),
+        "headers": headers,
+        "filter": spec.filter.as_ref().map(|f| f.to_json()),
+        "retry": {
+            "max_attempts": p.max_attempts,
+            "timeout": duration(p.timeout),
+            "success": success,
+            "backoff": {
+                "initial": duration(p.backoff.initial),
+                "max": duration(p.backoff.max),
+                "multiplier": p.backoff.multiplier,
+                "jitter": p.backoff.jitter,
+            },
+        },
+        "rate": {"per_second": p.rate.per_second.get(), "burst": p.rate.burst.get()},
+        "concurrency": p.concurrency,
+        "metadata": c.map(|c| c.metadata.clone()).unwrap_or_default(),
+        "secrets": spec.live_secrets(now).len(),
+        "created_at": record.created_at_ms,
+        "updated_at": record.updated_at_ms,
+        "counters": counters_json(&counters),
+        "success_rate": success_rate(&counters),
+        "circuit": t.lane.circuit_state(),
+        "recent_tests": tests,
+    })
+}
+
+pub fn test_json(s: &TestSend, excerpts: bool) -> Value {
+    let mut j = json!({
+        "event_id": s.event_id,
+        "event_type": s.event_type,
+        "at": s.at_ms,
+        "status": s.status,
+        "succeeded": s.succeeded,
+        "error": s.error,
+        "duration_ms": s.duration_ms,
+    });
+    if excerpts {
+        j["excerpt"] = json!(s.excerpt);
     }
     j
+}
+
+/// An API endpoint in the REST Hooks view.
+pub fn hook_json(t: &Target) -> Value {
+    let record = t.record();
+    let events: Vec<String> = t.spec.events.iter().map(ToString::to_string).collect();
+    json!({
+        "id": t.spec.key,
+        "target_url": t.spec.url.to_string(),
+        "event": events.join(","),
+        "route": t.spec.route,
+        "enabled": t.spec.enabled,
+        "created_at": record.created_at_ms,
+        "counters": counters_json(&t.lane.counters()),
+        "circuit": t.lane.circuit_state(),
+    })
 }
 
 pub fn target_json(t: &Target) -> Value {
     let events: Vec<String> = t.spec.events.iter().map(ToString::to_string).collect();
     json!({
         "key": t.spec.key,
-        "origin": t.spec.origin,
+        "origin": match t.spec.origin {
+            Origin::Config => "config",
+            // Older clients know API endpoints as subscriptions.
+            Origin::Api => "subscription",
+        },
+        "name": t.spec.name,
         "route": t.spec.route,
         "url": t.spec.url.to_string(),
         "events": events,
+        "enabled": t.spec.enabled,
         "counters": counters_json(&t.lane.counters()),
         "circuit": t.lane.circuit_state(),
     })

@@ -1,19 +1,23 @@
-//! The admin listener: REST Hooks subscriptions, targets and their counters,
-//! the event and delivery log, repair (re-queue), test sends, health.
+//! The admin listener: endpoints (and their REST Hooks view), Send Test,
+//! the event catalog, the inbound log, deliveries and repair, health.
 //!
 //! Invariants: sources outside `admin.allow` get 403 before anything else;
-//! every route the table marks `Token` needs a bearer token from
-//! `admin.tokens_file`, compared in constant time. A subscription's secret
-//! is in the answer to its creation and in no other answer or log line.
+//! every route the table does not mark `Open` needs a bearer token from
+//! `admin.tokens_file`, compared in constant time, whose scope the route
+//! allows (403 otherwise). A subscriber token sees only the endpoints it
+//! made, no event body and no response excerpt. A secret is in the answer
+//! to its creation (or rotation) and in no other answer or log line.
 //! Errors map to HTTP in one place (`AdminError::into_response`).
 //!
-//! The room: [`routes`] (the route table: 404, 405 and `Allow` follow from
-//! it), [`hooks`] (subscriptions and test sends), [`deliveries`] (targets,
-//! events, deliveries, re-queues), [`json`] (answer shapes), [`tokens`],
-//! [`error`], and [`client`] (the CLI's side of the API).
+//! The room: [`routes`] (the route table: 404, 405, `Allow` and each
+//! route's scopes follow from it), [`endpoints`] (endpoints, Send Test,
+//! event types, the inbound log), [`hooks`] (the REST Hooks view),
+//! [`deliveries`] (targets, events, deliveries, re-queues), [`json`]
+//! (answer shapes), [`tokens`], [`error`], and [`client`] (the CLI's side).
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
 use http::{header, StatusCode};
@@ -23,6 +27,7 @@ use hyper::{Request, Response};
 use serde_json::{json, Value};
 
 use crate::catalog::Catalog;
+use crate::config::event_types::EventType;
 use crate::config::Config;
 use crate::server::json_response;
 use crate::store::Store;
@@ -30,6 +35,7 @@ use crate::telemetry::Metrics;
 
 pub mod client;
 mod deliveries;
+mod endpoints;
 pub mod error;
 mod hooks;
 mod json;
@@ -38,28 +44,47 @@ pub mod tokens;
 
 pub use error::AdminError;
 use routes::{Access, Call, Resolved, Route};
-pub use tokens::Tokens;
+pub use tokens::{Grant, Scope, Tokens};
 
 /// What a handler answers.
 type Reply = Result<Response<Full<Bytes>>, AdminError>;
 
 /// What a config decides about the admin API; replaced whole on reload.
 struct Settings {
-    tokens: Tokens,
     allow: Vec<ipnet::IpNet>,
-    routes: Vec<String>,
-    https_only: bool,
+    /// Route names in file order, each with its event catalog.
+    catalogs: Vec<(String, Vec<EventType>)>,
+    max_endpoints: usize,
+    max_endpoints_per_token: usize,
 }
 
 impl Settings {
-    fn new(config: &Config, tokens: Tokens) -> Settings {
+    fn new(config: &Config) -> Settings {
         Settings {
-            tokens,
             allow: config.admin.allow.clone(),
-            routes: config.routes.iter().map(|r| r.name.clone()).collect(),
-            https_only: config.egress.https_only,
+            catalogs: config
+                .routes
+                .iter()
+                .map(|r| (r.name.clone(), r.catalog.clone()))
+                .collect(),
+            max_endpoints: config.admin.max_endpoints,
+            max_endpoints_per_token: config.admin.max_endpoints_per_token,
         }
     }
+
+    fn catalog(&self, route: &str) -> Option<&[EventType]> {
+        self.catalogs
+            .iter()
+            .find(|(r, _)| r == route)
+            .map(|(_, c)| c.as_slice())
+    }
+}
+
+/// The tokens in force, and the file they came from (re-read when it changes).
+struct TokenFile {
+    path: PathBuf,
+    stamp: Option<tokens::FileStamp>,
+    tokens: Arc<Tokens>,
 }
 
 /// The admin service, shared by every admin connection.
@@ -68,6 +93,7 @@ pub struct Admin {
     catalog: Arc<Catalog>,
     metrics: Arc<Metrics>,
     settings: RwLock<Arc<Settings>>,
+    tokens: Mutex<TokenFile>,
     /// The route table, built once.
     table: Vec<Route>,
 }
@@ -80,18 +106,60 @@ impl Admin {
         metrics: Arc<Metrics>,
         tokens: Tokens,
     ) -> Admin {
+        let path = config.admin.tokens_path(&config.base_dir);
         Admin {
             store,
             catalog,
             metrics,
-            settings: RwLock::new(Arc::new(Settings::new(config, tokens))),
+            settings: RwLock::new(Arc::new(Settings::new(config))),
+            tokens: Mutex::new(TokenFile {
+                stamp: tokens::stamp(&path),
+                path,
+                tokens: Arc::new(tokens),
+            }),
             table: routes::table(),
         }
     }
 
-    /// Takes tokens, the allowlist and route names from a new config.
+    /// Takes tokens, the allowlist, routes and caps from a new config.
     pub fn reload(&self, config: &Config, tokens: Tokens) {
-        *self.settings.write().expect("lock poisoned") = Arc::new(Settings::new(config, tokens));
+        *self.settings.write().expect("lock poisoned") = Arc::new(Settings::new(config));
+        let path = config.admin.tokens_path(&config.base_dir);
+        *self.tokens.lock().expect("lock poisoned") = TokenFile {
+            stamp: tokens::stamp(&path),
+            path,
+            tokens: Arc::new(tokens),
+        };
+    }
+
+    /// Reads the tokens file again if it changed since it was last read
+    /// (called every second). A file that no longer parses is logged and
+    /// the tokens in force stay.
+    pub fn refresh_tokens(&self) {
+        let path = {
+            let file = self.tokens.lock().expect("lock poisoned");
+            if tokens::stamp(&file.path) == file.stamp {
+                return;
+            }
+            file.path.clone()
+        };
+        let stamp = tokens::stamp(&path);
+        let loaded = Tokens::load(&path);
+        let mut file = self.tokens.lock().expect("lock poisoned");
+        file.stamp = stamp;
+        match loaded {
+            Ok(t) => {
+                tracing::info!(file = %path.display(), tokens = t.len(), "admin tokens file read again");
+                file.tokens = Arc::new(t);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "admin tokens file does not parse; the tokens in force stay")
+            }
+        }
+    }
+
+    fn current_tokens(&self) -> Arc<Tokens> {
+        self.tokens.lock().expect("lock poisoned").tokens.clone()
     }
 
     fn settings(&self) -> Arc<Settings> {
@@ -131,26 +199,45 @@ impl Admin {
                 )))
             }
         };
-        if route.access == Access::Token {
-            self.authorize(&req)?;
-        }
+        let grant = match route.access {
+            Access::Open => None,
+            access => {
+                let grant = self.authorize(&req)?;
+                if !access.allows(grant.scope) {
+                    return Err(AdminError::Forbidden(format!(
+                        "a {} token may not call {} {}",
+                        grant.scope, route.method, route.path
+                    )));
+                }
+                Some(grant)
+            }
+        };
         let query = req.uri().query().unwrap_or("").to_string();
-        let call = Call { req, params, query };
+        let call = Call {
+            req,
+            params,
+            query,
+            grant,
+        };
         route.call(self.clone(), call).await
     }
 
-    fn authorize(&self, req: &Request<Incoming>) -> Result<(), AdminError> {
-        let token = req
+    /// Who the request's bearer token belongs to.
+    fn authorize(&self, req: &Request<Incoming>) -> Result<Grant, AdminError> {
+        let tokens = self.current_tokens();
+        let refused = || AdminError::Unauthorized(tokens.problem().map(str::to_string));
+        let value = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or(AdminError::Unauthorized)?;
-        if self.settings().tokens.accepts(token.trim()) {
-            Ok(())
-        } else {
-            Err(AdminError::Unauthorized)
-        }
+            .ok_or_else(refused)?;
+        // The scheme is case-insensitive (RFC 9110).
+        let token = value
+            .split_once(' ')
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, t)| t.trim())
+            .ok_or_else(refused)?;
+        tokens.find(token).ok_or_else(refused)
     }
 
     fn metrics(&self) -> Response<Full<Bytes>> {

@@ -13,31 +13,75 @@ use hyper::Request;
 use serde_json::{json, Value};
 
 use crate::admin::error::{invalid, AdminError};
+use crate::admin::tokens::{Grant, Scope};
 use crate::admin::{ok, Admin, Reply};
 
 /// Largest admin request body.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Who may call a route.
+/// Who may call a route. Every access but `Open` needs a valid token;
+/// `admin` tokens may call every route.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     /// Anyone the source allowlist lets in (health and metrics).
     Open,
-    /// A valid bearer token is needed.
-    Token,
+    /// Reads: `admin` and `read` tokens.
+    Read,
+    /// Changes: `admin` tokens.
+    Write,
+    /// Reads a subscriber may make too, of what it made.
+    ReadOwn,
+    /// Changes a subscriber may make too, to what it made.
+    WriteOwn,
 }
 
-/// A request as a handler gets it: the path's `{params}` in order, and the query.
+impl Access {
+    pub fn allows(self, scope: Scope) -> bool {
+        match scope {
+            Scope::Admin => true,
+            Scope::Read => matches!(self, Access::Open | Access::Read | Access::ReadOwn),
+            Scope::Subscriber => matches!(self, Access::Open | Access::ReadOwn | Access::WriteOwn),
+        }
+    }
+}
+
+/// A request as a handler gets it: the path's `{params}` in order
+/// (percent-decoded), the query, and who is calling.
 pub struct Call {
     pub req: Request<Incoming>,
     pub params: Vec<String>,
     pub query: String,
+    pub grant: Option<Grant>,
 }
 
 impl Call {
     /// The first path parameter (the table gives every route that reads it one).
-    fn id(&self) -> &str {
-        self.params.first().map_or("", String::as_str)
+    fn id(&self) -> String {
+        let raw = self.params.first().map_or("", String::as_str);
+        percent_encoding::percent_decode_str(raw)
+            .decode_utf8_lossy()
+            .into_owned()
+    }
+
+    /// The caller (every route but `Open` ones has one).
+    fn who(&self) -> Grant {
+        self.grant.clone().unwrap_or(Grant {
+            scope: Scope::Read,
+            name: String::new(),
+        })
+    }
+
+    /// The body as JSON; an empty body is `{}`.
+    async fn json_or_empty(self) -> Result<Value, AdminError> {
+        let body = http_body_util::Limited::new(self.req.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map_err(|_| invalid("body", format!("unreadable or over {MAX_BODY} bytes")))?
+            .to_bytes();
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(json!({}));
+        }
+        serde_json::from_slice(&body).map_err(|e| invalid("body", format!("not JSON: {e}")))
     }
 
     /// The body as JSON, at most `MAX_BODY` bytes.
@@ -74,7 +118,7 @@ macro_rules! handler {
 
 /// Every route of the admin API.
 pub fn table() -> Vec<Route> {
-    use Access::{Open, Token};
+    use Access::{Open, Read, ReadOwn, Write, WriteOwn};
     let r = |method: Method, path: &'static str, access, handler| Route {
         method,
         path,
@@ -104,62 +148,134 @@ pub fn table() -> Vec<Route> {
         r(
             Method::POST,
             "/api/hooks",
-            Token,
-            handler!(|a, c| a.subscribe(c.json().await?).await),
+            WriteOwn,
+            handler!(|a, c| {
+                let who = c.who();
+                a.subscribe(c.json().await?, &who).await
+            }),
         ),
         r(
             Method::GET,
             "/api/hooks",
-            Token,
-            handler!(|a, _| a.list_hooks().await),
+            ReadOwn,
+            handler!(|a, c| a.list_hooks(&c.who())),
         ),
         r(
             Method::GET,
             "/api/hooks/{id}",
-            Token,
-            handler!(|a, c| a.show_hook(c.id()).await),
+            ReadOwn,
+            handler!(|a, c| a.show_hook(&c.id(), &c.who())),
         ),
         r(
             Method::DELETE,
             "/api/hooks/{id}",
-            Token,
-            handler!(|a, c| a.unsubscribe(c.id()).await),
+            WriteOwn,
+            handler!(|a, c| a.unsubscribe(&c.id(), &c.who()).await),
         ),
         r(
             Method::POST,
             "/api/hooks/{id}/test",
-            Token,
-            handler!(|a, c| a.test_send(c.id()).await),
+            WriteOwn,
+            handler!(|a, c| {
+                let (id, who) = (c.id(), c.who());
+                a.test_send(&id, json!({}), &who).await
+            }),
+        ),
+        r(
+            Method::GET,
+            "/api/endpoints",
+            ReadOwn,
+            handler!(|a, c| a.list_endpoints(&c.query, &c.who())),
+        ),
+        r(
+            Method::POST,
+            "/api/endpoints",
+            WriteOwn,
+            handler!(|a, c| {
+                let who = c.who();
+                a.create_endpoint(c.json().await?, &who).await
+            }),
+        ),
+        r(
+            Method::GET,
+            "/api/endpoints/{id}",
+            ReadOwn,
+            handler!(|a, c| a.show_endpoint(&c.id(), &c.who())),
+        ),
+        r(
+            Method::PATCH,
+            "/api/endpoints/{id}",
+            Write,
+            handler!(|a, c| {
+                let id = c.id();
+                a.patch_endpoint(&id, c.json().await?).await
+            }),
+        ),
+        r(
+            Method::DELETE,
+            "/api/endpoints/{id}",
+            WriteOwn,
+            handler!(|a, c| a.delete_endpoint(&c.id(), &c.who()).await),
+        ),
+        r(
+            Method::POST,
+            "/api/endpoints/{id}/test",
+            WriteOwn,
+            handler!(|a, c| {
+                let (id, who) = (c.id(), c.who());
+                a.test_send(&id, c.json_or_empty().await?, &who).await
+            }),
+        ),
+        r(
+            Method::POST,
+            "/api/endpoints/{id}/rotate-secret",
+            Write,
+            handler!(|a, c| {
+                let id = c.id();
+                a.rotate_secret(&id, c.json_or_empty().await?).await
+            }),
+        ),
+        r(
+            Method::GET,
+            "/api/event-types",
+            ReadOwn,
+            handler!(|a, c| a.event_types(&c.query).await),
         ),
         r(
             Method::GET,
             "/api/targets",
-            Token,
+            Read,
             handler!(|a, _| Ok(ok(a.targets()))),
         ),
         r(
             Method::GET,
+            "/api/events",
+            Read,
+            handler!(|a, c| a.inbound_log(&c.query).await),
+        ),
+        r(
+            Method::GET,
             "/api/events/{id}",
-            Token,
-            handler!(|a, c| a.event(c.id()).await),
+            Read,
+            handler!(|a, c| a.event(&c.id()).await),
         ),
         r(
             Method::GET,
             "/api/deliveries",
-            Token,
+            Read,
             handler!(|a, c| a.deliveries(&c.query).await),
         ),
         r(
             Method::POST,
             "/api/deliveries/retry",
-            Token,
+            Write,
             handler!(|a, c| a.retry_many(c.json().await?).await),
         ),
         r(
             Method::POST,
             "/api/deliveries/{id}/retry",
-            Token,
-            handler!(|a, c| a.retry_one(c.id()).await),
+            Write,
+            handler!(|a, c| a.retry_one(&c.id()).await),
         ),
     ]
 }

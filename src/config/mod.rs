@@ -26,6 +26,8 @@ use crate::server::serve::MIN_HEADER_BYTES;
 use crate::store::StoreConfig;
 use crate::telemetry::log::LogConfig;
 
+pub mod endpoint;
+pub mod event_types;
 pub mod sections;
 pub mod targets;
 #[cfg(test)]
@@ -127,6 +129,14 @@ impl Config {
     fn resolve(&mut self, path: &Path, env: &dyn Environment) -> Result<(), ConfigError> {
         let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
         for (i, route) in self.routes.iter_mut().enumerate() {
+            let at = format!("routes[{i}]");
+            route.catalog = match &route.event_types_file {
+                Some(file) => {
+                    event_types::load_file(&base.join(file), &format!("{at}.event_types_file"))
+                }
+                None => event_types::resolve(&route.event_types, &format!("{at}.event_types")),
+            }
+            .map_err(|(k, r)| ConfigError::new(path, k, r))?;
             for (j, target) in route.targets.iter_mut().enumerate() {
                 let at = format!("routes[{i}].targets[{j}]");
                 target.outbound = targets::outbound(target, &at, &base, env)
@@ -206,6 +216,7 @@ impl Config {
             .map_err(|(k, r)| ConfigError::new(path, k, r))?;
 
         let mut route_names = HashSet::new();
+        let mut target_ids = HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
             if !valid_name(&route.name) {
@@ -256,12 +267,9 @@ impl Config {
             let mut target_names = HashSet::new();
             for (j, target) in route.targets.iter().enumerate() {
                 let at = format!("{at}.targets[{j}]");
-                if !valid_name(&target.name) {
-                    return err(
-                        &format!("{at}.name"),
-                        "must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'",
-                    );
-                }
+                target
+                    .validate(&at, &policy, e.https_only, &self.delivery)
+                    .map_err(|(k, r)| ConfigError::new(path, k, r))?;
                 if route.host.is_some() && target.name == ORIGIN_TARGET {
                     return err(
                         &format!("{at}.name"),
@@ -274,21 +282,17 @@ impl Config {
                         "another target of this route has this name",
                     );
                 }
-                if e.https_only && !target.url.is_https() {
-                    return err(
-                        &format!("{at}.url"),
-                        "egress.https_only is set and this URL is http",
-                    );
-                }
-                if let Some(host) = target.url.uri().host() {
-                    if let Some(reason) = policy.refuses_literal(host) {
-                        return err(&format!("{at}.url"), &reason);
+                if let Some(id) = &target.id {
+                    if !target_ids.insert(id.as_str()) {
+                        return err(&format!("{at}.id"), "another target has this id");
                     }
                 }
-                target
-                    .policy(&self.delivery)
-                    .validate(&at)
-                    .map_err(|(k, r)| ConfigError::new(path, k, r))?;
+            }
+            if !route.event_types.is_empty() && route.event_types_file.is_some() {
+                return err(
+                    &format!("{at}.event_types_file"),
+                    "declare event types inline (event_types) or in a file, not both",
+                );
             }
         }
         Ok(())

@@ -82,6 +82,11 @@ pub struct AdminConfig {
     pub tokens_file: PathBuf,
     /// TLS on the admin listener; with `client_ca`, client certificates are required.
     pub tls: Option<TlsFiles>,
+    /// Most endpoints the API may make (config targets not counted); over
+    /// it, creating one is a 409.
+    pub max_endpoints: usize,
+    /// Most endpoints one subscriber token may make.
+    pub max_endpoints_per_token: usize,
 }
 
 impl Default for AdminConfig {
@@ -91,6 +96,8 @@ impl Default for AdminConfig {
             allow: loopback_nets(),
             tokens_file: PathBuf::from("admin.tokens"),
             tls: None,
+            max_endpoints: 10_000,
+            max_endpoints_per_token: 100,
         }
     }
 }

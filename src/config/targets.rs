@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::config::event_types::{EventType, EventTypeConfig};
 use crate::config::values::{
     resolve_value, sensitive, Environment, SecretSources, Secrets, ValueSource,
 };
-use crate::deliver::egress::TargetUrl;
+use crate::deliver::egress::{Policy, TargetUrl};
 use crate::deliver::policy::{Backoff, CircuitConfig, DeliveryConfig, SuccessRanges};
 use crate::deliver::shape::{Body, BodyTemplate, Outbound, Shape, XmlName};
 use crate::ingest::filter::Filter;
@@ -43,13 +44,33 @@ pub struct RouteConfig {
     pub forward_headers: Vec<ForwardHeader>,
     #[serde(default)]
     pub targets: Vec<TargetConfig>,
+    /// The event types this route carries (its catalog), written here ...
+    #[serde(default)]
+    pub event_types: Vec<EventTypeConfig>,
+    /// ... or in a catalog file, relative to the config file's directory.
+    pub event_types_file: Option<PathBuf>,
+    /// The catalog, resolved at load (both keys together).
+    #[serde(skip)]
+    pub catalog: Vec<EventType>,
 }
 
 /// `[[routes.targets]]`: a receiver, with any delivery setting overridden.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
+    /// A stable id for the API and the store; without it the target keeps
+    /// the id it was first given, found again by route and URL.
+    pub id: Option<String>,
+    /// Free text shown in lists: 1-100 characters, no control characters.
     pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// `false` pauses it: events still queue for it, none is attempted.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Labels of the operator's own (team, ticket, ...), shown by the API.
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
     pub url: TargetUrl,
     #[serde(default = "all_events")]
     pub events: Vec<EventPattern>,
@@ -73,9 +94,10 @@ pub struct TargetConfig {
     pub circuit: Option<CircuitConfig>,
     /// Deliver only events whose JSON body matches (decided at ingest).
     pub filter: Option<Filter>,
-    /// `json`: the original bytes; `xml`: the JSON body as XML.
-    #[serde(default)]
-    pub format: Format,
+    /// `original` (default): the bytes as received; `json`: the same, which
+    /// must be JSON, as `application/json`; `xml`: the JSON body as XML;
+    /// `template`: the output of `template`.
+    pub format: Option<Format>,
     /// The root element of XML bodies (default `event`).
     pub xml_root: Option<XmlName>,
     /// A body template (minijinja), inline ...
@@ -100,12 +122,72 @@ impl TargetConfig {
 }
 
 /// A target's body format.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Format {
     #[default]
+    Original,
     Json,
     Xml,
+    Template,
+}
+
+impl Format {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Format::Original => "original",
+            Format::Json => "json",
+            Format::Xml => "xml",
+            Format::Template => "template",
+        }
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `at.k`, or `k` at the top (the admin API's bodies).
+pub(crate) fn key(at: &str, k: &str) -> String {
+    if at.is_empty() {
+        k.to_string()
+    } else {
+        format!("{at}.{k}")
+    }
+}
+
+/// Whether `name` is a target's display name: 1-100 characters, no
+/// control characters, not blank.
+pub fn valid_display_name(name: &str) -> Result<(), String> {
+    let n = name.chars().count();
+    if n == 0 || n > 100 {
+        return Err("must be 1-100 characters".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err("may not contain control characters".into());
+    }
+    if name.trim().is_empty() {
+        return Err("may not be blank".into());
+    }
+    Ok(())
+}
+
+/// Whether `event` may be named in `events`: no control characters, no
+/// space at either end (inner spaces are fine: `virtual classroom.*`).
+pub fn valid_event_name(event: &str) -> Result<(), String> {
+    if event.chars().any(char::is_control) {
+        return Err(format!(
+            "`{}` contains control characters",
+            event.escape_debug()
+        ));
+    }
+    if event.trim() != event {
+        return Err(format!("`{event}` starts or ends with a space"));
+    }
+    if event.chars().count() > 200 {
+        return Err("an event name is at most 200 characters".into());
+    }
+    Ok(())
 }
 
 /// `basic_auth = { username, password }`; the password may be `env:` or `file:`.
@@ -119,7 +201,7 @@ pub struct BasicAuthConfig {
 /// The name of a proxy route's implicit target: the request's own URL.
 pub const ORIGIN_TARGET: &str = "origin";
 
-fn all_events() -> Vec<EventPattern> {
+pub(crate) fn all_events() -> Vec<EventPattern> {
     vec![EventPattern::parse("*").expect("literal pattern")]
 }
 
@@ -136,6 +218,63 @@ pub struct BackoffOverride {
 }
 
 impl TargetConfig {
+    /// The rules of one target, the same for the file and the admin API;
+    /// errors are (key under `at`, reason).
+    pub fn validate(
+        &self,
+        at: &str,
+        guard: &Policy,
+        https_only: bool,
+        defaults: &DeliveryConfig,
+    ) -> Result<(), (String, String)> {
+        let bad = |k: &str, r: String| Err((key(at, k), r));
+        if let Some(id) = &self.id {
+            if !valid_id(id) {
+                return bad(
+                    "id",
+                    "must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'".into(),
+                );
+            }
+        }
+        if let Err(r) = valid_display_name(&self.name) {
+            return bad("name", r);
+        }
+        if self.description.chars().count() > 1000 {
+            return bad("description", "must be at most 1000 characters".into());
+        }
+        for (i, e) in self.events.iter().enumerate() {
+            if let Err(r) = valid_event_name(&e.to_string()) {
+                return bad(&format!("events[{i}]"), r);
+            }
+        }
+        for (k, v) in &self.metadata {
+            if k.is_empty() || k.len() > 64 || v.chars().count() > 500 {
+                return bad(
+                    "metadata",
+                    "keys are 1-64 bytes and values at most 500 characters".into(),
+                );
+            }
+            if k.chars().chain(v.chars()).any(char::is_control) {
+                return bad("metadata", "may not contain control characters".into());
+            }
+        }
+        if self.metadata.len() > 50 {
+            return bad("metadata", "at most 50 entries".into());
+        }
+        if https_only && !self.url.is_https() {
+            return bad(
+                "url",
+                "egress.https_only is set and this URL is http".into(),
+            );
+        }
+        if let Some(host) = self.url.uri().host() {
+            if let Some(reason) = guard.refuses_literal(host) {
+                return bad("url", reason);
+            }
+        }
+        self.policy(defaults).validate(at)
+    }
+
     /// This target's delivery policy: `defaults` with its overrides applied.
     pub fn policy(&self, defaults: &DeliveryConfig) -> DeliveryConfig {
         let b = &self.backoff;
@@ -182,13 +321,13 @@ fn reserved_header(name: &http::HeaderName) -> bool {
 }
 
 /// A target's shape and extra headers; errors are (key, reason).
-pub(super) fn outbound(
+pub(crate) fn outbound(
     t: &TargetConfig,
     at: &str,
     base: &Path,
     env: &dyn Environment,
 ) -> Result<Outbound, (String, String)> {
-    let bad = |k: &str, r: String| (format!("{at}.{k}"), r);
+    let bad = |k: &str, r: String| (key(at, k), r);
     let content_type = t
         .content_type
         .as_deref()
@@ -231,22 +370,36 @@ pub(super) fn outbound(
         }
         (None, None) => None,
     };
-    if t.xml_root.is_some() && t.format != Format::Xml {
+    let format = t.format.unwrap_or(match source {
+        Some(_) => Format::Template,
+        None => Format::Original,
+    });
+    if t.xml_root.is_some() && format != Format::Xml {
         return Err(bad("xml_root", "only applies with format = \"xml\"".into()));
     }
-    let body = match (source, t.format) {
-        (Some((key, _)), Format::Xml) => {
-            return Err(bad(
-                key,
-                "a template makes the whole body; it cannot be combined with format = \"xml\""
-                    .into(),
-            ))
-        }
-        (Some((key, text)), Format::Json) => {
+    let body = match (source, format) {
+        // `json` with a template is how older files asked for one.
+        (Some((key, text)), Format::Template | Format::Json) => {
             Body::Template(BodyTemplate::parse(&text).map_err(|e| bad(key, e))?)
         }
+        (Some((key, _)), other) => {
+            return Err(bad(
+                key,
+                format!(
+                    "a template makes the whole body; it cannot be combined with format = \"{}\"",
+                    other.as_str()
+                ),
+            ))
+        }
+        (None, Format::Template) => {
+            return Err(bad(
+                "format",
+                "format = \"template\" needs template (or template_file)".into(),
+            ))
+        }
         (None, Format::Xml) => Body::Xml(t.xml_root.clone().unwrap_or_default()),
-        (None, Format::Json) => Body::Original,
+        (None, Format::Json) => Body::Json,
+        (None, Format::Original) => Body::Original,
     };
 
     let mut headers: Vec<(http::HeaderName, http::HeaderValue)> = Vec::new();
@@ -298,4 +451,13 @@ pub(super) fn outbound(
         shape: Shape { body, content_type },
         headers,
     })
+}
+
+/// Whether `id` may be a configured target's `id`.
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
-use crate::catalog::{Catalog, Target};
+use crate::catalog::{Catalog, Origin, Target};
 use crate::deliver::egress::{EgressError, Reply};
 use crate::service::Heartbeat;
 use crate::shutdown::stopped;
@@ -135,6 +135,10 @@ impl Dispatcher {
         let mut wake_at = |at: u64| next = Some(next.map_or(at, |n| n.min(at)));
         for target in self.catalog.all() {
             let key = &target.spec.key;
+            if !target.spec.enabled {
+                // Paused: its deliveries wait; resuming wakes the scheduler.
+                continue;
+            }
             let (room, reopens) = target.lane.room(now);
             if let Some(at) = reopens {
                 wake_at(at);
@@ -277,6 +281,18 @@ impl Job {
             .await;
         let (attempt, next) = self.outcome(n, started, result);
         let d = self.store.finish(self.id, &attempt, next).await?;
+        if attempt.status == Some(410) && target.spec.origin == Origin::Api {
+            // REST Hooks: 410 Gone means "unsubscribe me".
+            let reason = "the receiver answered 410 Gone";
+            match self.catalog.disable_gone(&target.spec.key, reason).await {
+                Ok(cancelled) => {
+                    tracing::warn!(target = %target.spec.key, cancelled, "endpoint disabled: the receiver answered 410 Gone")
+                }
+                Err(e) => {
+                    tracing::error!(target = %target.spec.key, error = %e, "cannot disable an endpoint that answered 410 Gone")
+                }
+            }
+        }
         target.lane.record(
             &attempt,
             d.state == State::Succeeded,

@@ -159,6 +159,20 @@ impl Lane {
         };
     }
 
+    /// Counts a test send: a call, and neither a success nor a failure; the
+    /// circuit stays as it is.
+    pub fn record_test(&self, attempt: &Attempt) {
+        {
+            let mut c = self.counters.lock().expect("lock poisoned");
+            c.calls += 1;
+            c.tests += 1;
+            c.last_status = attempt.status;
+            c.last_error = attempt.error.clone();
+            c.last_at_ms = Some(attempt.at_ms);
+        }
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
     pub fn counters(&self) -> Counters {
         self.counters.lock().expect("lock poisoned").clone()
     }

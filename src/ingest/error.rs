@@ -80,10 +80,10 @@ impl IngestError {
         }
     }
 
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        let (status, code) = self.status();
-        // Store errors are logged in full; the client gets a plain reason.
-        let message = match &self {
+    /// The reason the client is given (store errors are logged in full
+    /// instead).
+    pub fn public_message(&self) -> String {
+        match self {
             IngestError::Store(StoreError::Full { .. }) => {
                 "the store is full; nothing was accepted".to_string()
             }
@@ -91,7 +91,12 @@ impl IngestError {
                 "the store cannot take writes; nothing was accepted".to_string()
             }
             other => other.to_string(),
-        };
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let (status, code) = self.status();
+        let message = self.public_message();
         let mut resp = json_response(status, json!({"error": {"code": code, "message": message}}));
         match self {
             IngestError::RateLimited(wait) => {

@@ -36,6 +36,21 @@ impl Filter {
             Filter::Not(f) => !f.matches(json),
         }
     }
+
+    /// The filter as written, in JSON (what the admin API shows).
+    pub fn to_json(&self) -> Value {
+        match self {
+            Filter::Eq { pointer, value } => serde_json::json!({"json": pointer, "eq": value}),
+            Filter::In { pointer, values } => serde_json::json!({"json": pointer, "in": values}),
+            Filter::All(fs) => {
+                serde_json::json!({"all": fs.iter().map(Filter::to_json).collect::<Vec<_>>()})
+            }
+            Filter::Any(fs) => {
+                serde_json::json!({"any": fs.iter().map(Filter::to_json).collect::<Vec<_>>()})
+            }
+            Filter::Not(f) => serde_json::json!({"not": f.to_json()}),
+        }
+    }
 }
 
 /// JSON equality, with numbers compared by value.

@@ -7,6 +7,11 @@
 //! Invariant: a 202 is sent only after `Store::accept` returned, that is after
 //! the flush that covers this event. Every refusal is a JSON error body.
 //!
+//! Every request leaves a record in the inbound log: accepted and duplicate
+//! ones with the event (`Store::accept` writes it), refused ones with their
+//! status and reason. Refusals are also logged, at most `REFUSALS_PER_SECOND`
+//! lines a second, so a flood cannot fill the journal.
+//!
 //! Proxy mode (`ingest.proxy`): an HTTP/1 absolute-form request
 //! (`POST http://host/path`) is matched against the routes that name a
 //! `host`, and is stored with its URL, which the route's implicit `origin`
@@ -37,7 +42,7 @@ use crate::config::{Config, IngestConfig};
 use crate::deliver::egress::Policy;
 use crate::rate::Rate;
 use crate::server::json_response;
-use crate::store::{now_ms, EventMeta, NewEvent, Store};
+use crate::store::{now_ms, EventMeta, Inbound, NewEvent, Outcome, Store};
 use crate::telemetry::Metrics;
 
 pub mod error;
@@ -52,6 +57,10 @@ use headers::{kept_headers, other_headers};
 use route::Context;
 use router::Router;
 use tunnel::Tunnels;
+
+/// Refusal log lines per second (and burst); the rest are counted and the
+/// count is given on the next line logged.
+const REFUSALS_PER_SECOND: Rate = Rate::of(5, 20);
 
 /// What a config decides about ingest; replaced whole on reload.
 struct Settings {
@@ -98,6 +107,9 @@ pub struct Ingest {
     catalog: Arc<Catalog>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
+    refusal_log: governor::DefaultDirectRateLimiter,
+    /// Refusals not logged since the last line.
+    unlogged: std::sync::atomic::AtomicU64,
 }
 
 impl Ingest {
@@ -112,6 +124,8 @@ impl Ingest {
             catalog,
             store,
             metrics,
+            refusal_log: RateLimiter::direct(REFUSALS_PER_SECOND.quota()),
+            unlogged: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -140,19 +154,60 @@ impl Ingest {
         peer: SocketAddr,
     ) -> Response<Full<Bytes>> {
         self.metrics.events_received.inc();
-        match self.accept(req, peer).await {
+        let method = req.method().to_string();
+        let path = req.uri().path().to_string();
+        let mut seen = Seen::default();
+        match self.accept(req, peer, &mut seen).await {
             Ok(resp) => resp,
             Err(e) => {
-                self.metrics.rejected(e.status().1);
+                let (status, code) = e.status();
+                self.metrics.rejected(code);
+                let record = Inbound {
+                    at_ms: now_ms(),
+                    source: peer.ip().to_canonical().to_string(),
+                    method,
+                    path,
+                    route: seen.route,
+                    event_type: seen.event_type,
+                    outcome: Outcome::Rejected,
+                    status: status.as_u16(),
+                    code: Some(code.to_string()),
+                    reason: Some(e.public_message()),
+                    deliveries: 0,
+                    event: None,
+                };
+                self.log_refusal(&record);
+                // A store that cannot take the record (full, failing) has
+                // already made this a 503; the answer does not wait on it.
+                let _ = self.store.record_inbound(&record).await;
                 e.into_response()
             }
         }
+    }
+
+    fn log_refusal(&self, r: &Inbound) {
+        use std::sync::atomic::Ordering;
+        if self.refusal_log.check().is_err() {
+            self.unlogged.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let suppressed = self.unlogged.swap(0, Ordering::Relaxed);
+        tracing::warn!(
+            source = %r.source,
+            method = %r.method,
+            path = %r.path.escape_debug(),
+            status = r.status,
+            code = r.code.as_deref().unwrap_or(""),
+            suppressed,
+            "ingest refused a request"
+        );
     }
 
     async fn accept(
         &self,
         req: Request<Incoming>,
         peer: SocketAddr,
+        seen: &mut Seen,
     ) -> Result<Response<Full<Bytes>>, IngestError> {
         let settings = self.settings();
         let source = peer.ip().to_canonical();
@@ -191,6 +246,7 @@ impl Ingest {
                 .ok_or(IngestError::NoRoute(path))?;
             (route, captures, None)
         };
+        seen.route = Some(route.name.clone());
         let declared = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -213,6 +269,7 @@ impl Ingest {
             json: json.as_ref(),
         };
         let event_type = route.event.render(&cx).map_err(IngestError::BadPayload)?;
+        seen.event_type = Some(event_type.clone());
         // A request without a dedup key is simply not deduplicated.
         let dedup = route
             .dedup
@@ -242,6 +299,7 @@ impl Ingest {
                 body,
                 targets,
                 dedup,
+                path: parts.uri.path().to_string(),
             })
             .await?;
         let mut out = json!({"id": accepted.id.to_string(), "deliveries": accepted.deliveries});
@@ -253,6 +311,13 @@ impl Ingest {
         }
         Ok(json_response(StatusCode::ACCEPTED, out))
     }
+}
+
+/// What a request was found to be before it was refused.
+#[derive(Default)]
+struct Seen {
+    route: Option<String>,
+    event_type: Option<String>,
 }
 
 async fn read_body(body: Incoming, max: usize, timeout: Duration) -> Result<Bytes, IngestError> {

@@ -101,7 +101,9 @@ impl<'de> Deserialize<'de> for PathPattern {
 }
 
 /// A value template such as `{json./resource}.{json./action}`: literal text
-/// and placeholders `{path.X}`, `{header.X}`, `{json./pointer}`.
+/// and placeholders `{path.X}`, `{header.X}`, `{json./pointer}`, each with
+/// an optional default after `|` (`{json./event|unknown}`) used when the
+/// request has no value for it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Template {
     source: String,
@@ -114,6 +116,8 @@ enum Part {
     Path(String),
     Header(http::HeaderName),
     Json(String),
+    /// A placeholder, and the text used when it has no value.
+    Or(Box<Part>, String),
 }
 
 /// What a template is evaluated against.
@@ -145,7 +149,15 @@ impl Template {
                 .find('}')
                 .ok_or_else(|| format!("`{s}`: '{{' without a closing '}}'"))?
                 + open;
-            let inner = &rest[open + 1..close];
+            let (inner, default) = match rest[open + 1..close].split_once('|') {
+                Some((p, d)) => (p, Some(d)),
+                None => (&rest[open + 1..close], None),
+            };
+            if default.is_some_and(|d| d.is_empty() || d.contains('|')) {
+                return Err(format!(
+                    "`{s}`: a default after '|' is one non-empty text, like {{json./event|unknown}}"
+                ));
+            }
             let part = if let Some(name) = inner.strip_prefix("path.") {
                 is_ident(name)
                     .then(|| Part::Path(name.to_string()))
@@ -166,7 +178,10 @@ impl Template {
                     "`{s}`: `{{{inner}}}` is not {{path.X}}, {{header.X}} or {{json./pointer}}"
                 ));
             };
-            parts.push(part);
+            parts.push(match default {
+                Some(d) => Part::Or(Box::new(part), d.to_string()),
+                None => part,
+            });
             rest = &rest[close + 1..];
         }
         if rest.contains('}') {
@@ -189,12 +204,20 @@ impl Template {
         }
     }
 
+    /// The placeholders, defaults looked through.
+    fn placeholders(&self) -> impl Iterator<Item = &Part> {
+        self.parts.iter().map(|p| match p {
+            Part::Or(inner, _) => inner,
+            other => other,
+        })
+    }
+
     pub fn needs_json(&self) -> bool {
-        self.parts.iter().any(|p| matches!(p, Part::Json(_)))
+        self.placeholders().any(|p| matches!(p, Part::Json(_)))
     }
 
     pub fn path_captures(&self) -> impl Iterator<Item = &str> {
-        self.parts.iter().filter_map(|p| match p {
+        self.placeholders().filter_map(|p| match p {
             Part::Path(n) => Some(n.as_str()),
             _ => None,
         })
@@ -207,6 +230,16 @@ impl Template {
         let mut out = String::new();
         for part in &self.parts {
             match part {
+                Part::Or(inner, default) => {
+                    let one = Template {
+                        source: String::new(),
+                        parts: vec![(**inner).clone()],
+                    };
+                    match one.render(cx) {
+                        Ok(v) => out.push_str(&v),
+                        Err(_) => out.push_str(default),
+                    }
+                }
                 Part::Text(t) => out.push_str(t),
                 Part::Path(name) => {
                     let v = cx
@@ -376,6 +409,26 @@ mod tests {
         };
         let t = Template::parse("{json./resource}").unwrap();
         assert!(matches!(t.render(&cx), Err(Missing::NotJson(_))));
+    }
+
+    #[test]
+    fn a_default_stands_in_for_a_missing_value() {
+        let t = Template::parse("{json./event|unknown}").unwrap();
+        assert!(t.needs_json());
+        let headers = http::HeaderMap::new();
+        let cx = |json| Context {
+            path: &[],
+            headers: &headers,
+            json,
+        };
+        let body = json!({"event": "courseCompletion"});
+        assert_eq!(t.render(&cx(Some(&body))).unwrap(), "courseCompletion");
+        let empty = json!({});
+        assert_eq!(t.render(&cx(Some(&empty))).unwrap(), "unknown");
+        assert_eq!(t.render(&cx(None)).unwrap(), "unknown");
+        assert!(Template::parse("{json./e|}").is_err());
+        assert!(Template::parse("{json./e|a|b}").is_err());
+        assert!(Template::parse("{nope|x}").is_err());
     }
 
     #[test]

@@ -69,6 +69,9 @@ pub struct StoreConfig {
     /// When the store's files reach this size, ingest answers 503 instead of
     /// accepting events it might not be able to keep. 0 means no limit.
     pub max_disk_bytes: u64,
+    /// Most records the inbound log keeps (older ones go first; none is
+    /// kept past `retention` either).
+    pub inbound_log_entries: usize,
 }
 
 impl Default for StoreConfig {
@@ -78,6 +81,7 @@ impl Default for StoreConfig {
             retention: Duration::from_secs(7 * 24 * 3600),
             cache_bytes: 4 * 1024 * 1024,
             max_disk_bytes: 0,
+            inbound_log_entries: 100_000,
         }
     }
 }
@@ -201,21 +205,44 @@ pub trait Store: Send + Sync + 'static {
     /// How many deliveries are in `state` now (kept in memory).
     fn count(&self, state: State) -> i64;
 
-    // === subscriptions and counters ===
+    // === endpoints and counters ===
 
-    /// Stores a subscription durably (replacing one with the same id).
-    async fn put_subscription(&self, sub: &Subscription) -> Result<(), StoreError>;
+    /// Stores an endpoint durably (replacing one with the same id).
+    async fn put_endpoint(&self, endpoint: &EndpointRecord) -> Result<(), StoreError>;
 
-    /// Every subscription, by id.
-    async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError>;
+    /// Every endpoint, by id.
+    async fn endpoints(&self) -> Result<Vec<EndpointRecord>, StoreError>;
 
-    /// Removes a subscription and its counters; whether it existed.
-    async fn delete_subscription(&self, id: &str) -> Result<bool, StoreError>;
+    async fn endpoint(&self, id: &str) -> Result<Option<EndpointRecord>, StoreError>;
+
+    /// Removes an endpoint and its counters; whether it existed.
+    async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError>;
 
     /// A target's saved counters (zero if none were saved).
     async fn counters(&self, target: &str) -> Result<Counters, StoreError>;
 
     async fn save_counters(&self, target: &str, counters: &Counters) -> Result<(), StoreError>;
+
+    // === the inbound log ===
+
+    /// Records an ingest request that `accept` did not see (a refusal).
+    /// Not synced: a crash may lose the last ones. Accepted and duplicate
+    /// requests are recorded by `accept`, with the event.
+    async fn record_inbound(&self, record: &Inbound) -> Result<(), StoreError>;
+
+    /// Inbound records newest first, from just before `after`, matching
+    /// `filter`; looks at no more than `scan` records.
+    async fn inbound(
+        &self,
+        filter: &InboundFilter,
+        after: Option<InboundId>,
+        limit: usize,
+        scan: usize,
+    ) -> Result<InboundPage, StoreError>;
+
+    /// Removes inbound records older than `cutoff_ms`, and the oldest ones
+    /// beyond the newest `keep`; how many.
+    async fn purge_inbound(&self, cutoff_ms: u64, keep: usize) -> Result<usize, StoreError>;
 
     // === retention ===
 

@@ -52,6 +52,7 @@ macro_rules! id_type {
 
 id_type!(EventId, "evt_");
 id_type!(DeliveryId, "dlv_");
+id_type!(InboundId, "in_");
 
 // === records ===
 
@@ -170,30 +171,8 @@ pub struct NewEvent {
     pub targets: Vec<String>,
     /// (route, key): a second event with the same pair within retention is a duplicate.
     pub dedup: Option<(String, String)>,
-}
-
-/// A REST Hooks subscription, as kept in the `subscriptions` tree.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct Subscription {
-    pub id: String,
-    pub target_url: String,
-    pub event: String,
-    /// The signing secret, `whsec_…`. Shown once, at creation.
-    pub secret: String,
-    pub route: Option<String>,
-    pub created_at_ms: u64,
-}
-
-impl std::fmt::Debug for Subscription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription")
-            .field("id", &self.id)
-            .field("target_url", &self.target_url)
-            .field("event", &self.event)
-            .field("secret", &"***")
-            .field("route", &self.route)
-            .finish()
-    }
+    /// The request path, for the inbound log record `accept` writes with the event.
+    pub path: String,
 }
 
 /// A target's delivery counters, as kept in the `meta` tree.
@@ -206,6 +185,9 @@ pub struct Counters {
     pub failed: u64,
     /// Deliveries that ended dead.
     pub dead: u64,
+    /// Test sends (counted in `calls`, not in `succeeded` or `failed`).
+    #[serde(default)]
+    pub tests: u64,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
     pub last_at_ms: Option<u64>,
@@ -225,4 +207,145 @@ pub struct Page {
     pub deliveries: Vec<(DeliveryId, Delivery)>,
     /// Where the next page starts (`after`), if the scan stopped early.
     pub next: Option<DeliveryId>,
+}
+
+/// Where an endpoint comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// The config file: read-only through the API; the record keeps its id.
+    Config,
+    /// The admin API (REST Hooks subscriptions included).
+    Api,
+}
+
+/// An endpoint as kept in the `endpoints` tree. The store keeps `spec` as
+/// it is given (the definition the API took, secrets included) and reads
+/// only the fields it indexes by.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct EndpointRecord {
+    pub id: String,
+    pub origin: Origin,
+    /// Config endpoints: their route and URL, by which a renamed target
+    /// keeps its id.
+    #[serde(default)]
+    pub route: Option<String>,
+    #[serde(default)]
+    pub url: String,
+    /// The name of the token that made it.
+    #[serde(default)]
+    pub owner: Option<String>,
+    pub created_at_ms: u64,
+    pub updated_at_ms: u64,
+    /// The secrets that sign its deliveries, newest first.
+    #[serde(default)]
+    pub secrets: Vec<StoredSecret>,
+    /// Why it was disabled by what a receiver answered (`410 Gone`).
+    #[serde(default)]
+    pub disabled_reason: Option<String>,
+    /// Its last test sends, newest first.
+    #[serde(default)]
+    pub tests: Vec<TestSend>,
+    /// The definition; its shape belongs to the layer that reads it.
+    pub spec: serde_json::Value,
+}
+
+/// A test send to an endpoint, as its record keeps it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TestSend {
+    /// `evt_test_<ulid>`: the `webhook-id` it was sent with.
+    pub event_id: String,
+    pub event_type: String,
+    pub at_ms: u64,
+    pub status: Option<u16>,
+    pub succeeded: bool,
+    pub error: Option<String>,
+    pub duration_ms: u64,
+    pub excerpt: String,
+}
+
+/// A signing secret (`whsec_…`) and when it stops signing (after a rotation).
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredSecret {
+    pub secret: String,
+    #[serde(default)]
+    pub expires_at_ms: Option<u64>,
+}
+
+impl std::fmt::Debug for EndpointRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The spec holds secrets and passwords.
+        f.debug_struct("EndpointRecord")
+            .field("id", &self.id)
+            .field("origin", &self.origin)
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What became of an ingest request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    Accepted,
+    Duplicate,
+    Rejected,
+}
+
+impl Outcome {
+    pub fn parse(s: &str) -> Option<Outcome> {
+        match s {
+            "accepted" => Some(Outcome::Accepted),
+            "duplicate" => Some(Outcome::Duplicate),
+            "rejected" => Some(Outcome::Rejected),
+            _ => None,
+        }
+    }
+}
+
+/// One ingest request, as kept in the `inbound` tree (the inbound log).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Inbound {
+    pub at_ms: u64,
+    pub source: String,
+    pub method: String,
+    pub path: String,
+    pub route: Option<String>,
+    pub event_type: Option<String>,
+    pub outcome: Outcome,
+    pub status: u16,
+    /// A refusal's error code and message.
+    pub code: Option<String>,
+    pub reason: Option<String>,
+    pub deliveries: usize,
+    pub event: Option<EventId>,
+}
+
+/// Which inbound records a listing wants.
+#[derive(Debug, Clone, Default)]
+pub struct InboundFilter {
+    pub route: Option<String>,
+    pub event_type: Option<String>,
+    pub outcome: Option<Outcome>,
+}
+
+impl InboundFilter {
+    pub fn matches(&self, r: &Inbound) -> bool {
+        self.route
+            .as_ref()
+            .is_none_or(|x| r.route.as_ref() == Some(x))
+            && self
+                .event_type
+                .as_ref()
+                .is_none_or(|x| r.event_type.as_ref() == Some(x))
+            && self.outcome.is_none_or(|o| r.outcome == o)
+    }
+}
+
+/// One page of the inbound log, newest first.
+#[derive(Debug)]
+pub struct InboundPage {
+    pub records: Vec<(InboundId, Inbound)>,
+    /// Where the next page starts (`after`), if there may be more.
+    pub next: Option<InboundId>,
 }

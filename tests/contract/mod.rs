@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hookrelay::store::{
-    now_ms, Attempt, Counters, DeliveryId, EventMeta, NewEvent, Next, State, Store, StoreError,
-    Subscription,
+    now_ms, Attempt, Counters, DeliveryId, EndpointRecord, EventMeta, Inbound, InboundFilter,
+    NewEvent, Next, Origin, Outcome, State, Store, StoreError, StoredSecret,
 };
 
 /// How the contract reaches a backend.
@@ -52,7 +52,8 @@ macro_rules! store_contract {
             bulk_requeue_pages_through_every_batch,
             cancel_and_cancel_all,
             the_delivery_log_pages_newest_first_with_filters,
-            subscriptions_and_counters_round_trip,
+            endpoints_and_counters_round_trip,
+            the_inbound_log_records_every_request_newest_first,
             purge_removes_old_finished_events_only,
             concurrent_accepts_all_get_their_own_ids,
             large_bodies_come_back_whole,
@@ -89,6 +90,7 @@ fn new_event(targets: &[&str], dedup: Option<&str>) -> NewEvent {
         body: Bytes::from_static(b"{\"a\":1}"),
         targets: targets.iter().map(|s| s.to_string()).collect(),
         dedup: dedup.map(|k| ("r".to_string(), k.to_string())),
+        path: "/r".into(),
     }
 }
 
@@ -360,8 +362,8 @@ pub async fn everything_acknowledged_survives_a_restart<B: Backend>() {
         ids.push(store.accept(new).await.unwrap().id);
     }
     let done = attempt_first(&*store, "r/a", 200, Next::Succeeded).await;
-    let sub = subscription("hook_1");
-    store.put_subscription(&sub).await.unwrap();
+    let sub = endpoint("ep_1");
+    store.put_endpoint(&sub).await.unwrap();
     let counters = Counters {
         calls: 3,
         succeeded: 2,
@@ -388,12 +390,15 @@ pub async fn everything_acknowledged_survives_a_restart<B: Backend>() {
         (true, ids[3]),
         "dedup keys survive"
     );
-    let subs = store.subscriptions().await.unwrap();
+    let subs = store.endpoints().await.unwrap();
     assert_eq!(subs.len(), 1);
-    assert_eq!(
-        (subs[0].id.as_str(), subs[0].secret.as_str()),
-        ("hook_1", sub.secret.as_str())
-    );
+    assert_eq!(subs[0].id, "ep_1");
+    assert!(subs[0].secrets == sub.secrets && subs[0].spec == sub.spec);
+    let log = store
+        .inbound(&InboundFilter::default(), None, 100, 100)
+        .await
+        .unwrap();
+    assert_eq!(log.records.len(), 21, "the inbound log survives too");
     assert_eq!(store.counters("r/a").await.unwrap(), counters);
 }
 
@@ -544,66 +549,167 @@ pub async fn the_delivery_log_pages_newest_first_with_filters<B: Backend>() {
     assert!(bounded.next.is_some());
 }
 
-fn subscription(id: &str) -> Subscription {
-    Subscription {
+fn endpoint(id: &str) -> EndpointRecord {
+    EndpointRecord {
         id: id.into(),
-        target_url: "https://crm.example.com/hook".into(),
-        event: "course_*".into(),
-        secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
-        route: Some("r".into()),
+        origin: Origin::Api,
+        route: None,
+        url: String::new(),
+        owner: Some("zapier".into()),
         created_at_ms: now_ms(),
+        updated_at_ms: now_ms(),
+        secrets: vec![StoredSecret {
+            secret: "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into(),
+            expires_at_ms: None,
+        }],
+        disabled_reason: None,
+        tests: Vec::new(),
+        spec: serde_json::json!({"name": "Nouvelle vente → CRM", "url": "https://crm.example.com/hook"}),
     }
 }
 
-pub async fn subscriptions_and_counters_round_trip<B: Backend>() {
+pub async fn endpoints_and_counters_round_trip<B: Backend>() {
     let b = B::new(DAY);
     let store = b.open().await;
-    assert!(store.subscriptions().await.unwrap().is_empty());
-    assert_eq!(store.counters("hook_b").await.unwrap(), Counters::default());
-    store
-        .put_subscription(&subscription("hook_b"))
-        .await
-        .unwrap();
-    store
-        .put_subscription(&subscription("hook_a"))
-        .await
-        .unwrap();
+    assert!(store.endpoints().await.unwrap().is_empty());
+    assert_eq!(store.counters("ep_b").await.unwrap(), Counters::default());
+    store.put_endpoint(&endpoint("ep_b")).await.unwrap();
+    store.put_endpoint(&endpoint("ep_a")).await.unwrap();
     let ids: Vec<String> = store
-        .subscriptions()
+        .endpoints()
         .await
         .unwrap()
         .into_iter()
         .map(|s| s.id)
         .collect();
-    assert_eq!(ids, ["hook_a", "hook_b"], "by id");
+    assert_eq!(ids, ["ep_a", "ep_b"], "by id");
+    let mut changed = endpoint("ep_b");
+    changed.spec["name"] = serde_json::json!("renamed");
+    store.put_endpoint(&changed).await.unwrap();
+    let got = store.endpoint("ep_b").await.unwrap().unwrap();
+    assert_eq!(got.spec["name"], "renamed", "a put replaces");
+    assert!(store.endpoint("ep_z").await.unwrap().is_none());
 
     let c = Counters {
         calls: 7,
         succeeded: 5,
         failed: 2,
         dead: 1,
+        tests: 1,
         last_status: Some(503),
         last_error: None,
         last_at_ms: Some(now_ms()),
     };
-    store.save_counters("hook_b", &c).await.unwrap();
-    assert_eq!(store.counters("hook_b").await.unwrap(), c);
+    store.save_counters("ep_b", &c).await.unwrap();
+    assert_eq!(store.counters("ep_b").await.unwrap(), c);
 
-    assert!(store.delete_subscription("hook_b").await.unwrap());
-    assert!(!store.delete_subscription("hook_b").await.unwrap());
+    assert!(store.delete_endpoint("ep_b").await.unwrap());
+    assert!(!store.delete_endpoint("ep_b").await.unwrap());
     assert_eq!(
-        store.counters("hook_b").await.unwrap(),
+        store.counters("ep_b").await.unwrap(),
         Counters::default(),
         "counters go too"
     );
     let ids: Vec<String> = store
-        .subscriptions()
+        .endpoints()
         .await
         .unwrap()
         .into_iter()
         .map(|s| s.id)
         .collect();
-    assert_eq!(ids, ["hook_a"]);
+    assert_eq!(ids, ["ep_a"]);
+}
+
+fn refusal(path: &str, status: u16) -> Inbound {
+    Inbound {
+        at_ms: now_ms(),
+        source: "127.0.0.1".into(),
+        method: "POST".into(),
+        path: path.into(),
+        route: None,
+        event_type: None,
+        outcome: Outcome::Rejected,
+        status,
+        code: Some("no_route".into()),
+        reason: Some("no route matches".into()),
+        deliveries: 0,
+        event: None,
+    }
+}
+
+pub async fn the_inbound_log_records_every_request_newest_first<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    let first = store
+        .accept(new_event(&["r/a", "r/b"], Some("k")))
+        .await
+        .unwrap();
+    store.record_inbound(&refusal("/nope", 404)).await.unwrap();
+    store.accept(new_event(&["r/a"], Some("k"))).await.unwrap();
+    store.accept(new_event(&[], None)).await.unwrap();
+    let all = store
+        .inbound(&InboundFilter::default(), None, 10, 100)
+        .await
+        .unwrap();
+    let outcomes: Vec<(Outcome, usize)> = all
+        .records
+        .iter()
+        .map(|(_, r)| (r.outcome, r.deliveries))
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            (Outcome::Accepted, 0),
+            (Outcome::Duplicate, 0),
+            (Outcome::Rejected, 0),
+            (Outcome::Accepted, 2),
+        ]
+    );
+    let (_, oldest) = &all.records[3];
+    assert_eq!(oldest.event, Some(first.id));
+    assert_eq!(
+        (oldest.path.as_str(), oldest.route.as_deref()),
+        ("/r", Some("r"))
+    );
+    assert_eq!(
+        all.records[1].1.event,
+        Some(first.id),
+        "a duplicate names the first event"
+    );
+    assert!(all.next.is_none());
+
+    let rejected = InboundFilter {
+        outcome: Some(Outcome::Rejected),
+        ..Default::default()
+    };
+    let page = store.inbound(&rejected, None, 10, 100).await.unwrap();
+    assert_eq!(page.records.len(), 1);
+    let mut want = refusal("/nope", 404);
+    want.at_ms = page.records[0].1.at_ms;
+    assert_eq!(page.records[0].1, want);
+
+    // Pages: two at a time, then on from the cursor.
+    let p1 = store
+        .inbound(&InboundFilter::default(), None, 2, 100)
+        .await
+        .unwrap();
+    assert_eq!(p1.records.len(), 2);
+    let p2 = store
+        .inbound(&InboundFilter::default(), p1.next, 2, 100)
+        .await
+        .unwrap();
+    assert_eq!(p2.records[0].0, all.records[2].0);
+
+    // Bounded by count: keep the newest 2.
+    assert_eq!(store.purge_inbound(0, 2).await.unwrap(), 2);
+    let kept = store
+        .inbound(&InboundFilter::default(), None, 10, 100)
+        .await
+        .unwrap();
+    assert_eq!(kept.records.len(), 2);
+    assert_eq!(kept.records[0].0, all.records[0].0);
+    // And by age.
+    assert_eq!(store.purge_inbound(now_ms() + 1, 100).await.unwrap(), 2);
 }
 
 // === retention ===

@@ -1,8 +1,9 @@
 //! Shaping: the body a target receives, built from a stored event.
 //!
-//! A target gets the original bytes (`format = "json"`, the default), the
-//! JSON body converted to XML (`format = "xml"`), or the output of its
-//! template. Shaping is pure: the same event gives the same bytes on every
+//! A target gets the original bytes (`format = "original"`, the default),
+//! the same bytes checked to be JSON and sent as `application/json`
+//! (`format = "json"`), the JSON body converted to XML (`format = "xml"`),
+//! or the output of its template (`format = "template"`). Shaping is pure: the same event gives the same bytes on every
 //! attempt, and the signature is computed over exactly the bytes sent.
 //! Templates are compiled at config load, so a syntax error never reaches
 //! delivery; a failure that depends on the event (a missing field, a body
@@ -49,7 +50,7 @@ pub use xml::{element_name, to_xml, XmlName};
 /// so none of these is cured by trying again.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ShapeError {
-    #[error("format = \"xml\" needs a JSON body, and this one is not JSON: {0}")]
+    #[error("this target's format needs a JSON body, and this one is not JSON: {0}")]
     NotJson(String),
     #[error("the template failed for this event: {0}")]
     Render(String),
@@ -81,6 +82,8 @@ pub enum Body {
     /// The bytes the LMS sent, untouched.
     #[default]
     Original,
+    /// The bytes the LMS sent, which must be JSON, as `application/json`.
+    Json,
     /// The JSON body as XML under this root element.
     Xml(XmlName),
     Template(BodyTemplate),
@@ -96,11 +99,25 @@ pub struct Shape {
 
 impl Shape {
     pub fn apply(&self, event: &Event) -> Result<Shaped, ShapeError> {
+        self.apply_as(event, &event.id.to_string())
+    }
+
+    /// `apply`, with templates seeing `id` as the event's id (a test send's
+    /// `evt_test_…`).
+    pub fn apply_as(&self, event: &Event, id: &str) -> Result<Shaped, ShapeError> {
         let shaped = match &self.body {
             Body::Original => Shaped {
                 body: event.body.clone(),
                 content_type: None,
             },
+            Body::Json => {
+                serde_json::from_slice::<serde::de::IgnoredAny>(&event.body)
+                    .map_err(|e| ShapeError::NotJson(e.to_string()))?;
+                Shaped {
+                    body: event.body.clone(),
+                    content_type: Some(HeaderValue::from_static("application/json")),
+                }
+            }
             Body::Xml(root) => {
                 let json: Value = serde_json::from_slice(&event.body)
                     .map_err(|e| ShapeError::NotJson(e.to_string()))?;
@@ -110,7 +127,7 @@ impl Shape {
                 }
             }
             Body::Template(t) => Shaped {
-                body: Bytes::from(t.render(event, self.content_type.as_ref())?),
+                body: Bytes::from(t.render(event, id, self.content_type.as_ref())?),
                 content_type: Some(HeaderValue::from_static("application/json")),
             },
         };

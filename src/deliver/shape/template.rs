@@ -64,6 +64,7 @@ impl BodyTemplate {
     pub(super) fn render(
         &self,
         event: &Event,
+        id: &str,
         content_type: Option<&HeaderValue>,
     ) -> Result<Vec<u8>, ShapeError> {
         let payload: Value = serde_json::from_slice(&event.body).unwrap_or(Value::Null);
@@ -82,7 +83,7 @@ impl BodyTemplate {
             "payload": payload,
             "headers": headers,
             "event": {
-                "id": event.id.to_string(),
+                "id": id,
                 "type": event.meta.event_type,
                 "received_at": humantime::format_rfc3339_millis(received).to_string(),
             },

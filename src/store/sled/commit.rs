@@ -11,7 +11,9 @@ use tokio::sync::oneshot;
 
 use crate::store::sled::keys::{chunk_key, dedup_key, due_key, encode, encode_event, BODY_CHUNK};
 use crate::store::sled::{tx_error, Sled};
-use crate::store::{now_ms, Accepted, Delivery, DeliveryId, EventId, NewEvent, State, StoreError};
+use crate::store::{
+    now_ms, Accepted, Delivery, DeliveryId, EventId, Inbound, NewEvent, Outcome, State, StoreError,
+};
 
 /// Most events written in one commit.
 const MAX_BATCH: usize = 256;
@@ -113,7 +115,41 @@ impl Sled {
             Ok::<_, ConflictableTransactionError<StoreError>>(out)
         });
         let accepted = result.map_err(|e| tx_error(e).to_string())?;
+        // The inbound log records go with the batch's sync; they need no
+        // transaction (nothing reads them to decide anything).
+        let mut logged = Vec::with_capacity(batch.len());
+        for (new, a) in batch.iter().zip(&accepted) {
+            let id = self.next_ids(0).0 .0;
+            let record = Inbound {
+                at_ms: new.meta.received_at_ms,
+                source: new.meta.source.clone(),
+                method: "POST".into(),
+                path: new.path.clone(),
+                route: Some(new.meta.route.clone()),
+                event_type: Some(new.meta.event_type.clone()),
+                outcome: if a.duplicate {
+                    Outcome::Duplicate
+                } else {
+                    Outcome::Accepted
+                },
+                status: 202,
+                code: None,
+                reason: None,
+                deliveries: a.deliveries,
+                event: Some(a.id),
+            };
+            if self
+                .inbound
+                .insert(id.0.to_be_bytes(), encode(&record))
+                .is_ok()
+            {
+                logged.push(id.0.to_be_bytes());
+            }
+        }
         if let Err(e) = self.sync() {
+            for key in logged {
+                let _ = self.inbound.remove(key);
+            }
             // Not acknowledged: take the batch back out so it is not
             // delivered either, if the store still takes that.
             for (p, a) in prepared.iter().zip(&accepted) {

@@ -33,8 +33,9 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::sync::Notify;
 
 use crate::store::{
-    now_ms, Accepted, Attempt, Counters, Delivery, DeliveryId, Event, EventId, NewEvent, Next,
-    Page, State, Store, StoreConfig, StoreError, Subscription,
+    now_ms, Accepted, Attempt, Counters, Delivery, DeliveryId, EndpointRecord, Event, EventId,
+    Inbound, InboundFilter, InboundId, InboundPage, NewEvent, Next, Page, State, Store,
+    StoreConfig, StoreError,
 };
 
 mod commit;
@@ -72,7 +73,11 @@ struct Sled {
     dedup: sled::Tree,
     /// Bodies over `BODY_CHUNK`, in chunks.
     bodies: sled::Tree,
+    /// REST Hooks subscriptions of an older store, moved to `endpoints` at open.
     subscriptions: sled::Tree,
+    endpoints: sled::Tree,
+    /// The inbound log: one record per ingest request.
+    inbound: sled::Tree,
     meta: sled::Tree,
     ids: Mutex<ulid::Generator>,
     commits: Mutex<Option<mpsc::Sender<Waiting>>>,
@@ -135,6 +140,8 @@ impl Sled {
             dedup: db.open_tree("dedup")?,
             bodies: db.open_tree("bodies")?,
             subscriptions: db.open_tree("subscriptions")?,
+            endpoints: db.open_tree("endpoints")?,
+            inbound: db.open_tree("inbound")?,
             meta: db.open_tree("meta")?,
             ids: Mutex::new(ulid::Generator::new()),
             commits: Mutex::new(None),
@@ -153,6 +160,7 @@ impl Sled {
             db,
         });
         store.recover()?;
+        store.migrate_subscriptions()?;
         for item in store.deliveries.iter().values() {
             let d: Delivery = decode("deliveries", &item?)?;
             store.counts.moved(None, Some(d.state));
@@ -454,18 +462,44 @@ impl Store for SledStore {
         self.0.count(state)
     }
 
-    async fn put_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
-        let sub = sub.clone();
-        self.blocking(move |s| s.put_subscription(&sub)).await
+    async fn put_endpoint(&self, endpoint: &EndpointRecord) -> Result<(), StoreError> {
+        let e = endpoint.clone();
+        self.blocking(move |s| s.put_endpoint(&e)).await
     }
 
-    async fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
-        self.0.subscriptions()
+    async fn endpoints(&self) -> Result<Vec<EndpointRecord>, StoreError> {
+        self.blocking(|s| s.endpoints()).await
     }
 
-    async fn delete_subscription(&self, id: &str) -> Result<bool, StoreError> {
+    async fn endpoint(&self, id: &str) -> Result<Option<EndpointRecord>, StoreError> {
+        self.0.endpoint(id)
+    }
+
+    async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.blocking(move |s| s.delete_subscription(&id)).await
+        self.blocking(move |s| s.delete_endpoint(&id)).await
+    }
+
+    async fn record_inbound(&self, record: &Inbound) -> Result<(), StoreError> {
+        self.0.check_room()?;
+        self.0.record_inbound(record)
+    }
+
+    async fn inbound(
+        &self,
+        filter: &InboundFilter,
+        after: Option<InboundId>,
+        limit: usize,
+        scan: usize,
+    ) -> Result<InboundPage, StoreError> {
+        let filter = filter.clone();
+        self.blocking(move |s| s.inbound(&filter, after, limit, scan))
+            .await
+    }
+
+    async fn purge_inbound(&self, cutoff_ms: u64, keep: usize) -> Result<usize, StoreError> {
+        self.blocking(move |s| s.purge_inbound(cutoff_ms, keep))
+            .await
     }
 
     async fn counters(&self, target: &str) -> Result<Counters, StoreError> {

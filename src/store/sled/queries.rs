@@ -6,7 +6,12 @@
 
 use crate::store::sled::keys::{decode, due_prefix, encode, parse_due_key};
 use crate::store::sled::Sled;
-use crate::store::{now_ms, Counters, Delivery, DeliveryId, Page, State, StoreError, Subscription};
+use serde::Deserialize;
+
+use crate::store::{
+    now_ms, Counters, Delivery, DeliveryId, EndpointRecord, Inbound, InboundFilter, InboundId,
+    InboundPage, Origin, Page, State, StoreError, StoredSecret,
+};
 
 const COUNTERS_PREFIX: &str = "counters/";
 
@@ -164,28 +169,164 @@ impl Sled {
         }
     }
 
-    // === subscriptions ===
+    // === endpoints ===
 
-    pub fn put_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
-        self.subscriptions.insert(sub.id.as_bytes(), encode(sub))?;
+    pub fn put_endpoint(&self, e: &EndpointRecord) -> Result<(), StoreError> {
+        self.endpoints.insert(e.id.as_bytes(), encode(e))?;
         self.sync()?;
         Ok(())
     }
 
-    pub fn subscriptions(&self) -> Result<Vec<Subscription>, StoreError> {
-        self.subscriptions
+    pub fn endpoints(&self) -> Result<Vec<EndpointRecord>, StoreError> {
+        self.endpoints
             .iter()
             .values()
-            .map(|v| decode("subscriptions", &v?))
+            .map(|v| decode("endpoints", &v?))
             .collect()
     }
 
-    /// Removes a subscription and its counters; returns whether it existed.
-    pub fn delete_subscription(&self, id: &str) -> Result<bool, StoreError> {
-        let existed = self.subscriptions.remove(id.as_bytes())?.is_some();
+    pub fn endpoint(&self, id: &str) -> Result<Option<EndpointRecord>, StoreError> {
+        self.endpoints
+            .get(id.as_bytes())?
+            .map(|v| decode("endpoints", &v))
+            .transpose()
+    }
+
+    /// Removes an endpoint and its counters; returns whether it existed.
+    pub fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError> {
+        let existed = self.endpoints.remove(id.as_bytes())?.is_some();
         self.meta.remove(format!("{COUNTERS_PREFIX}{id}"))?;
         self.sync()?;
         Ok(existed)
+    }
+
+    /// Moves the REST Hooks subscriptions of an older store (the
+    /// `subscriptions` tree) into `endpoints`, as API endpoints with the
+    /// same ids, once.
+    pub(super) fn migrate_subscriptions(&self) -> Result<usize, StoreError> {
+        #[derive(Deserialize)]
+        struct Subscription {
+            id: String,
+            target_url: String,
+            event: String,
+            secret: String,
+            route: Option<String>,
+            created_at_ms: u64,
+        }
+        let mut n = 0;
+        for item in self.subscriptions.iter() {
+            let (k, v) = item?;
+            let sub: Subscription = decode("subscriptions", &v)?;
+            let host = sub
+                .target_url
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(str::to_string))
+                .unwrap_or_default();
+            // The definition's keys are those of the admin API's endpoint body.
+            let record = EndpointRecord {
+                id: sub.id,
+                origin: Origin::Api,
+                route: None,
+                url: String::new(),
+                owner: None,
+                created_at_ms: sub.created_at_ms,
+                updated_at_ms: sub.created_at_ms,
+                secrets: vec![StoredSecret {
+                    secret: sub.secret,
+                    expires_at_ms: None,
+                }],
+                disabled_reason: None,
+                tests: Vec::new(),
+                spec: serde_json::json!({
+                    "name": format!("{} → {host}", sub.event),
+                    "url": sub.target_url,
+                    "events": [sub.event],
+                    "route": sub.route,
+                }),
+            };
+            self.endpoints
+                .insert(record.id.as_bytes(), encode(&record))?;
+            self.subscriptions.remove(k)?;
+            n += 1;
+        }
+        if n > 0 {
+            self.sync()?;
+            tracing::info!(
+                subscriptions = n,
+                "moved REST Hooks subscriptions to endpoints"
+            );
+        }
+        Ok(n)
+    }
+
+    // === the inbound log ===
+
+    pub fn record_inbound(&self, r: &Inbound) -> Result<(), StoreError> {
+        let id = self.next_ids(0).0 .0;
+        self.inbound.insert(id.0.to_be_bytes(), encode(r))?;
+        Ok(())
+    }
+
+    pub fn inbound(
+        &self,
+        filter: &InboundFilter,
+        after: Option<InboundId>,
+        limit: usize,
+        scan: usize,
+    ) -> Result<InboundPage, StoreError> {
+        let iter = match after {
+            Some(a) => self.inbound.range(..a.to_key()),
+            None => self.inbound.iter(),
+        };
+        let mut records = Vec::new();
+        let mut looked = 0;
+        for item in iter.rev() {
+            let (k, v) = item?;
+            let Some(id) = InboundId::from_key(&k) else {
+                continue;
+            };
+            looked += 1;
+            let r: Inbound = decode("inbound", &v)?;
+            if filter.matches(&r) {
+                records.push((id, r));
+                if records.len() == limit {
+                    return Ok(InboundPage {
+                        next: Some(id),
+                        records,
+                    });
+                }
+            }
+            if looked >= scan {
+                return Ok(InboundPage {
+                    records,
+                    next: Some(id),
+                });
+            }
+        }
+        Ok(InboundPage {
+            records,
+            next: None,
+        })
+    }
+
+    pub fn purge_inbound(&self, cutoff_ms: u64, keep: usize) -> Result<usize, StoreError> {
+        let total = self.inbound.len();
+        let mut over = total.saturating_sub(keep);
+        let mut batch = sled::Batch::default();
+        let mut removed = 0;
+        for key in self.inbound.iter().keys() {
+            let key = key?;
+            let old = InboundId::from_key(&key).is_some_and(|id| id.0.timestamp_ms() < cutoff_ms);
+            if !old && over == 0 {
+                break;
+            }
+            over = over.saturating_sub(1);
+            batch.remove(key);
+            removed += 1;
+        }
+        self.inbound.apply_batch(batch)?;
+        Ok(removed)
     }
 
     // === counters ===

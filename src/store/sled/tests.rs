@@ -51,6 +51,7 @@ fn new_event(targets: &[&str], dedup: Option<&str>) -> NewEvent {
         body: Bytes::from_static(b"{\"a\":1}"),
         targets: targets.iter().map(|s| s.to_string()).collect(),
         dedup: dedup.map(|k| ("r".to_string(), k.to_string())),
+        path: "/r".into(),
     }
 }
 

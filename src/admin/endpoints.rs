@@ -1,0 +1,557 @@
+//! Endpoints through the API: list, show, make, change, remove, rotate a
+//! secret, Send Test; the event catalog; the inbound log.
+//!
+//! Invariants: a subscriber token sees and touches only the endpoints it
+//! made (others are "not found" to it, not "forbidden", so it cannot tell
+//! which ids exist); a secret is returned only by the call that made it;
+//! a test send is shaped and signed exactly as a delivery of the same
+//! event would be, and is kept out of the success counters.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::StatusCode;
+use http_body_util::Full;
+use hyper::Response;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use crate::admin::error::{invalid, AdminError};
+use crate::admin::json::{endpoint_json, test_json};
+use crate::admin::tokens::{Grant, Scope};
+use crate::admin::{ok, Admin, Settings};
+use crate::catalog::{Origin, Target, MAX_GRACE};
+use crate::config::event_types::EventType;
+use crate::deliver::sign::Secret;
+use crate::ingest::route::EventPattern;
+use crate::server::json_response;
+use crate::store::{
+    now_ms, Attempt, Event, EventId, EventMeta, InboundFilter, InboundId, Outcome, TestSend,
+};
+
+/// Page size of `GET /api/endpoints` and `GET /api/events`: default and most.
+const ENDPOINTS_DEFAULT: usize = 100;
+const EVENTS_DEFAULT: usize = 50;
+const PAGE_MAX: usize = 1000;
+/// Records one inbound page may look at before answering with a cursor.
+const INBOUND_SCAN: usize = 100_000;
+/// Inbound records looked at for the event types seen at ingest.
+const SEEN_SCAN: usize = 10_000;
+/// The type of a test send when neither the caller nor a catalog gives one.
+const TEST_TYPE: &str = "hookrelay.test";
+
+type Answer = Result<Response<Full<Bytes>>, AdminError>;
+
+/// A fresh Standard Webhooks secret: 32 random bytes.
+pub fn new_secret() -> String {
+    let key: [u8; 32] = rand::random();
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    )
+}
+
+fn limit_of(v: &str, default: usize) -> Result<usize, AdminError> {
+    let _ = default;
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=PAGE_MAX).contains(n))
+        .ok_or_else(|| invalid("limit", format!("a number from 1 to {PAGE_MAX}")))
+}
+
+impl Admin {
+    /// The endpoint `id`, if `who` may see it.
+    pub(super) fn visible(&self, id: &str, who: &Grant) -> Result<Arc<Target>, AdminError> {
+        let t = self
+            .catalog
+            .get(id)
+            .ok_or_else(|| AdminError::NotFound(format!("endpoint {id}")))?;
+        if may_see(&t, who) {
+            Ok(t)
+        } else {
+            Err(AdminError::NotFound(format!("endpoint {id}")))
+        }
+    }
+
+    pub(super) fn list_endpoints(&self, query: &str, who: &Grant) -> Answer {
+        let mut route = None;
+        let mut after = None;
+        let mut limit = ENDPOINTS_DEFAULT;
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "route" => route = Some(v.into_owned()),
+                "after" => after = Some(v.into_owned()),
+                "limit" => limit = limit_of(&v, ENDPOINTS_DEFAULT)?,
+                other => return Err(invalid(other, "unknown query parameter")),
+            }
+        }
+        let all: Vec<Arc<Target>> = self
+            .catalog
+            .all()
+            .into_iter()
+            .filter(|t| may_see(t, who))
+            .filter(|t| {
+                route
+                    .as_ref()
+                    .is_none_or(|r| t.spec.route.as_ref() == Some(r))
+            })
+            .collect();
+        // Config endpoints in file order, then API ones by id (time-ordered).
+        let start = match &after {
+            None => 0,
+            Some(a) => match all.iter().position(|t| &t.spec.key == a) {
+                Some(i) => i + 1,
+                None => all
+                    .iter()
+                    .position(|t| t.spec.origin == Origin::Api && t.spec.key.as_str() > a.as_str())
+                    .unwrap_or(all.len()),
+            },
+        };
+        let excerpts = who.scope != Scope::Subscriber;
+        let page: Vec<Value> = all
+            .iter()
+            .skip(start)
+            .take(limit)
+            .map(|t| endpoint_json(t, excerpts))
+            .collect();
+        let next = (start + limit < all.len()).then(|| all[start + limit - 1].spec.key.clone());
+        Ok(ok(json!({ "endpoints": page, "next": next })))
+    }
+
+    pub(super) fn show_endpoint(&self, id: &str, who: &Grant) -> Answer {
+        let t = self.visible(id, who)?;
+        Ok(ok(endpoint_json(&t, who.scope != Scope::Subscriber)))
+    }
+
+    /// Refuses a new API endpoint over `admin.max_endpoints` or the caller's cap.
+    pub(super) fn check_caps(&self, who: &Grant) -> Result<(), AdminError> {
+        let settings = self.settings();
+        let (all, mine) = self.catalog.api_counts(Some(&who.name));
+        if all >= settings.max_endpoints {
+            return Err(AdminError::Limit(format!(
+                "there are {all} API endpoints, the most admin.max_endpoints allows"
+            )));
+        }
+        if who.scope == Scope::Subscriber && mine >= settings.max_endpoints_per_token {
+            return Err(AdminError::Limit(format!(
+                "token {} has made {mine} endpoints, the most admin.max_endpoints_per_token allows",
+                who.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Makes an API endpoint `id` from a body (its `secret` taken out);
+    /// answers 201 with the endpoint and its secret, in `view`.
+    pub(super) async fn make_endpoint(
+        &self,
+        id: String,
+        mut body: Value,
+        who: &Grant,
+    ) -> Result<(Arc<Target>, String), AdminError> {
+        self.check_caps(who)?;
+        let secret = match body.as_object_mut().and_then(|o| o.remove("secret")) {
+            None | Some(Value::Null) => new_secret(),
+            Some(Value::String(s)) => {
+                Secret::parse(&s).map_err(|e| invalid("secret", e))?;
+                s
+            }
+            Some(_) => return Err(invalid("secret", "must be a whsec_ string")),
+        };
+        let def = self.catalog.check(&body)?;
+        check_events(
+            &self.settings(),
+            &def.events,
+            def.route.as_deref(),
+            "events",
+        )?;
+        let target = self
+            .catalog
+            .create(id, body, secret.clone(), Some(who.name.clone()))
+            .await?;
+        tracing::info!(endpoint = %target.spec.key, url = %target.spec.url, by = %who.name, "endpoint created");
+        Ok((target, secret))
+    }
+
+    pub(super) async fn create_endpoint(&self, body: Value, who: &Grant) -> Answer {
+        let id = format!("ep_{}", ulid::Ulid::new());
+        let (target, secret) = self.make_endpoint(id, body, who).await?;
+        let mut out = endpoint_json(&target, true);
+        out["secret"] = json!(secret);
+        Ok(json_response(StatusCode::CREATED, out))
+    }
+
+    pub(super) async fn patch_endpoint(&self, id: &str, patch: Value) -> Answer {
+        if !patch.is_object() {
+            return Err(invalid("body", "a JSON merge patch is an object"));
+        }
+        if patch.get("secret").is_some() {
+            return Err(invalid(
+                "secret",
+                "is changed by POST /api/endpoints/{id}/rotate-secret",
+            ));
+        }
+        let old = self
+            .catalog
+            .get(id)
+            .ok_or_else(|| AdminError::NotFound(format!("endpoint {id}")))?;
+        if old.spec.origin == Origin::Api {
+            let mut merged = old.record().spec;
+            crate::catalog::merge_patch(&mut merged, &patch);
+            let def = self.catalog.check(&merged)?;
+            check_events(
+                &self.settings(),
+                &def.events,
+                def.route.as_deref(),
+                "events",
+            )?;
+        }
+        let t = self.catalog.update(id, &patch).await?;
+        tracing::info!(endpoint = %id, enabled = t.spec.enabled, "endpoint changed");
+        Ok(ok(endpoint_json(&t, true)))
+    }
+
+    pub(super) async fn delete_endpoint(&self, id: &str, who: &Grant) -> Answer {
+        self.visible(id, who)?;
+        let cancelled = self.catalog.delete(id, "endpoint deleted").await?;
+        tracing::info!(endpoint = %id, cancelled, by = %who.name, "endpoint deleted");
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        *resp.status_mut() = StatusCode::NO_CONTENT;
+        Ok(resp)
+    }
+
+    pub(super) async fn rotate_secret(&self, id: &str, body: Value) -> Answer {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Rotate {
+            #[serde(default, with = "humantime_serde")]
+            grace: Option<Duration>,
+        }
+        let req: Rotate = serde_json::from_value(body).map_err(|e| invalid("grace", e))?;
+        let grace = req.grace.unwrap_or(Duration::from_secs(24 * 3600));
+        if grace > MAX_GRACE {
+            return Err(invalid("grace", "at most 30d"));
+        }
+        let secret = new_secret();
+        let (_, until) = self.catalog.rotate(id, secret.clone(), grace).await?;
+        tracing::info!(endpoint = %id, grace = ?grace, "secret rotated");
+        Ok(ok(json!({
+            "id": id,
+            "secret": secret,
+            "previous_expires_at": until,
+        })))
+    }
+
+    /// Sends the endpoint a signed test of an event type now, shaped as a
+    /// delivery would be, and answers with the attempt.
+    pub(super) async fn test_send(&self, id: &str, body: Value, who: &Grant) -> Answer {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct TestReq {
+            event_type: Option<String>,
+            payload: Option<Value>,
+        }
+        let req: TestReq = serde_json::from_value(body).map_err(|e| invalid("body", e))?;
+        let target = self.visible(id, who)?;
+        if target.spec.to_event_url {
+            return Err(invalid(
+                "id",
+                "a proxy route's origin sends each event to its own URL; there is none to test",
+            ));
+        }
+        let settings = self.settings();
+        let (route, event_type, example) = pick_test(&settings, &target, req.event_type.as_deref());
+        let body = match (req.payload, example) {
+            (Some(Value::String(s)), _) => Bytes::from(s),
+            (Some(p), _) => Bytes::from(p.to_string()),
+            (None, Some(e)) => Bytes::from(e.to_string()),
+            (None, None) if event_type == TEST_TYPE => Bytes::from(
+                json!({"type": TEST_TYPE, "endpoint": target.spec.key, "created_at": now_ms()})
+                    .to_string(),
+            ),
+            (None, None) => {
+                return Err(invalid(
+                    "payload",
+                    format!("no catalog has an example for `{event_type}`; give a payload"),
+                ))
+            }
+        };
+        let ulid = ulid::Ulid::new();
+        let event_id = format!("evt_test_{ulid}");
+        let event = Event {
+            id: EventId(ulid),
+            meta: EventMeta {
+                received_at_ms: now_ms(),
+                source: "admin".into(),
+                route: route.unwrap_or_default(),
+                event_type: event_type.clone(),
+                headers: vec![("content-type".into(), "application/json".into())],
+                request_headers: Vec::new(),
+                url: None,
+            },
+            body,
+        };
+        let started = now_ms();
+        let result = match target.spec.outbound.shape.apply_as(&event, &event_id) {
+            Err(e) => Err(format!("the body cannot be shaped for this endpoint: {e}")),
+            Ok(shaped) => {
+                let uri = target.spec.url.uri().clone();
+                let timestamp = (started / 1000) as i64;
+                target
+                    .send(uri, &event_id, timestamp, &event.meta, shaped)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        };
+        let (status, error, excerpt, duration_ms) = match result {
+            Ok(reply) => (
+                Some(reply.status),
+                None,
+                reply.excerpt,
+                reply.duration.as_millis() as u64,
+            ),
+            Err(e) => (
+                None,
+                Some(e),
+                String::new(),
+                now_ms().saturating_sub(started),
+            ),
+        };
+        let succeeded = status.is_some_and(|s| target.spec.policy.success.contains(s));
+        let sent = TestSend {
+            event_id,
+            event_type,
+            at_ms: started,
+            status,
+            succeeded,
+            error: error.clone(),
+            duration_ms,
+            excerpt: excerpt.clone(),
+        };
+        if status.is_some() {
+            target.lane.record_test(&Attempt {
+                at_ms: started,
+                duration_ms,
+                status,
+                error,
+                excerpt,
+            });
+        }
+        self.catalog.record_test(id, sent.clone()).await?;
+        tracing::info!(endpoint = %id, status = sent.status, by = %who.name, "test send");
+        let mut out = test_json(&sent, who.scope != Scope::Subscriber);
+        out.as_object_mut().map(|o| o.remove("at"));
+        Ok(ok(out))
+    }
+
+    /// The routes' catalogs, and the types seen at ingest that none declares.
+    pub(super) async fn event_types(&self, query: &str) -> Answer {
+        let mut only = None;
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "route" => only = Some(v.into_owned()),
+                other => return Err(invalid(other, "unknown query parameter")),
+            }
+        }
+        let page = self
+            .store
+            .inbound(&InboundFilter::default(), None, SEEN_SCAN, SEEN_SCAN)
+            .await?;
+        let mut seen: HashMap<(String, String), u64> = HashMap::new();
+        for (_, r) in &page.records {
+            if let (Some(route), Some(t), Outcome::Accepted | Outcome::Duplicate) =
+                (&r.route, &r.event_type, r.outcome)
+            {
+                let at = seen.entry((route.clone(), t.clone())).or_insert(0);
+                *at = (*at).max(r.at_ms);
+            }
+        }
+        let settings = self.settings();
+        let mut out = Vec::new();
+        for (route, catalog) in &settings.catalogs {
+            if only.as_ref().is_some_and(|o| o != route) {
+                continue;
+            }
+            for e in catalog {
+                let last = seen.remove(&(route.clone(), e.name.clone()));
+                out.push(json!({
+                    "route": route,
+                    "name": e.name,
+                    "display_name": e.display_name,
+                    "category": e.category,
+                    "description": e.description,
+                    "example": e.example,
+                    "declared": true,
+                    "last_seen": last,
+                }));
+            }
+        }
+        let mut rest: Vec<((String, String), u64)> = seen
+            .into_iter()
+            .filter(|((r, _), _)| only.as_ref().is_none_or(|o| o == r))
+            .collect();
+        rest.sort();
+        for ((route, name), at) in rest {
+            out.push(json!({
+                "route": route,
+                "name": name,
+                "display_name": null,
+                "category": null,
+                "description": null,
+                "example": null,
+                "declared": false,
+                "last_seen": at,
+            }));
+        }
+        Ok(ok(json!({ "event_types": out })))
+    }
+
+    /// `GET /api/events`: the inbound log, newest first.
+    pub(super) async fn inbound_log(&self, query: &str) -> Answer {
+        let mut filter = InboundFilter::default();
+        let mut after = None;
+        let mut limit = EVENTS_DEFAULT;
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "route" => filter.route = Some(v.into_owned()),
+                "type" => filter.event_type = Some(v.into_owned()),
+                "outcome" => {
+                    filter.outcome = Some(
+                        Outcome::parse(&v)
+                            .ok_or_else(|| invalid("outcome", "accepted, duplicate or rejected"))?,
+                    )
+                }
+                "after" => {
+                    after = Some(
+                        InboundId::parse(&v).ok_or_else(|| invalid("after", "not an in_ id"))?,
+                    )
+                }
+                "limit" => limit = limit_of(&v, EVENTS_DEFAULT)?,
+                other => return Err(invalid(other, "unknown query parameter")),
+            }
+        }
+        let page = self
+            .store
+            .inbound(&filter, after, limit, INBOUND_SCAN)
+            .await?;
+        let list: Vec<Value> = page
+            .records
+            .iter()
+            .map(|(id, r)| {
+                json!({
+                    "id": id.to_string(),
+                    "at": r.at_ms,
+                    "source": r.source,
+                    "method": r.method,
+                    "path": r.path,
+                    "route": r.route,
+                    "type": r.event_type,
+                    "outcome": r.outcome,
+                    "status": r.status,
+                    "code": r.code,
+                    "reason": r.reason,
+                    "deliveries": r.deliveries,
+                    "event": r.event.map(|e| e.to_string()),
+                })
+            })
+            .collect();
+        Ok(ok(json!({
+            "events": list,
+            "next": page.next.map(|n| n.to_string()),
+        })))
+    }
+}
+
+/// Whether `who` may see endpoint `t`: admin and read tokens see all; a
+/// subscriber only the API endpoints it made.
+fn may_see(t: &Target, who: &Grant) -> bool {
+    who.scope != Scope::Subscriber
+        || (t.spec.origin == Origin::Api && t.record().owner.as_deref() == Some(&who.name))
+}
+
+/// The catalogs an endpoint's exact event names must be in: its route's,
+/// or, without a route, every route's when each has one. `None`: anything goes.
+fn catalogs_for<'s>(settings: &'s Settings, route: Option<&str>) -> Option<Vec<&'s EventType>> {
+    match route {
+        Some(r) => settings
+            .catalog(r)
+            .filter(|c| !c.is_empty())
+            .map(|c| c.iter().collect()),
+        None => {
+            let all_have = !settings.catalogs.is_empty()
+                && settings.catalogs.iter().all(|(_, c)| !c.is_empty());
+            all_have.then(|| settings.catalogs.iter().flat_map(|(_, c)| c).collect())
+        }
+    }
+}
+
+/// Refuses exact event names no catalog of the endpoint's route knows
+/// (patterns are let through: they may match types to come).
+pub(super) fn check_events(
+    settings: &Settings,
+    events: &[EventPattern],
+    route: Option<&str>,
+    field: &str,
+) -> Result<(), AdminError> {
+    let Some(known) = catalogs_for(settings, route) else {
+        return Ok(());
+    };
+    for (i, e) in events.iter().enumerate() {
+        if let EventPattern::Exact(name) = e {
+            if !known.iter().any(|k| &k.name == name) {
+                let mut names: Vec<&str> = known.iter().map(|k| k.name.as_str()).collect();
+                names.dedup();
+                let whose = route.map_or("any route".to_string(), |r| format!("route `{r}`"));
+                return Err(invalid(
+                    &format!("{field}[{i}]"),
+                    format!(
+                        "`{name}` is not an event type of {whose}; known: {}",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The route, event type and example of a test send: the one asked for,
+/// else the first catalog type the endpoint wants, else a plain test event.
+fn pick_test(
+    settings: &Settings,
+    target: &Target,
+    asked: Option<&str>,
+) -> (Option<String>, String, Option<Value>) {
+    let routes: Vec<&(String, Vec<EventType>)> = settings
+        .catalogs
+        .iter()
+        .filter(|(r, _)| target.spec.route.as_ref().is_none_or(|t| t == r))
+        .collect();
+    let find = |pred: &dyn Fn(&EventType) -> bool| {
+        routes.iter().find_map(|(r, c)| {
+            c.iter()
+                .find(|e| pred(e))
+                .map(|e| (Some(r.clone()), e.name.clone(), e.example.clone()))
+        })
+    };
+    if let Some(name) = asked {
+        return find(&|e| e.name == name)
+            .unwrap_or_else(|| (target.spec.route.clone(), name.to_string(), None));
+    }
+    find(&|e| target.spec.events.iter().any(|p| p.matches(&e.name)))
+        .unwrap_or_else(|| (target.spec.route.clone(), TEST_TYPE.to_string(), None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_secrets_parse() {
+        assert!(Secret::parse(&new_secret()).is_ok());
+        assert_ne!(new_secret(), new_secret());
+    }
+}
