@@ -34,7 +34,7 @@ use crate::deliver::egress::{tls_config, Connector, EgressError, Policy, Reply, 
 use crate::deliver::lane::Lane;
 use crate::deliver::policy::DeliveryConfig;
 use crate::deliver::request::build_request;
-use crate::deliver::shape::{Outbound, Shaped};
+use crate::deliver::shape::{Body, Outbound, Shaped};
 use crate::deliver::sign::Secret;
 use crate::ingest::filter::Filter;
 use crate::ingest::route::EventPattern;
@@ -196,12 +196,29 @@ impl Target {
         self.record.lock().expect("lock poisoned").clone()
     }
 
-    /// A new lane for `spec` that keeps this one's counters and circuit.
+    /// A new lane for `spec` that shares this one's counters and keeps
+    /// its circuit.
     fn carried(&self, spec: TargetSpec, record: EndpointRecord, egress: &Egress) -> Target {
-        let t = Target::new(spec, record, egress, self.lane.counters());
-        t.lane.keep_circuit_of(&self.lane);
-        t
+        let connector = Connector::new(
+            egress.tls.clone(),
+            egress.guard.clone(),
+            spec.policy.connect_timeout,
+        );
+        Target {
+            lane: Lane::replacing(&spec.key, &spec.policy, connector, &self.lane),
+            spec,
+            record: std::sync::Mutex::new(record),
+        }
     }
+}
+
+/// What the endpoints of a route need of each request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Needs {
+    /// One filters on the body, so it is parsed as JSON.
+    pub json: bool,
+    /// One renders a template, so the request's other headers are kept.
+    pub request_headers: bool,
 }
 
 /// Every endpoint the relay delivers to, in a stable order: configured
@@ -582,6 +599,20 @@ impl Catalog {
             .filter(|t| t.spec.wants(route, event, json))
             .map(|t| t.spec.key.clone())
             .collect()
+    }
+
+    /// What the endpoints that may take events of `route` need of a request.
+    pub fn needs(&self, route: &str) -> Needs {
+        let targets = self.targets.read().expect("lock poisoned");
+        let mut needs = Needs::default();
+        for t in targets
+            .iter()
+            .filter(|t| !t.spec.gone && t.spec.route.as_deref().is_none_or(|r| r == route))
+        {
+            needs.json |= t.spec.filter.is_some();
+            needs.request_headers |= matches!(t.spec.outbound.shape.body, Body::Template(_));
+        }
+        needs
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Target>> {

@@ -86,10 +86,10 @@ enum Command {
 struct ApiOpts {
     /// Config file naming the admin address and tokens file
     /// [default: $HOOKRELAY_CONFIG, then /etc/hookrelay/hookrelay.toml]
-    #[arg(short = 'c', long, global = true)]
+    #[arg(short = 'c', long, global = true, display_order = 100)]
     config: Option<PathBuf>,
     /// Print the API's JSON instead of a table.
-    #[arg(long, global = true)]
+    #[arg(long, global = true, display_order = 100)]
     json: bool,
 }
 
@@ -241,7 +241,7 @@ struct EndpointSettings {
     #[arg(long, value_name = "USER:PASSWORD", value_parser = client::parse_basic_auth)]
     basic_auth: Option<(String, String)>,
     /// A header sent with every delivery (repeat for more).
-    #[arg(long = "header", value_name = "'NAME: VALUE'", value_parser = client::parse_header)]
+    #[arg(long = "header", value_name = "NAME: VALUE", value_parser = client::parse_header)]
     headers: Vec<(String, String)>,
     #[arg(long, value_name = "N")]
     max_attempts: Option<u32>,

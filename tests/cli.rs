@@ -442,3 +442,276 @@ async fn sighup_reloads_tls_and_keeps_serving() {
     assert_eq!(code, Some(0), "{log}");
     assert!(!log.contains("PRIVATE KEY"), "{log}");
 }
+
+/// Writes the operator's config for a running test relay: its admin address
+/// and the tokens file `spawn_app` wrote.
+fn cli_config(app: &common::TestApp) -> std::path::PathBuf {
+    let path = app.dir.path().join("cli.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "admin.listen = [\"{}\"]\nadmin.tokens_file = \"admin.tokens\"\n",
+            app.relay.admin_addrs()[0]
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Adds an endpoint through the CLI; returns its id from the `--json` answer.
+async fn add_endpoint(config: &Path, args: &[&str]) -> String {
+    let mut all = vec!["endpoints", "add", "--json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = run_cli(config, &all).await;
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    v["id"].as_str().expect("an id").to_string()
+}
+
+#[tokio::test]
+async fn endpoints_add_then_list_and_show_the_name_as_given() {
+    let rx = common::Receiver::ok().await;
+    let app = common::spawn_app("[[routes]]\nname = \"t\"\npath = \"/t/{event}\"\n").await;
+    let config = cli_config(&app);
+    let name = "Nouvelle vente → CRM";
+
+    let (code, out, err) = run_cli(
+        &config,
+        &[
+            "endpoints",
+            "add",
+            "--name",
+            name,
+            "--url",
+            &rx.url("/crm"),
+            "--event",
+            "new_order",
+            "--event",
+            "refund",
+            "--route",
+            "t",
+            "--header",
+            "X-Api-Key: key-value-1234",
+            "--metadata",
+            "team=sales",
+            "--max-attempts",
+            "3",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("added "))
+        .expect("id printed")
+        .to_string();
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret (shown once): "))
+        .expect("secret printed");
+    assert!(secret.starts_with("whsec_"), "{out}");
+
+    let (code, table, err) = run_cli(&config, &["endpoints", "list"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(table.starts_with("ID"), "{table}");
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&id))
+        .unwrap_or_else(|| panic!("{id} in\n{table}"));
+    assert!(
+        row.contains(name) && row.contains("new_order,refund"),
+        "{row}"
+    );
+    assert!(row.ends_with("yes"), "{row}");
+
+    let (code, text, err) = run_cli(&config, &["endpoints", "show", &id]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(text.contains(name) && text.contains("x-api-key"), "{text}");
+    assert!(text.contains("team=sales"), "{text}");
+    assert!(
+        !text.contains("key-value-1234") && !text.contains(secret),
+        "{text}"
+    );
+
+    // Paused and renamed through `edit`; the list shows it.
+    let (code, _, err) = run_cli(
+        &config,
+        &["endpoints", "edit", &id, "--disable", "--name", "Ventes 2"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let (_, table, _) = run_cli(&config, &["endpoints", "list", "--route", "t"]).await;
+    let row = table.lines().find(|l| l.starts_with(&id)).unwrap();
+    assert!(row.contains("Ventes 2") && row.ends_with("no"), "{table}");
+
+    let (code, out, err) = run_cli(&config, &["endpoints", "rm", &id]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.trim(), format!("deleted {id}"));
+    let (code, _, err) = run_cli(&config, &["endpoints", "show", &id]).await;
+    assert_eq!(code, Some(1));
+    assert!(err.contains("404"), "{err}");
+}
+
+#[tokio::test]
+async fn endpoints_test_prints_the_receivers_status() {
+    let rx = common::Receiver::ok().await;
+    let app = common::spawn_app("[[routes]]\nname = \"t\"\npath = \"/t/{event}\"\n").await;
+    let config = cli_config(&app);
+    let id = add_endpoint(
+        &config,
+        &[
+            "--name",
+            "test target",
+            "--url",
+            &rx.url("/crm"),
+            "--event",
+            "new_order",
+        ],
+    )
+    .await;
+    let payload = app.dir.path().join("payload.json");
+    std::fs::write(&payload, "{\"order\": 42}").unwrap();
+
+    let p = payload.display().to_string();
+    let (code, out, err) = run_cli(
+        &config,
+        &[
+            "endpoints",
+            "test",
+            &id,
+            "--event-type",
+            "new_order",
+            "--payload",
+            &p,
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with(&format!("{id}: 200 in ")), "{out}");
+    let got = rx.wait_for(1).await;
+    assert!(
+        String::from_utf8_lossy(&got[0].body).contains("42"),
+        "{:?}",
+        got[0].body
+    );
+
+    let (_, text, _) = run_cli(&config, &["endpoints", "show", &id]).await;
+    assert!(
+        text.contains("recent tests:\n") && text.contains("200 in "),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn events_list_shows_a_rejected_404() {
+    let app = common::spawn_app("[[routes]]\nname = \"t\"\npath = \"/t/{event}\"\n").await;
+    let config = cli_config(&app);
+    let r = common::post_json(app.addr, "/nowhere", "{}").await;
+    assert_eq!(r.status, 404);
+    let r = common::post_json(app.addr, "/t/new_order", "{\"n\":1}").await;
+    assert_eq!(r.status, 202);
+    let evt = r.json()["id"].as_str().unwrap().to_string();
+
+    let table = common::eventually_async("both requests in the inbound log", async || {
+        let (code, out, _) = run_cli(&config, &["events", "list"]).await;
+        (code == Some(0) && out.lines().count() >= 3).then_some(out)
+    })
+    .await;
+    assert!(table.starts_with("AT"), "{table}");
+    let rejected = table
+        .lines()
+        .find(|l| l.contains("rejected 404"))
+        .unwrap_or_else(|| panic!("a rejected 404 in\n{table}"));
+    assert!(rejected.contains("127.0.0.1"), "{rejected}");
+    let accepted = table.lines().find(|l| l.contains("accepted")).unwrap();
+    assert!(
+        accepted.contains("new_order") && accepted.ends_with(&evt),
+        "{table}"
+    );
+
+    let (code, only, err) = run_cli(&config, &["events", "list", "--outcome", "rejected"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        only.contains("rejected 404") && !only.contains("accepted"),
+        "{only}"
+    );
+
+    let (code, shown, err) = run_cli(&config, &["events", "show", &evt]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        shown.contains(&evt) && shown.contains("new_order"),
+        "{shown}"
+    );
+    assert!(shown.contains("\"n\": 1"), "the body, indented: {shown}");
+}
+
+#[tokio::test]
+async fn event_types_lists_a_type_declared_in_the_config() {
+    let app = common::spawn_app(
+        "[[routes]]\nname = \"t\"\npath = \"/t/{event}\"\n\
+         [[routes.event_types]]\nname = \"new_order\"\ndisplay_name = \"New Order\"\ncategory = \"Sales\"\n",
+    )
+    .await;
+    let config = cli_config(&app);
+    // A type no catalog declares shows up once seen.
+    let r = common::post_json(app.addr, "/t/surprise", "{}").await;
+    assert_eq!(r.status, 202);
+
+    let table = common::eventually_async("the seen type listed", async || {
+        let (code, out, _) = run_cli(&config, &["event-types"]).await;
+        (code == Some(0) && out.contains("surprise")).then_some(out)
+    })
+    .await;
+    assert!(table.starts_with("ROUTE"), "{table}");
+    let declared = table
+        .lines()
+        .find(|l| l.contains("new_order"))
+        .unwrap_or_else(|| panic!("new_order in\n{table}"));
+    assert!(
+        declared.starts_with("t ") && declared.contains("New Order"),
+        "{table}"
+    );
+    assert!(declared.contains("Sales"), "{table}");
+    let seen = table.lines().find(|l| l.contains("surprise")).unwrap();
+    assert!(
+        seen.contains("(undeclared)") && seen.ends_with(" ago"),
+        "{table}"
+    );
+
+    let (code, out, err) = run_cli(&config, &["event-types", "--route", "t", "--json"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(v["event_types"].as_array().unwrap().len() >= 2, "{out}");
+}
+
+#[tokio::test]
+async fn config_has_a_short_flag_everywhere() {
+    let out = Command::new(BIN)
+        .args(["check-config", "-c"])
+        .arg(shipped_config())
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let app = common::spawn_app("").await;
+    let config = cli_config(&app);
+    for args in [["hooks", "list"], ["endpoints", "list"]] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).arg("-c").arg(&config);
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("ID"));
+    }
+}

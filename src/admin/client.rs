@@ -855,7 +855,11 @@ mod tests {
         );
         assert!(lines[1].ends_with("yes"), "{t}");
         let fresh_row: Vec<&str> = lines[2].split_whitespace().collect();
-        assert_eq!(fresh_row[fresh_row.len() - 4..], ["0", "-", "-", "no"], "{t}");
+        assert_eq!(
+            fresh_row[fresh_row.len() - 4..],
+            ["0", "-", "-", "no"],
+            "{t}"
+        );
         // Columns line up even after the non-ASCII name.
         let url_col = |l: &str| l.find("https").map(|b| l[..b].chars().count());
         assert_eq!(url_col(lines[1]), url_col(lines[2]), "{t}");
@@ -913,7 +917,10 @@ mod tests {
             ("rate", "50/s, burst 100"),
             ("concurrency", "16"),
             ("metadata", "team=sales"),
-            ("counters", "3 calls, 2 succeeded, 1 failed, 0 dead, 1 tests"),
+            (
+                "counters",
+                "3 calls, 2 succeeded, 1 failed, 0 dead, 1 tests",
+            ),
             ("last", "200 5m ago"),
             ("success rate", "66.6%"),
             ("circuit", "closed"),

@@ -117,7 +117,7 @@ fn hook_fields(e: AdminError) -> AdminError {
     match e {
         AdminError::Invalid(m) => {
             let m = match m.split_once(':') {
-                Some((f, rest)) if f == "url" => format!("target_url:{rest}"),
+                Some(("url", rest)) => format!("target_url:{rest}"),
                 Some((f, rest)) if f.starts_with("events") => format!("event:{rest}"),
                 _ => m,
             };

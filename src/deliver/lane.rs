@@ -6,7 +6,7 @@
 //! memory and are marked dirty when they change; the catalog saves them.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 use tokio::sync::Semaphore;
@@ -46,8 +46,10 @@ pub struct Lane {
     breaker: CircuitConfig,
     claimed: AtomicUsize,
     circuit: Mutex<Circuit>,
-    counters: Mutex<Counters>,
-    dirty: AtomicBool,
+    /// Shared with the lanes that replace this one (a reload, a changed
+    /// endpoint), so an attempt finishing on the old lane still counts.
+    counters: Arc<Mutex<Counters>>,
+    dirty: Arc<AtomicBool>,
 }
 
 impl Lane {
@@ -68,13 +70,24 @@ impl Lane {
             breaker: policy.circuit,
             claimed: AtomicUsize::new(0),
             circuit: Mutex::new(Circuit::Closed { failures: 0 }),
-            counters: Mutex::new(counters),
-            dirty: AtomicBool::new(false),
+            counters: Arc::new(Mutex::new(counters)),
+            dirty: Arc::new(AtomicBool::new(false)),
         }
     }
 
+    /// A lane for `policy` that replaces `old`: it shares `old`'s counters
+    /// (attempts still finishing on `old` count in both) and starts from
+    /// its circuit state.
+    pub fn replacing(key: &str, policy: &DeliveryConfig, connector: Connector, old: &Lane) -> Lane {
+        let mut lane = Lane::new(key, policy, connector, Counters::default());
+        lane.counters = old.counters.clone();
+        lane.dirty = old.dirty.clone();
+        lane.keep_circuit_of(old);
+        lane
+    }
+
     /// Takes `other`'s circuit state (a reload keeps it).
-    pub fn keep_circuit_of(&self, other: &Lane) {
+    fn keep_circuit_of(&self, other: &Lane) {
         let state = *other.circuit.lock().expect("lock poisoned");
         *self.circuit.lock().expect("lock poisoned") = match state {
             // A probe under way belongs to the old lane; let the new one probe.

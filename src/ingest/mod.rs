@@ -258,7 +258,8 @@ impl Ingest {
         let (parts, body) = req.into_parts();
         let body = read_body(body, settings.max_body_bytes, settings.body_read_timeout).await?;
 
-        let json: Option<serde_json::Value> = if route.needs_json() {
+        let needs = self.catalog.needs(&route.name);
+        let json: Option<serde_json::Value> = if route.needs_json() || needs.json {
             serde_json::from_slice(&body).ok()
         } else {
             None
@@ -285,7 +286,7 @@ impl Ingest {
             route: route.name.clone(),
             event_type,
             headers: kept_headers(&parts.headers, &route.forward_headers),
-            request_headers: if route.keep_request_headers {
+            request_headers: if needs.request_headers {
                 other_headers(&parts.headers, &route.forward_headers)
             } else {
                 Vec::new()

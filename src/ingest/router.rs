@@ -21,18 +21,13 @@ pub struct Route {
     pub event: Template,
     pub dedup: Option<Template>,
     pub forward_headers: Vec<http::HeaderName>,
-    /// A configured target filters on the body, so it is parsed as JSON.
-    pub filtered: bool,
-    /// A target renders a template, so the request's headers are kept for it.
-    pub keep_request_headers: bool,
 }
 
 impl Route {
-    /// Whether matching a request needs its body parsed as JSON.
+    /// Whether the route's own templates need the body parsed as JSON
+    /// (endpoints' filters may need it too: `Catalog::needs`).
     pub fn needs_json(&self) -> bool {
-        self.filtered
-            || self.event.needs_json()
-            || self.dedup.as_ref().is_some_and(Template::needs_json)
+        self.event.needs_json() || self.dedup.as_ref().is_some_and(Template::needs_json)
     }
 }
 
@@ -55,8 +50,6 @@ impl Router {
                 }),
                 dedup: r.dedup.clone(),
                 forward_headers: r.forward_headers.iter().map(|h| h.0.clone()).collect(),
-                filtered: r.targets.iter().any(|t| t.filter.is_some()),
-                keep_request_headers: r.targets.iter().any(|t| t.renders_template()),
             })
             .collect();
         Router { routes }
