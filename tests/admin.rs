@@ -538,6 +538,63 @@ async fn reload_takes_new_admin_tokens() {
 }
 
 #[tokio::test]
+async fn the_tokens_file_is_read_again_when_it_changes_and_a_missing_one_is_named() {
+    let app = spawn_app(BARE_ROUTE).await;
+    let file = app.dir.path().join("admin.tokens");
+    assert_eq!(admin(&app, "GET", "/api/hooks", None).await.status, 200);
+
+    // No SIGHUP: a new line is taken within a second or two.
+    std::fs::write(
+        &file,
+        format!("{TOKEN}\nsecond-token-for-grafana read name=grafana\n"),
+    )
+    .unwrap();
+    eventually_async("the new token", async || {
+        let r = admin_as(
+            &app,
+            Some("second-token-for-grafana"),
+            "GET",
+            "/api/hooks",
+            None,
+        )
+        .await;
+        (r.status == 200).then_some(())
+    })
+    .await;
+    // It reads; it changes nothing.
+    let r = admin_as(
+        &app,
+        Some("second-token-for-grafana"),
+        "POST",
+        "/api/hooks",
+        Some(json!({"target_url": "https://x.example/", "event": "e"})),
+    )
+    .await;
+    assert_eq!(r.status, 403, "{:?}", r.body);
+    assert_eq!(r.json()["error"]["code"], "forbidden");
+
+    // The file goes: every call is 401, and the answer says why.
+    std::fs::remove_file(&file).unwrap();
+    let r = eventually_async("the file to be missed", async || {
+        let r = admin(&app, "GET", "/api/hooks", None).await;
+        (r.status == 401).then_some(r)
+    })
+    .await;
+    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        message.contains("does not exist") && message.contains("admin.tokens"),
+        "{message}"
+    );
+
+    // And back.
+    std::fs::write(&file, format!("{TOKEN}\n")).unwrap();
+    eventually_async("the file to be back", async || {
+        (admin(&app, "GET", "/api/hooks", None).await.status == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_wrong_method_gets_405_with_the_allowed_ones_and_an_unknown_path_404() {
     let app = spawn_app(BARE_ROUTE).await;
     for (method, path, allow) in [
