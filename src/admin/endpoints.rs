@@ -54,8 +54,7 @@ pub fn new_secret() -> String {
     )
 }
 
-fn limit_of(v: &str, default: usize) -> Result<usize, AdminError> {
-    let _ = default;
+fn limit_of(v: &str) -> Result<usize, AdminError> {
     v.parse::<usize>()
         .ok()
         .filter(|n| (1..=PAGE_MAX).contains(n))
@@ -84,7 +83,7 @@ impl Admin {
             match &*k {
                 "route" => route = Some(v.into_owned()),
                 "after" => after = Some(v.into_owned()),
-                "limit" => limit = limit_of(&v, ENDPOINTS_DEFAULT)?,
+                "limit" => limit = limit_of(&v)?,
                 other => return Err(invalid(other, "unknown query parameter")),
             }
         }
@@ -126,6 +125,18 @@ impl Admin {
         Ok(ok(endpoint_json(&t, who.scope != Scope::Subscriber)))
     }
 
+    /// Checks an endpoint body as the config file's targets are checked,
+    /// and its event names against its route's catalog.
+    fn check_body(&self, body: &Value) -> Result<(), AdminError> {
+        let def = self.catalog.check(body)?;
+        check_events(
+            &self.settings(),
+            &def.events,
+            def.route.as_deref(),
+            "events",
+        )
+    }
+
     /// Refuses a new API endpoint over `admin.max_endpoints` or the caller's cap.
     pub(super) fn check_caps(&self, who: &Grant) -> Result<(), AdminError> {
         let settings = self.settings();
@@ -161,13 +172,7 @@ impl Admin {
             }
             Some(_) => return Err(invalid("secret", "must be a whsec_ string")),
         };
-        let def = self.catalog.check(&body)?;
-        check_events(
-            &self.settings(),
-            &def.events,
-            def.route.as_deref(),
-            "events",
-        )?;
+        self.check_body(&body)?;
         let target = self
             .catalog
             .create(id, body, secret.clone(), Some(who.name.clone()))
@@ -201,13 +206,7 @@ impl Admin {
         if old.spec.origin == Origin::Api {
             let mut merged = old.record().spec;
             crate::catalog::merge_patch(&mut merged, &patch);
-            let def = self.catalog.check(&merged)?;
-            check_events(
-                &self.settings(),
-                &def.events,
-                def.route.as_deref(),
-                "events",
-            )?;
+            self.check_body(&merged)?;
         }
         let t = self.catalog.update(id, &patch).await?;
         tracing::info!(endpoint = %id, enabled = t.spec.enabled, "endpoint changed");
@@ -429,7 +428,7 @@ impl Admin {
                         InboundId::parse(&v).ok_or_else(|| invalid("after", "not an in_ id"))?,
                     )
                 }
-                "limit" => limit = limit_of(&v, EVENTS_DEFAULT)?,
+                "limit" => limit = limit_of(&v)?,
                 other => return Err(invalid(other, "unknown query parameter")),
             }
         }
