@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::config::endpoint::{EndpointDef, Invalid, Rules};
+use crate::config::endpoint::{EndpointDef, Invalid, RouteCatalogs, Rules};
 use crate::config::targets::valid_id;
 use crate::config::{Config, TargetConfig, ORIGIN_TARGET};
 use crate::deliver::egress::{tls_config, Connector, EgressError, Policy, Reply, TargetUrl};
@@ -94,6 +94,8 @@ pub struct TargetSpec {
     pub gone: bool,
     /// What it was made from (absent for a proxy route's `origin`).
     pub config: Option<Arc<TargetConfig>>,
+    /// The name of the token that made it (API endpoints).
+    pub owner: Option<String>,
 }
 
 impl TargetSpec {
@@ -136,6 +138,7 @@ impl TargetSpec {
             enabled: t.enabled,
             gone: false,
             config: Some(Arc::new(t)),
+            owner: None,
         }
     }
 }
@@ -224,9 +227,44 @@ pub struct Needs {
 /// Every endpoint the relay delivers to, in a stable order: configured
 /// ones in file order, then API ones by id.
 pub struct Catalog {
-    targets: RwLock<Vec<Arc<Target>>>,
+    index: RwLock<Index>,
     egress: RwLock<Egress>,
     store: Arc<dyn Store>,
+}
+
+/// The endpoints, and what each route's endpoints need of a request
+/// (derived from them whenever they change, not per request).
+struct Index {
+    targets: Vec<Arc<Target>>,
+    /// Endpoints of one route, by route name.
+    by_route: HashMap<String, Needs>,
+    /// Endpoints of every route.
+    any_route: Needs,
+}
+
+impl Index {
+    fn new(targets: Vec<Arc<Target>>) -> Index {
+        let mut index = Index {
+            targets,
+            by_route: HashMap::new(),
+            any_route: Needs::default(),
+        };
+        index.derive();
+        index
+    }
+
+    fn derive(&mut self) {
+        self.by_route.clear();
+        self.any_route = Needs::default();
+        for t in self.targets.iter().filter(|t| !t.spec.gone) {
+            let needs = match &t.spec.route {
+                Some(r) => self.by_route.entry(r.clone()).or_default(),
+                None => &mut self.any_route,
+            };
+            needs.json |= t.spec.filter.is_some();
+            needs.request_headers |= matches!(t.spec.outbound.shape.body, Body::Template(_));
+        }
+    }
 }
 
 /// What every lane is built with, and what API endpoints are checked against.
@@ -235,7 +273,9 @@ struct Egress {
     guard: Arc<Policy>,
     defaults: DeliveryConfig,
     https_only: bool,
-    routes: Vec<String>,
+    /// The routes and their event catalogs (API endpoints are checked
+    /// against them; the admin API lists them).
+    routes: Arc<RouteCatalogs>,
 }
 
 impl Egress {
@@ -247,7 +287,13 @@ impl Egress {
             guard: Arc::new(guard),
             defaults: config.delivery.clone(),
             https_only: config.egress.https_only,
-            routes: config.routes.iter().map(|r| r.name.clone()).collect(),
+            routes: Arc::new(
+                config
+                    .routes
+                    .iter()
+                    .map(|r| (r.name.clone(), r.catalog.clone()))
+                    .collect(),
+            ),
         })
     }
 
@@ -258,6 +304,13 @@ impl Egress {
             defaults: &self.defaults,
             routes: &self.routes,
         }
+    }
+
+    /// A new or changed API endpoint's spec: `compile`, and its event
+    /// names checked against its route's catalog.
+    fn compile_new(&self, record: &EndpointRecord) -> Result<TargetSpec, Invalid> {
+        EndpointDef::from_json(record.spec.clone())?.check_catalog(&self.rules())?;
+        self.compile(record)
     }
 
     /// An API endpoint's spec from its record.
@@ -275,6 +328,7 @@ impl Egress {
             &self.defaults,
         );
         spec.gone = record.disabled_reason.is_some();
+        spec.owner = record.owner.clone();
         Ok(spec)
     }
 }
@@ -337,6 +391,7 @@ fn configured(
                 enabled: true,
                 gone: false,
                 config: None,
+                owner: None,
             };
             let record = config_record(&key, &route.name, &spec.url, ORIGIN_TARGET, stored, now);
             taken.insert(key);
@@ -452,7 +507,7 @@ async fn save_config_records(
 }
 
 /// Applies a JSON merge patch (RFC 7396) to `target`.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
+fn merge_patch(target: &mut Value, patch: &Value) {
     let Value::Object(patch) = patch else {
         *target = patch.clone();
         return;
@@ -502,7 +557,7 @@ impl Catalog {
             }
         }
         Ok(Arc::new(Catalog {
-            targets: RwLock::new(targets),
+            index: RwLock::new(Index::new(targets)),
             egress: RwLock::new(egress),
             store,
         }))
@@ -578,7 +633,7 @@ impl Catalog {
                 .filter(|t| !kept.contains(t.spec.key.as_str()))
                 .map(|t| t.spec.key.clone())
                 .collect();
-            *self.targets.write().expect("lock poisoned") = next;
+            *self.index.write().expect("lock poisoned") = Index::new(next);
             removed
         };
         for id in &removed {
@@ -590,11 +645,20 @@ impl Catalog {
         Ok(removed)
     }
 
+    /// Changes the endpoint list (and what follows from it) in one step.
+    fn edit<R>(&self, f: impl FnOnce(&mut Vec<Arc<Target>>) -> R) -> R {
+        let mut index = self.index.write().expect("lock poisoned");
+        let r = f(&mut index.targets);
+        index.derive();
+        r
+    }
+
     /// Ids of the endpoints that want an `event` that came in on `route`.
     pub fn matching(&self, route: &str, event: &str, json: Option<&Value>) -> Vec<String> {
-        self.targets
+        self.index
             .read()
             .expect("lock poisoned")
+            .targets
             .iter()
             .filter(|t| t.spec.wants(route, event, json))
             .map(|t| t.spec.key.clone())
@@ -603,50 +667,45 @@ impl Catalog {
 
     /// What the endpoints that may take events of `route` need of a request.
     pub fn needs(&self, route: &str) -> Needs {
-        let targets = self.targets.read().expect("lock poisoned");
-        let mut needs = Needs::default();
-        for t in targets
-            .iter()
-            .filter(|t| !t.spec.gone && t.spec.route.as_deref().is_none_or(|r| r == route))
-        {
-            needs.json |= t.spec.filter.is_some();
-            needs.request_headers |= matches!(t.spec.outbound.shape.body, Body::Template(_));
+        let index = self.index.read().expect("lock poisoned");
+        let own = index.by_route.get(route).copied().unwrap_or_default();
+        Needs {
+            json: own.json || index.any_route.json,
+            request_headers: own.request_headers || index.any_route.request_headers,
         }
-        needs
+    }
+
+    /// The routes of the running configuration with their event catalogs.
+    pub fn event_types(&self) -> Arc<RouteCatalogs> {
+        self.egress.read().expect("lock poisoned").routes.clone()
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Target>> {
-        self.targets
+        self.index
             .read()
             .expect("lock poisoned")
+            .targets
             .iter()
             .find(|t| t.spec.key == key)
             .cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<Target>> {
-        self.targets.read().expect("lock poisoned").clone()
+        self.index.read().expect("lock poisoned").targets.clone()
     }
 
     /// How many API endpoints there are, and how many of them `owner` made.
     pub fn api_counts(&self, owner: Option<&str>) -> (usize, usize) {
-        let targets = self.targets.read().expect("lock poisoned");
-        let api = targets.iter().filter(|t| t.spec.origin == Origin::Api);
+        let index = self.index.read().expect("lock poisoned");
+        let api = index
+            .targets
+            .iter()
+            .filter(|t| t.spec.origin == Origin::Api);
         let mine = api
             .clone()
-            .filter(|t| owner.is_some() && t.record().owner.as_deref() == owner)
+            .filter(|t| owner.is_some() && t.spec.owner.as_deref() == owner)
             .count();
         (api.count(), mine)
-    }
-
-    /// Checks an endpoint body against the running configuration, without
-    /// making anything.
-    pub fn check(&self, body: &Value) -> Result<EndpointDef, CatalogError> {
-        let def = EndpointDef::from_json(body.clone()).map_err(CatalogError::Invalid)?;
-        let egress = self.egress.read().expect("lock poisoned");
-        def.compile(Vec::new(), &egress.rules())
-            .map_err(CatalogError::Invalid)?;
-        Ok(def)
     }
 
     /// Makes an API endpoint `id` from `body` (the API's endpoint body,
@@ -675,19 +734,18 @@ impl Catalog {
             tests: Vec::new(),
             spec: body,
         };
-        self.egress
+        let spec = self
+            .egress
             .read()
             .expect("lock poisoned")
-            .compile(&record)
+            .compile_new(&record)
             .map_err(CatalogError::Invalid)?;
         self.store.put_endpoint(&record).await?;
-        let egress = self.egress.read().expect("lock poisoned");
-        let spec = egress.compile(&record).map_err(CatalogError::Invalid)?;
-        let target = Arc::new(Target::new(spec, record, &egress, Counters::default()));
-        self.targets
-            .write()
-            .expect("lock poisoned")
-            .push(target.clone());
+        let target = {
+            let egress = self.egress.read().expect("lock poisoned");
+            Arc::new(Target::new(spec, record, &egress, Counters::default()))
+        };
+        self.edit(|targets| targets.push(target.clone()));
         Ok(target)
     }
 
@@ -704,28 +762,32 @@ impl Catalog {
 
     /// Stores `record` (a changed version of `old`'s) and swaps the
     /// endpoint's lane for one built from it, keeping counters and circuit.
+    /// `changed`: its definition changed, so it is checked as a new one is.
     async fn replace(
         &self,
         old: &Target,
         record: EndpointRecord,
+        changed: bool,
     ) -> Result<Arc<Target>, CatalogError> {
-        let spec = if record.origin == Origin::Api {
-            self.egress
-                .read()
-                .expect("lock poisoned")
-                .compile(&record)
-                .map_err(CatalogError::Invalid)?
-        } else {
-            old.spec.clone()
-        };
-        self.store.put_endpoint(&record).await?;
-        let egress = self.egress.read().expect("lock poisoned");
-        let target = Arc::new(old.carried(spec, record, &egress));
-        let mut targets = self.targets.write().expect("lock poisoned");
-        match targets.iter().position(|t| t.spec.key == old.spec.key) {
-            Some(i) => targets[i] = target.clone(),
-            None => return Err(CatalogError::NotFound(old.spec.key.clone())),
+        let spec = {
+            let egress = self.egress.read().expect("lock poisoned");
+            if changed {
+                egress.compile_new(&record)
+            } else {
+                egress.compile(&record)
+            }
         }
+        .map_err(CatalogError::Invalid)?;
+        self.store.put_endpoint(&record).await?;
+        let target = {
+            let egress = self.egress.read().expect("lock poisoned");
+            Arc::new(old.carried(spec, record, &egress))
+        };
+        self.edit(|targets| {
+            let i = targets.iter().position(|t| t.spec.key == old.spec.key);
+            i.map(|i| targets[i] = target.clone())
+        })
+        .ok_or_else(|| CatalogError::NotFound(old.spec.key.clone()))?;
         Ok(target)
     }
 
@@ -743,7 +805,7 @@ impl Catalog {
             record.disabled_reason = None;
         }
         record.updated_at_ms = now_ms();
-        let target = self.replace(&old, record).await?;
+        let target = self.replace(&old, record, true).await?;
         if target.spec.enabled {
             // Deliveries that waited while it was paused are due again.
             self.store.new_work().notify_one();
@@ -754,10 +816,7 @@ impl Catalog {
     /// Removes an API endpoint; its pending deliveries are cancelled.
     pub async fn delete(&self, id: &str, reason: &str) -> Result<usize, CatalogError> {
         self.api_target(id)?;
-        {
-            let mut targets = self.targets.write().expect("lock poisoned");
-            targets.retain(|t| t.spec.key != id);
-        }
+        self.edit(|targets| targets.retain(|t| t.spec.key != id));
         self.store.delete_endpoint(id).await?;
         Ok(self.store.cancel_all(id, reason).await?)
     }
@@ -789,7 +848,7 @@ impl Catalog {
         }
         record.secrets = secrets;
         record.updated_at_ms = now;
-        Ok((self.replace(&old, record).await?, until))
+        Ok((self.replace(&old, record, false).await?, until))
     }
 
     /// The receiver said `410 Gone`: the API endpoint is disabled, and its
@@ -808,7 +867,7 @@ impl Catalog {
         merge_patch(&mut record.spec, &serde_json::json!({"enabled": false}));
         record.disabled_reason = Some(reason.to_string());
         record.updated_at_ms = now_ms();
-        self.replace(&old, record).await?;
+        self.replace(&old, record, false).await?;
         Ok(self.store.cancel_all(id, reason).await?)
     }
 

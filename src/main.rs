@@ -397,10 +397,8 @@ fn check_config(path: PathBuf) -> anyhow::Result<()> {
                 events.join(" ")
             );
             let body = match &t.outbound.shape.body {
-                Body::Original => "original".to_string(),
-                Body::Json => "json".to_string(),
                 Body::Xml(root) => format!("xml <{}>", root.as_str()),
-                Body::Template(_) => "template".to_string(),
+                other => other.format().to_string(),
             };
             // Header names only: values may be secrets.
             let headers: Vec<&str> = t.outbound.headers.iter().map(|(n, _)| n.as_str()).collect();

@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
@@ -296,22 +296,6 @@ async fn dead_letter_then_bulk_repair_delivers_exactly_once_more() {
     .await;
     assert_eq!(r.json()["retried"], 0);
     assert_eq!(rx.received().len(), 1, "exactly once more");
-}
-
-/// Polls an admin GET until `done` holds for its JSON.
-async fn eventually_json(app: &TestApp, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let v = admin(app, "GET", path, None).await.json();
-        if done(&v) {
-            return v;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out waiting on {path}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test]

@@ -715,3 +715,50 @@ async fn config_has_a_short_flag_everywhere() {
         assert!(String::from_utf8_lossy(&out.stdout).starts_with("ID"));
     }
 }
+
+#[tokio::test]
+async fn a_config_target_is_test_sent_by_its_id_and_an_api_secret_rotates() {
+    let rx = common::Receiver::ok().await;
+    let app = common::spawn_app(&common::one_route(&rx.url("/crm"), "")).await;
+    let config = cli_config(&app);
+
+    // A config target's id has a '/': the CLI sends it percent-encoded.
+    let (code, out, err) = run_cli(&config, &["endpoints", "test", "t/rx"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.starts_with("t/rx: 200 in "), "{out}");
+    let got = rx.wait_for(1).await;
+    assert!(common::verify_signature(
+        common::SECRET,
+        &got[0].headers,
+        &got[0].body
+    ));
+
+    let id = add_endpoint(
+        &config,
+        &[
+            "--name",
+            "rotating",
+            "--url",
+            &rx.url("/api"),
+            "--event",
+            "*",
+        ],
+    )
+    .await;
+    let (code, out, err) = run_cli(
+        &config,
+        &["endpoints", "rotate-secret", &id, "--grace", "1h"],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("secret (shown once): "))
+        .expect("new secret printed")
+        .to_string();
+    assert!(secret.starts_with("whsec_"), "{out}");
+    let (_, shown, _) = run_cli(&config, &["endpoints", "show", &id, "--json"]).await;
+    let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(shown["secrets"], 2, "old and new sign during the grace");
+    assert!(!shown.to_string().contains(&secret));
+}

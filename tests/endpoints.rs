@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -111,33 +111,6 @@ async fn create_as(app: &TestApp, token: &str, body: Value) -> Value {
 
 async fn create(app: &TestApp, body: Value) -> Value {
     create_as(app, TOKEN, body).await
-}
-
-/// Polls an admin GET (as `token`) until `done` holds for its JSON.
-async fn eventually_json_as(
-    app: &TestApp,
-    token: &str,
-    path: &str,
-    done: impl Fn(&Value) -> bool,
-) -> Value {
-    let start = Instant::now();
-    loop {
-        let r = admin_as(app, Some(token), "GET", path, None).await;
-        assert_eq!(r.status, 200, "{path}: {:?}", r.body);
-        let v = r.json();
-        if done(&v) {
-            return v;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out waiting on {path}: {v}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn eventually_json(app: &TestApp, path: &str, done: impl Fn(&Value) -> bool) -> Value {
-    eventually_json_as(app, TOKEN, path, done).await
 }
 
 /// The ids of the deliveries a `GET /api/deliveries` answer lists.

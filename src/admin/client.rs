@@ -12,6 +12,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
+use crate::admin::tokens::{parse_line, Scope};
 use crate::config::Config;
 
 /// Why a command could not talk to the admin API.
@@ -117,17 +118,12 @@ impl AdminClient {
 /// operator change things.
 pub fn pick_token(text: &str) -> Option<&str> {
     let mut first = None;
-    for line in text.lines().map(str::trim) {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
+    // A line the relay would refuse is skipped here; the relay names it.
+    for line in text.lines().filter_map(|l| parse_line(l).ok().flatten()) {
+        if line.scope == Scope::Admin {
+            return Some(line.token);
         }
-        let mut words = line.split_whitespace();
-        let Some(token) = words.next() else { continue };
-        let scope = words.find(|w| !w.starts_with("name="));
-        if scope.is_none_or(|s| s == "admin") {
-            return Some(token);
-        }
-        first.get_or_insert(token);
+        first.get_or_insert(line.token);
     }
     first
 }
@@ -168,10 +164,7 @@ pub fn cell(v: &Value) -> String {
 
 /// `GET /api/hooks` as a table.
 pub fn hooks_table(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v["hooks"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(v, "hooks")
         .iter()
         .map(|h| {
             let c = &h["counters"];
@@ -197,10 +190,7 @@ pub fn hooks_table(v: &Value) -> String {
 
 /// `GET /api/targets` as a table.
 pub fn targets_table(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v["targets"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(v, "targets")
         .iter()
         .map(|t| {
             let c = &t["counters"];
@@ -226,10 +216,7 @@ pub fn targets_table(v: &Value) -> String {
 
 /// `GET /api/deliveries` as a table.
 pub fn deliveries_table(v: &Value) -> String {
-    let rows: Vec<Vec<String>> = v["deliveries"]
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or_default()
+    let rows: Vec<Vec<String>> = items(v, "deliveries")
         .iter()
         .map(|d| {
             let last = &d["last"];

@@ -10,12 +10,11 @@ use serde_json::{json, Value};
 
 use crate::admin::error::{invalid, AdminError};
 use crate::admin::json::{attempt_json, delivery_json, target_json};
-use crate::admin::{ok, Admin};
+use crate::admin::{ok, page_limit, Admin};
 use crate::store::{DeliveryId, EventId, State};
 
-/// Page size of `GET /api/deliveries`: default and most.
+/// Page size of `GET /api/deliveries` without `limit` (at most `PAGE_MAX`).
 const PAGE_DEFAULT: usize = 50;
-const PAGE_MAX: usize = 1000;
 /// Records one page request may look at before answering with a cursor.
 const PAGE_SCAN: usize = 100_000;
 /// Deliveries re-queued per step of a bulk retry; the relay serves other
@@ -95,13 +94,7 @@ impl Admin {
                             .ok_or_else(|| invalid("after", "not a delivery id"))?,
                     )
                 }
-                "limit" => {
-                    limit = v
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|n| (1..=PAGE_MAX).contains(n))
-                        .ok_or_else(|| invalid("limit", format!("a number from 1 to {PAGE_MAX}")))?
-                }
+                "limit" => limit = page_limit(&v)?,
                 other => return Err(invalid(other, "unknown query parameter")),
             }
         }

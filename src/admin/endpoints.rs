@@ -22,20 +22,19 @@ use serde_json::{json, Value};
 use crate::admin::error::{invalid, AdminError};
 use crate::admin::json::{endpoint_json, test_json};
 use crate::admin::tokens::{Grant, Scope};
-use crate::admin::{ok, Admin, Settings};
+use crate::admin::{ok, page_limit, Admin};
 use crate::catalog::{Origin, Target, MAX_GRACE};
+use crate::config::endpoint::RouteCatalogs;
 use crate::config::event_types::EventType;
 use crate::deliver::sign::Secret;
-use crate::ingest::route::EventPattern;
 use crate::server::json_response;
 use crate::store::{
     now_ms, Attempt, Event, EventId, EventMeta, InboundFilter, InboundId, Outcome, TestSend,
 };
 
-/// Page size of `GET /api/endpoints` and `GET /api/events`: default and most.
+/// Page sizes of `GET /api/endpoints` and `GET /api/events` without `limit`.
 const ENDPOINTS_DEFAULT: usize = 100;
 const EVENTS_DEFAULT: usize = 50;
-const PAGE_MAX: usize = 1000;
 /// Records one inbound page may look at before answering with a cursor.
 const INBOUND_SCAN: usize = 100_000;
 /// Inbound records looked at for the event types seen at ingest.
@@ -52,13 +51,6 @@ pub fn new_secret() -> String {
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(key)
     )
-}
-
-fn limit_of(v: &str) -> Result<usize, AdminError> {
-    v.parse::<usize>()
-        .ok()
-        .filter(|n| (1..=PAGE_MAX).contains(n))
-        .ok_or_else(|| invalid("limit", format!("a number from 1 to {PAGE_MAX}")))
 }
 
 impl Admin {
@@ -83,7 +75,7 @@ impl Admin {
             match &*k {
                 "route" => route = Some(v.into_owned()),
                 "after" => after = Some(v.into_owned()),
-                "limit" => limit = limit_of(&v)?,
+                "limit" => limit = page_limit(&v)?,
                 other => return Err(invalid(other, "unknown query parameter")),
             }
         }
@@ -125,18 +117,6 @@ impl Admin {
         Ok(ok(endpoint_json(&t, who.scope != Scope::Subscriber)))
     }
 
-    /// Checks an endpoint body as the config file's targets are checked,
-    /// and its event names against its route's catalog.
-    fn check_body(&self, body: &Value) -> Result<(), AdminError> {
-        let def = self.catalog.check(body)?;
-        check_events(
-            &self.settings(),
-            &def.events,
-            def.route.as_deref(),
-            "events",
-        )
-    }
-
     /// Refuses a new API endpoint over `admin.max_endpoints` or the caller's cap.
     pub(super) fn check_caps(&self, who: &Grant) -> Result<(), AdminError> {
         let settings = self.settings();
@@ -172,7 +152,6 @@ impl Admin {
             }
             Some(_) => return Err(invalid("secret", "must be a whsec_ string")),
         };
-        self.check_body(&body)?;
         let target = self
             .catalog
             .create(id, body, secret.clone(), Some(who.name.clone()))
@@ -198,15 +177,6 @@ impl Admin {
                 "secret",
                 "is changed by POST /api/endpoints/{id}/rotate-secret",
             ));
-        }
-        let old = self
-            .catalog
-            .get(id)
-            .ok_or_else(|| AdminError::NotFound(format!("endpoint {id}")))?;
-        if old.spec.origin == Origin::Api {
-            let mut merged = old.record().spec;
-            crate::catalog::merge_patch(&mut merged, &patch);
-            self.check_body(&merged)?;
         }
         let t = self.catalog.update(id, &patch).await?;
         tracing::info!(endpoint = %id, enabled = t.spec.enabled, "endpoint changed");
@@ -261,8 +231,8 @@ impl Admin {
                 "a proxy route's origin sends each event to its own URL; there is none to test",
             ));
         }
-        let settings = self.settings();
-        let (route, event_type, example) = pick_test(&settings, &target, req.event_type.as_deref());
+        let catalogs = self.catalog.event_types();
+        let (route, event_type, example) = pick_test(&catalogs, &target, req.event_type.as_deref());
         let body = match (req.payload, example) {
             (Some(Value::String(s)), _) => Bytes::from(s),
             (Some(p), _) => Bytes::from(p.to_string()),
@@ -341,9 +311,7 @@ impl Admin {
         }
         self.catalog.record_test(id, sent.clone()).await?;
         tracing::info!(endpoint = %id, status = sent.status, by = %who.name, "test send");
-        let mut out = test_json(&sent, who.scope != Scope::Subscriber);
-        out.as_object_mut().map(|o| o.remove("at"));
-        Ok(ok(out))
+        Ok(ok(test_json(&sent, who.scope != Scope::Subscriber)))
     }
 
     /// The routes' catalogs, and the types seen at ingest that none declares.
@@ -368,9 +336,9 @@ impl Admin {
                 *at = (*at).max(r.at_ms);
             }
         }
-        let settings = self.settings();
+        let catalogs = self.catalog.event_types();
         let mut out = Vec::new();
-        for (route, catalog) in &settings.catalogs {
+        for (route, catalog) in catalogs.iter() {
             if only.as_ref().is_some_and(|o| o != route) {
                 continue;
             }
@@ -428,7 +396,7 @@ impl Admin {
                         InboundId::parse(&v).ok_or_else(|| invalid("after", "not an in_ id"))?,
                     )
                 }
-                "limit" => limit = limit_of(&v)?,
+                "limit" => limit = page_limit(&v)?,
                 other => return Err(invalid(other, "unknown query parameter")),
             }
         }
@@ -468,64 +436,17 @@ impl Admin {
 /// subscriber only the API endpoints it made.
 fn may_see(t: &Target, who: &Grant) -> bool {
     who.scope != Scope::Subscriber
-        || (t.spec.origin == Origin::Api && t.record().owner.as_deref() == Some(&who.name))
-}
-
-/// The catalogs an endpoint's exact event names must be in: its route's,
-/// or, without a route, every route's when each has one. `None`: anything goes.
-fn catalogs_for<'s>(settings: &'s Settings, route: Option<&str>) -> Option<Vec<&'s EventType>> {
-    match route {
-        Some(r) => settings
-            .catalog(r)
-            .filter(|c| !c.is_empty())
-            .map(|c| c.iter().collect()),
-        None => {
-            let all_have = !settings.catalogs.is_empty()
-                && settings.catalogs.iter().all(|(_, c)| !c.is_empty());
-            all_have.then(|| settings.catalogs.iter().flat_map(|(_, c)| c).collect())
-        }
-    }
-}
-
-/// Refuses exact event names no catalog of the endpoint's route knows
-/// (patterns are let through: they may match types to come).
-pub(super) fn check_events(
-    settings: &Settings,
-    events: &[EventPattern],
-    route: Option<&str>,
-    field: &str,
-) -> Result<(), AdminError> {
-    let Some(known) = catalogs_for(settings, route) else {
-        return Ok(());
-    };
-    for (i, e) in events.iter().enumerate() {
-        if let EventPattern::Exact(name) = e {
-            if !known.iter().any(|k| &k.name == name) {
-                let mut names: Vec<&str> = known.iter().map(|k| k.name.as_str()).collect();
-                names.dedup();
-                let whose = route.map_or("any route".to_string(), |r| format!("route `{r}`"));
-                return Err(invalid(
-                    &format!("{field}[{i}]"),
-                    format!(
-                        "`{name}` is not an event type of {whose}; known: {}",
-                        names.join(", ")
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
+        || (t.spec.origin == Origin::Api && t.spec.owner.as_deref() == Some(&who.name))
 }
 
 /// The route, event type and example of a test send: the one asked for,
 /// else the first catalog type the endpoint wants, else a plain test event.
 fn pick_test(
-    settings: &Settings,
+    catalogs: &RouteCatalogs,
     target: &Target,
     asked: Option<&str>,
 ) -> (Option<String>, String, Option<Value>) {
-    let routes: Vec<&(String, Vec<EventType>)> = settings
-        .catalogs
+    let routes: Vec<&(String, Vec<EventType>)> = catalogs
         .iter()
         .filter(|(r, _)| target.spec.route.as_ref().is_none_or(|t| t == r))
         .collect();

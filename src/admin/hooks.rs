@@ -39,7 +39,7 @@ impl Admin {
         let event = req.event.ok_or_else(|| invalid("event", "is required"))?;
         let existing = self.catalog.all().into_iter().find(|t| {
             t.spec.origin == Origin::Api
-                && t.record().owner.as_deref() == Some(&who.name)
+                && t.spec.owner.as_deref() == Some(&who.name)
                 && t.spec.url.to_string() == parsed.to_string()
                 && t.spec.route == req.route
                 && t.spec.events.len() == 1

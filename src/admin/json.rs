@@ -39,18 +39,6 @@ pub fn endpoint_json(t: &Target, excerpts: bool) -> Value {
     let record = t.record();
     let events: Vec<String> = spec.events.iter().map(ToString::to_string).collect();
     let p = &spec.policy;
-    let success: Vec<String> = p
-        .success
-        .0
-        .iter()
-        .map(|&(lo, hi)| {
-            if lo == hi {
-                lo.to_string()
-            } else {
-                format!("{lo}-{hi}")
-            }
-        })
-        .collect();
     let counters = t.lane.counters();
     let c = spec.config.as_deref();
     let headers: serde_json::Map<String, Value> = spec
@@ -63,12 +51,6 @@ pub fn endpoint_json(t: &Target, excerpts: bool) -> Value {
         })
         .map(|(n, _)| (n.to_string(), json!("***")))
         .collect();
-    let format = c.map_or("original", |c| match &c.outbound.shape.body {
-        crate::deliver::shape::Body::Original => "original",
-        crate::deliver::shape::Body::Json => "json",
-        crate::deliver::shape::Body::Xml(_) => "xml",
-        crate::deliver::shape::Body::Template(_) => "template",
-    });
     let now = crate::store::now_ms();
     let tests: Vec<Value> = record
         .tests
@@ -86,7 +68,7 @@ pub fn endpoint_json(t: &Target, excerpts: bool) -> Value {
         "route": spec.route,
         "enabled": spec.enabled,
         "disabled_reason": record.disabled_reason,
-        "format": format,
+        "format": spec.outbound.shape.body.format(),
         "template": c.and_then(|c| c.template.clone()),
         "content_type": c.and_then(|c| c.content_type.clone()),
         "xml_root": c.and_then(|c| c.xml_root.as_ref().map(|x| x.as_str().to_string())),
@@ -96,7 +78,7 @@ pub fn endpoint_json(t: &Target, excerpts: bool) -> Value {
         "retry": {
             "max_attempts": p.max_attempts,
             "timeout": duration(p.timeout),
-            "success": success,
+            "success": p.success.to_strings(),
             "backoff": {
                 "initial": duration(p.backoff.initial),
                 "max": duration(p.backoff.max),

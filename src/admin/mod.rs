@@ -27,7 +27,6 @@ use hyper::{Request, Response};
 use serde_json::{json, Value};
 
 use crate::catalog::Catalog;
-use crate::config::event_types::EventType;
 use crate::config::Config;
 use crate::server::json_response;
 use crate::store::Store;
@@ -52,8 +51,6 @@ type Reply = Result<Response<Full<Bytes>>, AdminError>;
 /// What a config decides about the admin API; replaced whole on reload.
 struct Settings {
     allow: Vec<ipnet::IpNet>,
-    /// Route names in file order, each with its event catalog.
-    catalogs: Vec<(String, Vec<EventType>)>,
     max_endpoints: usize,
     max_endpoints_per_token: usize,
 }
@@ -62,21 +59,9 @@ impl Settings {
     fn new(config: &Config) -> Settings {
         Settings {
             allow: config.admin.allow.clone(),
-            catalogs: config
-                .routes
-                .iter()
-                .map(|r| (r.name.clone(), r.catalog.clone()))
-                .collect(),
             max_endpoints: config.admin.max_endpoints,
             max_endpoints_per_token: config.admin.max_endpoints_per_token,
         }
-    }
-
-    fn catalog(&self, route: &str) -> Option<&[EventType]> {
-        self.catalogs
-            .iter()
-            .find(|(r, _)| r == route)
-            .map(|(_, c)| c.as_slice())
     }
 }
 
@@ -267,6 +252,17 @@ pub fn operations() -> Vec<(String, String)> {
         .iter()
         .map(|r| (r.method.to_string(), r.path.to_string()))
         .collect()
+}
+
+/// The most items one page of a listing holds.
+const PAGE_MAX: usize = 1000;
+
+/// A listing's `limit` query parameter.
+fn page_limit(v: &str) -> Result<usize, AdminError> {
+    v.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=PAGE_MAX).contains(n))
+        .ok_or_else(|| error::invalid("limit", format!("a number from 1 to {PAGE_MAX}")))
 }
 
 fn ok(body: Value) -> Response<Full<Bytes>> {

@@ -108,7 +108,7 @@ impl Tokens {
         for (i, line) in text.lines().enumerate() {
             let number = i + 1;
             let at = |reason: String| format!("{}:{number}: {reason}", path.display());
-            let Some((entry, len)) = parse_line(line).map_err(at)? else {
+            let Some((entry, len)) = parse_line(line).map_err(at)?.map(entry) else {
                 continue;
             };
             // Lookups below compare whole digests and names, not in constant
@@ -206,7 +206,19 @@ impl fmt::Debug for Tokens {
 
 /// One line of the file: `None` for a blank line or a comment, else the
 /// entry and the token's length in characters. Reasons never quote the token.
-fn parse_line(line: &str) -> Result<Option<(Entry, usize)>, String> {
+/// One line of the tokens file, read.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Line<'a> {
+    pub token: &'a str,
+    pub scope: Scope,
+    /// `name=`, if given.
+    pub name: Option<String>,
+}
+
+/// Reads one line of the tokens file: `None` for a blank line or a
+/// comment. Errors never quote the token. The CLI reads its token with this
+/// too, so both sides read the file alike.
+pub fn parse_line(line: &str) -> Result<Option<Line<'_>>, String> {
     let line = line.trim();
     if line.is_empty() || line.starts_with('#') {
         return Ok(None);
@@ -243,16 +255,25 @@ fn parse_line(line: &str) -> Result<Option<(Entry, usize)>, String> {
             ));
         }
     }
-    let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-    let name = name.unwrap_or_else(|| default_name(&digest));
+    Ok(Some(Line {
+        token,
+        scope: scope.unwrap_or(Scope::Admin),
+        name,
+    }))
+}
+
+/// A line's entry, and the length of its token.
+fn entry(line: Line<'_>) -> (Entry, usize) {
+    let digest: [u8; 32] = Sha256::digest(line.token.as_bytes()).into();
+    let name = line.name.unwrap_or_else(|| default_name(&digest));
     let entry = Entry {
         digest,
         grant: Grant {
-            scope: scope.unwrap_or(Scope::Admin),
+            scope: line.scope,
             name,
         },
     };
-    Ok(Some((entry, token.chars().count())))
+    (entry, line.token.chars().count())
 }
 
 fn parse_name(value: &str) -> Result<String, String> {

@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::config::event_types::EventType;
 use crate::config::targets::{
     all_events, outbound, BackoffOverride, BasicAuthConfig, Format, TargetConfig,
 };
@@ -93,13 +94,37 @@ fn yes() -> bool {
     true
 }
 
+/// The routes of the running configuration, in file order, each with its
+/// event catalog.
+pub type RouteCatalogs = Vec<(String, Vec<EventType>)>;
+
 /// Where a request body is checked: the rules of the file, and what the
 /// running configuration says about egress and routes.
 pub struct Rules<'a> {
     pub guard: &'a Policy,
     pub https_only: bool,
     pub defaults: &'a DeliveryConfig,
-    pub routes: &'a [String],
+    pub routes: &'a [(String, Vec<EventType>)],
+}
+
+impl Rules<'_> {
+    /// The catalogs an endpoint's exact event names must be in: its
+    /// route's, or, without a route, every route's when each has one.
+    /// `None`: any name goes.
+    fn known_events(&self, route: Option<&str>) -> Option<Vec<&EventType>> {
+        match route {
+            Some(r) => self
+                .routes
+                .iter()
+                .find(|(name, c)| name == r && !c.is_empty())
+                .map(|(_, c)| c.iter().collect()),
+            None => {
+                let all_have =
+                    !self.routes.is_empty() && self.routes.iter().all(|(_, c)| !c.is_empty());
+                all_have.then(|| self.routes.iter().flat_map(|(_, c)| c).collect())
+            }
+        }
+    }
 }
 
 /// Why a body is not an endpoint: the field (as the API names it) and why.
@@ -131,7 +156,7 @@ impl EndpointDef {
     /// checked as a config target is, with its shape and headers built.
     pub fn compile(&self, secrets: Vec<Secret>, rules: &Rules) -> Result<TargetConfig, Invalid> {
         if let Some(route) = &self.route {
-            if !rules.routes.contains(route) {
+            if !rules.routes.iter().any(|(r, _)| r == route) {
                 return Err(Invalid {
                     field: "route".into(),
                     reason: format!("no route is named `{route}`"),
@@ -190,6 +215,37 @@ impl EndpointDef {
         .map_err(api)?;
         Ok(target)
     }
+
+    /// Refuses exact event names no catalog of the endpoint's route
+    /// declares (patterns go through: they may match types to come). Asked
+    /// of a new or changed definition only: a stored endpoint keeps working
+    /// when its route's catalog later drops a type.
+    pub fn check_catalog(&self, rules: &Rules) -> Result<(), Invalid> {
+        let Some(known) = rules.known_events(self.route.as_deref()) else {
+            return Ok(());
+        };
+        for (i, e) in self.events.iter().enumerate() {
+            let EventPattern::Exact(name) = e else {
+                continue;
+            };
+            if !known.iter().any(|k| &k.name == name) {
+                let mut names: Vec<&str> = known.iter().map(|k| k.name.as_str()).collect();
+                names.dedup();
+                let whose = self
+                    .route
+                    .as_ref()
+                    .map_or("any route".to_string(), |r| format!("route `{r}`"));
+                return Err(Invalid {
+                    field: format!("events[{i}]"),
+                    reason: format!(
+                        "`{name}` is not an event type of {whose}; known: {}",
+                        names.join(", ")
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The API's name for a key the shared checks report: the policy keys sit
@@ -213,7 +269,7 @@ mod tests {
     fn rules_with<T>(f: impl FnOnce(&Rules) -> T) -> T {
         let guard = Policy::new(&EgressConfig::default());
         let defaults = DeliveryConfig::default();
-        let routes = vec!["heights".to_string()];
+        let routes = vec![("heights".to_string(), Vec::new())];
         f(&Rules {
             guard: &guard,
             https_only: false,

@@ -115,12 +115,6 @@ pub struct TargetConfig {
     pub outbound: Outbound,
 }
 
-impl TargetConfig {
-    pub fn renders_template(&self) -> bool {
-        matches!(self.outbound.shape.body, Body::Template(_))
-    }
-}
-
 /// A target's body format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

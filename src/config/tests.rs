@@ -212,7 +212,10 @@ fn shaping_keys_are_checked_at_load() {
         "template = \"{{ payload | tojson }}\"\ncontent_type = \"application/vnd.x+json\"",
     ))
     .unwrap();
-    assert!(c.routes[0].targets[0].renders_template());
+    assert!(matches!(
+        c.routes[0].targets[0].outbound.shape.body,
+        Body::Template(_)
+    ));
 }
 
 #[test]

@@ -147,6 +147,20 @@ impl Default for CircuitConfig {
 pub struct SuccessRanges(pub Vec<(u16, u16)>);
 
 impl SuccessRanges {
+    /// The ranges as written: `200-299`, or `409` for a single status.
+    pub fn to_strings(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|&(lo, hi)| {
+                if lo == hi {
+                    lo.to_string()
+                } else {
+                    format!("{lo}-{hi}")
+                }
+            })
+            .collect()
+    }
+
     pub fn contains(&self, status: u16) -> bool {
         self.0.iter().any(|&(lo, hi)| (lo..=hi).contains(&status))
     }

@@ -40,7 +40,7 @@ use serde_json::json;
 use crate::catalog::Catalog;
 use crate::config::{Config, IngestConfig};
 use crate::deliver::egress::Policy;
-use crate::rate::Rate;
+use crate::rate::{Rate, Throttle};
 use crate::server::json_response;
 use crate::store::{now_ms, EventMeta, Inbound, NewEvent, Outcome, Store};
 use crate::telemetry::Metrics;
@@ -107,9 +107,7 @@ pub struct Ingest {
     catalog: Arc<Catalog>,
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
-    refusal_log: governor::DefaultDirectRateLimiter,
-    /// Refusals not logged since the last line.
-    unlogged: std::sync::atomic::AtomicU64,
+    refusal_log: Throttle,
 }
 
 impl Ingest {
@@ -124,8 +122,7 @@ impl Ingest {
             catalog,
             store,
             metrics,
-            refusal_log: RateLimiter::direct(REFUSALS_PER_SECOND.quota()),
-            unlogged: std::sync::atomic::AtomicU64::new(0),
+            refusal_log: Throttle::new(REFUSALS_PER_SECOND),
         }
     }
 
@@ -186,12 +183,9 @@ impl Ingest {
     }
 
     fn log_refusal(&self, r: &Inbound) {
-        use std::sync::atomic::Ordering;
-        if self.refusal_log.check().is_err() {
-            self.unlogged.fetch_add(1, Ordering::Relaxed);
+        let Some(suppressed) = self.refusal_log.admit() else {
             return;
-        }
-        let suppressed = self.unlogged.swap(0, Ordering::Relaxed);
+        };
         tracing::warn!(
             source = %r.source,
             method = %r.method,

@@ -229,50 +229,54 @@ impl Template {
     pub fn render(&self, cx: &Context<'_>) -> Result<String, Missing> {
         let mut out = String::new();
         for part in &self.parts {
-            match part {
-                Part::Or(inner, default) => {
-                    let one = Template {
-                        source: String::new(),
-                        parts: vec![(**inner).clone()],
-                    };
-                    match one.render(cx) {
-                        Ok(v) => out.push_str(&v),
-                        Err(_) => out.push_str(default),
+            part.render(cx, &mut out)?;
+        }
+        Ok(out)
+    }
+}
+
+impl Part {
+    /// Appends this part's value for `cx` to `out`.
+    fn render(&self, cx: &Context<'_>, out: &mut String) -> Result<(), Missing> {
+        match self {
+            Part::Or(inner, default) => {
+                // A part that fails has appended nothing.
+                if inner.render(cx, out).is_err() {
+                    out.push_str(default);
+                }
+            }
+            Part::Text(t) => out.push_str(t),
+            Part::Path(name) => {
+                let v = cx
+                    .path
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .ok_or_else(|| Missing::Absent(format!("{{path.{name}}}")))?;
+                out.push_str(&v.1);
+            }
+            Part::Header(name) => {
+                let v = cx
+                    .headers
+                    .get(name)
+                    .and_then(|v| v.to_str().ok())
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| Missing::Absent(format!("{{header.{name}}}")))?;
+                out.push_str(v);
+            }
+            Part::Json(pointer) => {
+                let json = cx
+                    .json
+                    .ok_or_else(|| Missing::NotJson(format!("{{json.{pointer}}}")))?;
+                match json.pointer(pointer) {
+                    Some(serde_json::Value::String(s)) => out.push_str(s),
+                    Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+                        out.push_str(&v.to_string())
                     }
-                }
-                Part::Text(t) => out.push_str(t),
-                Part::Path(name) => {
-                    let v = cx
-                        .path
-                        .iter()
-                        .find(|(n, _)| n == name)
-                        .ok_or_else(|| Missing::Absent(format!("{{path.{name}}}")))?;
-                    out.push_str(&v.1);
-                }
-                Part::Header(name) => {
-                    let v = cx
-                        .headers
-                        .get(name)
-                        .and_then(|v| v.to_str().ok())
-                        .filter(|v| !v.is_empty())
-                        .ok_or_else(|| Missing::Absent(format!("{{header.{name}}}")))?;
-                    out.push_str(v);
-                }
-                Part::Json(pointer) => {
-                    let json = cx
-                        .json
-                        .ok_or_else(|| Missing::NotJson(format!("{{json.{pointer}}}")))?;
-                    match json.pointer(pointer) {
-                        Some(serde_json::Value::String(s)) => out.push_str(s),
-                        Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
-                            out.push_str(&v.to_string())
-                        }
-                        _ => return Err(Missing::Absent(format!("{{json.{pointer}}}"))),
-                    }
+                    _ => return Err(Missing::Absent(format!("{{json.{pointer}}}"))),
                 }
             }
         }
-        Ok(out)
+        Ok(())
     }
 }
 

@@ -382,6 +382,32 @@ pub async fn eventually_async<T>(what: &str, mut check: impl AsyncFnMut() -> Opt
     }
 }
 
+/// Polls an admin GET as `token` until `done` holds for its JSON (each
+/// answer must be a 200), failing the test at the deadline.
+pub async fn eventually_json_as(
+    app: &TestApp,
+    token: &str,
+    path: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    eventually_async(&format!("GET {path}"), async || {
+        let r = admin_as(app, Some(token), "GET", path, None).await;
+        assert_eq!(r.status, 200, "{path}: {:?}", r.body);
+        let v = r.json();
+        done(&v).then_some(v)
+    })
+    .await
+}
+
+/// `eventually_json_as` with the admin token.
+pub async fn eventually_json(
+    app: &TestApp,
+    path: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    eventually_json_as(app, TOKEN, path, done).await
+}
+
 /// Checks a Standard Webhooks signature the way a receiver would.
 pub fn verify_signature(secret: &str, headers: &http::HeaderMap, body: &[u8]) -> bool {
     use base64::Engine;

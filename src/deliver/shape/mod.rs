@@ -89,6 +89,18 @@ pub enum Body {
     Template(BodyTemplate),
 }
 
+impl Body {
+    /// The `format` that gives this body.
+    pub fn format(&self) -> &'static str {
+        match self {
+            Body::Original => "original",
+            Body::Json => "json",
+            Body::Xml(_) => "xml",
+            Body::Template(_) => "template",
+        }
+    }
+}
+
 /// A target's body and content type, fixed at config load.
 #[derive(Debug, Clone, Default)]
 pub struct Shape {
