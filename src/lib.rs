@@ -35,7 +35,9 @@
 pub mod admin;
 pub mod catalog;
 pub mod config;
+pub mod console;
 pub mod deliver;
+pub mod history;
 pub mod ingest;
 pub mod rate;
 pub mod server;

@@ -1,0 +1,1 @@
+//! Delivery history for the console's charts.
