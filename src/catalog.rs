@@ -162,7 +162,7 @@ impl Target {
         timestamp: i64,
         meta: &EventMeta,
         shaped: Shaped,
-    ) -> Result<Reply, EgressError> {
+    ) -> (Vec<(String, String)>, Result<Reply, EgressError>) {
         let spec = &self.spec;
         let request = build_request(
             &spec.live_secrets(now_ms()),
@@ -173,7 +173,8 @@ impl Target {
             meta,
             shaped,
         );
-        self.lane.client.send(request, spec.policy.timeout).await
+        let sent = shown_headers(request.headers());
+        (sent, self.lane.client.send(request, spec.policy.timeout).await)
     }
 
     fn new(
@@ -265,6 +266,22 @@ impl Index {
             needs.request_headers |= matches!(t.spec.outbound.shape.body, Body::Template(_));
         }
     }
+}
+
+/// A request's headers as an attempt keeps them: sensitive values (basic
+/// auth, an endpoint's own headers) as `***`.
+fn shown_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(n, v)| {
+            let shown = if v.is_sensitive() {
+                "***".to_string()
+            } else {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            };
+            (n.to_string(), shown)
+        })
+        .collect()
 }
 
 /// What every lane is built with, and what API endpoints are checked against.
@@ -678,6 +695,11 @@ impl Catalog {
     /// The routes of the running configuration with their event catalogs.
     pub fn event_types(&self) -> Arc<RouteCatalogs> {
         self.egress.read().expect("lock poisoned").routes.clone()
+    }
+
+    /// The `[delivery]` policy an endpoint has where it sets nothing.
+    pub fn defaults(&self) -> DeliveryConfig {
+        self.egress.read().expect("lock poisoned").defaults.clone()
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Target>> {

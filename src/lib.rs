@@ -89,6 +89,8 @@ pub enum StartError {
     Tokens(String),
     #[error("TLS: {0}")]
     Tls(#[from] TlsError),
+    #[error("console: {0}")]
+    Console(String),
 }
 
 /// A running relay: its listeners, scheduler and store.
@@ -100,6 +102,8 @@ pub struct Relay {
     catalog: Arc<catalog::Catalog>,
     ingest: Arc<ingest::Ingest>,
     admin: Arc<admin::Admin>,
+    console: Arc<console::Console>,
+    history: Arc<history::History>,
     metrics: Arc<telemetry::Metrics>,
     /// The configuration in force, to tell what a reload changes.
     config: std::sync::Mutex<Config>,
@@ -167,6 +171,10 @@ impl Relay {
             metrics.clone(),
             tokens,
         ));
+        let history = history::History::new(store.clone(), catalog.clone(), metrics.clone());
+        let console =
+            console::Console::new(admin.clone(), history.clone(), config.admin.tls.is_some())
+                .map_err(StartError::Console)?;
         // The admin listener shares ingest's connection limits.
         let limits = config.ingest.limits(config.delivery.shutdown_grace);
         let mut tasks = Vec::new();
@@ -175,8 +183,18 @@ impl Relay {
             move |req, peer| ingest.clone().handle(req, peer)
         };
         let admin_handler = {
-            let admin = admin.clone();
-            move |req, peer| admin.clone().handle(req, peer)
+            let (admin, console) = (admin.clone(), console.clone());
+            move |req: hyper::Request<hyper::body::Incoming>, peer| {
+                let (admin, console) = (admin.clone(), console.clone());
+                async move {
+                    // The console's pages at /ui/, the API everywhere else.
+                    if console::Console::serves(req.uri().path()) {
+                        console.handle(req, peer).await
+                    } else {
+                        admin.handle(req, peer).await
+                    }
+                }
+            }
         };
         spawn_listeners(
             &mut tasks,
@@ -195,9 +213,11 @@ impl Relay {
             &rx,
         );
         tasks.push(tokio::spawn(dispatcher.run(rx.clone())));
+        tasks.push(tokio::spawn(history.clone().run(rx.clone())));
         tasks.push(tokio::spawn(housekeeping(
             ingest.clone(),
             admin.clone(),
+            console.clone(),
             catalog.clone(),
             store.clone(),
             config.store.clone(),
@@ -225,6 +245,8 @@ impl Relay {
             catalog,
             ingest,
             admin,
+            console,
+            history,
             metrics,
             config: std::sync::Mutex::new(config),
             shutdown,
@@ -272,6 +294,11 @@ impl Relay {
         &self.metrics
     }
 
+    /// The per-minute and per-hour counts behind the console's charts.
+    pub fn history(&self) -> &Arc<history::History> {
+        &self.history
+    }
+
     /// Takes routes, targets, limits, admin tokens and the egress policy
     /// from a new configuration, and reads the listeners' certificate files
     /// again, without dropping work under way. Targets that are gone
@@ -283,6 +310,7 @@ impl Relay {
         let removed = self.catalog.reload(&config).await?;
         self.ingest.reload(&config);
         self.admin.reload(&config, tokens);
+        self.console.forget_revoked();
         self.reload_tls();
         let restart_only = {
             let mut running = self.config.lock().expect("lock poisoned");
@@ -378,6 +406,7 @@ async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> 
 async fn housekeeping(
     ingest: Arc<ingest::Ingest>,
     admin: Arc<admin::Admin>,
+    console: Arc<console::Console>,
     catalog: Arc<catalog::Catalog>,
     store: Arc<dyn Store>,
     settings: store::StoreConfig,
@@ -393,6 +422,7 @@ async fn housekeeping(
             _ = every_second.tick() => {
                 store.refresh_disk_usage().await;
                 admin.refresh_tokens();
+                console.forget_revoked();
                 if let Err(e) = catalog.save_counters().await {
                     tracing::error!(error = %e, "cannot save counters");
                 }

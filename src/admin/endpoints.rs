@@ -272,6 +272,7 @@ impl Admin {
                 target
                     .send(uri, &event_id, timestamp, &event.meta, shaped)
                     .await
+                    .1
                     .map_err(|e| e.to_string())
             }
         };
@@ -307,6 +308,7 @@ impl Admin {
                 status,
                 error,
                 excerpt,
+                request_headers: Vec::new(),
             });
         }
         self.catalog.record_test(id, sent.clone()).await?;

@@ -37,8 +37,13 @@ pub enum AdminError {
 }
 
 impl AdminError {
-    pub fn into_response(self) -> Response<Full<Bytes>> {
-        let (status, code) = match &self {
+    /// The HTTP status this failure answers with.
+    pub fn status(&self) -> StatusCode {
+        self.status_and_code().0
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
             AdminError::SourceNotAllowed(_) => (StatusCode::FORBIDDEN, "source_not_allowed"),
             AdminError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             AdminError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
@@ -51,7 +56,11 @@ impl AdminError {
             AdminError::ReadOnly(_) => (StatusCode::CONFLICT, "read_only"),
             AdminError::Limit(_) => (StatusCode::CONFLICT, "limit_reached"),
             AdminError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
-        };
+        }
+    }
+
+    pub fn into_response(self) -> Response<Full<Bytes>> {
+        let (status, code) = self.status_and_code();
         if let AdminError::Store(e) = &self {
             tracing::error!(error = %e, "admin request failed: store");
         }

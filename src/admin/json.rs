@@ -157,6 +157,7 @@ pub fn attempt_json(a: &Attempt) -> Value {
         "status": a.status,
         "error": a.error,
         "excerpt": a.excerpt,
+        "request_headers": a.request_headers,
     })
 }
 

@@ -20,8 +20,8 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use bytes::Bytes;
-use http::{header, StatusCode};
-use http_body_util::Full;
+use http::{header, Method, StatusCode};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use serde_json::{json, Value};
@@ -42,7 +42,7 @@ pub mod routes;
 pub mod tokens;
 
 pub use error::AdminError;
-use routes::{Access, Call, Resolved, Route};
+use routes::{Access, Call, CallBody, Resolved, Route};
 pub use tokens::{Grant, Scope, Tokens};
 
 /// What a handler answers.
@@ -199,12 +199,82 @@ impl Admin {
         };
         let query = req.uri().query().unwrap_or("").to_string();
         let call = Call {
-            req,
+            body: CallBody::Http(req.into_body()),
             params,
             query,
             grant,
         };
         route.call(self.clone(), call).await
+    }
+
+    /// Makes one API call in-process, as `who`, through the same route
+    /// table, scope checks and handlers as a request over HTTP (the
+    /// console's way in). Answers the status and the JSON body (`null`
+    /// for an empty one).
+    pub async fn call(
+        self: &Arc<Self>,
+        method: Method,
+        path: &str,
+        query: &str,
+        body: Option<Value>,
+        who: &Grant,
+    ) -> Result<(StatusCode, Value), AdminError> {
+        let Resolved::Found(route, params) = routes::resolve(&self.table, &method, path) else {
+            return Err(AdminError::NotFound(format!("path {path}")));
+        };
+        if !route.access.allows(who.scope) {
+            return Err(AdminError::Forbidden(format!(
+                "a {} token may not call {} {}",
+                who.scope, route.method, route.path
+            )));
+        }
+        let call = Call {
+            body: CallBody::Json(body.unwrap_or_else(|| json!({}))),
+            params,
+            query: query.to_string(),
+            grant: Some(who.clone()),
+        };
+        let resp = route.call(self.clone(), call).await?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        Ok((status, value))
+    }
+
+    /// Whether `who` may make the API call `method path` (the table's rule).
+    pub fn may(&self, method: &Method, path: &str, who: &Grant) -> bool {
+        match routes::resolve(&self.table, method, path) {
+            Resolved::Found(route, _) => route.access.allows(who.scope),
+            _ => false,
+        }
+    }
+
+    /// The grant of a token of the tokens file in force, if it is one.
+    pub fn grant_of(&self, token: &str) -> Option<Grant> {
+        self.current_tokens().find(token)
+    }
+
+    /// Whether `source` is inside `admin.allow` (the console is held to it too).
+    pub fn allows_source(&self, source: std::net::IpAddr) -> bool {
+        let source = source.to_canonical();
+        self.settings().allow.iter().any(|n| n.contains(&source))
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    pub fn catalog(&self) -> &Arc<Catalog> {
+        &self.catalog
     }
 
     /// Who the request's bearer token belongs to.

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use http::Method;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::Request;
 use serde_json::{json, Value};
 
 use crate::admin::error::{invalid, AdminError};
@@ -48,10 +47,17 @@ impl Access {
 /// A request as a handler gets it: the path's `{params}` in order
 /// (percent-decoded), the query, and who is calling.
 pub struct Call {
-    pub req: Request<Incoming>,
+    pub body: CallBody,
     pub params: Vec<String>,
     pub query: String,
     pub grant: Option<Grant>,
+}
+
+/// A call's body: still on the wire, or already JSON (a call the console
+/// makes in-process, through the same table).
+pub enum CallBody {
+    Http(Incoming),
+    Json(Value),
 }
 
 impl Call {
@@ -73,24 +79,27 @@ impl Call {
 
     /// The body as JSON; an empty body is `{}`.
     async fn json_or_empty(self) -> Result<Value, AdminError> {
-        let body = http_body_util::Limited::new(self.req.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|_| invalid("body", format!("unreadable or over {MAX_BODY} bytes")))?
-            .to_bytes();
-        if body.iter().all(u8::is_ascii_whitespace) {
-            return Ok(json!({}));
-        }
-        serde_json::from_slice(&body).map_err(|e| invalid("body", format!("not JSON: {e}")))
+        self.read_json(true).await
     }
 
     /// The body as JSON, at most `MAX_BODY` bytes.
     async fn json(self) -> Result<Value, AdminError> {
-        let body = http_body_util::Limited::new(self.req.into_body(), MAX_BODY)
+        self.read_json(false).await
+    }
+
+    async fn read_json(self, empty_is_object: bool) -> Result<Value, AdminError> {
+        let incoming = match self.body {
+            CallBody::Json(v) => return Ok(v),
+            CallBody::Http(incoming) => incoming,
+        };
+        let body = http_body_util::Limited::new(incoming, MAX_BODY)
             .collect()
             .await
             .map_err(|_| invalid("body", format!("unreadable or over {MAX_BODY} bytes")))?
             .to_bytes();
+        if empty_is_object && body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(json!({}));
+        }
         serde_json::from_slice(&body).map_err(|e| invalid("body", format!("not JSON: {e}")))
     }
 }

@@ -276,10 +276,11 @@ impl Job {
         };
         let started = now_ms();
         let timestamp = (started / 1000) as i64;
-        let result = target
+        let (sent, result) = target
             .send(uri, &event_id, timestamp, &event.meta, shaped)
             .await;
-        let (attempt, next) = self.outcome(n, started, result);
+        let (mut attempt, next) = self.outcome(n, started, result);
+        attempt.request_headers = sent;
         let d = self.store.finish(self.id, &attempt, next).await?;
         if attempt.status == Some(410) && target.spec.origin == Origin::Api {
             // REST Hooks: 410 Gone means "unsubscribe me".
@@ -347,6 +348,7 @@ impl Job {
                         status: Some(reply.status),
                         error: None,
                         excerpt: reply.excerpt,
+                        request_headers: Vec::new(),
                     },
                     honoured,
                 )
@@ -358,6 +360,7 @@ impl Job {
                     status: None,
                     error: Some(e.to_string()),
                     excerpt: String::new(),
+                    request_headers: Vec::new(),
                 },
                 None,
             ),
@@ -386,5 +389,6 @@ fn failed_attempt(error: String) -> Attempt {
         status: None,
         error: Some(error),
         excerpt: String::new(),
+        request_headers: Vec::new(),
     }
 }

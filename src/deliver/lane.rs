@@ -149,6 +149,7 @@ impl Lane {
             if dead {
                 c.dead += 1;
             }
+            c.duration_ms += attempt.duration_ms;
             c.last_status = attempt.status;
             c.last_error = attempt.error.clone();
             c.last_at_ms = Some(attempt.at_ms);

@@ -19,7 +19,7 @@
 //!   the store is next opened (at least once).
 //! - Work that becomes due now (an accepted event, a re-queue) wakes
 //!   `new_work`, on which the scheduler sleeps when nothing else is due.
-//! - Every scan is bounded by a caller-given limit.
+//! - Every scan is bounded by a caller-given limit (or, for history, range).
 //! - A store that cannot take writes refuses them with an error; nothing
 //!   it refused was kept.
 
@@ -215,7 +215,7 @@ pub trait Store: Send + Sync + 'static {
 
     async fn endpoint(&self, id: &str) -> Result<Option<EndpointRecord>, StoreError>;
 
-    /// Removes an endpoint and its counters; whether it existed.
+    /// Removes an endpoint, its counters and its history; whether it existed.
     async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError>;
 
     /// A target's saved counters (zero if none were saved).
@@ -253,6 +253,33 @@ pub trait Store: Send + Sync + 'static {
 
     /// Drops expired dedup keys; how many.
     async fn purge_dedup(&self) -> Result<usize, StoreError>;
+
+    // === history ===
+
+    /// Adds each row's values to the stored row of the same series,
+    /// resolution and start (creating it if there is none): counts are
+    /// summed, gauges replaced. Adding, not replacing, lets several relays
+    /// that share a store each add what they counted. One batch, not
+    /// synced: a crash may lose the last minute's rows.
+    async fn add_stats(&self, rows: &[StatRow]) -> Result<(), StoreError>;
+
+    /// `series`' rows of `resolution` with `from_ms <= start_ms < to_ms`,
+    /// oldest first (as many as there are buckets in the range at most).
+    async fn stats(
+        &self,
+        series: &str,
+        resolution: Resolution,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<StatRow>, StoreError>;
+
+    /// Removes minute rows that start before `minutes_before_ms` and hour
+    /// rows that start before `hours_before_ms`, of every series; how many.
+    async fn purge_stats(
+        &self,
+        minutes_before_ms: u64,
+        hours_before_ms: u64,
+    ) -> Result<usize, StoreError>;
 
     // === size, health, life ===
 

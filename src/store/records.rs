@@ -1,5 +1,6 @@
 //! The records of the store, the same for every backend: ids, events,
-//! deliveries and their states, attempts, subscriptions, counters.
+//! deliveries and their states, attempts, subscriptions, counters, and the
+//! delivery history the console charts.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -154,6 +155,11 @@ pub struct Attempt {
     pub error: Option<String>,
     /// The start of the response body, bounded.
     pub excerpt: String,
+    /// The request's headers as sent, secret values (basic auth, the
+    /// endpoint's own headers) as `***`. Empty on attempts that sent
+    /// nothing, and on those stored before hookrelay kept them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub request_headers: Vec<(String, String)>,
 }
 
 /// What follows an attempt.
@@ -188,6 +194,9 @@ pub struct Counters {
     /// Test sends (counted in `calls`, not in `succeeded` or `failed`).
     #[serde(default)]
     pub tests: u64,
+    /// Time spent on attempts (not test sends), summed.
+    #[serde(default)]
+    pub duration_ms: u64,
     pub last_status: Option<u16>,
     pub last_error: Option<String>,
     pub last_at_ms: Option<u64>,
@@ -348,4 +357,102 @@ pub struct InboundPage {
     pub records: Vec<(InboundId, Inbound)>,
     /// Where the next page starts (`after`), if there may be more.
     pub next: Option<InboundId>,
+}
+
+// === history ===
+
+/// The series of overall counts; an endpoint's series is its id.
+pub const ALL_SERIES: &str = "*";
+
+/// How wide a history bucket is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resolution {
+    Minute,
+    Hour,
+}
+
+impl Resolution {
+    /// The bucket's width.
+    pub fn width_ms(self) -> u64 {
+        match self {
+            Resolution::Minute => 60_000,
+            Resolution::Hour => 3_600_000,
+        }
+    }
+
+    /// The start of the bucket that holds `at_ms`.
+    pub fn bucket(self, at_ms: u64) -> u64 {
+        at_ms - at_ms % self.width_ms()
+    }
+}
+
+/// One bucket of one series, as kept in the `stats` tree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatRow {
+    pub series: String,
+    pub resolution: Resolution,
+    /// The bucket's start: a multiple of its width.
+    pub start_ms: u64,
+    pub values: StatValues,
+}
+
+/// What happened within a bucket: counts (added up), and the gauges at
+/// its end (the overall series only).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct StatValues {
+    /// Events accepted.
+    pub events: u64,
+    /// Requests acknowledged as duplicates.
+    pub duplicates: u64,
+    /// Ingest requests refused.
+    pub rejected: u64,
+    /// Attempts that succeeded.
+    pub succeeded: u64,
+    /// Attempts that failed.
+    pub failed: u64,
+    /// Deliveries that ended dead.
+    pub dead: u64,
+    /// Attempts made (not test sends).
+    pub attempts: u64,
+    /// Time those attempts took, summed.
+    pub duration_ms: u64,
+    pub gauges: Option<Gauges>,
+}
+
+impl StatValues {
+    /// Adds `other`'s counts; its gauges, if it has them, are the newer ones.
+    pub fn add(&mut self, other: &StatValues) {
+        self.events += other.events;
+        self.duplicates += other.duplicates;
+        self.rejected += other.rejected;
+        self.succeeded += other.succeeded;
+        self.failed += other.failed;
+        self.dead += other.dead;
+        self.attempts += other.attempts;
+        self.duration_ms += other.duration_ms;
+        if other.gauges.is_some() {
+            self.gauges = other.gauges;
+        }
+    }
+
+    /// Whether it holds no count and no gauge.
+    pub fn is_empty(&self) -> bool {
+        *self == StatValues::default()
+    }
+}
+
+/// Levels at one moment, not counts: they are not added up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Gauges {
+    /// Deliveries pending, in flight and dead.
+    pub pending: i64,
+    pub in_flight: i64,
+    pub dead: i64,
+    /// Endpoints whose circuit is open.
+    pub open_circuits: u64,
+    /// The store's size on disk.
+    pub store_bytes: u64,
 }

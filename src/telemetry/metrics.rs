@@ -4,7 +4,9 @@
 //! and the subscriptions that exist; reasons, outcomes and states are fixed
 //! sets. No event ids or URLs are ever labels. Gauges (queue depth, circuit
 //! state, store size) are read from the store and catalog at scrape time.
+//! Event totals are also kept as plain numbers, for the delivery history.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -50,6 +52,14 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 18))
 }
 
+/// Ingest requests since the relay started, by what became of them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventTotals {
+    pub accepted: u64,
+    pub duplicate: u64,
+    pub rejected: u64,
+}
+
 /// Every metric the relay exports.
 pub struct Metrics {
     registry: Registry,
@@ -63,6 +73,9 @@ pub struct Metrics {
     queue_depth: Family<StateLabel, Gauge>,
     circuit: Family<TargetLabel, Gauge>,
     store_bytes: Gauge,
+    /// `events_accepted` and `events_rejected` over all labels.
+    accepted_total: AtomicU64,
+    rejected_total: AtomicU64,
 }
 
 impl Metrics {
@@ -80,6 +93,8 @@ impl Metrics {
             queue_depth: Family::default(),
             circuit: Family::default(),
             store_bytes: Gauge::default(),
+            accepted_total: AtomicU64::new(0),
+            rejected_total: AtomicU64::new(0),
             registry: Registry::default(),
         };
         r.register(
@@ -136,6 +151,7 @@ impl Metrics {
     }
 
     pub fn rejected(&self, reason: &str) {
+        self.rejected_total.fetch_add(1, Ordering::Relaxed);
         self.events_rejected
             .get_or_create(&ReasonLabel {
                 reason: reason.to_string(),
@@ -144,11 +160,22 @@ impl Metrics {
     }
 
     pub fn accepted(&self, route: &str) {
+        self.accepted_total.fetch_add(1, Ordering::Relaxed);
         self.events_accepted
             .get_or_create(&RouteLabel {
                 route: route.to_string(),
             })
             .inc();
+    }
+
+    /// Events accepted, duplicates and refusals since the start, without
+    /// rendering the registry.
+    pub fn events_total(&self) -> EventTotals {
+        EventTotals {
+            accepted: self.accepted_total.load(Ordering::Relaxed),
+            duplicate: self.events_duplicate.get(),
+            rejected: self.rejected_total.load(Ordering::Relaxed),
+        }
     }
 
     pub fn outcome(&self, target: &str, outcome: &str) {

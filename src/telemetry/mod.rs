@@ -8,4 +8,4 @@
 pub mod log;
 pub mod metrics;
 
-pub use metrics::{Metrics, TargetLabel};
+pub use metrics::{EventTotals, Metrics, TargetLabel};

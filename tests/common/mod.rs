@@ -2,6 +2,8 @@
 //! real loopback receivers, and send real HTTP.
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;

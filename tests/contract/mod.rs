@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hookrelay::store::{
-    now_ms, Attempt, Counters, DeliveryId, EndpointRecord, EventMeta, Inbound, InboundFilter,
-    NewEvent, Next, Origin, Outcome, State, Store, StoreError, StoredSecret,
+    now_ms, Attempt, Counters, DeliveryId, EndpointRecord, EventMeta, Gauges, Inbound,
+    InboundFilter, NewEvent, Next, Origin, Outcome, Resolution, StatRow, StatValues, State, Store,
+    StoreError, StoredSecret, ALL_SERIES,
 };
 
 /// How the contract reaches a backend.
@@ -59,6 +60,11 @@ macro_rules! store_contract {
             large_bodies_come_back_whole,
             a_closed_store_refuses_writes,
             accepts_and_requeues_wake_the_scheduler,
+            history_rows_add_up_and_read_by_range,
+            history_gauges_are_replaced_not_added,
+            history_survives_a_restart,
+            purge_stats_removes_old_rows_of_each_resolution,
+            an_endpoints_history_goes_with_it,
         );
     };
     (@cases $backend:ty; $($case:ident),* $(,)?) => {
@@ -101,6 +107,7 @@ fn attempt(status: u16) -> Attempt {
         status: Some(status),
         error: None,
         excerpt: format!("status {status}"),
+        request_headers: vec![("webhook-id".into(), "evt_1".into())],
     }
 }
 
@@ -596,6 +603,7 @@ pub async fn endpoints_and_counters_round_trip<B: Backend>() {
         failed: 2,
         dead: 1,
         tests: 1,
+        duration_ms: 42,
         last_status: Some(503),
         last_error: None,
         last_at_ms: Some(now_ms()),
@@ -788,6 +796,8 @@ pub async fn a_closed_store_refuses_writes<B: Backend>() {
     store.close().await.unwrap();
     let e = store.accept(new_event(&["r/a"], None)).await.unwrap_err();
     assert!(matches!(e, StoreError::Closed), "{e}");
+    let row = stat("ep_a", Resolution::Minute, 0, 1);
+    assert!(store.add_stats(&[row]).await.is_err());
     assert!(store.check_writable().await.is_err());
 }
 
@@ -803,4 +813,232 @@ pub async fn accepts_and_requeues_wake_the_scheduler<B: Backend>() {
     let dead = attempt_first(&*store, "r/a", 500, Next::Dead).await;
     store.requeue(dead, "by hand").await.unwrap();
     woken().await.expect("a re-queue wakes the scheduler");
+}
+
+// === history ===
+
+const MINUTE: u64 = 60_000;
+const HOUR: u64 = 3_600_000;
+
+/// A row of `series` with `succeeded` counted.
+fn stat(series: &str, resolution: Resolution, start_ms: u64, succeeded: u64) -> StatRow {
+    StatRow {
+        series: series.into(),
+        resolution,
+        start_ms,
+        values: StatValues {
+            succeeded,
+            attempts: succeeded,
+            ..StatValues::default()
+        },
+    }
+}
+
+/// (start, succeeded) of `series`' rows in [from, to).
+async fn succeeded(
+    store: &dyn Store,
+    series: &str,
+    resolution: Resolution,
+    from_ms: u64,
+    to_ms: u64,
+) -> Vec<(u64, u64)> {
+    store
+        .stats(series, resolution, from_ms, to_ms)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            assert_eq!((r.series.as_str(), r.resolution), (series, resolution));
+            (r.start_ms, r.values.succeeded)
+        })
+        .collect()
+}
+
+pub async fn history_rows_add_up_and_read_by_range<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    let t = 1_700_000_000_000 / HOUR * HOUR;
+    let none = succeeded(&*store, "ep_a", Resolution::Minute, 0, u64::MAX).await;
+    assert!(none.is_empty());
+    store
+        .add_stats(&[
+            stat("ep_a", Resolution::Minute, t + 2 * MINUTE, 1),
+            stat("ep_a", Resolution::Minute, t, 2),
+            stat("ep_a", Resolution::Hour, t, 3),
+            stat("ep_ab", Resolution::Minute, t, 4),
+            stat(ALL_SERIES, Resolution::Minute, t, 5),
+            // Twice in one batch: both count.
+            stat("ep_a", Resolution::Minute, t + MINUTE, 6),
+            stat("ep_a", Resolution::Minute, t + MINUTE, 7),
+        ])
+        .await
+        .unwrap();
+    // Another relay (or the next minute) adds its own.
+    store
+        .add_stats(&[stat("ep_a", Resolution::Minute, t, 10)])
+        .await
+        .unwrap();
+    assert_eq!(
+        succeeded(&*store, "ep_a", Resolution::Minute, 0, u64::MAX).await,
+        [(t, 12), (t + MINUTE, 13), (t + 2 * MINUTE, 1)],
+        "oldest first, added up, one series and resolution"
+    );
+    assert_eq!(
+        succeeded(
+            &*store,
+            "ep_a",
+            Resolution::Minute,
+            t + MINUTE,
+            t + 2 * MINUTE
+        )
+        .await,
+        [(t + MINUTE, 13)],
+        "from is in the range, to is not"
+    );
+    assert!(succeeded(
+        &*store,
+        "ep_a",
+        Resolution::Minute,
+        t + 3 * MINUTE,
+        u64::MAX
+    )
+    .await
+    .is_empty());
+    assert_eq!(
+        succeeded(&*store, "ep_a", Resolution::Hour, 0, u64::MAX).await,
+        [(t, 3)]
+    );
+    assert_eq!(
+        succeeded(&*store, "ep_ab", Resolution::Minute, 0, u64::MAX).await,
+        [(t, 4)]
+    );
+    assert_eq!(
+        succeeded(&*store, ALL_SERIES, Resolution::Minute, 0, u64::MAX).await,
+        [(t, 5)]
+    );
+    let row = &store
+        .stats("ep_a", Resolution::Minute, t, t + 1)
+        .await
+        .unwrap()[0];
+    assert_eq!(row.values.attempts, 12, "every count is added");
+    assert_eq!(row.values.gauges, None);
+}
+
+pub async fn history_gauges_are_replaced_not_added<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    let gauges = |pending| Gauges {
+        pending,
+        in_flight: 1,
+        dead: 2,
+        open_circuits: 3,
+        store_bytes: 4096,
+    };
+    let mut first = stat(ALL_SERIES, Resolution::Hour, 0, 1);
+    first.values.gauges = Some(gauges(10));
+    let mut second = stat(ALL_SERIES, Resolution::Hour, 0, 1);
+    second.values.gauges = Some(gauges(7));
+    let without = stat(ALL_SERIES, Resolution::Hour, 0, 1);
+    store.add_stats(&[first, second]).await.unwrap();
+    store.add_stats(&[without]).await.unwrap();
+    let row = &store
+        .stats(ALL_SERIES, Resolution::Hour, 0, HOUR)
+        .await
+        .unwrap()[0];
+    assert_eq!(row.values.succeeded, 3);
+    assert_eq!(
+        row.values.gauges,
+        Some(gauges(7)),
+        "the last gauges given; a row without keeps them"
+    );
+}
+
+pub async fn history_survives_a_restart<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    let mut row = stat("ep_a", Resolution::Minute, MINUTE, 2);
+    row.values.gauges = Some(Gauges::default());
+    row.values.duration_ms = 40;
+    store
+        .add_stats(&[row.clone(), stat("ep_a", Resolution::Hour, 0, 2)])
+        .await
+        .unwrap();
+    let store = reopen(&b, store).await;
+    let rows = store
+        .stats("ep_a", Resolution::Minute, 0, u64::MAX)
+        .await
+        .unwrap();
+    assert_eq!(rows, [row]);
+    assert_eq!(
+        succeeded(&*store, "ep_a", Resolution::Hour, 0, u64::MAX).await,
+        [(0, 2)]
+    );
+}
+
+pub async fn purge_stats_removes_old_rows_of_each_resolution<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    let mut rows = Vec::new();
+    for series in ["ep_a", "ep_b", ALL_SERIES] {
+        for m in 0..5 {
+            rows.push(stat(series, Resolution::Minute, m * MINUTE, 1));
+        }
+        for h in 0..3 {
+            rows.push(stat(series, Resolution::Hour, h * HOUR, 1));
+        }
+    }
+    store.add_stats(&rows).await.unwrap();
+    // Minutes before 3, hours before 1.
+    let removed = store.purge_stats(3 * MINUTE, HOUR).await.unwrap();
+    assert_eq!(removed, 3 * (3 + 1));
+    for series in ["ep_a", "ep_b", ALL_SERIES] {
+        assert_eq!(
+            succeeded(&*store, series, Resolution::Minute, 0, u64::MAX).await,
+            [(3 * MINUTE, 1), (4 * MINUTE, 1)],
+            "{series}"
+        );
+        assert_eq!(
+            succeeded(&*store, series, Resolution::Hour, 0, u64::MAX).await,
+            [(HOUR, 1), (2 * HOUR, 1)],
+            "{series}"
+        );
+    }
+    assert_eq!(store.purge_stats(3 * MINUTE, HOUR).await.unwrap(), 0);
+    // Each cutoff applies to its own resolution only.
+    assert_eq!(store.purge_stats(0, 3 * HOUR).await.unwrap(), 3 * 2);
+    assert_eq!(
+        succeeded(&*store, "ep_a", Resolution::Minute, 0, u64::MAX)
+            .await
+            .len(),
+        2
+    );
+}
+
+pub async fn an_endpoints_history_goes_with_it<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    store.put_endpoint(&endpoint("ep_a")).await.unwrap();
+    store
+        .add_stats(&[
+            stat("ep_a", Resolution::Minute, 0, 1),
+            stat("ep_a", Resolution::Hour, 0, 1),
+            stat("ep_ab", Resolution::Minute, 0, 1),
+            stat(ALL_SERIES, Resolution::Minute, 0, 1),
+        ])
+        .await
+        .unwrap();
+    assert!(store.delete_endpoint("ep_a").await.unwrap());
+    for resolution in [Resolution::Minute, Resolution::Hour] {
+        let rows = store.stats("ep_a", resolution, 0, u64::MAX).await.unwrap();
+        assert!(rows.is_empty(), "{resolution:?}");
+    }
+    assert_eq!(
+        succeeded(&*store, "ep_ab", Resolution::Minute, 0, u64::MAX).await,
+        [(0, 1)],
+        "another series stays"
+    );
+    assert_eq!(
+        succeeded(&*store, ALL_SERIES, Resolution::Minute, 0, u64::MAX).await,
+        [(0, 1)]
+    );
 }

@@ -1,11 +1,12 @@
 //! How the sled backend lays records out: value encoding (a version byte,
 //! then JSON, or the event's own layout) and big-endian keys, so ranges
-//! sort by time and each target's `due` entries form one run.
+//! sort by time and each target's `due` entries form one run (and each
+//! history series' buckets).
 
 use serde::{Deserialize, Serialize};
 
 use crate::store::sled::VALUE_VERSION;
-use crate::store::{DeliveryId, EventId, EventMeta, StoreError};
+use crate::store::{DeliveryId, EventId, EventMeta, Resolution, StoreError};
 
 pub(super) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     let mut out = vec![VALUE_VERSION];
@@ -129,4 +130,45 @@ pub(super) fn dedup_key(route: &str, key: &str) -> Vec<u8> {
     k.push(0);
     k.extend_from_slice(key.as_bytes());
     k
+}
+
+/// `series ‖ 0 ‖ resolution (`m` or `h`) ‖ start ms`: each series' rows of
+/// one resolution form one run, oldest first. Series names (endpoint ids,
+/// `*`) hold no NUL byte.
+pub(super) fn stats_key(series: &str, resolution: Resolution, start_ms: u64) -> Vec<u8> {
+    let mut k = stats_prefix(series);
+    k.push(resolution_byte(resolution));
+    k.extend_from_slice(&start_ms.to_be_bytes());
+    k
+}
+
+/// Where `series`' rows start.
+pub(super) fn stats_prefix(series: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(series.len() + 10);
+    k.extend_from_slice(series.as_bytes());
+    k.push(0);
+    k
+}
+
+/// (series, resolution, start ms) of a `stats` key.
+pub(super) fn parse_stats_key(k: &[u8]) -> Option<(&str, Resolution, u64)> {
+    let split = k.len().checked_sub(10)?;
+    let (series, rest) = k.split_at(split);
+    if rest[0] != 0 {
+        return None;
+    }
+    let resolution = match rest[1] {
+        b'm' => Resolution::Minute,
+        b'h' => Resolution::Hour,
+        _ => return None,
+    };
+    let start = u64::from_be_bytes(rest[2..].try_into().ok()?);
+    Some((std::str::from_utf8(series).ok()?, resolution, start))
+}
+
+fn resolution_byte(resolution: Resolution) -> u8 {
+    match resolution {
+        Resolution::Minute => b'm',
+        Resolution::Hour => b'h',
+    }
 }

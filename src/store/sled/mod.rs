@@ -1,5 +1,6 @@
 //! The embedded backend: one sled `Db` with the trees of DESIGN.md (and a
-//! `bodies` tree for bodies over 64 KiB; see docs/STORAGE.md).
+//! `bodies` tree for bodies over 64 KiB, and `stats` for the delivery
+//! history; see docs/STORAGE.md).
 //!
 //! Invariants:
 //! - An event and all its deliveries (and their `due` entries, its dedup
@@ -34,14 +35,15 @@ use tokio::sync::Notify;
 
 use crate::store::{
     now_ms, Accepted, Attempt, Counters, Delivery, DeliveryId, EndpointRecord, Event, EventId,
-    Inbound, InboundFilter, InboundId, InboundPage, NewEvent, Next, Page, State, Store,
-    StoreConfig, StoreError,
+    Inbound, InboundFilter, InboundId, InboundPage, NewEvent, Next, Page, Resolution, StatRow,
+    State, Store, StoreConfig, StoreError,
 };
 
 mod commit;
 mod deliveries;
 mod keys;
 mod queries;
+mod stats;
 #[cfg(test)]
 mod tests;
 
@@ -78,6 +80,8 @@ struct Sled {
     endpoints: sled::Tree,
     /// The inbound log: one record per ingest request.
     inbound: sled::Tree,
+    /// Delivery history: counts per series and minute or hour.
+    stats: sled::Tree,
     meta: sled::Tree,
     ids: Mutex<ulid::Generator>,
     commits: Mutex<Option<mpsc::Sender<Waiting>>>,
@@ -142,6 +146,7 @@ impl Sled {
             subscriptions: db.open_tree("subscriptions")?,
             endpoints: db.open_tree("endpoints")?,
             inbound: db.open_tree("inbound")?,
+            stats: db.open_tree("stats")?,
             meta: db.open_tree("meta")?,
             ids: Mutex::new(ulid::Generator::new()),
             commits: Mutex::new(None),
@@ -516,6 +521,32 @@ impl Store for SledStore {
 
     async fn purge_dedup(&self) -> Result<usize, StoreError> {
         self.blocking(|s| s.purge_dedup()).await
+    }
+
+    async fn add_stats(&self, rows: &[StatRow]) -> Result<(), StoreError> {
+        let rows = rows.to_vec();
+        self.blocking(move |s| s.add_stats(&rows)).await
+    }
+
+    async fn stats(
+        &self,
+        series: &str,
+        resolution: Resolution,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<StatRow>, StoreError> {
+        let series = series.to_string();
+        self.blocking(move |s| s.stats(&series, resolution, from_ms, to_ms))
+            .await
+    }
+
+    async fn purge_stats(
+        &self,
+        minutes_before_ms: u64,
+        hours_before_ms: u64,
+    ) -> Result<usize, StoreError> {
+        self.blocking(move |s| s.purge_stats(minutes_before_ms, hours_before_ms))
+            .await
     }
 
     async fn refresh_disk_usage(&self) -> u64 {

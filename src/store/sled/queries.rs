@@ -192,10 +192,12 @@ impl Sled {
             .transpose()
     }
 
-    /// Removes an endpoint and its counters; returns whether it existed.
+    /// Removes an endpoint, its counters and its history; returns whether
+    /// it existed.
     pub fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError> {
         let existed = self.endpoints.remove(id.as_bytes())?.is_some();
         self.meta.remove(format!("{COUNTERS_PREFIX}{id}"))?;
+        self.remove_series(id)?;
         self.sync()?;
         Ok(existed)
     }

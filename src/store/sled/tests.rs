@@ -26,6 +26,7 @@ fn attempt(status: u16) -> Attempt {
         status: Some(status),
         error: None,
         excerpt: String::new(),
+        request_headers: Vec::new(),
     }
 }
 
