@@ -174,7 +174,10 @@ impl Target {
             shaped,
         );
         let sent = shown_headers(request.headers());
-        (sent, self.lane.client.send(request, spec.policy.timeout).await)
+        (
+            sent,
+            self.lane.client.send(request, spec.policy.timeout).await,
+        )
     }
 
     fn new(

@@ -20,9 +20,9 @@
 //! - A tick's counts go to the minute that holds the middle of the time
 //!   since the last tick: at a minute boundary that is the minute that just
 //!   ended, whether the timer fired a little early or late, and a second
-//!   tick within a minute adds to the current one. Readers put the counts
-//!   not yet written in that same bucket, so a chart shows an attempt as
-//!   soon as it is counted, and never twice.
+//!   tick within a minute adds to the current one. Readers add the counts
+//!   not yet written to the bucket a tick would write them to now, so a
+//!   chart shows an attempt as soon as it is counted, and never twice.
 //! - Bounded: after a tick the store holds at most [`MINUTES_KEPT`] minute
 //!   rows and [`HOURS_KEPT`] hour rows of each series; memory holds one
 //!   snapshot per endpoint that exists.
@@ -204,9 +204,12 @@ impl History {
         n: usize,
         now_ms: u64,
     ) -> Result<Vec<Point>, StoreError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
         let width = resolution.width_ms();
         let current = resolution.bucket(now_ms);
-        let first = current.saturating_sub((n as u64).saturating_sub(1) * width);
+        let first = current.saturating_sub((n as u64 - 1) * width);
         let mut points: Vec<Point> = (0..n as u64)
             .map(|i| first + i * width)
             .take_while(|&start| start <= current)

@@ -355,6 +355,10 @@ impl Relay {
         for t in self.tasks {
             let _ = t.await;
         }
+        // Attempts that finished during the grace period reach the history too.
+        if let Err(e) = self.history.tick(store::now_ms()).await {
+            tracing::warn!(error = %e, "the last minute of delivery history was not written");
+        }
         self.catalog.save_counters().await?;
         self.store.close().await
     }

@@ -602,7 +602,7 @@ async fn a_wrong_method_gets_405_with_the_allowed_ones_and_an_unknown_path_404()
     for (method, path) in [
         ("GET", "/api"),
         ("POST", "/api/hooks/a/b"),
-        ("GET", "/ui/x"),
+        ("GET", "/nothing/here"),
     ] {
         for token in [Some(TOKEN), None] {
             let r = admin_as(&app, token, method, path, None).await;

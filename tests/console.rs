@@ -114,7 +114,15 @@ async fn sign_in(app: &TestApp, token: &str) -> Ui {
 
 impl Ui {
     async fn get(&self, path: &str) -> Reply {
-        send(self.addr, None, "GET", path, &[("cookie", &self.cookie)], "").await
+        send(
+            self.addr,
+            None,
+            "GET",
+            path,
+            &[("cookie", &self.cookie)],
+            "",
+        )
+        .await
     }
 
     /// A form post with the session's form key.
@@ -214,7 +222,13 @@ async fn sign_in_sets_a_strict_http_only_cookie_and_pages_forbid_inline_script()
 
     // Every page of a session has the policy and the assets are served.
     let ui = sign_in(&app, TOKEN).await;
-    for path in ["/ui/", "/ui/endpoints", "/ui/events", "/ui/dead", "/ui/endpoints/new"] {
+    for path in [
+        "/ui/",
+        "/ui/endpoints",
+        "/ui/events",
+        "/ui/dead",
+        "/ui/endpoints/new",
+    ] {
         let r = ui.get(path).await;
         assert_eq!(r.status, 200, "{path}: {}", text(&r));
         assert!(header(&r, "content-type").starts_with("text/html"));
@@ -241,7 +255,11 @@ async fn sign_in_sets_a_strict_http_only_cookie_and_pages_forbid_inline_script()
 async fn a_form_without_the_session_key_or_from_another_site_changes_nothing() {
     let rx = Receiver::ok().await;
     let app = spawn_console(&route(), tempfile::tempdir().unwrap()).await;
-    let made = endpoint(&app, json!({"name": "CRM", "url": rx.url("/crm"), "route": "braincert"})).await;
+    let made = endpoint(
+        &app,
+        json!({"name": "CRM", "url": rx.url("/crm"), "route": "braincert"}),
+    )
+    .await;
     let id = made["id"].as_str().unwrap();
     let ui = sign_in(&app, TOKEN).await;
     let path = format!("/ui/endpoints/{id}/enabled");
@@ -249,7 +267,11 @@ async fn a_form_without_the_session_key_or_from_another_site_changes_nothing() {
     let r = ui.post_raw(&path, form(&[("enabled", "false")]), &[]).await;
     assert_eq!(r.status, 403, "no form key");
     let r = ui
-        .post_raw(&path, form(&[("enabled", "false"), ("csrf", "forged")]), &[])
+        .post_raw(
+            &path,
+            form(&[("enabled", "false"), ("csrf", "forged")]),
+            &[],
+        )
         .await;
     assert_eq!(r.status, 403, "a wrong form key");
     let body = form(&[("enabled", "false"), ("csrf", &ui.csrf)]);
@@ -257,13 +279,17 @@ async fn a_form_without_the_session_key_or_from_another_site_changes_nothing() {
         .post_raw(&path, body, &[("origin", "http://evil.example")])
         .await;
     assert_eq!(r.status, 403, "another site's form");
-    let e = admin(&app, "GET", &format!("/api/endpoints/{id}"), None).await.json();
+    let e = admin(&app, "GET", &format!("/api/endpoints/{id}"), None)
+        .await
+        .json();
     assert_eq!(e["enabled"], true, "nothing changed");
 
     // The same form from the console itself pauses it.
     let r = ui.post(&path, &[("enabled", "false")]).await;
     assert_eq!(r.status, 303);
-    let e = admin(&app, "GET", &format!("/api/endpoints/{id}"), None).await.json();
+    let e = admin(&app, "GET", &format!("/api/endpoints/{id}"), None)
+        .await
+        .json();
     assert_eq!(e["enabled"], false);
     let page = text(&ui.get(&format!("/ui/endpoints/{id}")).await);
     assert!(page.contains("Paused: events are kept"), "{page}");
@@ -273,7 +299,11 @@ async fn a_form_without_the_session_key_or_from_another_site_changes_nothing() {
 async fn a_read_token_sees_everything_and_can_press_nothing_and_a_subscriber_sees_its_own() {
     let rx = Receiver::ok().await;
     let app = spawn_console(&route(), tempfile::tempdir().unwrap()).await;
-    let made = endpoint(&app, json!({"name": "Admin's CRM", "url": rx.url("/crm"), "route": "braincert"})).await;
+    let made = endpoint(
+        &app,
+        json!({"name": "Admin's CRM", "url": rx.url("/crm"), "route": "braincert"}),
+    )
+    .await;
     let id = made["id"].as_str().unwrap().to_string();
     let zap = admin_as(
         &app,
@@ -324,12 +354,18 @@ async fn a_read_token_sees_everything_and_can_press_nothing_and_a_subscriber_see
     let zapier = sign_in(&app, ZAPIER).await;
     let list = text(&zapier.get("/ui/endpoints").await);
     assert!(list.contains("Zap one"), "{list}");
-    assert!(!list.contains("Admin&#x27;s CRM") && !list.contains("Admin's CRM"), "{list}");
+    assert!(
+        !list.contains("Admin&#x27;s CRM") && !list.contains("Admin's CRM"),
+        "{list}"
+    );
     assert!(!list.contains("href=\"/ui/events\""), "no events link");
     assert_eq!(zapier.get(&format!("/ui/endpoints/{id}")).await.status, 404);
     assert_eq!(zapier.get("/ui/events").await.status, 403);
     let r = zapier.get("/ui/").await;
-    assert_eq!(r.status, 303, "the overview is everyone's; a subscriber goes to its endpoints");
+    assert_eq!(
+        r.status, 303,
+        "the overview is everyone's; a subscriber goes to its endpoints"
+    );
     let own = text(&zapier.get(&format!("/ui/endpoints/{zap_id}")).await);
     assert!(own.contains("Send Test"), "{own}");
     assert!(!own.contains("Rotate secret"), "rotation is an admin's");
@@ -382,9 +418,18 @@ async fn what_receivers_and_the_lms_sent_shows_as_text() {
     // The body is pretty-printed.
     assert!(page.contains("\n  &quot;payload&quot;: {"), "{page}");
     // Each attempt shows the headers it sent, the endpoint's own masked.
-    assert!(page.contains("<dt>x-note</dt><dd><code>***</code></dd>"), "{page}");
-    assert!(page.contains("<dt>webhook-signature</dt><dd><code>v1,"), "{page}");
-    assert!(page.contains("<dt>user-agent</dt><dd><code>hookrelay&#x2f;"), "{page}");
+    assert!(
+        page.contains("<dt>x-note</dt><dd><code>***</code></dd>"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<dt>webhook-signature</dt><dd><code>v1,"),
+        "{page}"
+    );
+    assert!(
+        page.contains("<dt>user-agent</dt><dd><code>hookrelay&#x2f;"),
+        "{page}"
+    );
 }
 
 #[tokio::test]
@@ -408,7 +453,10 @@ async fn the_form_shows_the_api_errors_next_to_their_fields_and_keeps_what_was_t
     assert_eq!(r.status, 422);
     let page = text(&r);
     assert!(page.contains("id=\"max_attempts-error\""), "{page}");
-    assert!(page.contains("value=\"Metadata thief\""), "what was typed stays");
+    assert!(
+        page.contains("value=\"Metadata thief\""),
+        "what was typed stays"
+    );
     // Fixed locally, the API's own check names the URL.
     let r = ui
         .post(
@@ -424,11 +472,17 @@ async fn the_form_shows_the_api_errors_next_to_their_fields_and_keeps_what_was_t
         .await;
     assert_eq!(r.status, 422);
     let page = text(&r);
-    let at = page.find("id=\"url-error\"").unwrap_or_else(|| panic!("{page}"));
+    let at = page
+        .find("id=\"url-error\"")
+        .unwrap_or_else(|| panic!("{page}"));
     assert!(page[at..].contains("169.254"), "{}", &page[at..at + 300]);
     assert!(page.contains("aria-invalid=\"true\" aria-describedby=\"url-error\""));
     let list = admin(&app, "GET", "/api/endpoints", None).await.json();
-    assert_eq!(list["endpoints"].as_array().unwrap().len(), 0, "nothing was made");
+    assert_eq!(
+        list["endpoints"].as_array().unwrap().len(),
+        0,
+        "nothing was made"
+    );
 
     // The preview shapes the catalog example as the form says.
     let r = ui
@@ -453,11 +507,18 @@ async fn the_form_shows_the_api_errors_next_to_their_fields_and_keeps_what_was_t
                 ("route", "braincert"),
                 ("event", "purchase.completed"),
                 ("format", "template"),
-                ("template", "{\"order\": {{ payload.payload.order_id | tojson }}}"),
+                (
+                    "template",
+                    "{\"order\": {{ payload.payload.order_id | tojson }}}",
+                ),
             ],
         )
         .await;
-    assert!(text(&r).contains("\"order\": \"ORD_ep3FVWZ9lC\""), "{}", text(&r));
+    assert!(
+        text(&r).contains("\"order\": \"ORD_ep3FVWZ9lC\""),
+        "{}",
+        text(&r)
+    );
 
     // Editing keeps what the form does not show: the password and header values.
     let rx = Receiver::ok().await;
@@ -489,17 +550,28 @@ async fn the_form_shows_the_api_errors_next_to_their_fields_and_keeps_what_was_t
         )
         .await;
     assert_eq!(r.status, 303, "{}", text(&r));
-    let test = admin(&app, "POST", &format!("/api/endpoints/{id}/test"), Some(json!({}))).await;
+    let test = admin(
+        &app,
+        "POST",
+        &format!("/api/endpoints/{id}/test"),
+        Some(json!({})),
+    )
+    .await;
     assert_eq!(test.status, 200);
     let got = rx.wait_for(1).await;
     let auth = got[0].headers["authorization"].to_str().unwrap();
     use base64::Engine;
     assert_eq!(
         auth,
-        format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("u:pw-1"))
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode("u:pw-1")
+        )
     );
     assert_eq!(got[0].headers["x-api-key"], "k-1");
-    let e = admin(&app, "GET", &format!("/api/endpoints/{id}"), None).await.json();
+    let e = admin(&app, "GET", &format!("/api/endpoints/{id}"), None)
+        .await
+        .json();
     assert_eq!(e["name"], "CRM renamed");
 }
 
@@ -508,7 +580,14 @@ async fn replay_all_asks_first_and_says_how_many_were_re_queued() {
     let up = Arc::new(AtomicBool::new(false));
     let flag = up.clone();
     let rx = Receiver::start(Arc::new(move |_| {
-        (if flag.load(Ordering::SeqCst) { 200 } else { 500 }, Duration::ZERO)
+        (
+            if flag.load(Ordering::SeqCst) {
+                200
+            } else {
+                500
+            },
+            Duration::ZERO,
+        )
     }))
     .await;
     let app = spawn_console(&route(), tempfile::tempdir().unwrap()).await;
@@ -528,15 +607,24 @@ async fn replay_all_asks_first_and_says_how_many_were_re_queued() {
     .await;
     let ui = sign_in(&app, TOKEN).await;
     let page = text(&ui.get("/ui/dead").await);
-    assert!(page.contains("Flaky CRM") && page.contains("3 dead"), "{page}");
+    assert!(
+        page.contains("Flaky CRM") && page.contains("3 dead"),
+        "{page}"
+    );
     let confirm = text(&ui.get(&format!("/ui/dead/replay?target={id}")).await);
-    assert!(confirm.contains("Re-queue 3 dead deliveries of Flaky CRM?"), "{confirm}");
+    assert!(
+        confirm.contains("Re-queue 3 dead deliveries of Flaky CRM?"),
+        "{confirm}"
+    );
     up.store(true, Ordering::SeqCst);
     let r = ui.post("/ui/dead/replay", &[("target", &id)]).await;
     assert_eq!(r.status, 303);
     assert_eq!(header(&r, "location"), "/ui/dead");
     let page = text(&ui.get("/ui/dead").await);
-    assert!(page.contains(&format!("Re-queued 3 dead deliveries of {id}.")), "{page}");
+    assert!(
+        page.contains(&format!("Re-queued 3 dead deliveries of {id}.")),
+        "{page}"
+    );
     rx.wait_for(6).await;
     eventually_json(&app, "/api/deliveries?state=succeeded", |v| {
         v["deliveries"].as_array().unwrap().len() == 3
@@ -550,7 +638,11 @@ async fn charts_come_from_the_relays_own_history_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().to_path_buf();
     let app = spawn_console(&route(), dir).await;
-    let made = endpoint(&app, json!({"name": "CRM", "url": rx.url("/crm"), "route": "braincert"})).await;
+    let made = endpoint(
+        &app,
+        json!({"name": "CRM", "url": rx.url("/crm"), "route": "braincert"}),
+    )
+    .await;
     let id = made["id"].as_str().unwrap().to_string();
     for _ in 0..4 {
         post_json(app.addr, "/braincert", fixture("braincert/new_sale.json")).await;
@@ -563,14 +655,24 @@ async fn charts_come_from_the_relays_own_history_and_survive_a_restart() {
     let ui = sign_in(&app, TOKEN).await;
     let page = text(&ui.get(&format!("/ui/endpoints/{id}")).await);
     assert!(page.contains("<svg"), "{page}");
-    assert!(page.contains("succeeded: total 4 attempts"), "the hour holds the four: {page}");
+    assert!(
+        page.contains("succeeded: total 4 attempts"),
+        "the hour holds the four: {page}"
+    );
     // The minute is written as the relay's clock turns it; write it now.
-    app.relay.history().tick(hookrelay::store::now_ms() + 60_000).await.unwrap();
+    app.relay
+        .history()
+        .tick(hookrelay::store::now_ms() + 60_000)
+        .await
+        .unwrap();
     let TestApp { relay, dir, .. } = app;
     relay.shutdown().await.unwrap();
     let app = spawn_console(&route(), dir).await;
     assert_eq!(store_dir, app.dir.path());
     let ui = sign_in(&app, TOKEN).await;
     let page = text(&ui.get(&format!("/ui/endpoints/{id}")).await);
-    assert!(page.contains("succeeded: total 4 attempts"), "after a restart: {page}");
+    assert!(
+        page.contains("succeeded: total 4 attempts"),
+        "after a restart: {page}"
+    );
 }

@@ -114,7 +114,12 @@ impl FormView {
         values.insert("concurrency".into(), n(&spec["concurrency"]));
         values.insert(
             "enabled".into(),
-            if e["enabled"] == json!(false) { "" } else { "on" }.into(),
+            if e["enabled"] == json!(false) {
+                ""
+            } else {
+                "on"
+            }
+            .into(),
         );
         let mut events = BTreeSet::new();
         let mut patterns = Vec::new();
@@ -194,10 +199,16 @@ impl FormView {
         set(
             &mut b,
             "xml_root",
-            text("xml_root").filter(|_| format == "xml").map(Value::from),
+            text("xml_root")
+                .filter(|_| format == "xml")
+                .map(Value::from),
         );
         b.insert("format".into(), json!(format));
-        set(&mut b, "content_type", text("content_type").map(Value::from));
+        set(
+            &mut b,
+            "content_type",
+            text("content_type").map(Value::from),
+        );
         let had_auth = patch.is_some_and(|old| !old["basic_auth"].is_null());
         if get("basic_auth").is_empty() {
             set(&mut b, "basic_auth", None);
@@ -237,7 +248,12 @@ impl FormView {
             }
         }
         if let Some(old) = patch {
-            for k in old["headers"].as_object().into_iter().flatten().map(|(k, _)| k) {
+            for k in old["headers"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k)
+            {
                 if !headers.keys().any(|h| h.eq_ignore_ascii_case(k)) {
                     headers.insert(k.clone(), Value::Null);
                 }
@@ -251,8 +267,7 @@ impl FormView {
                     b.insert("filter".into(), v);
                 }
                 Err(e) => {
-                    errors
-                        .insert("filter".into(), format!("not JSON: {e}"));
+                    errors.insert("filter".into(), format!("not JSON: {e}"));
                 }
             },
         }
@@ -405,7 +420,13 @@ impl Console {
         });
         Ok(Reply::Html(
             status,
-            self.page(ctx, "endpoint_form.html", "endpoints", &data, BTreeMap::new()),
+            self.page(
+                ctx,
+                "endpoint_form.html",
+                "endpoints",
+                &data,
+                BTreeMap::new(),
+            ),
         ))
     }
 
@@ -525,7 +546,11 @@ impl Console {
             (_, Value::String(e)) => format!("(not shaped: {e})"),
             _ => String::new(),
         };
-        Ok(Reply::Text(StatusCode::OK, "text/plain; charset=utf-8", text))
+        Ok(Reply::Text(
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            text,
+        ))
     }
 
     /// The catalog example of the form's first event type, shaped as the
@@ -603,7 +628,10 @@ fn preview_body(
         Ok(v) if matches!(view.get("format"), "json" | "original" | "") => {
             serde_json::to_string_pretty(&v).unwrap_or(text)
         }
-        _ => crate::console::log::pretty(&text, shaped.content_type.as_ref().and_then(|c| c.to_str().ok())),
+        _ => crate::console::log::pretty(
+            &text,
+            shaped.content_type.as_ref().and_then(|c| c.to_str().ok()),
+        ),
     };
     let ct = shaped
         .content_type

@@ -132,7 +132,10 @@ impl Console {
             ),
             Err(e) => self.flash(ctx, Flash::error(format!("Not re-queued: {e}"))),
         }
-        let back = req.f("back").filter(|b| local_path(b)).unwrap_or("/ui/dead");
+        let back = req
+            .f("back")
+            .filter(|b| local_path(b))
+            .unwrap_or("/ui/dead");
         Ok(Reply::Redirect(back.to_string()))
     }
 
@@ -205,7 +208,9 @@ impl Console {
             )));
         }
         let (groups, more) = self.dead_by_endpoint(ctx, Some(target)).await?;
-        let count = groups.first().map_or(0, |g| g["count"].as_u64().unwrap_or(0));
+        let count = groups
+            .first()
+            .map_or(0, |g| g["count"].as_u64().unwrap_or(0));
         let counted = if more {
             format!("at least {count}")
         } else {
@@ -270,6 +275,6 @@ mod tests {
             "<a>\n  <b>1</b>\n</a>"
         );
         assert_eq!(pretty("x=1&y=2", None), "x=1&y=2");
-        assert_eq!(pretty("<a><b>", Some("application/xml")), "<a><b>");
+        assert_eq!(pretty("<a></b>", Some("application/xml")), "<a></b>");
     }
 }

@@ -129,7 +129,11 @@ pub enum Reply {
 pub type Shown = Result<Reply, AdminError>;
 
 impl Console {
-    pub fn new(admin: Arc<Admin>, history: Arc<History>, tls: bool) -> Result<Arc<Console>, String> {
+    pub fn new(
+        admin: Arc<Admin>,
+        history: Arc<History>,
+        tls: bool,
+    ) -> Result<Arc<Console>, String> {
         Ok(Arc::new(Console {
             admin,
             history,
@@ -160,7 +164,10 @@ impl Console {
         peer: SocketAddr,
     ) -> Response<Full<Bytes>> {
         if !self.admin.allows_source(peer.ip()) {
-            return plain(StatusCode::FORBIDDEN, "This address may not use the console.");
+            return plain(
+                StatusCode::FORBIDDEN,
+                "This address may not use the console.",
+            );
         }
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();
@@ -277,9 +284,7 @@ impl Console {
             (Method::POST, ["endpoints", id, "edit"]) => self.save_endpoint(&ctx, id, &req).await,
             (Method::POST, ["endpoints", id, "test"]) => self.test_send(&ctx, id, &req).await,
             (Method::POST, ["endpoints", id, "rotate"]) => self.rotate(&ctx, id).await,
-            (Method::POST, ["endpoints", id, "enabled"]) => {
-                self.set_enabled(&ctx, id, &req).await
-            }
+            (Method::POST, ["endpoints", id, "enabled"]) => self.set_enabled(&ctx, id, &req).await,
             (Method::GET, ["endpoints", id, "delete"]) => self.confirm_delete(&ctx, id).await,
             (Method::POST, ["endpoints", id, "delete"]) => self.delete(&ctx, id).await,
             (Method::GET, ["events"]) => self.events(&ctx, &req).await,

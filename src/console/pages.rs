@@ -101,7 +101,11 @@ impl Console {
     }
 
     /// Every endpoint the session may see, through the API's pages.
-    async fn all_endpoints(&self, ctx: &Ctx, route: Option<&str>) -> Result<Vec<Value>, AdminError> {
+    async fn all_endpoints(
+        &self,
+        ctx: &Ctx,
+        route: Option<&str>,
+    ) -> Result<Vec<Value>, AdminError> {
         let mut out = Vec::new();
         let mut after: Option<String> = None;
         loop {
@@ -172,7 +176,11 @@ impl Console {
             .filter_map(|e| {
                 let events: Vec<String> = e["events"]
                     .as_array()
-                    .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|x| x.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 let r = e["route"].as_str();
                 let cats = types.categories(&events, r);
@@ -234,7 +242,11 @@ impl Console {
         let types = self.types(ctx).await?;
         let events: Vec<String> = e["events"]
             .as_array()
-            .map(|a| a.iter().filter_map(|x| x.as_str().map(String::from)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect()
+            })
             .unwrap_or_default();
         let route = e["route"].as_str();
         let patterns: Vec<EventPattern> = events
@@ -352,7 +364,9 @@ impl Console {
             Ok(_) if enabled => self.flash(ctx, Flash::ok("Resumed: queued events are delivered.")),
             Ok(_) => self.flash(
                 ctx,
-                Flash::ok("Paused: events are kept for this endpoint and delivered when it resumes."),
+                Flash::ok(
+                    "Paused: events are kept for this endpoint and delivered when it resumes.",
+                ),
             ),
             Err(e) => self.flash(ctx, Flash::error(format!("Not changed: {e}"))),
         }
@@ -360,7 +374,9 @@ impl Console {
     }
 
     pub async fn confirm_delete(&self, ctx: &Ctx, id: &str) -> Shown {
-        let e = self.api(ctx, Method::GET, &api_path(id, ""), "", None).await?;
+        let e = self
+            .api(ctx, Method::GET, &api_path(id, ""), "", None)
+            .await?;
         let data = json!({
             "title": format!("Delete endpoint {}", e["name"].as_str().unwrap_or(id)),
             "question": "Delete this endpoint? Its queued deliveries are cancelled and it gets no more events.",
@@ -424,7 +440,8 @@ fn overview_charts(points: &[Point]) -> String {
     let g = |f: fn(&crate::store::Gauges) -> f64| {
         column(points, |p| p.values.gauges.as_ref().map_or(0.0, f))
     };
-    let (accepted, duplicates, rejected) = (v(|s| s.events), v(|s| s.duplicates), v(|s| s.rejected));
+    let (accepted, duplicates, rejected) =
+        (v(|s| s.events), v(|s| s.duplicates), v(|s| s.rejected));
     let (ok, failed) = (v(|s| s.succeeded), v(|s| s.failed));
     let (pending, in_flight, dead) = (
         g(|g| g.pending as f64),
@@ -444,37 +461,77 @@ fn overview_charts(points: &[Point]) -> String {
             "Events per minute",
             "events",
             vec![
-                Series { label: "accepted", tone: Tone::Good, values: &accepted },
-                Series { label: "duplicate", tone: Tone::Neutral, values: &duplicates },
-                Series { label: "rejected", tone: Tone::Bad, values: &rejected },
+                Series {
+                    label: "accepted",
+                    tone: Tone::Good,
+                    values: &accepted,
+                },
+                Series {
+                    label: "duplicate",
+                    tone: Tone::Neutral,
+                    values: &duplicates,
+                },
+                Series {
+                    label: "rejected",
+                    tone: Tone::Bad,
+                    values: &rejected,
+                },
             ],
         )),
         chart::bars(&span(
             "Delivery attempts per minute",
             "attempts",
             vec![
-                Series { label: "succeeded", tone: Tone::Good, values: &ok },
-                Series { label: "failed", tone: Tone::Bad, values: &failed },
+                Series {
+                    label: "succeeded",
+                    tone: Tone::Good,
+                    values: &ok,
+                },
+                Series {
+                    label: "failed",
+                    tone: Tone::Bad,
+                    values: &failed,
+                },
             ],
         )),
         chart::lines(&span(
             "Queue depth",
             "deliveries",
             vec![
-                Series { label: "pending", tone: Tone::Neutral, values: &pending },
-                Series { label: "in flight", tone: Tone::Good, values: &in_flight },
-                Series { label: "dead", tone: Tone::Bad, values: &dead },
+                Series {
+                    label: "pending",
+                    tone: Tone::Neutral,
+                    values: &pending,
+                },
+                Series {
+                    label: "in flight",
+                    tone: Tone::Good,
+                    values: &in_flight,
+                },
+                Series {
+                    label: "dead",
+                    tone: Tone::Bad,
+                    values: &dead,
+                },
             ],
         )),
         chart::lines(&span(
             "Open circuits",
             "circuits",
-            vec![Series { label: "open", tone: Tone::Warn, values: &circuits }],
+            vec![Series {
+                label: "open",
+                tone: Tone::Warn,
+                values: &circuits,
+            }],
         )),
         chart::lines(&span(
             "Store size",
             "bytes",
-            vec![Series { label: "on disk", tone: Tone::Neutral, values: &size }],
+            vec![Series {
+                label: "on disk",
+                tone: Tone::Neutral,
+                values: &size,
+            }],
         )),
     ]
     .concat()
@@ -502,8 +559,16 @@ fn endpoint_charts(minutes: &[Point], hours: &[Point]) -> String {
             start: "60 min ago",
             end: "now",
             series: vec![
-                Series { label: "succeeded", tone: Tone::Good, values: &ok_m },
-                Series { label: "failed", tone: Tone::Bad, values: &bad_m },
+                Series {
+                    label: "succeeded",
+                    tone: Tone::Good,
+                    values: &ok_m,
+                },
+                Series {
+                    label: "failed",
+                    tone: Tone::Bad,
+                    values: &bad_m,
+                },
             ],
         }),
         chart::bars(&Chart {
@@ -512,8 +577,16 @@ fn endpoint_charts(minutes: &[Point], hours: &[Point]) -> String {
             start: "24 h ago",
             end: "now",
             series: vec![
-                Series { label: "succeeded", tone: Tone::Good, values: &ok_h },
-                Series { label: "failed", tone: Tone::Bad, values: &bad_h },
+                Series {
+                    label: "succeeded",
+                    tone: Tone::Good,
+                    values: &ok_h,
+                },
+                Series {
+                    label: "failed",
+                    tone: Tone::Bad,
+                    values: &bad_h,
+                },
             ],
         }),
         chart::lines(&Chart {
@@ -521,7 +594,11 @@ fn endpoint_charts(minutes: &[Point], hours: &[Point]) -> String {
             unit: "ms",
             start: "60 min ago",
             end: "now",
-            series: vec![Series { label: "duration", tone: Tone::Neutral, values: &dur_m }],
+            series: vec![Series {
+                label: "duration",
+                tone: Tone::Neutral,
+                values: &dur_m,
+            }],
         }),
     ]
     .concat()

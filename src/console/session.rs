@@ -62,7 +62,8 @@ struct Session {
     token: String,
     /// The form key every POST of this session carries.
     csrf: String,
-    opened_ms: u64,
+    /// Order of opening: the oldest session goes first when full.
+    serial: u64,
     expires_ms: u64,
     flash: Vec<Flash>,
 }
@@ -79,6 +80,7 @@ pub struct Open {
 pub struct Sessions {
     /// By the SHA-256 of the session id.
     map: Mutex<HashMap<[u8; 32], Session>>,
+    opened: std::sync::atomic::AtomicU64,
 }
 
 fn random_key() -> String {
@@ -98,7 +100,7 @@ impl Sessions {
         let mut map = self.map.lock().expect("lock poisoned");
         map.retain(|_, s| s.expires_ms > now);
         if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.opened_ms).map(|(k, _)| *k) {
+            if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.serial).map(|(k, _)| *k) {
                 map.remove(&oldest);
             }
         }
@@ -107,7 +109,9 @@ impl Sessions {
             Session {
                 token: token.to_string(),
                 csrf: random_key(),
-                opened_ms: now,
+                serial: self
+                    .opened
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 expires_ms: now + LIFETIME.as_millis() as u64,
                 flash: Vec::new(),
             },

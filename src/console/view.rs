@@ -14,7 +14,10 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("overview.html", include_str!("templates/overview.html")),
     ("endpoints.html", include_str!("templates/endpoints.html")),
     ("endpoint.html", include_str!("templates/endpoint.html")),
-    ("endpoint_form.html", include_str!("templates/endpoint_form.html")),
+    (
+        "endpoint_form.html",
+        include_str!("templates/endpoint_form.html"),
+    ),
     ("confirm.html", include_str!("templates/confirm.html")),
     ("events.html", include_str!("templates/events.html")),
     ("event.html", include_str!("templates/event.html")),

@@ -124,17 +124,21 @@ impl Browser {
     pub async fn wait_for(&self, css: &str) -> Element {
         let deadline = Instant::now() + DEADLINE;
         loop {
-            match self.client.find(Locator::Css(css)).await {
+            let error = match self.client.find(Locator::Css(css)).await {
                 Ok(element) => return element,
-                Err(e) if Instant::now() >= deadline => {
-                    let url = match self.client.current_url().await {
-                        Ok(url) => url.to_string(),
-                        Err(e) => format!("(unknown: {e})"),
-                    };
-                    panic!("no element matches {css:?} after {DEADLINE:?} on {url}: {e}");
+                // Not there yet: look again. Any other error (a bad selector,
+                // a dead session) will not go away by waiting.
+                Err(e) if e.is_no_such_element() && Instant::now() < deadline => {
+                    tokio::time::sleep(POLL).await;
+                    continue;
                 }
-                Err(_) => tokio::time::sleep(POLL).await,
-            }
+                Err(e) => e,
+            };
+            let url = match self.client.current_url().await {
+                Ok(url) => url.to_string(),
+                Err(e) => format!("(unknown: {e})"),
+            };
+            panic!("no element matches {css:?} on {url} (waited up to {DEADLINE:?}): {error}");
         }
     }
 
