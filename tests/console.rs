@@ -573,6 +573,13 @@ async fn the_form_shows_the_api_errors_next_to_their_fields_and_keeps_what_was_t
         .await
         .json();
     assert_eq!(e["name"], "CRM renamed");
+
+    // The table filters by the catalog's categories.
+    let sales = text(&ui.get("/ui/endpoints?category=Sales").await);
+    assert!(sales.contains("CRM renamed") && sales.contains("New Sale"), "{sales}");
+    let users = text(&ui.get("/ui/endpoints?category=Users").await);
+    assert!(!users.contains("CRM renamed"), "{users}");
+    assert!(users.contains("No endpoints match this filter"), "{users}");
 }
 
 #[tokio::test]
