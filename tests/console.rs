@@ -249,6 +249,34 @@ async fn sign_in_sets_a_strict_http_only_cookie_and_pages_forbid_inline_script()
     assert!(header(&r, "set-cookie").contains("Max-Age=0"));
     let r = ui.get("/ui/endpoints").await;
     assert_eq!(r.status, 303, "signed out");
+
+    // Guessing tokens: past 20 quick failures sign-in closes for a moment,
+    // for the right token too, then opens again by itself.
+    let guess = |token: String| async move {
+        send(
+            addr,
+            None,
+            "POST",
+            "/ui/signin",
+            &[("content-type", "application/x-www-form-urlencoded")],
+            form(&[("token", &token)]),
+        )
+        .await
+        .status
+    };
+    let mut closed = false;
+    for i in 0..40 {
+        if guess(format!("guess-{i}")).await == 429 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "40 wrong tokens in a row are not all checked");
+    assert_eq!(guess(TOKEN.to_string()).await, 429);
+    eventually_async("sign-in to open again", async || {
+        (guess(TOKEN.to_string()).await == 303).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -576,7 +604,10 @@ async fn the_form_shows_the_api_errors_next_to_their_fields_and_keeps_what_was_t
 
     // The table filters by the catalog's categories.
     let sales = text(&ui.get("/ui/endpoints?category=Sales").await);
-    assert!(sales.contains("CRM renamed") && sales.contains("New Sale"), "{sales}");
+    assert!(
+        sales.contains("CRM renamed") && sales.contains("New Sale"),
+        "{sales}"
+    );
     let users = text(&ui.get("/ui/endpoints?category=Users").await);
     assert!(!users.contains("CRM renamed"), "{users}");
     assert!(users.contains("No endpoints match this filter"), "{users}");

@@ -300,6 +300,32 @@ async fn admin_over(app: &TestApp, config: Arc<rustls::ClientConfig>) -> Result<
     Ok(resp.status().as_u16())
 }
 
+/// Signs in to the console over TLS; the answer's `Set-Cookie`.
+async fn console_cookie_over(app: &TestApp, config: Arc<rustls::ClientConfig>) -> String {
+    let tcp = tokio::net::TcpStream::connect(app.relay.admin_addrs()[0])
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::post("/ui/signin")
+        .header("host", "localhost")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(format!("token={TOKEN}"))))
+        .unwrap();
+    let resp = tokio::time::timeout(DEADLINE, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 303);
+    resp.headers()["set-cookie"].to_str().unwrap().to_string()
+}
+
 #[tokio::test]
 async fn admin_listener_takes_tls_and_client_certificates_too() {
     let server_ca = Ca::new("server ca");
@@ -320,6 +346,12 @@ async fn admin_listener_takes_tls_and_client_certificates_too() {
     let member = client_ca.issue("operator", false);
     let ok = admin_over(&app, client_config(&server_ca, Some(&member))).await;
     assert_eq!(ok, Ok(200));
+    // Over TLS the console's session cookie is Secure.
+    let cookie = console_cookie_over(&app, client_config(&server_ca, Some(&member))).await;
+    assert!(
+        cookie.contains("; Secure") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
     let anonymous = admin_over(&app, client_config(&server_ca, None)).await;
     assert!(anonymous.is_err(), "{anonymous:?}");
     let stranger = stranger_ca.issue("stranger", false);

@@ -10,7 +10,8 @@
 //! - sources outside `admin.allow` get 403; every page but sign-in and the
 //!   assets needs a session (see [`session`]), and every POST but sign-in
 //!   carries the session's form key (CSRF); a POST whose `Origin` is not
-//!   this host is refused;
+//!   this host is refused; failed sign-ins past `SIGN_IN_FAILURES` close
+//!   sign-in for `SIGN_IN_PAUSE_MS`, so tokens cannot be guessed quickly;
 //! - pages go out with a Content-Security-Policy that allows no inline
 //!   script or style, and everything a receiver, the LMS or a token holder
 //!   wrote reaches the page through minijinja's HTML escaping (or the
@@ -23,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -35,6 +37,7 @@ use serde_json::Value;
 
 use crate::admin::{Admin, AdminError, Grant, Scope};
 use crate::history::History;
+use crate::rate::{Rate, Throttle};
 
 pub mod chart;
 mod form;
@@ -47,6 +50,12 @@ use session::{Flash, Sessions};
 
 /// Largest form body the console reads.
 const MAX_FORM: usize = 256 * 1024;
+
+/// Failed sign-ins let through (and logged): past it, sign-in answers 429
+/// without looking at the token, so tokens cannot be guessed quickly.
+const SIGN_IN_FAILURES: Rate = Rate::of(5, 20);
+/// How long sign-in stays closed once failures pass that rate.
+const SIGN_IN_PAUSE_MS: u64 = 2000;
 
 /// Every page's security headers. Scripts and styles come only from the
 /// console's own files; nothing may frame it; forms post only to it.
@@ -64,6 +73,9 @@ pub struct Console {
     views: view::Views,
     /// Whether the admin listener speaks TLS (cookies are then `Secure`).
     tls: bool,
+    failed_sign_ins: Throttle,
+    /// Until when (unix ms) sign-in is refused after too many failures.
+    sign_in_closed_until: AtomicU64,
 }
 
 /// A console request, read whole: path segments (percent-decoded), query
@@ -140,6 +152,8 @@ impl Console {
             sessions: Sessions::default(),
             views: view::Views::new()?,
             tls,
+            failed_sign_ins: Throttle::new(SIGN_IN_FAILURES),
+            sign_in_closed_until: AtomicU64::new(0),
         }))
     }
 
@@ -211,7 +225,7 @@ impl Console {
             headers: parts.headers,
             raw_query,
         };
-        let mut resp = self.respond(req).await;
+        let mut resp = self.respond(req, peer).await;
         let h = resp.headers_mut();
         h.insert(
             header::CONTENT_SECURITY_POLICY,
@@ -231,7 +245,7 @@ impl Console {
         resp
     }
 
-    async fn respond(self: &Arc<Self>, req: Req) -> Response<Full<Bytes>> {
+    async fn respond(self: &Arc<Self>, req: Req, peer: SocketAddr) -> Response<Full<Bytes>> {
         if req.method == Method::POST && !same_origin(&req.headers) {
             return plain(
                 StatusCode::FORBIDDEN,
@@ -240,7 +254,7 @@ impl Console {
         }
         let segs: Vec<&str> = req.segs.iter().map(String::as_str).collect();
         if segs.as_slice() == ["signin"] {
-            return self.signin(&req);
+            return self.signin(&req, peer);
         }
         let session = session::cookie_id(&req.headers)
             .and_then(|sid| self.sessions.get(&sid).map(|open| (sid, open)));
@@ -311,7 +325,7 @@ impl Console {
 
     /// `GET /ui/signin` shows the form; `POST` opens a session for a token
     /// of the tokens file.
-    fn signin(&self, req: &Req) -> Response<Full<Bytes>> {
+    fn signin(&self, req: &Req, peer: SocketAddr) -> Response<Full<Bytes>> {
         let next = req
             .q("next")
             .or(req.f("next"))
@@ -319,14 +333,33 @@ impl Console {
             .unwrap_or("/ui/")
             .to_string();
         if req.method == Method::POST {
+            let now = crate::store::now_ms();
+            if now < self.sign_in_closed_until.load(Ordering::Relaxed) {
+                return plain(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many failed sign-ins; wait a few seconds and try again.",
+                );
+            }
             let token = req.f("token").unwrap_or("").trim().to_string();
-            if !token.is_empty() && self.admin.grant_of(&token).is_some() {
+            if let Some(grant) = (!token.is_empty())
+                .then(|| self.admin.grant_of(&token))
+                .flatten()
+            {
                 let sid = self.sessions.open(&token);
+                tracing::info!(by = %grant.name, scope = %grant.scope, source = %peer.ip(), "console sign-in");
                 let mut resp = redirect(&next);
                 set_cookie(&mut resp, &session::set_cookie(Some(&sid), self.tls));
                 return resp;
             }
-            tracing::info!("console sign-in refused: not a token of the tokens file");
+            let Some(suppressed) = self.failed_sign_ins.admit() else {
+                self.sign_in_closed_until
+                    .store(now + SIGN_IN_PAUSE_MS, Ordering::Relaxed);
+                return plain(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "Too many failed sign-ins; wait a few seconds and try again.",
+                );
+            };
+            tracing::warn!(source = %peer.ip(), suppressed, "console sign-in refused: not a token of the tokens file");
             let body = self.views.render(
                 "signin.html",
                 view::plain_context(&[
