@@ -7,7 +7,9 @@
 //! allows (403 otherwise). A subscriber token sees only the endpoints it
 //! made, no event body and no response excerpt. A secret is in the answer
 //! to its creation (or rotation) and in no other answer or log line.
-//! Errors map to HTTP in one place (`AdminError::into_response`).
+//! Errors map to HTTP in one place (`AdminError::into_response`). The
+//! console makes its calls through [`Admin::call`]: the same table, scopes
+//! and handlers, without the HTTP.
 //!
 //! The room: [`routes`] (the route table: 404, 405, `Allow` and each
 //! route's scopes follow from it), [`endpoints`] (endpoints, Send Test,
@@ -164,9 +166,8 @@ impl Admin {
 
     /// Source allowlist, then the route table, then the token.
     async fn route(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr) -> Reply {
-        let source = peer.ip().to_canonical();
-        if !self.settings().allow.iter().any(|n| n.contains(&source)) {
-            return Err(AdminError::SourceNotAllowed(source));
+        if !self.allows_source(peer.ip()) {
+            return Err(AdminError::SourceNotAllowed(peer.ip().to_canonical()));
         }
         let path = req.uri().path().to_string();
         let (route, params) = match routes::resolve(&self.table, req.method(), &path) {

@@ -275,11 +275,18 @@ impl Console {
                 "This form has expired or did not come from this console; open the page again.",
             );
         }
+        // Waiting messages go to the next page a browser opens, not to a
+        // script's request or a form's answer.
+        let flash = if req.method == Method::GET {
+            self.sessions.take_flash(&sid)
+        } else {
+            Vec::new()
+        };
         let ctx = Ctx {
             who,
             sid,
             csrf: open.csrf,
-            flash: open.flash,
+            flash,
         };
         if segs.as_slice() == ["signout"] && req.method == Method::POST {
             self.sessions.close(&ctx.sid);

@@ -72,7 +72,6 @@ struct Session {
 pub struct Open {
     pub token: String,
     pub csrf: String,
-    pub flash: Vec<Flash>,
 }
 
 /// The sessions of this process.
@@ -119,7 +118,7 @@ impl Sessions {
         id
     }
 
-    /// The session `id` names, if it is open; takes its waiting messages.
+    /// The session `id` names, if it is open.
     pub fn get(&self, id: &str) -> Option<Open> {
         let key = digest(id);
         let mut map = self.map.lock().expect("lock poisoned");
@@ -127,12 +126,19 @@ impl Sessions {
         if map.get(&key).is_some_and(|s| s.expires_ms <= now) {
             map.remove(&key);
         }
-        let s = map.get_mut(&key)?;
+        let s = map.get(&key)?;
         Some(Open {
             token: s.token.clone(),
             csrf: s.csrf.clone(),
-            flash: std::mem::take(&mut s.flash),
         })
+    }
+
+    /// Takes the messages waiting for the session's next page.
+    pub fn take_flash(&self, id: &str) -> Vec<Flash> {
+        let mut map = self.map.lock().expect("lock poisoned");
+        map.get_mut(&digest(id))
+            .map(|s| std::mem::take(&mut s.flash))
+            .unwrap_or_default()
     }
 
     /// Keeps a message for the session's next page.
@@ -208,8 +214,8 @@ mod tests {
         s.flash(&id, Flash::ok("saved"));
         let open = s.get(&id).unwrap();
         assert_eq!(open.token, "tok");
-        assert_eq!(open.flash.len(), 1);
-        assert!(s.get(&id).unwrap().flash.is_empty());
+        assert_eq!(s.take_flash(&id).len(), 1);
+        assert!(s.take_flash(&id).is_empty());
         assert!(s.get("other").is_none());
         s.close(&id);
         assert!(s.get(&id).is_none());
