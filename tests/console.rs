@@ -47,7 +47,8 @@ fn route() -> String {
          [[routes.event_types]]\nname = \"purchase.completed\"\ndisplay_name = \"New Sale\"\n\
          category = \"Sales\"\nexample = '''\n{sale}'''\n\
          [[routes.event_types]]\nname = \"user.signup\"\ndisplay_name = \"New User\"\n\
-         category = \"Users\"\nexample = '''\n{user}'''\n"
+         category = \"Users\"\nexample = '''\n{user}'''\n\
+         [[routes]]\nname = \"heights\"\npath = \"/heights/{{event}}\"\n"
     )
 }
 
@@ -464,6 +465,24 @@ async fn what_receivers_and_the_lms_sent_shows_as_text() {
 async fn the_form_shows_the_api_errors_next_to_their_fields_and_keeps_what_was_typed() {
     let app = spawn_console(&route(), tempfile::tempdir().unwrap()).await;
     let ui = sign_in(&app, TOKEN).await;
+    // The trigger offers the catalog by category, and the types a route
+    // without a catalog has been seen carrying.
+    let r = post_json(
+        app.addr,
+        "/heights/new_order",
+        fixture("heights/new_order.json"),
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    let page = text(&ui.get("/ui/endpoints/new").await);
+    for want in [
+        "<legend>Sales <span class=\"help\">(braincert)</span></legend>",
+        "<legend>Users <span class=\"help\">(braincert)</span></legend>",
+        "<legend>Seen at ingest <span class=\"help\">(heights)</span></legend>",
+        "value=\"new_order\"",
+    ] {
+        assert!(page.contains(want), "{want} in {page}");
+    }
     let r = ui
         .post(
             "/ui/endpoints",

@@ -368,9 +368,9 @@ impl Console {
         editing: Option<&Value>,
         status: StatusCode,
     ) -> Shown {
-        let types = self.types(ctx).await?;
+        let types = self.event_types(ctx, true).await?;
         let mut groups: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
-        for t in &types.0 {
+        for t in &types {
             let category = if t.category.is_empty() {
                 "Other".to_string()
             } else {

@@ -78,26 +78,47 @@ impl Types {
 impl Console {
     /// The catalogs, through the API.
     pub async fn types(&self, ctx: &Ctx) -> Result<Types, AdminError> {
+        Ok(Types(self.event_types(ctx, false).await?))
+    }
+
+    /// The catalogs' types, and (`seen`) the types seen at ingest on
+    /// routes that have no catalog (category "Seen at ingest").
+    pub async fn event_types(
+        &self,
+        ctx: &Ctx,
+        seen: bool,
+    ) -> Result<Vec<EventTypeInfo>, AdminError> {
         let v = self
             .api(ctx, Method::GET, "/api/event-types", "", None)
             .await?;
         let list = v["event_types"].as_array().cloned().unwrap_or_default();
-        Ok(Types(
-            list.iter()
-                .filter(|t| t["declared"] == json!(true))
-                .map(|t| EventTypeInfo {
-                    route: t["route"].as_str().unwrap_or("").to_string(),
-                    name: t["name"].as_str().unwrap_or("").to_string(),
-                    display_name: t["display_name"]
-                        .as_str()
-                        .or(t["name"].as_str())
-                        .unwrap_or("")
-                        .to_string(),
-                    category: t["category"].as_str().unwrap_or("").to_string(),
-                    example: t.get("example").filter(|e| !e.is_null()).cloned(),
-                })
-                .collect(),
-        ))
+        let catalogued: BTreeSet<&str> = list
+            .iter()
+            .filter(|t| t["declared"] == json!(true))
+            .filter_map(|t| t["route"].as_str())
+            .collect();
+        Ok(list
+            .iter()
+            .filter(|t| {
+                t["declared"] == json!(true)
+                    || (seen && !catalogued.contains(t["route"].as_str().unwrap_or("")))
+            })
+            .map(|t| EventTypeInfo {
+                route: t["route"].as_str().unwrap_or("").to_string(),
+                name: t["name"].as_str().unwrap_or("").to_string(),
+                display_name: t["display_name"]
+                    .as_str()
+                    .or(t["name"].as_str())
+                    .unwrap_or("")
+                    .to_string(),
+                category: match t["category"].as_str() {
+                    Some(c) => c.to_string(),
+                    None if t["declared"] != json!(true) => "Seen at ingest".to_string(),
+                    None => String::new(),
+                },
+                example: t.get("example").filter(|e| !e.is_null()).cloned(),
+            })
+            .collect())
     }
 
     /// Every endpoint the session may see, through the API's pages.
