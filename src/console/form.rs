@@ -391,13 +391,7 @@ impl Console {
                 json!({"route": route, "category": category, "types": types})
             })
             .collect();
-        let routes: Vec<String> = self
-            .admin()
-            .catalog()
-            .event_types()
-            .iter()
-            .map(|(r, _)| r.clone())
-            .collect();
+        let routes = self.route_names();
         let d = self.admin().catalog().defaults();
         let human = |d: std::time::Duration| humantime::format_duration(d).to_string();
         let data = json!({

@@ -71,13 +71,7 @@ impl Console {
             q.append_pair("after", n);
             format!("/ui/events?{}", q.finish())
         });
-        let routes: Vec<String> = self
-            .admin()
-            .catalog()
-            .event_types()
-            .iter()
-            .map(|(r, _)| r.clone())
-            .collect();
+        let routes = self.route_names();
         let data = json!({
             "events": v["events"],
             "next": next,

@@ -35,7 +35,7 @@ use hyper::{Request, Response};
 use minijinja::Value as Tv;
 use serde_json::Value;
 
-use crate::admin::{Admin, AdminError, Grant, Scope};
+use crate::admin::{Admin, AdminError, Grant};
 use crate::history::History;
 use crate::rate::{Rate, Throttle};
 
@@ -480,10 +480,6 @@ impl Console {
 
     pub fn history(&self) -> &Arc<History> {
         &self.history
-    }
-
-    pub fn is_subscriber(ctx: &Ctx) -> bool {
-        ctx.who.scope == Scope::Subscriber
     }
 }
 

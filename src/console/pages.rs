@@ -76,6 +76,16 @@ impl Types {
 }
 
 impl Console {
+    /// The routes of the running configuration, in file order.
+    pub fn route_names(&self) -> Vec<String> {
+        self.admin()
+            .catalog()
+            .event_types()
+            .iter()
+            .map(|(r, _)| r.clone())
+            .collect()
+    }
+
     /// The catalogs, through the API.
     pub async fn types(&self, ctx: &Ctx) -> Result<Types, AdminError> {
         Ok(Types(self.event_types(ctx, false).await?))
@@ -195,14 +205,7 @@ impl Console {
         let rows: Vec<Value> = all
             .into_iter()
             .filter_map(|e| {
-                let events: Vec<String> = e["events"]
-                    .as_array()
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|x| x.as_str().map(String::from))
-                            .collect()
-                    })
-                    .unwrap_or_default();
+                let events = event_list(&e);
                 let r = e["route"].as_str();
                 let cats = types.categories(&events, r);
                 if category.is_some_and(|c| !cats.contains(c)) {
@@ -217,13 +220,7 @@ impl Console {
             .collect();
         let total = rows.len();
         let page: Vec<Value> = rows.into_iter().skip(start).take(TABLE_PAGE).collect();
-        let routes: BTreeSet<String> = self
-            .admin()
-            .catalog()
-            .event_types()
-            .iter()
-            .map(|(r, _)| r.clone())
-            .collect();
+        let routes = self.route_names();
         let categories: BTreeSet<&str> = types
             .0
             .iter()
@@ -261,14 +258,7 @@ impl Console {
         let path = api_path(id, "");
         let e = self.api(ctx, Method::GET, &path, "", None).await?;
         let types = self.types(ctx).await?;
-        let events: Vec<String> = e["events"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect()
-            })
-            .unwrap_or_default();
+        let events = event_list(&e);
         let route = e["route"].as_str();
         let patterns: Vec<EventPattern> = events
             .iter()
@@ -427,6 +417,18 @@ impl Console {
             }
         }
     }
+}
+
+/// An endpoint's `events`, as the API shows them.
+fn event_list(e: &Value) -> Vec<String> {
+    e["events"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// `/api/endpoints/{id}{rest}`, the id percent-encoded.
