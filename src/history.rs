@@ -228,18 +228,25 @@ impl History {
                 values.add(&row.values);
             }
         }
-        let now = Snapshot::read(&self.catalog, &self.metrics, now_ms);
-        let unwritten = self
-            .moved(&last, &now)
-            .into_iter()
-            .find(|(s, _)| s == series);
-        if let Some((_, values)) = unwritten {
-            let minute = Resolution::Minute.bucket(midpoint(last.at_ms, now_ms));
-            if let Some(v) = bucket(&mut points, width, resolution.bucket(minute)) {
-                v.add(&values);
-            }
+        let minute = Resolution::Minute.bucket(midpoint(last.at_ms, now_ms));
+        if let Some(v) = bucket(&mut points, width, resolution.bucket(minute)) {
+            v.add(&self.unwritten(&last, series, now_ms));
         }
         Ok(points)
+    }
+
+    /// What the next tick will add to `series`. One endpoint's reads only
+    /// its own lane; the whole relay's reads every lane.
+    fn unwritten(&self, last: &Snapshot, series: &str, now_ms: u64) -> StatValues {
+        if series == ALL_SERIES {
+            let now = Snapshot::read(&self.catalog, &self.metrics, now_ms);
+            return self.moved(last, &now).swap_remove(0).1;
+        }
+        match self.catalog.get(series) {
+            Some(t) => LaneTotals::of(&t.lane.counters())
+                .since(&last.lanes.get(series).copied().unwrap_or_default()),
+            None => StatValues::default(),
+        }
     }
 
     /// What moved from `before` to `now`: the overall series first, always,

@@ -425,8 +425,9 @@ async fn housekeeping(
             _ = evict.tick() => ingest.evict_idle_sources(),
             _ = every_second.tick() => {
                 store.refresh_disk_usage().await;
-                admin.refresh_tokens();
-                console.forget_revoked();
+                if admin.refresh_tokens() {
+                    console.forget_revoked();
+                }
                 if let Err(e) = catalog.save_counters().await {
                     tracing::error!(error = %e, "cannot save counters");
                 }

@@ -120,13 +120,13 @@ impl Admin {
     }
 
     /// Reads the tokens file again if it changed since it was last read
-    /// (called every second). A file that no longer parses is logged and
-    /// the tokens in force stay.
-    pub fn refresh_tokens(&self) {
+    /// (called every second); whether the tokens in force changed. A file
+    /// that no longer parses is logged and the tokens in force stay.
+    pub fn refresh_tokens(&self) -> bool {
         let path = {
             let file = self.tokens.lock().expect("lock poisoned");
             if tokens::stamp(&file.path) == file.stamp {
-                return;
+                return false;
             }
             file.path.clone()
         };
@@ -138,9 +138,11 @@ impl Admin {
             Ok(t) => {
                 tracing::info!(file = %path.display(), tokens = t.len(), "admin tokens file read again");
                 file.tokens = Arc::new(t);
+                true
             }
             Err(e) => {
-                tracing::error!(error = %e, "admin tokens file does not parse; the tokens in force stay")
+                tracing::error!(error = %e, "admin tokens file does not parse; the tokens in force stay");
+                false
             }
         }
     }

@@ -392,7 +392,7 @@ impl Console {
             })
             .collect();
         let routes = self.route_names();
-        let d = self.admin().catalog().defaults();
+        let d = self.admin.catalog().defaults();
         let human = |d: std::time::Duration| humantime::format_duration(d).to_string();
         let data = json!({
             "v": view.values,
@@ -414,13 +414,7 @@ impl Console {
         });
         Ok(Reply::Html(
             status,
-            self.page(
-                ctx,
-                "endpoint_form.html",
-                "endpoints",
-                &data,
-                BTreeMap::new(),
-            ),
+            self.page(ctx, "endpoint_form.html", "endpoints", &data, None),
         ))
     }
 
@@ -485,7 +479,7 @@ impl Console {
         let mut e = e;
         // The API shows the effective policy; the form edits only what the
         // endpoint set itself.
-        if let Some(t) = self.admin().catalog().get(id) {
+        if let Some(t) = self.admin.catalog().get(id) {
             e["spec"] = t.record().spec;
         }
         Ok(e)
@@ -540,11 +534,7 @@ impl Console {
             (_, Value::String(e)) => format!("(not shaped: {e})"),
             _ => String::new(),
         };
-        Ok(Reply::Text(
-            StatusCode::OK,
-            "text/plain; charset=utf-8",
-            text,
-        ))
+        Ok(Reply::Text(text))
     }
 
     /// The catalog example of the form's first event type, shaped as the

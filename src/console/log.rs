@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use http::{Method, StatusCode};
+use http::Method;
 use serde_json::{json, Value};
 
 use crate::admin::AdminError;
@@ -80,10 +80,7 @@ impl Console {
             "type": req.q("type"),
             "routes": routes,
         });
-        Ok(Reply::Html(
-            StatusCode::OK,
-            self.page(ctx, "events.html", "events", &data, BTreeMap::new()),
-        ))
+        Ok(self.ok_page(ctx, "events.html", "events", &data, None))
     }
 
     /// `/ui/events/{id}`: the body, the headers, every delivery and attempt.
@@ -95,7 +92,7 @@ impl Console {
             e["pretty"] = json!(pretty(body, content_type.as_deref()));
         }
         let names: BTreeMap<String, String> = self
-            .admin()
+            .admin
             .catalog()
             .all()
             .iter()
@@ -110,10 +107,7 @@ impl Console {
             "can_replay": self.may(ctx, Method::POST, "/api/deliveries/x/retry"),
             "back": format!("/ui/events/{}", segment(id)),
         });
-        Ok(Reply::Html(
-            StatusCode::OK,
-            self.page(ctx, "event.html", "events", &data, BTreeMap::new()),
-        ))
+        Ok(self.ok_page(ctx, "event.html", "events", &data, None))
     }
 
     /// Replay one delivery, then back to the page it was asked from.
@@ -157,7 +151,7 @@ impl Console {
             let key = d["target"].as_str().unwrap_or("").to_string();
             groups.entry(key).or_default().push(d.clone());
         }
-        let catalog = self.admin().catalog();
+        let catalog = self.admin.catalog();
         let out = groups
             .into_iter()
             .map(|(key, list)| {
@@ -184,10 +178,7 @@ impl Console {
             "target": req.q("target"),
             "can_replay": self.may(ctx, Method::POST, "/api/deliveries/retry"),
         });
-        Ok(Reply::Html(
-            StatusCode::OK,
-            self.page(ctx, "dead.html", "dead", &data, BTreeMap::new()),
-        ))
+        Ok(self.ok_page(ctx, "dead.html", "dead", &data, None))
     }
 
     /// "Replay all for this endpoint": how many, and are you sure.
@@ -211,7 +202,7 @@ impl Console {
             count.to_string()
         };
         let name = self
-            .admin()
+            .admin
             .catalog()
             .get(target)
             .map_or(target.to_string(), |t| t.spec.name.clone());
@@ -223,10 +214,7 @@ impl Console {
             "back": "/ui/dead",
             "fields": [{"name": "target", "value": target}],
         });
-        Ok(Reply::Html(
-            StatusCode::OK,
-            self.page(ctx, "confirm.html", "dead", &data, BTreeMap::new()),
-        ))
+        Ok(self.ok_page(ctx, "confirm.html", "dead", &data, None))
     }
 
     pub async fn replay_all(&self, ctx: &Ctx, req: &Req) -> Shown {

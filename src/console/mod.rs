@@ -56,6 +56,7 @@ const MAX_FORM: usize = 256 * 1024;
 const SIGN_IN_FAILURES: Rate = Rate::of(5, 20);
 /// How long sign-in stays closed once failures pass that rate.
 const SIGN_IN_PAUSE_MS: u64 = 2000;
+const SIGN_IN_CLOSED: &str = "Too many failed sign-ins; wait a few seconds and try again.";
 
 /// Every page's security headers. Scripts and styles come only from the
 /// console's own files; nothing may frame it; forms post only to it.
@@ -86,8 +87,6 @@ pub struct Req {
     pub query: Vec<(String, String)>,
     pub form: Vec<(String, String)>,
     pub headers: HeaderMap,
-    /// The raw query, for links that keep it.
-    pub raw_query: String,
 }
 
 impl Req {
@@ -134,7 +133,8 @@ pub enum Reply {
     Html(StatusCode, String),
     /// 303 to a console path.
     Redirect(String),
-    Text(StatusCode, &'static str, String),
+    /// `text/plain` (the form's preview).
+    Text(String),
 }
 
 /// Why a page could not be shown: the API's refusal, shown on an error page.
@@ -163,11 +163,9 @@ impl Console {
     }
 
     /// Ends the sessions whose token is no longer in the tokens file
-    /// (called when the file is read again).
+    /// (called when the file has been read again; each request checks its
+    /// own token too, this frees the memory of the ones not coming back).
     pub fn forget_revoked(&self) {
-        if self.sessions.is_empty() {
-            return;
-        }
         self.sessions
             .close_where(|token| self.admin.grant_of(token).is_none());
     }
@@ -185,7 +183,6 @@ impl Console {
         }
         let (parts, body) = req.into_parts();
         let path = parts.uri.path().to_string();
-        let raw_query = parts.uri.query().unwrap_or("").to_string();
         match (&parts.method, path.as_str()) {
             (&Method::GET, "/ui/assets/console.css") => {
                 return asset("text/css; charset=utf-8", STYLE)
@@ -220,10 +217,9 @@ impl Console {
                         .into_owned()
                 })
                 .collect(),
-            query: pairs(raw_query.as_bytes()),
+            query: pairs(parts.uri.query().unwrap_or("").as_bytes()),
             form,
             headers: parts.headers,
-            raw_query,
         };
         let mut resp = self.respond(req, peer).await;
         let h = resp.headers_mut();
@@ -319,13 +315,7 @@ impl Console {
         match shown {
             Ok(Reply::Html(status, body)) => html(status, body),
             Ok(Reply::Redirect(to)) => redirect(&to),
-            Ok(Reply::Text(status, content_type, body)) => {
-                let mut resp = Response::new(Full::new(Bytes::from(body)));
-                *resp.status_mut() = status;
-                resp.headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-                resp
-            }
+            Ok(Reply::Text(body)) => answer(StatusCode::OK, TEXT, Bytes::from(body)),
             Err(e) => self.error_page(&ctx, e),
         }
     }
@@ -342,10 +332,7 @@ impl Console {
         if req.method == Method::POST {
             let now = crate::store::now_ms();
             if now < self.sign_in_closed_until.load(Ordering::Relaxed) {
-                return plain(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "Too many failed sign-ins; wait a few seconds and try again.",
-                );
+                return plain(StatusCode::TOO_MANY_REQUESTS, SIGN_IN_CLOSED);
             }
             let token = req.f("token").unwrap_or("").trim().to_string();
             if let Some(grant) = (!token.is_empty())
@@ -361,10 +348,7 @@ impl Console {
             let Some(suppressed) = self.failed_sign_ins.admit() else {
                 self.sign_in_closed_until
                     .store(now + SIGN_IN_PAUSE_MS, Ordering::Relaxed);
-                return plain(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "Too many failed sign-ins; wait a few seconds and try again.",
-                );
+                return plain(StatusCode::TOO_MANY_REQUESTS, SIGN_IN_CLOSED);
             };
             tracing::warn!(source = %peer.ip(), suppressed, "console sign-in refused: not a token of the tokens file");
             let body = self.views.render(
@@ -406,21 +390,21 @@ impl Console {
             "error.html",
             "",
             &serde_json::json!({"status": status.as_u16(), "message": e.to_string()}),
-            BTreeMap::new(),
+            None,
         );
         html(status, body)
     }
 
     /// Renders `template` in the page frame: the session, the navigation
-    /// the token may use, waiting messages, `data`, and `safe` (markup the
-    /// console made itself, such as charts).
+    /// the token may use, waiting messages, `data`, and `charts` (SVG the
+    /// console drew itself, put in the page as it is).
     pub fn page(
         &self,
         ctx: &Ctx,
         template: &str,
         active: &str,
         data: &Value,
-        safe: BTreeMap<&'static str, String>,
+        charts: Option<String>,
     ) -> String {
         let read = self.admin.may(&Method::GET, "/api/targets", &ctx.who);
         let mut cx: BTreeMap<String, Tv> = BTreeMap::new();
@@ -444,10 +428,25 @@ impl Console {
         );
         cx.insert("flash".into(), view::tv(&ctx.flash));
         cx.insert("page".into(), view::tv(data));
-        for (k, v) in safe {
-            cx.insert(k.to_string(), Tv::from_safe_string(v));
+        if let Some(svg) = charts {
+            cx.insert("charts".into(), Tv::from_safe_string(svg));
         }
         self.views.render(template, view::tv(&cx))
+    }
+
+    /// A page that answers 200.
+    pub fn ok_page(
+        &self,
+        ctx: &Ctx,
+        template: &str,
+        active: &str,
+        data: &Value,
+        charts: Option<String>,
+    ) -> Reply {
+        Reply::Html(
+            StatusCode::OK,
+            self.page(ctx, template, active, data, charts),
+        )
     }
 
     /// An API call as the session's token.
@@ -472,14 +471,6 @@ impl Console {
 
     pub fn flash(&self, ctx: &Ctx, flash: Flash) {
         self.sessions.flash(&ctx.sid, flash);
-    }
-
-    pub fn admin(&self) -> &Arc<Admin> {
-        &self.admin
-    }
-
-    pub fn history(&self) -> &Arc<History> {
-        &self.history
     }
 }
 
@@ -508,30 +499,32 @@ fn same_origin(headers: &HeaderMap) -> bool {
     bare.is_some_and(|b| !host.is_empty() && b.eq_ignore_ascii_case(host))
 }
 
-fn html(status: StatusCode, body: String) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
+const TEXT: &str = "text/plain; charset=utf-8";
+
+/// Every answer the console builds: a status, a content type, a body.
+fn answer(status: StatusCode, content_type: &'static str, body: Bytes) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     resp
+}
+
+fn html(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    answer(status, "text/html; charset=utf-8", Bytes::from(body))
 }
 
 fn plain(status: StatusCode, text: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    resp
+    answer(status, TEXT, Bytes::from_static(text.as_bytes()))
 }
 
+/// The stylesheet and the script: cached for an hour.
 fn asset(content_type: &'static str, text: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let mut resp = answer(
+        StatusCode::OK,
+        content_type,
+        Bytes::from_static(text.as_bytes()),
+    );
     resp.headers_mut().insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=3600"),
@@ -542,11 +535,7 @@ fn asset(content_type: &'static str, text: &'static str) -> Response<Full<Bytes>
 fn redirect(to: &str) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SEE_OTHER;
-    let to = if local_path(to) || to == "/ui/signin" {
-        to
-    } else {
-        "/ui/"
-    };
+    let to = if local_path(to) { to } else { "/ui/" };
     if let Ok(v) = HeaderValue::from_str(to) {
         resp.headers_mut().insert(header::LOCATION, v);
     }

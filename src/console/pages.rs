@@ -1,9 +1,9 @@
 //! The overview, the endpoints table, an endpoint's page and what its
 //! buttons do (Send Test, rotate secret, pause and resume, delete).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 
-use http::{Method, StatusCode};
+use http::Method;
 use serde_json::{json, Value};
 
 use crate::admin::AdminError;
@@ -78,7 +78,7 @@ impl Types {
 impl Console {
     /// The routes of the running configuration, in file order.
     pub fn route_names(&self) -> Vec<String> {
-        self.admin()
+        self.admin
             .catalog()
             .event_types()
             .iter()
@@ -168,14 +168,14 @@ impl Console {
             return Ok(Reply::Redirect("/ui/endpoints".into()));
         }
         let now = now_ms();
-        let points = self.history().minutes(ALL_SERIES, 60, now).await?;
+        let points = self.history.minutes(ALL_SERIES, 60, now).await?;
         let targets = self.api(ctx, Method::GET, "/api/targets", "", None).await?;
         let targets = targets["targets"].as_array().cloned().unwrap_or_default();
         let open: Vec<&Value> = targets
             .iter()
             .filter(|t| t["circuit"] != json!("closed"))
             .collect();
-        let store = self.admin().store();
+        let store = self.admin.store();
         let ready = store.check_writable().await;
         let data = json!({
             "endpoints": targets.len(),
@@ -187,12 +187,8 @@ impl Console {
             "ready": ready.is_ok(),
             "not_ready": ready.err().map(|e| e.to_string()),
         });
-        let mut safe = BTreeMap::new();
-        safe.insert("charts", overview_charts(&points));
-        Ok(Reply::Html(
-            StatusCode::OK,
-            self.page(ctx, "overview.html", "overview", &data, safe),
-        ))
+        let charts = overview_charts(&points);
+        Ok(self.ok_page(ctx, "overview.html", "overview", &data, Some(charts)))
     }
 
     /// `/ui/endpoints`: the table, filtered by route and category.
@@ -247,10 +243,7 @@ impl Console {
             "category": category,
             "can_add": self.may(ctx, Method::POST, "/api/endpoints"),
         });
-        Ok(Reply::Html(
-            StatusCode::OK,
-            self.page(ctx, "endpoints.html", "endpoints", &data, BTreeMap::new()),
-        ))
+        Ok(self.ok_page(ctx, "endpoints.html", "endpoints", &data, None))
     }
 
     /// `/ui/endpoints/{id}`: the endpoint, its buttons, charts and deliveries.
@@ -291,10 +284,9 @@ impl Console {
             "replay": self.may(ctx, Method::POST, "/api/deliveries/x/retry"),
         });
         let now = now_ms();
-        let minutes = self.history().minutes(id, 60, now).await?;
-        let hours = self.history().hours(id, 24, now).await?;
-        let mut safe = BTreeMap::new();
-        safe.insert("charts", endpoint_charts(&minutes, &hours));
+        let minutes = self.history.minutes(id, 60, now).await?;
+        let hours = self.history.hours(id, 24, now).await?;
+        let charts = endpoint_charts(&minutes, &hours);
         let data = json!({
             "e": e,
             "trigger": types.trigger(&events, route),
@@ -302,10 +294,7 @@ impl Console {
             "deliveries": deliveries,
             "can": can,
         });
-        Ok(Reply::Html(
-            StatusCode::OK,
-            self.page(ctx, "endpoint.html", "endpoints", &data, safe),
-        ))
+        Ok(self.ok_page(ctx, "endpoint.html", "endpoints", &data, Some(charts)))
     }
 
     /// Send Test: the answer is shown on the endpoint's page.
@@ -396,10 +385,7 @@ impl Console {
             "back": ui_path(id, ""),
             "fields": [],
         });
-        Ok(Reply::Html(
-            StatusCode::OK,
-            self.page(ctx, "confirm.html", "endpoints", &data, BTreeMap::new()),
-        ))
+        Ok(self.ok_page(ctx, "confirm.html", "endpoints", &data, None))
     }
 
     pub async fn delete(&self, ctx: &Ctx, id: &str) -> Shown {
