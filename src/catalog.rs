@@ -770,7 +770,13 @@ impl Catalog {
             let egress = self.egress.read().expect("lock poisoned");
             Arc::new(Target::new(spec, record, &egress, Counters::default()))
         };
-        self.edit(|targets| targets.push(target.clone()));
+        // Config endpoints in file order, then API ones by id.
+        self.edit(|targets| {
+            let at = targets.partition_point(|t| {
+                t.spec.origin == Origin::Config || t.spec.key < target.spec.key
+            });
+            targets.insert(at, target.clone())
+        });
         Ok(target)
     }
 

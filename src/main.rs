@@ -474,13 +474,6 @@ fn list_command(base: &[&str], filters: &[(&str, Option<String>)]) -> Vec<String
     words
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 fn api(opts: ApiOpts, what: Api) -> anyhow::Result<()> {
     let path = config_path(opts.config);
     let config = Config::load(&path)?;
@@ -504,7 +497,7 @@ fn api(opts: ApiOpts, what: Api) -> anyhow::Result<()> {
         Api::EventTypes { route } => {
             let q = query(&[("route", route)]);
             let v = remote.call("GET", &format!("/api/event-types{q}"), None)?;
-            let t = client::event_types_table(&v, now_ms());
+            let t = client::event_types_table(&v, hookrelay::store::now_ms());
             (v, t)
         }
     };
@@ -606,14 +599,14 @@ fn endpoints(remote: &Remote, action: EndpointsAction) -> anyhow::Result<(Value,
             let mut pairs = filters.to_vec();
             pairs.push(("after", after));
             let v = remote.call("GET", &format!("/api/endpoints{}", query(&pairs)), None)?;
-            let mut t = client::endpoints_table(&v, now_ms());
+            let mut t = client::endpoints_table(&v, hookrelay::store::now_ms());
             let command = list_command(&["hookrelay", "endpoints", "list"], &filters);
             t.push_str(&client::next_line(&v, &command));
             (v, t)
         }
         EndpointsAction::Show { id } => {
             let v = remote.call("GET", &one(&id), None)?;
-            let t = client::endpoint_text(&v, now_ms());
+            let t = client::endpoint_text(&v, hookrelay::store::now_ms());
             (v, t)
         }
         EndpointsAction::Add {

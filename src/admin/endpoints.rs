@@ -436,7 +436,7 @@ impl Admin {
 
 /// Whether `who` may see endpoint `t`: admin and read tokens see all; a
 /// subscriber only the API endpoints it made.
-fn may_see(t: &Target, who: &Grant) -> bool {
+pub(super) fn may_see(t: &Target, who: &Grant) -> bool {
     who.scope != Scope::Subscriber
         || (t.spec.origin == Origin::Api && t.spec.owner.as_deref() == Some(&who.name))
 }

@@ -9,6 +9,7 @@ use hyper::Response;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::admin::endpoints::may_see;
 use crate::admin::error::{invalid, AdminError};
 use crate::admin::json::hook_json;
 use crate::admin::tokens::Grant;
@@ -72,8 +73,7 @@ impl Admin {
             .catalog
             .all()
             .iter()
-            .filter(|t| t.spec.origin == Origin::Api)
-            .filter(|t| self.visible(&t.spec.key, who).is_ok())
+            .filter(|t| t.spec.origin == Origin::Api && may_see(t, who))
             .map(|t| hook_json(t))
             .collect();
         Ok(ok(json!({ "hooks": hooks })))

@@ -213,8 +213,6 @@ pub trait Store: Send + Sync + 'static {
     /// Every endpoint, by id.
     async fn endpoints(&self) -> Result<Vec<EndpointRecord>, StoreError>;
 
-    async fn endpoint(&self, id: &str) -> Result<Option<EndpointRecord>, StoreError>;
-
     /// Removes an endpoint, its counters and its history; whether it existed.
     async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError>;
 

@@ -593,9 +593,11 @@ pub async fn endpoints_and_counters_round_trip<B: Backend>() {
     let mut changed = endpoint("ep_b");
     changed.spec["name"] = serde_json::json!("renamed");
     store.put_endpoint(&changed).await.unwrap();
-    let got = store.endpoint("ep_b").await.unwrap().unwrap();
+    let all = store.endpoints().await.unwrap();
+    assert_eq!(all.len(), 2, "a put replaces, it does not add");
+    let got = all.iter().find(|e| e.id == "ep_b").unwrap();
     assert_eq!(got.spec["name"], "renamed", "a put replaces");
-    assert!(store.endpoint("ep_z").await.unwrap().is_none());
+    assert!(!all.iter().any(|e| e.id == "ep_z"));
 
     let c = Counters {
         calls: 7,

@@ -476,10 +476,6 @@ impl Store for SledStore {
         self.blocking(|s| s.endpoints()).await
     }
 
-    async fn endpoint(&self, id: &str) -> Result<Option<EndpointRecord>, StoreError> {
-        self.0.endpoint(id)
-    }
-
     async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
         self.blocking(move |s| s.delete_endpoint(&id)).await

@@ -185,13 +185,6 @@ impl Sled {
             .collect()
     }
 
-    pub fn endpoint(&self, id: &str) -> Result<Option<EndpointRecord>, StoreError> {
-        self.endpoints
-            .get(id.as_bytes())?
-            .map(|v| decode("endpoints", &v))
-            .transpose()
-    }
-
     /// Removes an endpoint, its counters and its history; returns whether
     /// it existed.
     pub fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError> {
