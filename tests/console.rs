@@ -373,6 +373,10 @@ async fn a_read_token_sees_everything_and_can_press_nothing_and_a_subscriber_see
         .post(&format!("/ui/endpoints/{id}/rotate"), &[])
         .await;
     assert_eq!(r.status, 303);
+    let e = admin(&app, "GET", &format!("/api/endpoints/{id}"), None)
+        .await
+        .json();
+    assert_eq!(e["secrets"], 1, "no second secret: {e}");
     let page = text(&reader.get(&format!("/ui/endpoints/{id}")).await);
     assert!(page.contains("Secret not rotated"), "{page}");
     assert!(!page.contains("whsec_"), "{page}");
@@ -693,7 +697,6 @@ async fn replay_all_asks_first_and_says_how_many_were_re_queued() {
 async fn charts_come_from_the_relays_own_history_and_survive_a_restart() {
     let rx = Receiver::ok().await;
     let dir = tempfile::tempdir().unwrap();
-    let store_dir = dir.path().to_path_buf();
     let app = spawn_console(&route(), dir).await;
     let made = endpoint(
         &app,
@@ -725,7 +728,6 @@ async fn charts_come_from_the_relays_own_history_and_survive_a_restart() {
     let TestApp { relay, dir, .. } = app;
     relay.shutdown().await.unwrap();
     let app = spawn_console(&route(), dir).await;
-    assert_eq!(store_dir, app.dir.path());
     let ui = sign_in(&app, TOKEN).await;
     let page = text(&ui.get(&format!("/ui/endpoints/{id}")).await);
     assert!(

@@ -133,6 +133,7 @@ async fn an_admin_manages_a_braincert_endpoint_in_the_browser() {
     )
     .await;
     assert_eq!(r.status, 201);
+    let mailing = r.json()["id"].as_str().unwrap().to_string();
     let mut user: Value = serde_json::from_slice(&fixture("braincert/user_created.json")).unwrap();
     user["payload"]["note"] = json!("<script>window.pwned = 1</script>");
     let r = post_json(app.addr, "/braincert", user.to_string()).await;
@@ -221,6 +222,11 @@ async fn an_admin_manages_a_braincert_endpoint_in_the_browser() {
         .unwrap();
     b.wait_for("#send-test").await.click().await.unwrap();
     assert_eq!(text_of(&b, ".test-status").await, "HTTP 200");
+    assert_eq!(
+        text_of(&b, ".test-result pre.excerpt").await,
+        "ok",
+        "the receiver's answer"
+    );
     let got = crm.wait_for(1).await;
     assert_eq!(got.len(), 1);
     assert!(got[0].headers["content-type"]
@@ -297,7 +303,7 @@ async fn an_admin_manages_a_braincert_endpoint_in_the_browser() {
             .as_array()
             .unwrap()
             .iter()
-            .any(|d| d["target"] != json!(null))
+            .any(|d| d["target"] == mailing.as_str())
     })
     .await;
 
@@ -369,6 +375,15 @@ async fn an_admin_manages_a_braincert_endpoint_in_the_browser() {
         .await
         .unwrap();
     b.wait_for("table.endpoints").await;
+    let overflow = script_number(
+        &b,
+        "return document.documentElement.scrollWidth - window.innerWidth;",
+    )
+    .await;
+    assert!(
+        overflow <= 0,
+        "the page is {overflow} px wider than a phone"
+    );
     shoot(&b, "10-endpoints-phone").await;
     b.close().await;
 }

@@ -704,21 +704,26 @@ async fn a_subscriber_token_sees_only_its_hooks_and_a_410_unsubscribes() {
     // After that, orders reach the audit target but no longer the hook.
     let r = post_json(app.addr, "/t/new_order", order).await;
     assert_eq!(r.status, 202);
+    assert_eq!(
+        r.json()["deliveries"],
+        1,
+        "only the audit target is queued: {:?}",
+        r.body
+    );
     let after = r.json()["id"].as_str().unwrap().to_string();
     let seen = witness.wait_for(3).await;
     assert_eq!(seen[2].headers["webhook-id"], after.as_str());
     let ev = admin(&app, "GET", &format!("/api/events/{after}"), None)
         .await
         .json();
-    for d in ev["deliveries"].as_array().unwrap() {
-        if d["target"] == id.as_str() {
-            assert_eq!(
-                d["attempts"], 0,
-                "nothing attempted to a disabled hook: {d}"
-            );
-            assert_ne!(d["state"], "succeeded", "{d}");
-        }
-    }
+    assert!(
+        !ev["deliveries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["target"] == id.as_str()),
+        "no delivery for a disabled hook: {ev}"
+    );
     assert_eq!(zap.received().len(), 3, "no delivery after the 410");
 }
 
@@ -859,17 +864,20 @@ async fn a_configured_target_keeps_its_id_counters_and_pending_deliveries_across
     assert_eq!(ids, vec![json!(id)], "renamed, not replaced");
     eventually_json(&app, &pending_path, |v| delivery_ids(v) == pending_ids).await;
 
-    // The CRM is back: both orders arrive, once each.
+    // The CRM is back: both orders arrive after that, and succeed once each.
+    let n0 = rx.received().len();
     up.store(true, Ordering::SeqCst);
     eventually_json(&app, &path, |v| v["counters"]["succeeded"] == 3).await;
     let ids = webhook_ids(&rx);
     for event in &waiting {
-        let ok = rx
-            .received()
+        let arrived = rx.received()[n0..]
             .iter()
             .filter(|r| r.headers["webhook-id"] == event.as_str())
             .count();
-        assert!(ok >= 1, "{event} never arrived: {ids:?}");
+        assert!(
+            arrived >= 1,
+            "{event} did not arrive once the CRM was back: {ids:?}"
+        );
     }
     let none = admin(&app, "GET", &pending_path, None).await.json();
     assert_eq!(none["deliveries"], json!([]));
