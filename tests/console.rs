@@ -735,3 +735,130 @@ async fn charts_come_from_the_relays_own_history_and_survive_a_restart() {
         "after a restart: {page}"
     );
 }
+
+#[tokio::test]
+async fn the_buttons_filters_and_charts_the_readme_names() {
+    let rx = Receiver::ok().await;
+    let app = spawn_console(&route(), tempfile::tempdir().unwrap()).await;
+    let ui = sign_in(&app, TOKEN).await;
+
+    // Add endpoint with a pattern; the defaults show where nothing is set.
+    let form_page = text(&ui.get("/ui/endpoints/new").await);
+    assert!(
+        form_page.contains("placeholder=\"2s\""),
+        "the test config's timeout: {form_page}"
+    );
+    let r = ui
+        .post(
+            "/ui/endpoints",
+            &[
+                ("name", "Sales CRM"),
+                ("url", &rx.url("/crm")),
+                ("route", "braincert"),
+                ("patterns", "purchase.*"),
+                ("format", "json"),
+                ("enabled", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 303, "{}", text(&r));
+    let page_path = header(&r, "location");
+    let id = page_path.rsplit('/').next().unwrap().to_string();
+    let e = admin(&app, "GET", &format!("/api/endpoints/{id}"), None)
+        .await
+        .json();
+    assert_eq!(e["events"], json!(["purchase.*"]));
+    let page = text(&ui.get(&page_path).await);
+    assert!(page.contains("whsec_"), "the secret, once");
+    assert!(
+        !text(&ui.get(&page_path).await).contains("whsec_"),
+        "and not again"
+    );
+
+    // The route filter.
+    assert!(text(&ui.get("/ui/endpoints?route=braincert").await).contains("Sales CRM"));
+    assert!(!text(&ui.get("/ui/endpoints?route=heights").await).contains("Sales CRM"));
+
+    // Rotate secret: a new one, shown once, and two sign for a while.
+    ui.post(&format!("/ui/endpoints/{id}/rotate"), &[]).await;
+    let page = text(&ui.get(&page_path).await);
+    assert!(
+        page.contains("New signing secret made") && page.contains("whsec_"),
+        "{page}"
+    );
+    let e = admin(&app, "GET", &format!("/api/endpoints/{id}"), None)
+        .await
+        .json();
+    assert_eq!(e["secrets"], 2);
+
+    // Pause, then resume.
+    ui.post(
+        &format!("/ui/endpoints/{id}/enabled"),
+        &[("enabled", "false")],
+    )
+    .await;
+    ui.post(
+        &format!("/ui/endpoints/{id}/enabled"),
+        &[("enabled", "true")],
+    )
+    .await;
+    let page = text(&ui.get(&page_path).await);
+    assert!(
+        page.contains("Resumed: queued events are delivered."),
+        "{page}"
+    );
+    let e = admin(&app, "GET", &format!("/api/endpoints/{id}"), None)
+        .await
+        .json();
+    assert_eq!(e["enabled"], true);
+
+    // The charts of an endpoint and of the overview, by their titles.
+    for title in [
+        "Delivery attempts per minute, last hour",
+        "Delivery attempts per hour, last day",
+        "Mean attempt duration per minute, last hour",
+    ] {
+        assert!(page.contains(title), "{title}");
+    }
+    let overview = text(&ui.get("/ui/").await);
+    for title in [
+        "Events per minute",
+        "Delivery attempts per minute",
+        "Queue depth",
+        "Open circuits",
+        "Store size",
+    ] {
+        assert!(
+            overview.contains(&format!(">{title}<")),
+            "{title} in {overview}"
+        );
+    }
+
+    // The events page filters by outcome: a refused POST and an accepted one.
+    assert_eq!(post_json(app.addr, "/nowhere", "{}").await.status, 404);
+    assert_eq!(
+        post_json(app.addr, "/braincert", fixture("braincert/new_sale.json"))
+            .await
+            .status,
+        202
+    );
+    let rejected = text(&ui.get("/ui/events?outcome=rejected").await);
+    assert!(
+        rejected.contains("POST &#x2f;nowhere") && !rejected.contains("POST &#x2f;braincert"),
+        "{rejected}"
+    );
+    let accepted = text(&ui.get("/ui/events?outcome=accepted").await);
+    assert!(
+        accepted.contains("POST &#x2f;braincert") && !accepted.contains("POST &#x2f;nowhere"),
+        "{accepted}"
+    );
+
+    // Delete asks first, then deletes.
+    let confirm = text(&ui.get(&format!("/ui/endpoints/{id}/delete")).await);
+    assert!(confirm.contains("Delete this endpoint?"), "{confirm}");
+    let r = ui.post(&format!("/ui/endpoints/{id}/delete"), &[]).await;
+    assert_eq!(header(&r, "location"), "/ui/endpoints");
+    assert!(text(&ui.get("/ui/endpoints").await).contains(&format!("Endpoint {id} deleted.")));
+    let gone = admin(&app, "GET", &format!("/api/endpoints/{id}"), None).await;
+    assert_eq!(gone.status, 404);
+}

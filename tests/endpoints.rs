@@ -895,7 +895,8 @@ async fn a_configured_target_keeps_its_id_counters_and_pending_deliveries_across
 #[tokio::test]
 async fn the_inbound_log_shows_rejected_accepted_and_defaulted_posts() {
     let route = format!(
-        "{BARE_ROUTE}[[routes]]\nname = \"lms\"\npath = \"/lms\"\nevent = \"{{json./event|unknown}}\"\n"
+        "{BARE_ROUTE}[[routes]]\nname = \"lms\"\npath = \"/lms\"\nevent = \"{{json./event|unknown}}\"\n\
+         dedup = \"{{header.idempotency-key}}\"\n"
     );
     let app = spawn_app(&route).await;
 
@@ -979,6 +980,23 @@ async fn the_inbound_log_shows_rejected_accepted_and_defaulted_posts() {
     assert_eq!(seen["declared"], false);
     assert_eq!(seen["display_name"], Value::Null);
     assert!(seen["last_seen"].as_i64().is_some(), "{seen}");
+
+    // The same idempotency key again: a duplicate, with the first event's id.
+    let keyed = [
+        ("content-type", "application/json"),
+        ("idempotency-key", "order-7"),
+    ];
+    let first = send(app.addr, None, "POST", "/lms", &keyed, "{}").await;
+    let again = send(app.addr, None, "POST", "/lms", &keyed, "{}").await;
+    assert_eq!(again.json()["duplicate"], true, "{:?}", again.body);
+    let log = eventually_json(&app, "/api/events?outcome=duplicate", |v| {
+        !v["events"].as_array().unwrap().is_empty()
+    })
+    .await;
+    let e = &log["events"][0];
+    assert_eq!(e["outcome"], "duplicate");
+    assert_eq!(e["event"], first.json()["id"]);
+    assert_eq!(log["events"].as_array().unwrap().len(), 1, "{log}");
 }
 
 // === 6. What the API refuses ===
@@ -1062,7 +1080,9 @@ async fn invalid_endpoints_are_refused_and_the_limit_holds() {
 
     // admin.max_endpoints = 2.
     let first = create(&app, ok.clone()).await;
-    create(&app, with("name", json!("Refunds"))).await;
+    // A pattern goes through on a catalogued route: it may match types to come.
+    let refunds = create(&app, with("events", json!(["refund_*"]))).await;
+    assert_eq!(refunds["events"], json!(["refund_*"]));
     let r = admin(
         &app,
         "POST",
