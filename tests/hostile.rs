@@ -230,3 +230,26 @@ async fn exchange_holding(addr: SocketAddr, bytes: &[u8]) -> Option<u16> {
         .unwrap_or(0);
     status_of(&got[..n])
 }
+
+/// A flood of refused requests is answered and counted, but only the first
+/// couple of hundred (then 20 a second) are written to the inbound log, so
+/// it cannot fill the disk.
+#[tokio::test]
+async fn a_flood_of_refused_requests_is_recorded_at_a_bounded_rate() {
+    let app = spawn_app("[[routes]]\nname = \"t\"\npath = \"/t/{event}\"\n").await;
+    const FLOOD: usize = 400;
+    let started = Instant::now();
+    for _ in 0..FLOOD {
+        assert_eq!(post_json(app.addr, "/nowhere", "{}").await.status, 404);
+    }
+    let secs = started.elapsed().as_secs() as usize + 1;
+    let log = admin(&app, "GET", "/api/events?outcome=rejected&limit=1000", None)
+        .await
+        .json();
+    let recorded = log["events"].as_array().unwrap().len();
+    assert!(recorded >= 200, "the burst is recorded: {recorded}");
+    assert!(
+        recorded <= 200 + 20 * secs && recorded < FLOOD,
+        "{recorded} of {FLOOD} refusals recorded in {secs} s"
+    );
+}

@@ -9,8 +9,10 @@
 //!
 //! Every request leaves a record in the inbound log: accepted and duplicate
 //! ones with the event (`Store::accept` writes it), refused ones with their
-//! status and reason. Refusals are also logged, at most `REFUSALS_PER_SECOND`
-//! lines a second, so a flood cannot fill the journal.
+//! status and reason, at most `REFUSAL_RECORDS` a second, so a flood of
+//! refused requests cannot fill the disk (every refusal is counted in
+//! `hookrelay_events_rejected_total`). Refusals are also logged, at most
+//! `REFUSALS_PER_SECOND` lines a second, so a flood cannot fill the journal.
 //!
 //! Proxy mode (`ingest.proxy`): an HTTP/1 absolute-form request
 //! (`POST http://host/path`) is matched against the routes that name a
@@ -62,6 +64,9 @@ use tunnel::Tunnels;
 /// count is given on the next line logged.
 const REFUSALS_PER_SECOND: Rate = Rate::of(5, 20);
 
+/// Refused requests recorded in the inbound log per second (and burst).
+const REFUSAL_RECORDS: Rate = Rate::of(20, 200);
+
 /// What a config decides about ingest; replaced whole on reload.
 struct Settings {
     router: Router,
@@ -108,6 +113,7 @@ pub struct Ingest {
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     refusal_log: Throttle,
+    refusal_records: Throttle,
 }
 
 impl Ingest {
@@ -123,6 +129,7 @@ impl Ingest {
             store,
             metrics,
             refusal_log: Throttle::new(REFUSALS_PER_SECOND),
+            refusal_records: Throttle::new(REFUSAL_RECORDS),
         }
     }
 
@@ -176,7 +183,9 @@ impl Ingest {
                 self.log_refusal(&record);
                 // A store that cannot take the record (full, failing) has
                 // already made this a 503; the answer does not wait on it.
-                let _ = self.store.record_inbound(&record).await;
+                if self.refusal_records.admit().is_some() {
+                    let _ = self.store.record_inbound(&record).await;
+                }
                 e.into_response()
             }
         }
