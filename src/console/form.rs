@@ -368,7 +368,8 @@ impl Console {
         editing: Option<&Value>,
         status: StatusCode,
     ) -> Shown {
-        let types = self.event_types(ctx, true).await?;
+        let mut types = self.types().0;
+        types.extend(self.seen_types(ctx).await?);
         let mut groups: BTreeMap<(String, String), Vec<Value>> = BTreeMap::new();
         for t in &types {
             let category = if t.category.is_empty() {
@@ -437,7 +438,7 @@ impl Console {
     pub async fn create_endpoint(&self, ctx: &Ctx, req: &Req) -> Shown {
         let mut view = FormView::from_req(req);
         if req.f("action") == Some("preview") {
-            view.preview = Some(self.shaped_preview(ctx, &view).await);
+            view.preview = Some(self.shaped_preview(&view));
             return self.form_page(ctx, &view, None, StatusCode::OK).await;
         }
         let Some(body) = view.body(None) else {
@@ -501,7 +502,7 @@ impl Console {
         let old = self.editable(ctx, id).await?;
         let mut view = FormView::from_req(req);
         if req.f("action") == Some("preview") {
-            view.preview = Some(self.shaped_preview(ctx, &view).await);
+            view.preview = Some(self.shaped_preview(&view));
             return self.form_page(ctx, &view, Some(&old), StatusCode::OK).await;
         }
         let Some(patch) = view.body(Some(&old)) else {
@@ -526,9 +527,9 @@ impl Console {
     }
 
     /// `POST /ui/preview` (the form's script): the shaped body as text.
-    pub async fn preview(&self, ctx: &Ctx, req: &Req) -> Shown {
+    pub fn preview(&self, req: &Req) -> Shown {
         let view = FormView::from_req(req);
-        let p = self.shaped_preview(ctx, &view).await;
+        let p = self.shaped_preview(&view);
         let text = match (&p["body"], &p["error"]) {
             (Value::String(b), _) => b.clone(),
             (_, Value::String(e)) => format!("(not shaped: {e})"),
@@ -539,11 +540,8 @@ impl Console {
 
     /// The catalog example of the form's first event type, shaped as the
     /// form says: `{event_type, content_type, body}` or `{error}`.
-    async fn shaped_preview(&self, ctx: &Ctx, view: &FormView) -> Value {
-        let types = match self.types(ctx).await {
-            Ok(t) => t,
-            Err(e) => return json!({"error": e.to_string()}),
-        };
+    fn shaped_preview(&self, view: &FormView) -> Value {
+        let types = self.types();
         let route = Some(view.get("route")).filter(|r| !r.is_empty());
         let pick = view
             .events

@@ -295,7 +295,7 @@ impl Console {
             (Method::GET, ["endpoints"]) => self.endpoints(&ctx, &req).await,
             (Method::GET, ["endpoints", "new"]) => self.new_endpoint(&ctx, &req).await,
             (Method::POST, ["endpoints"]) => self.create_endpoint(&ctx, &req).await,
-            (Method::POST, ["preview"]) => self.preview(&ctx, &req).await,
+            (Method::POST, ["preview"]) => self.preview(&req),
             (Method::GET, ["endpoints", id]) => self.endpoint(&ctx, id).await,
             (Method::GET, ["endpoints", id, "edit"]) => self.edit_endpoint(&ctx, id).await,
             (Method::POST, ["endpoints", id, "edit"]) => self.save_endpoint(&ctx, id, &req).await,

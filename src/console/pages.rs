@@ -86,47 +86,56 @@ impl Console {
             .collect()
     }
 
-    /// The catalogs, through the API.
-    pub async fn types(&self, ctx: &Ctx) -> Result<Types, AdminError> {
-        Ok(Types(self.event_types(ctx, false).await?))
+    /// The routes' catalogs, as the running configuration declares them
+    /// (what `GET /api/event-types` lists as declared, without its scan of
+    /// the inbound log).
+    pub fn types(&self) -> Types {
+        let catalogs = self.admin.catalog().event_types();
+        Types(
+            catalogs
+                .iter()
+                .flat_map(|(route, types)| {
+                    types.iter().map(move |t| EventTypeInfo {
+                        route: route.clone(),
+                        name: t.name.clone(),
+                        display_name: t.display_name.clone(),
+                        category: t.category.clone().unwrap_or_default(),
+                        example: t.example.clone(),
+                    })
+                })
+                .collect(),
+        )
     }
 
-    /// The catalogs' types, and (`seen`) the types seen at ingest on
-    /// routes that have no catalog (category "Seen at ingest").
-    pub async fn event_types(
-        &self,
-        ctx: &Ctx,
-        seen: bool,
-    ) -> Result<Vec<EventTypeInfo>, AdminError> {
+    /// The types seen at ingest on routes that have no catalog (category
+    /// "Seen at ingest"), through the API.
+    pub async fn seen_types(&self, ctx: &Ctx) -> Result<Vec<EventTypeInfo>, AdminError> {
+        let catalogued: BTreeSet<String> = self
+            .admin
+            .catalog()
+            .event_types()
+            .iter()
+            .filter(|(_, types)| !types.is_empty())
+            .map(|(route, _)| route.clone())
+            .collect();
         let v = self
             .api(ctx, Method::GET, "/api/event-types", "", None)
             .await?;
-        let list = v["event_types"].as_array().cloned().unwrap_or_default();
-        let catalogued: BTreeSet<&str> = list
-            .iter()
-            .filter(|t| t["declared"] == json!(true))
-            .filter_map(|t| t["route"].as_str())
-            .collect();
-        Ok(list
-            .iter()
-            .filter(|t| {
-                t["declared"] == json!(true)
-                    || (seen && !catalogued.contains(t["route"].as_str().unwrap_or("")))
-            })
-            .map(|t| EventTypeInfo {
-                route: t["route"].as_str().unwrap_or("").to_string(),
-                name: t["name"].as_str().unwrap_or("").to_string(),
-                display_name: t["display_name"]
-                    .as_str()
-                    .or(t["name"].as_str())
-                    .unwrap_or("")
-                    .to_string(),
-                category: match t["category"].as_str() {
-                    Some(c) => c.to_string(),
-                    None if t["declared"] != json!(true) => "Seen at ingest".to_string(),
-                    None => String::new(),
-                },
-                example: t.get("example").filter(|e| !e.is_null()).cloned(),
+        Ok(v["event_types"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|t| t["declared"] == json!(false))
+            .filter_map(|t| {
+                let route = t["route"].as_str()?;
+                let name = t["name"].as_str()?;
+                (!catalogued.contains(route)).then(|| EventTypeInfo {
+                    route: route.to_string(),
+                    name: name.to_string(),
+                    display_name: name.to_string(),
+                    category: "Seen at ingest".to_string(),
+                    example: None,
+                })
             })
             .collect())
     }
@@ -196,7 +205,7 @@ impl Console {
         let route = req.q("route");
         let category = req.q("category");
         let start: usize = req.q("from").and_then(|f| f.parse().ok()).unwrap_or(0);
-        let types = self.types(ctx).await?;
+        let types = self.types();
         let all = self.all_endpoints(ctx, route).await?;
         let rows: Vec<Value> = all
             .into_iter()
@@ -250,7 +259,7 @@ impl Console {
     pub async fn endpoint(&self, ctx: &Ctx, id: &str) -> Shown {
         let path = api_path(id, "");
         let e = self.api(ctx, Method::GET, &path, "", None).await?;
-        let types = self.types(ctx).await?;
+        let types = self.types();
         let events = event_list(&e);
         let route = e["route"].as_str();
         let patterns: Vec<EventPattern> = events
