@@ -135,8 +135,8 @@ impl Admin {
         Ok(())
     }
 
-    /// Makes an API endpoint `id` from a body (its `secret` taken out);
-    /// answers 201 with the endpoint and its secret, in `view`.
+    /// Makes an API endpoint `id` from a body (its `secret` taken out, or
+    /// a new one made); returns the endpoint and its secret.
     pub(super) async fn make_endpoint(
         &self,
         id: String,

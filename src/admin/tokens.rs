@@ -204,8 +204,6 @@ impl fmt::Debug for Tokens {
     }
 }
 
-/// One line of the file: `None` for a blank line or a comment, else the
-/// entry and the token's length in characters. Reasons never quote the token.
 /// One line of the tokens file, read.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Line<'a> {

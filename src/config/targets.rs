@@ -59,7 +59,8 @@ pub struct RouteConfig {
 #[serde(deny_unknown_fields)]
 pub struct TargetConfig {
     /// A stable id for the API and the store; without it the target keeps
-    /// the id it was first given, found again by route and URL.
+    /// the id it was first given, found again by route and name, else by
+    /// route and URL.
     pub id: Option<String>,
     /// Free text shown in lists: 1-100 characters, no control characters.
     pub name: String,

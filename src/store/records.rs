@@ -1,6 +1,6 @@
 //! The records of the store, the same for every backend: ids, events,
-//! deliveries and their states, attempts, subscriptions, counters, and the
-//! delivery history the console charts.
+//! deliveries and their states, attempts, endpoint records, the inbound
+//! log, counters, and the delivery history the console charts.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};

@@ -1,7 +1,7 @@
 //! Prometheus metrics.
 //!
 //! Metric labels are bounded: routes and targets come from the config file
-//! and the subscriptions that exist; reasons, outcomes and states are fixed
+//! and the API endpoints that exist; reasons, outcomes and states are fixed
 //! sets. No event ids or URLs are ever labels. Gauges (queue depth, circuit
 //! state, store size) are read from the store and catalog at scrape time.
 //! Event totals are also kept as plain numbers, for the delivery history.

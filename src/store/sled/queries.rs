@@ -1,8 +1,9 @@
 //! Reads and repairs for operators: listing deliveries, re-queueing and
-//! cancelling them, subscriptions, and per-target counters.
+//! cancelling them, endpoint records, per-target counters, the inbound log.
 //!
-//! Every scan here is bounded by a caller-given limit, so no request can
-//! hold the store for long.
+//! Every scan a request makes here is bounded by a caller-given limit, so
+//! no request can hold the store for long; `endpoints` (read at start) and
+//! the inbound log's trim (once a minute) read their whole tree.
 
 use crate::store::sled::keys::{decode, due_prefix, encode, parse_due_key};
 use crate::store::sled::Sled;
