@@ -7,14 +7,10 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::*;
-use hookrelay::config::Config;
-use hookrelay::Relay;
 use serde_json::{json, Value};
 
 const READER: &str = "reader-token-0123456789";
@@ -25,30 +21,14 @@ fn tokens() -> String {
 }
 
 async fn spawn_console(toml: &str, dir: tempfile::TempDir) -> TestApp {
-    let text = test_config_text(toml, dir.path());
-    std::fs::write(dir.path().join("admin.tokens"), tokens()).unwrap();
-    let config =
-        Config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let relay = Relay::start(config).await.expect("relay starts");
-    TestApp {
-        addr: relay.ingest_addrs()[0],
-        relay,
-        dir,
-    }
+    spawn_app_in(dir, toml, &tokens()).await
 }
 
-/// A BrainCert-style route with a two-type catalog.
+/// The shared BrainCert route, and a Heights route without a catalog.
 fn route() -> String {
-    let sale = String::from_utf8(fixture("braincert/new_sale.json")).unwrap();
-    let user = String::from_utf8(fixture("braincert/user_created.json")).unwrap();
     format!(
-        "[[routes]]\nname = \"braincert\"\npath = \"/braincert\"\n\
-         event = \"{{json./resource}}.{{json./action}}\"\n\
-         [[routes.event_types]]\nname = \"purchase.completed\"\ndisplay_name = \"New Sale\"\n\
-         category = \"Sales\"\nexample = '''\n{sale}'''\n\
-         [[routes.event_types]]\nname = \"user.signup\"\ndisplay_name = \"New User\"\n\
-         category = \"Users\"\nexample = '''\n{user}'''\n\
-         [[routes]]\nname = \"heights\"\npath = \"/heights/{{event}}\"\n"
+        "{}[[routes]]\nname = \"heights\"\npath = \"/heights/{{event}}\"\n",
+        braincert_catalog_route()
     )
 }
 
@@ -487,18 +467,19 @@ async fn the_form_shows_the_api_errors_next_to_their_fields_and_keeps_what_was_t
     ] {
         assert!(page.contains(want), "{want} in {page}");
     }
+    let thief = [
+        ("name", "Metadata thief"),
+        ("url", "http://169.254.169.254/latest"),
+        ("route", "braincert"),
+        ("event", "purchase.completed"),
+        ("format", "json"),
+        ("enabled", "on"),
+    ];
+    // A number the form itself refuses.
     let r = ui
         .post(
             "/ui/endpoints",
-            &[
-                ("name", "Metadata thief"),
-                ("url", "http://169.254.169.254/latest"),
-                ("route", "braincert"),
-                ("event", "purchase.completed"),
-                ("format", "json"),
-                ("enabled", "on"),
-                ("max_attempts", "many"),
-            ],
+            &[&thief[..], &[("max_attempts", "many")]].concat(),
         )
         .await;
     assert_eq!(r.status, 422);
@@ -509,18 +490,7 @@ async fn the_form_shows_the_api_errors_next_to_their_fields_and_keeps_what_was_t
         "what was typed stays"
     );
     // Fixed locally, the API's own check names the URL.
-    let r = ui
-        .post(
-            "/ui/endpoints",
-            &[
-                ("name", "Metadata thief"),
-                ("url", "http://169.254.169.254/latest"),
-                ("route", "braincert"),
-                ("event", "purchase.completed"),
-                ("format", "json"),
-            ],
-        )
-        .await;
+    let r = ui.post("/ui/endpoints", &thief).await;
     assert_eq!(r.status, 422);
     let page = text(&r);
     let at = page
@@ -639,18 +609,7 @@ async fn the_form_shows_the_api_errors_next_to_their_fields_and_keeps_what_was_t
 #[tokio::test]
 async fn replay_all_asks_first_and_says_how_many_were_re_queued() {
     let up = Arc::new(AtomicBool::new(false));
-    let flag = up.clone();
-    let rx = Receiver::start(Arc::new(move |_| {
-        (
-            if flag.load(Ordering::SeqCst) {
-                200
-            } else {
-                500
-            },
-            Duration::ZERO,
-        )
-    }))
-    .await;
+    let rx = Receiver::switchable(up.clone(), 500).await;
     let app = spawn_console(&route(), tempfile::tempdir().unwrap()).await;
     let made = endpoint(
         &app,

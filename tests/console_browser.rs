@@ -7,31 +7,18 @@
 
 mod common;
 
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use common::browser::Browser;
 use common::*;
 use fantoccini::Locator;
-use hookrelay::config::Config;
-use hookrelay::Relay;
 use serde_json::{json, Value};
 
 const READER: &str = "reader-token-0123456789";
 
 fn route() -> String {
-    let sale = String::from_utf8(fixture("braincert/new_sale.json")).unwrap();
-    let user = String::from_utf8(fixture("braincert/user_created.json")).unwrap();
-    format!(
-        "[[routes]]\nname = \"braincert\"\npath = \"/braincert\"\n\
-         event = \"{{json./resource}}.{{json./action}}\"\n\
-         [[routes.event_types]]\nname = \"purchase.completed\"\ndisplay_name = \"New Sale\"\n\
-         category = \"Sales\"\nexample = '''\n{sale}'''\n\
-         [[routes.event_types]]\nname = \"user.signup\"\ndisplay_name = \"New User\"\n\
-         category = \"Users\"\nexample = '''\n{user}'''\n"
-    )
+    braincert_catalog_route()
 }
 
 async fn text_of(b: &Browser, css: &str) -> String {
@@ -92,32 +79,12 @@ async fn an_admin_manages_a_braincert_endpoint_in_the_browser() {
     };
     let crm = Receiver::ok().await;
     let up = Arc::new(AtomicBool::new(false));
-    let flag = up.clone();
-    let flaky = Receiver::start(Arc::new(move |_| {
-        (
-            if flag.load(Ordering::SeqCst) {
-                200
-            } else {
-                500
-            },
-            Duration::ZERO,
-        )
-    }))
-    .await;
-    let dir = tempfile::tempdir().unwrap();
-    let text = test_config_text(&route(), dir.path());
-    std::fs::write(
-        dir.path().join("admin.tokens"),
-        format!("{TOKEN} admin name=admin\n{READER} read name=auditor\n"),
+    let flaky = Receiver::switchable(up.clone(), 500).await;
+    let app = spawn_app_with_tokens(
+        &route(),
+        &format!("{TOKEN} admin name=admin\n{READER} read name=auditor\n"),
     )
-    .unwrap();
-    let config = Config::parse(&text, Path::new("test.toml")).unwrap();
-    let relay = Relay::start(config).await.unwrap();
-    let app = TestApp {
-        addr: relay.ingest_addrs()[0],
-        relay,
-        dir,
-    };
+    .await;
     let base = format!("http://{}", app.relay.admin_addrs()[0]);
 
     // A mailing tool that fails every new user, once each: it will hold a

@@ -8,10 +8,8 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -22,23 +20,6 @@ use serde_json::{json, Value};
 use sha2::Digest;
 
 // === helpers ===
-
-/// Starts the relay on `toml` (test base, loopback egress allowed) with
-/// `tokens` as the text of its admin tokens file.
-async fn spawn_app_with_tokens(toml: &str, tokens: &str) -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
-    let text = test_config_text(toml, dir.path());
-    // test_config_text wrote the one-token file; this story has its own.
-    std::fs::write(dir.path().join("admin.tokens"), tokens).unwrap();
-    let config =
-        Config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let relay = Relay::start(config).await.expect("relay starts");
-    TestApp {
-        addr: relay.ingest_addrs()[0],
-        relay,
-        dir,
-    }
-}
 
 /// `[[routes.event_types]]` tables for the route above them: (name,
 /// display name, category, example as JSON text).
@@ -72,19 +53,6 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as i64
-}
-
-/// A receiver that answers `200` while `up` holds and `down_status` otherwise.
-async fn switchable(up: Arc<AtomicBool>, down_status: u16) -> Receiver {
-    Receiver::start(Arc::new(move |_| {
-        let status = if up.load(Ordering::SeqCst) {
-            200
-        } else {
-            down_status
-        };
-        (status, Duration::ZERO)
-    }))
-    .await
 }
 
 /// The `webhook-id`s a receiver got, in order.
@@ -548,7 +516,7 @@ async fn a_subscriber_token_sees_only_its_hooks_and_a_410_unsubscribes() {
     let witness = Receiver::ok().await;
     let up = Arc::new(AtomicBool::new(true));
     // Answers 410 Gone once `up` is cleared.
-    let zap = switchable(up.clone(), 410).await;
+    let zap = Receiver::switchable(up.clone(), 410).await;
     let tokens = format!(
         "# admin, then two integrations\n{TOKEN} admin\n\n\
          {ZAPIER} subscriber name=zapier\n{OTHER} subscriber name=other\n"
@@ -742,7 +710,7 @@ fn heights_crm(url: &str, name: &str) -> String {
 #[tokio::test]
 async fn a_configured_target_keeps_its_id_counters_and_pending_deliveries_across_a_rename() {
     let up = Arc::new(AtomicBool::new(true));
-    let rx = switchable(up.clone(), 500).await;
+    let rx = Receiver::switchable(up.clone(), 500).await;
     let url = rx.url("/crm");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("hookrelay.toml");

@@ -8,8 +8,6 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use common::*;
-use hookrelay::config::Config;
-use hookrelay::Relay;
 use serde_json::{json, Value};
 
 fn spec() -> Value {
@@ -200,20 +198,13 @@ const EVENT_TYPES: &str = "[[routes.event_types]]\n\
 
 /// `spawn_app`, with the `READ` and `SUB` tokens in the tokens file too.
 async fn spawn_app_with_scopes(toml: &str) -> TestApp {
-    let dir = tempfile::tempdir().unwrap();
-    let text = test_config_text(toml, dir.path());
-    std::fs::write(
-        dir.path().join("admin.tokens"),
-        format!(
+    spawn_app_with_tokens(
+        toml,
+        &format!(
             "{TOKEN}\n{READ} read name=dashboard\n# a subscriber\n{SUB} subscriber name=zapier\n"
         ),
     )
-    .unwrap();
-    let config =
-        Config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
-    let relay = Relay::start(config).await.expect("relay starts");
-    let addr = relay.ingest_addrs()[0];
-    TestApp { relay, addr, dir }
+    .await
 }
 
 #[tokio::test]

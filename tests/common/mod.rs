@@ -41,6 +41,22 @@ pub fn fixture(path: &str) -> Vec<u8> {
 
 // === the relay ===
 
+/// A BrainCert-style route (`/braincert`, typed `resource.action`) with a
+/// catalog of two: "New Sale" (Sales) and "New User" (Users), the shipped
+/// fixtures as their examples.
+pub fn braincert_catalog_route() -> String {
+    let sale = String::from_utf8(fixture("braincert/new_sale.json")).unwrap();
+    let user = String::from_utf8(fixture("braincert/user_created.json")).unwrap();
+    format!(
+        "[[routes]]\nname = \"braincert\"\npath = \"/braincert\"\n\
+         event = \"{{json./resource}}.{{json./action}}\"\n\
+         [[routes.event_types]]\nname = \"purchase.completed\"\ndisplay_name = \"New Sale\"\n\
+         category = \"Sales\"\nexample = '''\n{sale}'''\n\
+         [[routes.event_types]]\nname = \"user.signup\"\ndisplay_name = \"New User\"\n\
+         category = \"Users\"\nexample = '''\n{user}'''\n"
+    )
+}
+
 pub struct TestApp {
     pub relay: Relay,
     pub addr: SocketAddr,
@@ -69,6 +85,28 @@ pub async fn spawn_app_with(toml: &str) -> TestApp {
     let relay = Relay::start(config).await.expect("relay starts");
     let addr = relay.ingest_addrs()[0];
     TestApp { relay, addr, dir }
+}
+
+/// Starts the relay on `toml` (test base, loopback egress allowed) with its
+/// store in `dir` (a new one, or one a stopped relay left) and `tokens` as
+/// the text of its admin tokens file.
+pub async fn spawn_app_in(dir: tempfile::TempDir, toml: &str, tokens: &str) -> TestApp {
+    let text = test_config_text(toml, dir.path());
+    // test_config_text wrote the one-token file; this relay has its own.
+    std::fs::write(dir.path().join("admin.tokens"), tokens).unwrap();
+    let config =
+        Config::parse(&text, Path::new("test.toml")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let relay = Relay::start(config).await.expect("relay starts");
+    TestApp {
+        addr: relay.ingest_addrs()[0],
+        relay,
+        dir,
+    }
+}
+
+/// `spawn_app_in` a fresh directory.
+pub async fn spawn_app_with_tokens(toml: &str, tokens: &str) -> TestApp {
+    spawn_app_in(tempfile::tempdir().unwrap(), toml, tokens).await
 }
 
 /// The test base config with `toml` added, its store under `store_dir`.
@@ -235,6 +273,19 @@ impl Receiver {
     pub async fn start(script: Script) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         Receiver::serve(listener, script)
+    }
+
+    /// Answers `200` while `up` holds and `down_status` otherwise.
+    pub async fn switchable(up: Arc<std::sync::atomic::AtomicBool>, down_status: u16) -> Receiver {
+        Receiver::start(Arc::new(move |_| {
+            let status = if up.load(Ordering::SeqCst) {
+                200
+            } else {
+                down_status
+            };
+            (status, Duration::ZERO)
+        }))
+        .await
     }
 
     pub fn serve(listener: TcpListener, script: Script) -> Receiver {
