@@ -30,7 +30,7 @@ use serde_json::Value;
 use crate::config::endpoint::{EndpointDef, Invalid, RouteCatalogs, Rules};
 use crate::config::targets::valid_id;
 use crate::config::{Config, TargetConfig, ORIGIN_TARGET};
-use crate::deliver::egress::{tls_config, Connector, EgressError, Policy, Reply, TargetUrl};
+use crate::deliver::egress::{tls_config, Connector, Policy, TargetUrl};
 use crate::deliver::lane::Lane;
 use crate::deliver::policy::DeliveryConfig;
 use crate::deliver::request::build_request;
@@ -40,7 +40,7 @@ use crate::ingest::filter::Filter;
 use crate::ingest::route::EventPattern;
 pub use crate::store::Origin;
 use crate::store::{
-    now_ms, Counters, EndpointRecord, EventMeta, Store, StoreError, StoredSecret, TestSend,
+    now_ms, Attempt, Counters, EndpointRecord, EventMeta, Store, StoreError, StoredSecret, TestSend,
 };
 
 /// How many test sends an endpoint's record keeps.
@@ -154,30 +154,56 @@ pub struct Target {
 
 impl Target {
     /// Sends one signed attempt of `meta`'s event (id `event_id`, body
-    /// `shaped`) to `uri`, within the endpoint's timeout.
-    pub async fn send(
+    /// `shaped`) to `uri` now, within the endpoint's timeout, and says what
+    /// happened: the attempt as the store keeps it (with the headers sent),
+    /// and the `Retry-After` a 429 or 503 came with. Deliveries and test
+    /// sends both go through here.
+    pub async fn attempt(
         &self,
         uri: http::Uri,
         event_id: &str,
-        timestamp: i64,
         meta: &EventMeta,
         shaped: Shaped,
-    ) -> (Vec<(String, String)>, Result<Reply, EgressError>) {
+    ) -> (Attempt, Option<Duration>) {
         let spec = &self.spec;
+        let started = now_ms();
         let request = build_request(
-            &spec.live_secrets(now_ms()),
+            &spec.live_secrets(started),
             &spec.outbound,
             uri,
             event_id,
-            timestamp,
+            (started / 1000) as i64,
             meta,
             shaped,
         );
-        let sent = shown_headers(request.headers());
-        (
-            sent,
-            self.lane.client.send(request, spec.policy.timeout).await,
-        )
+        let request_headers = shown_headers(request.headers());
+        match self.lane.client.send(request, spec.policy.timeout).await {
+            Ok(reply) => {
+                let retry_after = matches!(reply.status, 429 | 503)
+                    .then_some(reply.retry_after)
+                    .flatten();
+                let attempt = Attempt {
+                    at_ms: started,
+                    duration_ms: reply.duration.as_millis() as u64,
+                    status: Some(reply.status),
+                    error: None,
+                    excerpt: reply.excerpt,
+                    request_headers,
+                };
+                (attempt, retry_after)
+            }
+            Err(e) => {
+                let attempt = Attempt {
+                    at_ms: started,
+                    duration_ms: now_ms().saturating_sub(started),
+                    status: None,
+                    error: Some(e.to_string()),
+                    excerpt: String::new(),
+                    request_headers,
+                };
+                (attempt, None)
+            }
+        }
     }
 
     fn new(

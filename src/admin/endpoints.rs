@@ -263,53 +263,27 @@ impl Admin {
             },
             body,
         };
-        let started = now_ms();
-        let result = match target.spec.outbound.shape.apply_as(&event, &event_id) {
-            Err(e) => Err(format!("the body cannot be shaped for this endpoint: {e}")),
+        let attempt = match target.spec.outbound.shape.apply_as(&event, &event_id) {
+            Err(e) => Attempt::failed(format!("the body cannot be shaped for this endpoint: {e}")),
             Ok(shaped) => {
                 let uri = target.spec.url.uri().clone();
-                let timestamp = (started / 1000) as i64;
-                target
-                    .send(uri, &event_id, timestamp, &event.meta, shaped)
-                    .await
-                    .1
-                    .map_err(|e| e.to_string())
+                target.attempt(uri, &event_id, &event.meta, shaped).await.0
             }
         };
-        let (status, error, excerpt, duration_ms) = match result {
-            Ok(reply) => (
-                Some(reply.status),
-                None,
-                reply.excerpt,
-                reply.duration.as_millis() as u64,
-            ),
-            Err(e) => (
-                None,
-                Some(e),
-                String::new(),
-                now_ms().saturating_sub(started),
-            ),
-        };
-        let succeeded = status.is_some_and(|s| target.spec.policy.success.contains(s));
         let sent = TestSend {
             event_id,
             event_type,
-            at_ms: started,
-            status,
-            succeeded,
-            error: error.clone(),
-            duration_ms,
-            excerpt: excerpt.clone(),
+            at_ms: attempt.at_ms,
+            status: attempt.status,
+            succeeded: attempt
+                .status
+                .is_some_and(|s| target.spec.policy.success.contains(s)),
+            error: attempt.error.clone(),
+            duration_ms: attempt.duration_ms,
+            excerpt: attempt.excerpt.clone(),
         };
-        if status.is_some() {
-            target.lane.record_test(&Attempt {
-                at_ms: started,
-                duration_ms,
-                status,
-                error,
-                excerpt,
-                request_headers: Vec::new(),
-            });
+        if attempt.status.is_some() {
+            target.lane.record_test(&attempt);
         }
         self.catalog.record_test(id, sent.clone()).await?;
         tracing::info!(endpoint = %id, status = sent.status, by = %who.name, "test send");

@@ -21,7 +21,6 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 use crate::catalog::{Catalog, Origin, Target};
-use crate::deliver::egress::{EgressError, Reply};
 use crate::service::Heartbeat;
 use crate::shutdown::stopped;
 use crate::store::{now_ms, Attempt, Delivery, DeliveryId, Next, State, Store, StoreError};
@@ -237,7 +236,7 @@ impl Job {
         let target = &*self.target;
         let n = self.delivery.attempts + 1;
         let Some(event) = self.store.event(self.delivery.event).await? else {
-            let attempt = failed_attempt("the event is no longer stored".into());
+            let attempt = Attempt::failed("the event is no longer stored".into());
             self.store.finish(self.id, &attempt, Next::Dead).await?;
             return Ok(());
         };
@@ -246,7 +245,7 @@ impl Job {
             Ok(shaped) => shaped,
             Err(e) => {
                 // Shaping is deterministic: another attempt would fail the same way.
-                let attempt = failed_attempt(e.to_string());
+                let attempt = Attempt::failed(e.to_string());
                 self.store.finish(self.id, &attempt, Next::Dead).await?;
                 target.lane.record(&attempt, false, true);
                 self.metrics.outcome(&target.spec.key, "dead");
@@ -266,7 +265,7 @@ impl Job {
             match event.meta.url.as_deref().map(str::parse::<http::Uri>) {
                 Some(Ok(uri)) => uri,
                 _ => {
-                    let attempt = failed_attempt("the event has no URL to relay to".into());
+                    let attempt = Attempt::failed("the event has no URL to relay to".into());
                     self.store.finish(self.id, &attempt, Next::Dead).await?;
                     return Ok(());
                 }
@@ -274,13 +273,8 @@ impl Job {
         } else {
             target.spec.url.uri().clone()
         };
-        let started = now_ms();
-        let timestamp = (started / 1000) as i64;
-        let (sent, result) = target
-            .send(uri, &event_id, timestamp, &event.meta, shaped)
-            .await;
-        let (mut attempt, next) = self.outcome(n, started, result);
-        attempt.request_headers = sent;
+        let (attempt, retry_after) = target.attempt(uri, &event_id, &event.meta, shaped).await;
+        let next = self.next(n, &attempt, retry_after);
         let d = self.store.finish(self.id, &attempt, next).await?;
         if attempt.status == Some(410) && target.spec.origin == Origin::Api {
             // REST Hooks: 410 Gone means "unsubscribe me".
@@ -333,41 +327,12 @@ impl Job {
         Ok(())
     }
 
-    /// What an attempt's result means for this delivery.
-    fn outcome(&self, n: u32, started: u64, result: Result<Reply, EgressError>) -> (Attempt, Next) {
+    /// What follows attempt number `n` of this delivery.
+    fn next(&self, n: u32, attempt: &Attempt, retry_after: Option<Duration>) -> Next {
         let policy = &self.target.spec.policy;
-        let (attempt, retry_after) = match result {
-            Ok(reply) => {
-                let honoured = matches!(reply.status, 429 | 503)
-                    .then_some(reply.retry_after)
-                    .flatten();
-                (
-                    Attempt {
-                        at_ms: started,
-                        duration_ms: reply.duration.as_millis() as u64,
-                        status: Some(reply.status),
-                        error: None,
-                        excerpt: reply.excerpt,
-                        request_headers: Vec::new(),
-                    },
-                    honoured,
-                )
-            }
-            Err(e) => (
-                Attempt {
-                    at_ms: started,
-                    duration_ms: now_ms().saturating_sub(started),
-                    status: None,
-                    error: Some(e.to_string()),
-                    excerpt: String::new(),
-                    request_headers: Vec::new(),
-                },
-                None,
-            ),
-        };
         // The budget counts from the last re-queue by hand.
         let tries = n.saturating_sub(self.delivery.base);
-        let next = if attempt.status.is_some_and(|s| policy.success.contains(s)) {
+        if attempt.status.is_some_and(|s| policy.success.contains(s)) {
             Next::Succeeded
         } else if tries >= policy.max_attempts {
             Next::Dead
@@ -377,18 +342,6 @@ impl Job {
                 None => policy.backoff.jittered(tries, rand::random::<f64>()),
             };
             Next::RetryAt(now_ms() + delay.as_millis() as u64)
-        };
-        (attempt, next)
-    }
-}
-
-fn failed_attempt(error: String) -> Attempt {
-    Attempt {
-        at_ms: now_ms(),
-        duration_ms: 0,
-        status: None,
-        error: Some(error),
-        excerpt: String::new(),
-        request_headers: Vec::new(),
+        }
     }
 }

@@ -162,6 +162,20 @@ pub struct Attempt {
     pub request_headers: Vec<(String, String)>,
 }
 
+impl Attempt {
+    /// An attempt that sent nothing, and why (no event, no URL, no body).
+    pub fn failed(error: String) -> Attempt {
+        Attempt {
+            at_ms: crate::store::now_ms(),
+            duration_ms: 0,
+            status: None,
+            error: Some(error),
+            excerpt: String::new(),
+            request_headers: Vec::new(),
+        }
+    }
+}
+
 /// What follows an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Next {
