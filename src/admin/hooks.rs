@@ -50,7 +50,7 @@ impl Admin {
             return Ok(ok(hook_json(&t)));
         }
         let host = parsed.uri().host().unwrap_or_default().to_string();
-        let name: String = format!("{event} → {host}").chars().take(100).collect();
+        let name = crate::store::hook_name(&event, &host);
         let endpoint = json!({
             "name": name,
             "url": url,

@@ -162,6 +162,13 @@ pub struct Attempt {
     pub request_headers: Vec<(String, String)>,
 }
 
+/// The name a REST Hooks subscription's endpoint gets: `event → host`, cut
+/// to the 100 characters a name may have (subscribing, and moving an older
+/// store's subscriptions into endpoints, name them alike).
+pub fn hook_name(event: &str, host: &str) -> String {
+    format!("{event} → {host}").chars().take(100).collect()
+}
+
 impl Attempt {
     /// An attempt that sent nothing, and why (no event, no URL, no body).
     pub fn failed(error: String) -> Attempt {

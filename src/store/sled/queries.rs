@@ -235,7 +235,7 @@ impl Sled {
                 disabled_reason: None,
                 tests: Vec::new(),
                 spec: serde_json::json!({
-                    "name": format!("{} → {host}", sub.event),
+                    "name": crate::store::hook_name(&sub.event, &host),
                     "url": sub.target_url,
                     "events": [sub.event],
                     "route": sub.route,

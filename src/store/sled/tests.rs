@@ -147,3 +147,39 @@ fn ids_round_trip() {
     assert_eq!(EventId::from_key(&id.to_key()), Some(id));
     assert_eq!(DeliveryId::parse(&id.to_string()), None);
 }
+
+#[test]
+fn an_older_stores_subscriptions_become_endpoints_with_names_an_endpoint_may_have() {
+    let dir = tempfile::tempdir().unwrap();
+    let long_event = "course.".to_string() + &"x".repeat(120);
+    {
+        let store = open(dir.path());
+        let old = serde_json::json!({
+            "id": "hook_01",
+            "target_url": "https://hooks.example.com/catch/1",
+            "event": long_event,
+            "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+            "route": null,
+            "created_at_ms": 1_700_000_000_000u64,
+        });
+        store
+            .subscriptions
+            .insert(b"hook_01", super::keys::encode(&old))
+            .unwrap();
+        store.sync().unwrap();
+    }
+    let store = open(dir.path());
+    let endpoints = store.endpoints().unwrap();
+    assert_eq!(endpoints.len(), 1);
+    let e = &endpoints[0];
+    assert_eq!(e.id, "hook_01");
+    assert_eq!(
+        e.secrets[0].secret,
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    );
+    let name = e.spec["name"].as_str().unwrap();
+    assert_eq!(name.chars().count(), 100, "{name}");
+    assert!(name.starts_with("course.x"));
+    assert_eq!(e.spec["events"], serde_json::json!([long_event]));
+    assert!(store.subscriptions.is_empty(), "moved once");
+}
