@@ -90,7 +90,7 @@ pub fn resolve(entries: &[EventTypeConfig], at: &str) -> Result<Vec<EventType>, 
             ));
         }
         if let Some(display) = &entry.display_name {
-            check_display_name(display).map_err(|r| (format!("{at}.display_name"), r))?;
+            valid_display_name(display).map_err(|r| (format!("{at}.display_name"), r))?;
         }
         let example = entry
             .example
@@ -140,36 +140,50 @@ pub fn load_file(path: &Path, at: &str) -> Result<Vec<EventType>, (String, Strin
         .map_err(|(key, reason)| (key, format!("{reason} ({shown})")))
 }
 
-fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("must not be empty".into());
+/// Whether `name` may be a display name (a target's, an endpoint's, an
+/// event type's): 1-100 characters, no control characters, not blank.
+pub fn valid_display_name(name: &str) -> Result<(), String> {
+    let n = name.chars().count();
+    if n == 0 || n > MAX_DISPLAY_NAME_CHARS {
+        return Err(format!(
+            "{n} characters; at least 1, at most {MAX_DISPLAY_NAME_CHARS}"
+        ));
     }
     if name.chars().any(char::is_control) {
-        return Err(format!("{name:?}: must not contain control characters"));
+        return Err("may not contain control characters".into());
     }
-    let trimmed = name.trim();
-    if trimmed.len() != name.len() {
-        return Err(format!(
-            "{name:?}: must not start or end with whitespace (an event type is matched exactly)"
-        ));
+    if name.trim().is_empty() {
+        return Err("may not be blank".into());
     }
     Ok(())
 }
 
-fn check_display_name(display: &str) -> Result<(), String> {
-    if display.trim().is_empty() {
-        return Err("must not be empty".into());
-    }
-    if display.chars().any(char::is_control) {
-        return Err("must not contain control characters".into());
-    }
-    let chars = display.chars().count();
-    if chars > MAX_DISPLAY_NAME_CHARS {
+/// Whether `event` may be named in `events`: no control characters, no
+/// space at either end (inner spaces are fine: `virtual classroom.*`).
+pub fn valid_event_name(event: &str) -> Result<(), String> {
+    if event.chars().any(char::is_control) {
         return Err(format!(
-            "{chars} characters; at most {MAX_DISPLAY_NAME_CHARS}"
+            "`{}` contains control characters",
+            event.escape_debug()
         ));
     }
+    if event.trim() != event {
+        return Err(format!(
+            "`{event}` starts or ends with whitespace (an event type is matched exactly)"
+        ));
+    }
+    if event.chars().count() > 200 {
+        return Err("an event name is at most 200 characters".into());
+    }
     Ok(())
+}
+
+/// An event type's name: not empty, and one an endpoint may name.
+fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("must not be empty".into());
+    }
+    valid_event_name(name)
 }
 
 /// An `example` as JSON: a string is JSON text, anything else is converted.

@@ -219,7 +219,7 @@ impl Config {
         let mut target_ids = HashSet::new();
         for (i, route) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
-            if !valid_name(&route.name) {
+            if !targets::valid_id(&route.name) {
                 return err(
                     &format!("{at}.name"),
                     "must be 1-64 characters of a-z, A-Z, 0-9, '-', '_', '.'",
@@ -301,11 +301,3 @@ impl Config {
 
 /// The largest `ingest.max_connections`.
 pub const MAX_CONNECTIONS: usize = 1 << 20;
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::config::event_types::{EventType, EventTypeConfig};
+use crate::config::event_types::{
+    valid_display_name, valid_event_name, EventType, EventTypeConfig,
+};
 use crate::config::values::{
     resolve_value, sensitive, Environment, SecretSources, Secrets, ValueSource,
 };
@@ -149,40 +151,6 @@ pub(crate) fn key(at: &str, k: &str) -> String {
     } else {
         format!("{at}.{k}")
     }
-}
-
-/// Whether `name` is a target's display name: 1-100 characters, no
-/// control characters, not blank.
-pub fn valid_display_name(name: &str) -> Result<(), String> {
-    let n = name.chars().count();
-    if n == 0 || n > 100 {
-        return Err("must be 1-100 characters".into());
-    }
-    if name.chars().any(char::is_control) {
-        return Err("may not contain control characters".into());
-    }
-    if name.trim().is_empty() {
-        return Err("may not be blank".into());
-    }
-    Ok(())
-}
-
-/// Whether `event` may be named in `events`: no control characters, no
-/// space at either end (inner spaces are fine: `virtual classroom.*`).
-pub fn valid_event_name(event: &str) -> Result<(), String> {
-    if event.chars().any(char::is_control) {
-        return Err(format!(
-            "`{}` contains control characters",
-            event.escape_debug()
-        ));
-    }
-    if event.trim() != event {
-        return Err(format!("`{event}` starts or ends with a space"));
-    }
-    if event.chars().count() > 200 {
-        return Err("an event name is at most 200 characters".into());
-    }
-    Ok(())
 }
 
 /// `basic_auth = { username, password }`; the password may be `env:` or `file:`.
@@ -448,7 +416,8 @@ pub(crate) fn outbound(
     })
 }
 
-/// Whether `id` may be a configured target's `id`.
+/// Whether `id` may be a configured target's `id` (or a route's or a
+/// target's name where the config file needs a key).
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
