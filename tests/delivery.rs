@@ -291,3 +291,110 @@ async fn shutdown_lets_attempts_under_way_finish() {
     relay.shutdown().await.unwrap();
     assert_eq!(rx.received().len(), 1, "not sent again after restart");
 }
+
+/// A receiver that writes `answers[n]` as the raw HTTP response to its
+/// `n`th request (the last one from then on) and closes the connection;
+/// returns its address and when each request arrived.
+async fn raw_receiver(
+    answers: Vec<String>,
+) -> (
+    std::net::SocketAddr,
+    Arc<std::sync::Mutex<Vec<std::time::Instant>>>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut got = Vec::new();
+            // The relay's request: headers, then a body of Content-Length.
+            while let Ok(n) = conn.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+                got.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&got).to_lowercase();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let len = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .and_then(|v| v.trim().parse::<usize>().ok())
+                        .unwrap_or(0);
+                    if got.len() >= end + 4 + len {
+                        break;
+                    }
+                }
+            }
+            let n = {
+                let mut seen = log.lock().unwrap();
+                seen.push(std::time::Instant::now());
+                seen.len() - 1
+            };
+            let answer = &answers[n.min(answers.len() - 1)];
+            let _ = conn.write_all(answer.as_bytes()).await;
+            let _ = conn.shutdown().await;
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test]
+async fn a_response_cut_short_is_a_failed_attempt_and_is_retried() {
+    let (addr, seen) = raw_receiver(vec![
+        // Promises 100 bytes, sends 7, hangs up.
+        "HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial".into(),
+        "HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok".into(),
+    ])
+    .await;
+    let app = spawn_app(&one_route(
+        &format!("http://{addr}/hook"),
+        "backoff = { initial = \"20ms\", max = \"100ms\" }",
+    ))
+    .await;
+    let id = post_event(&app, "/t/x", b"{}".to_vec()).await;
+    let attempts = settled(&app, id, State::Succeeded).await;
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!(attempts[0].status, None, "{:?}", attempts[0]);
+    assert!(
+        attempts[0].error.as_deref().unwrap().contains("cut short"),
+        "{:?}",
+        attempts[0].error
+    );
+    assert_eq!(attempts[1].status, Some(200));
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn retry_after_as_an_http_date_is_honoured() {
+    // Two seconds ahead, so at least one second away once truncated to a
+    // whole second; backoff alone would retry after 20ms.
+    let at = std::time::SystemTime::now() + Duration::from_secs(2);
+    let (addr, seen) = raw_receiver(vec![
+        format!(
+            "HTTP/1.1 503 Service Unavailable\r\nretry-after: {}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+            httpdate::fmt_http_date(at)
+        ),
+        "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into(),
+    ])
+    .await;
+    let app = spawn_app(&one_route(
+        &format!("http://{addr}/hook"),
+        "backoff = { initial = \"20ms\", max = \"5s\" }",
+    ))
+    .await;
+    let id = post_event(&app, "/t/x", b"{}".to_vec()).await;
+    settled(&app, id, State::Succeeded).await;
+    let times = seen.lock().unwrap().clone();
+    assert_eq!(times.len(), 2);
+    assert!(
+        times[1] - times[0] >= Duration::from_millis(900),
+        "retried after {:?}",
+        times[1] - times[0]
+    );
+}

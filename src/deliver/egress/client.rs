@@ -9,7 +9,7 @@ use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -181,11 +181,23 @@ impl AsyncWrite for EgressStream {
 
 // === impl EgressClient ===
 
+/// A `Retry-After` value (RFC 9110 §10.2.3): a number of seconds, or an
+/// HTTP date, which is taken as the time from `now` until then (zero if it
+/// has passed). Anything else is no `Retry-After`.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
 /// What a receiver answered.
 #[derive(Debug, Clone)]
 pub struct Reply {
     pub status: u16,
-    /// `Retry-After`, when it was given in seconds.
+    /// `Retry-After`, in seconds or as a date (then: the time until it).
     pub retry_after: Option<Duration>,
     pub excerpt: String,
     pub duration: Duration,
@@ -220,8 +232,7 @@ impl EgressClient {
                 .headers()
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.trim().parse::<u64>().ok())
-                .map(Duration::from_secs);
+                .and_then(|v| parse_retry_after(v, SystemTime::now()));
             let mut body = resp.into_body();
             let mut kept = Vec::new();
             let mut read = 0usize;
@@ -234,8 +245,14 @@ impl EgressClient {
                             kept.extend_from_slice(&data[..data.len().min(room)]);
                         }
                     }
-                    // The status has arrived; a broken body does not change it.
-                    Some(Err(_)) | None => break,
+                    // A receiver that dies half way through its answer has
+                    // not answered: the attempt failed, whatever the status.
+                    Some(Err(e)) => {
+                        return Err(EgressError::Http(format!(
+                            "the response was cut short after {read} bytes of body: {e}"
+                        )))
+                    }
+                    None => break,
                 }
             }
             Ok(Reply {
@@ -268,4 +285,29 @@ fn describe(e: hyper_util::client::legacy::Error) -> EgressError {
         source = s.source();
     }
     EgressError::Http(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        let now = httpdate::parse_http_date("Tue, 01 Dec 2026 16:00:00 GMT").unwrap();
+        assert_eq!(
+            parse_retry_after(" 120 ", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Tue, 01 Dec 2026 16:01:30 GMT", now),
+            Some(Duration::from_secs(90))
+        );
+        // A date already past: retry now.
+        assert_eq!(
+            parse_retry_after("Tue, 01 Dec 2026 15:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
 }

@@ -173,6 +173,10 @@ impl Sled {
                 self.counts.moved(None, Some(State::Pending));
             }
         }
+        // Counted first, then claimable: the pending gauge never dips.
+        if let Some(last) = prepared.iter().filter_map(|p| p.deliveries.last()).max() {
+            self.mark_durable(*last);
+        }
         Ok(accepted)
     }
 }

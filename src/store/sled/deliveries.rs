@@ -14,7 +14,8 @@ use crate::store::{
 };
 
 impl Sled {
-    /// `target`'s deliveries due at or before `now_ms`, earliest first.
+    /// `target`'s deliveries due at or before `now_ms`, earliest first;
+    /// only those whose commit has been synced.
     pub fn due_for(
         &self,
         target: &str,
@@ -25,20 +26,27 @@ impl Sled {
         let mut end = start.clone();
         end.extend_from_slice(&now_ms.saturating_add(1).to_be_bytes());
         let mut out = Vec::new();
-        for item in self.due.range(start..end).keys().take(limit) {
-            if let Some((_, at, id)) = parse_due_key(&item?) {
-                out.push((at, id));
+        for item in self.due.range(start..end).keys() {
+            if out.len() >= limit {
+                break;
+            }
+            match parse_due_key(&item?) {
+                Some((_, at, id)) if self.is_durable(id) => out.push((at, id)),
+                _ => {}
             }
         }
         Ok(out)
     }
 
-    /// When `target`'s earliest pending delivery is due.
+    /// When `target`'s earliest pending delivery is due. `None` too when
+    /// that one's commit is still being synced: the sync wakes `new_work`.
     pub fn next_due(&self, target: &str) -> Result<Option<u64>, StoreError> {
         let Some(item) = self.due.scan_prefix(due_prefix(target)).keys().next() else {
             return Ok(None);
         };
-        Ok(parse_due_key(&item?).map(|(_, at, _)| at))
+        Ok(parse_due_key(&item?)
+            .filter(|(_, _, id)| self.is_durable(*id))
+            .map(|(_, at, _)| at))
     }
 
     /// The first `limit` entries of the `due` index: (target, due at, delivery).

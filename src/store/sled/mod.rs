@@ -103,6 +103,12 @@ struct Sled {
     flush_duration: Histogram,
     /// Deliveries by state, kept up to date by every transition.
     counts: StateCounts,
+    /// The highest delivery id known to be durable. A group commit's
+    /// deliveries are in the trees (and visible) before its sync returns;
+    /// until then none of them may be claimed, or a commit whose sync fails
+    /// (and so was never acknowledged) could still be delivered. Ids only
+    /// grow, so one mark covers every commit before it.
+    durable: Mutex<u128>,
 }
 
 /// How many deliveries are in each state.
@@ -162,8 +168,15 @@ impl Sled {
             flush_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
             flush_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
             counts: StateCounts::default(),
+            durable: Mutex::new(0),
             db,
         });
+        // Everything written before this open is as durable as it gets.
+        if let Some((k, _)) = store.deliveries.last()? {
+            if let Some(id) = DeliveryId::from_key(&k) {
+                store.mark_durable(id);
+            }
+        }
         store.recover()?;
         store.migrate_subscriptions()?;
         for item in store.deliveries.iter().values() {
@@ -222,6 +235,17 @@ impl Sled {
         let event = EventId(next());
         let deliveries = (0..n).map(|_| DeliveryId(next())).collect();
         (event, deliveries)
+    }
+
+    /// Deliveries up to `id` are durable: they may be claimed.
+    fn mark_durable(&self, id: DeliveryId) {
+        let mut d = self.durable.lock().expect("lock poisoned");
+        *d = (*d).max(id.0 .0);
+    }
+
+    /// Whether a delivery's commit has been synced.
+    fn is_durable(&self, id: DeliveryId) -> bool {
+        id.0 .0 <= *self.durable.lock().expect("lock poisoned")
     }
 
     /// Refuses writes the store might not be able to keep.
