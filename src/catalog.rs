@@ -30,7 +30,8 @@ use serde_json::Value;
 use crate::config::endpoint::{EndpointDef, Invalid, RouteCatalogs, Rules};
 use crate::config::targets::valid_id;
 use crate::config::{Config, TargetConfig, ORIGIN_TARGET};
-use crate::deliver::egress::{tls_config, Connector, Policy, TargetUrl};
+use crate::deliver::egress::pool::raise_fd_limit;
+use crate::deliver::egress::{tls_config, Budget, Connector, EgressClient, Policy, TargetUrl};
 use crate::deliver::lane::Lane;
 use crate::deliver::policy::DeliveryConfig;
 use crate::deliver::request::build_request;
@@ -212,13 +213,13 @@ impl Target {
         egress: &Egress,
         counters: Counters,
     ) -> Target {
-        let connector = Connector::new(
-            egress.tls.clone(),
-            egress.guard.clone(),
-            spec.policy.connect_timeout,
-        );
         Target {
-            lane: Lane::new(&spec.key, &spec.policy, connector, counters),
+            lane: Lane::new(
+                &spec.key,
+                &spec.policy,
+                egress.client(spec.policy.connect_timeout),
+                counters,
+            ),
             spec,
             record: std::sync::Mutex::new(record),
         }
@@ -232,13 +233,13 @@ impl Target {
     /// A new lane for `spec` that shares this one's counters and keeps
     /// its circuit.
     fn carried(&self, spec: TargetSpec, record: EndpointRecord, egress: &Egress) -> Target {
-        let connector = Connector::new(
-            egress.tls.clone(),
-            egress.guard.clone(),
-            spec.policy.connect_timeout,
-        );
         Target {
-            lane: Lane::replacing(&spec.key, &spec.policy, connector, &self.lane),
+            lane: Lane::replacing(
+                &spec.key,
+                &spec.policy,
+                egress.client(spec.policy.connect_timeout),
+                &self.lane,
+            ),
             spec,
             record: std::sync::Mutex::new(record),
         }
@@ -322,13 +323,19 @@ struct Egress {
     /// The routes and their event catalogs (API endpoints are checked
     /// against them; the admin API lists them).
     routes: Arc<RouteCatalogs>,
+    /// The budget every client counts against, for the life of the relay.
+    budget: Arc<Budget>,
+    /// One client (one pool, keyed by origin) per connect timeout in use.
+    clients: std::sync::Mutex<HashMap<Duration, EgressClient>>,
 }
 
 impl Egress {
-    fn new(config: &Config) -> Result<Egress, String> {
+    fn new(config: &Config, budget: Arc<Budget>) -> Result<Egress, String> {
         let guard = Policy::new(&config.egress);
         guard.check_bind()?;
         Ok(Egress {
+            budget,
+            clients: std::sync::Mutex::new(HashMap::new()),
             tls: tls_config(config.egress.ca_file.as_deref())?,
             guard: Arc::new(guard),
             defaults: config.delivery.clone(),
@@ -341,6 +348,23 @@ impl Egress {
                     .collect(),
             ),
         })
+    }
+
+    /// The shared client for endpoints with this connect timeout.
+    fn client(&self, connect_timeout: Duration) -> EgressClient {
+        let mut clients = self.clients.lock().expect("lock poisoned");
+        clients
+            .entry(connect_timeout)
+            .or_insert_with(|| {
+                let connector = Connector::new(
+                    self.tls.clone(),
+                    self.guard.clone(),
+                    self.budget.clone(),
+                    connect_timeout,
+                );
+                EgressClient::new(connector, self.budget.clone())
+            })
+            .clone()
     }
 
     fn rules(&self) -> Rules<'_> {
@@ -577,7 +601,14 @@ impl Catalog {
     /// The configured endpoints and the stored API ones, with their saved
     /// counters. Fails if `egress.bind` is not a local address.
     pub async fn new(config: &Config, store: Arc<dyn Store>) -> Result<Arc<Catalog>, String> {
-        let egress = Egress::new(config)?;
+        // Each listener serves up to `ingest.max_connections` at once.
+        let listeners = (config.ingest.listen.len() + config.admin.listen.len()) as u64;
+        let listener_fds = listeners * (config.ingest.max_connections as u64 + 1);
+        let (budget, warning) = Budget::new(config.egress.pool(), raise_fd_limit(), listener_fds);
+        if let Some(w) = warning {
+            tracing::warn!("{w}");
+        }
+        let egress = Egress::new(config, Arc::new(budget))?;
         let stored = store.endpoints().await.map_err(|e| e.to_string())?;
         let specs = configured(config, &stored)?;
         save_config_records(&*store, &specs, &stored)
@@ -616,7 +647,8 @@ impl Catalog {
     /// they started on. API endpoints stay. Returns the ids of configured
     /// endpoints that are gone.
     pub async fn reload(&self, config: &Config) -> Result<Vec<String>, String> {
-        let fresh = Egress::new(config)?;
+        let budget = self.egress.read().expect("lock poisoned").budget.clone();
+        let fresh = Egress::new(config, budget)?;
         let stored = self.store.endpoints().await.map_err(|e| e.to_string())?;
         let specs = configured(config, &stored)?;
         save_config_records(&*self.store, &specs, &stored)
@@ -724,6 +756,11 @@ impl Catalog {
     /// The routes of the running configuration with their event catalogs.
     pub fn event_types(&self) -> Arc<RouteCatalogs> {
         self.egress.read().expect("lock poisoned").routes.clone()
+    }
+
+    /// The outbound connection budget (for metrics and tests).
+    pub fn budget(&self) -> Arc<Budget> {
+        self.egress.read().expect("lock poisoned").budget.clone()
     }
 
     /// The `[delivery]` policy an endpoint has where it sets nothing.

@@ -328,6 +328,17 @@ impl Relay {
             if running.admin.listen != config.admin.listen {
                 keys.push("admin.listen");
             }
+            // The connection budget is sized once, at start.
+            let (was, now) = (running.egress.pool(), config.egress.pool());
+            if was.max_connections != now.max_connections {
+                keys.push("egress.max_connections");
+            }
+            if was.max_connections_per_origin != now.max_connections_per_origin {
+                keys.push("egress.max_connections_per_origin");
+            }
+            if was.idle_timeout != now.idle_timeout {
+                keys.push("egress.idle_timeout");
+            }
             if running.store.path != config.store.path
                 || running.store.cache_bytes != config.store.cache_bytes
             {

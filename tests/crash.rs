@@ -4,11 +4,7 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::fs::File;
-use std::io::Read;
-use std::net::{SocketAddr, TcpListener as StdListener};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,6 +14,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 
+use common::binary::Binary;
 use common::*;
 
 /// Posting tasks per round, and posts each makes at most.
@@ -30,138 +27,26 @@ const KILL_AFTER: [usize; ROUNDS] = [100, 150, 60];
 /// The longest one post may take before the posting task gives up.
 const POST_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A free loopback port: bind port 0, note the port, let it go.
-fn free_port() -> u16 {
-    let l = StdListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr().unwrap().port()
-}
-
-/// Runs the relay binary, one process at a time, on one store. On drop it
-/// kills the process still running and, when the test is failing, prints the
-/// stderr of every process it ran.
-struct Relay {
-    dir: tempfile::TempDir,
-    receiver_url: String,
-    child: Option<Child>,
-    logs: Vec<PathBuf>,
-}
-
-impl Relay {
-    fn new(receiver_url: String) -> Relay {
-        Relay {
-            dir: tempfile::tempdir().unwrap(),
-            receiver_url,
-            child: None,
-            logs: Vec::new(),
-        }
-    }
-
-    fn store_path(&self) -> PathBuf {
-        self.dir.path().join("store")
-    }
-
-    /// Starts `hookrelay serve` on a free port; returns once it accepts.
-    /// The port is picked before the child binds it, so another process may
-    /// take it in between: a start that fails to bind is tried again.
-    async fn start(&mut self) -> SocketAddr {
-        for _ in 0..3 {
-            if let Some(addr) = self.try_start(free_port()).await {
-                return addr;
-            }
-        }
-        panic!("hookrelay could not bind a free port in 3 tries");
-    }
-
-    /// Writes a config for `port` and starts the binary on it. `None` if it
-    /// exited because the port was taken.
-    async fn try_start(&mut self, port: u16) -> Option<SocketAddr> {
-        assert!(self.child.is_none(), "a relay is already running");
-        let n = self.logs.len();
-        let config = self.dir.path().join(format!("hookrelay-{n}.toml"));
-        // Ingest and delivery rates are raised so neither limits this test:
-        // every post must get 202 and deliveries must drain quickly. No admin
-        // listener: its default port would clash between concurrent tests.
-        let text = format!(
-            "log.level = \"info\"\n\
-             ingest.listen = [\"127.0.0.1:{port}\"]\n\
-             ingest.rate = {{ per_second = 100000, burst = 100000 }}\n\
-             admin.listen = []\n\
-             egress.allow = [\"127.0.0.0/8\"]\n\
-             store.path = {:?}\n\
-             delivery.backoff = {{ initial = \"20ms\", max = \"200ms\", multiplier = 2.0, jitter = 0.0 }}\n\
-             delivery.timeout = \"2s\"\n\
-             delivery.shutdown_grace = \"2s\"\n\
-             delivery.max_attempts = 1000\n\
-             delivery.rate = {{ per_second = 100000, burst = 100000 }}\n\
-             {}",
-            self.store_path().display().to_string(),
-            one_route(&self.receiver_url, ""),
-        );
-        std::fs::write(&config, text).unwrap();
-        let log = self.dir.path().join(format!("stderr-{n}.log"));
-        self.logs.push(log.clone());
-        let child = Command::new(env!("CARGO_BIN_EXE_hookrelay"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .env_remove("RUST_LOG")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(File::create(&log).unwrap()))
-            .spawn()
-            .expect("start the hookrelay binary");
-        self.child = Some(child);
-
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let start = Instant::now();
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                self.child = None;
-                let stderr = std::fs::read_to_string(&log).unwrap_or_default();
-                if stderr.contains("cannot listen on") {
-                    return None;
-                }
-                panic!("hookrelay exited at startup: {status}");
-            }
-            let connect = tokio::net::TcpStream::connect(addr);
-            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(200), connect).await {
-                return Some(addr);
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "hookrelay did not accept on {addr} within {DEADLINE:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL (what `Child::kill` sends on Unix), then reap.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            for log in &self.logs {
-                let mut text = String::new();
-                let _ = File::open(log).and_then(|mut f| f.read_to_string(&mut text));
-                // The tail is where a failure shows; the head is mostly attempts.
-                let lines: Vec<&str> = text.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(200)..];
-                eprintln!("----- {} (last {} lines) -----", log.display(), tail.len());
-                for line in tail {
-                    eprintln!("{line}");
-                }
-            }
-        }
-    }
+/// The relay's config for this test, on `port`, with the store in `dir`.
+/// Ingest and delivery rates are raised so neither limits this test: every
+/// post must get 202 and deliveries must drain quickly. No admin listener.
+fn config(port: u16, dir: &std::path::Path, receiver_url: &str) -> String {
+    format!(
+        "log.level = \"info\"\n\
+         ingest.listen = [\"127.0.0.1:{port}\"]\n\
+         ingest.rate = {{ per_second = 100000, burst = 100000 }}\n\
+         admin.listen = []\n\
+         egress.allow = [\"127.0.0.0/8\"]\n\
+         store.path = {:?}\n\
+         delivery.backoff = {{ initial = \"20ms\", max = \"200ms\", multiplier = 2.0, jitter = 0.0 }}\n\
+         delivery.timeout = \"2s\"\n\
+         delivery.shutdown_grace = \"2s\"\n\
+         delivery.max_attempts = 1000\n\
+         delivery.rate = {{ per_second = 100000, burst = 100000 }}\n\
+         {}",
+        dir.join("store").display().to_string(),
+        one_route(receiver_url, ""),
+    )
 }
 
 /// One POST over a new connection; errors are returned, not panicked on,
@@ -317,12 +202,15 @@ async fn wait_delivered(rx: &Receiver, expected: &HashMap<String, Bytes>, what: 
 async fn acknowledged_events_survive_kill_9_and_restart() {
     let test_start = Instant::now();
     let rx = Receiver::ok().await;
-    let mut relay = Relay::new(rx.url("/hook"));
+    let mut relay = Binary::new();
+    let dir = relay.dir().to_path_buf();
+    let url = rx.url("/hook");
+    let start_relay = |port: u16, _admin: u16| config(port, &dir, &url);
     // Every id answered 202 over all rounds, with its body.
     let mut acknowledged: HashMap<String, Bytes> = HashMap::new();
 
     for (round, &kill_after) in KILL_AFTER.iter().enumerate() {
-        let addr = relay.start().await;
+        let addr = relay.start(start_relay).await;
         // What earlier rounds acknowledged must come through after the restart.
         if !acknowledged.is_empty() {
             wait_delivered(&rx, &acknowledged, &format!("after restart {round}")).await;
@@ -381,7 +269,7 @@ async fn acknowledged_events_survive_kill_9_and_restart() {
     }
 
     // One last start on the same store delivers whatever the last kill left.
-    relay.start().await;
+    relay.start(start_relay).await;
     let requests = wait_delivered(&rx, &acknowledged, "after the final restart").await;
     eprintln!(
         "all {} acknowledged events delivered ({} requests in all) in {:?}",
@@ -389,5 +277,5 @@ async fn acknowledged_events_survive_kill_9_and_restart() {
         requests,
         test_start.elapsed()
     );
-    assert!(relay.store_path().exists());
+    assert!(dir.join("store").exists());
 }

@@ -200,6 +200,19 @@ impl Config {
             }
         }
         let e = &self.egress;
+        let pool = e.pool();
+        if pool.max_connections == 0 || pool.max_connections > MAX_EGRESS_CONNECTIONS {
+            return err(
+                "egress.max_connections",
+                &format!("must be between 1 and {MAX_EGRESS_CONNECTIONS}"),
+            );
+        }
+        if pool.max_connections_per_origin == 0 {
+            return err("egress.max_connections_per_origin", "must be above 0");
+        }
+        if pool.idle_timeout.is_zero() {
+            return err("egress.idle_timeout", "must be above 0");
+        }
         let policy = Policy::new(e);
         for (i, c) in self.ingest.connect_allow.iter().enumerate() {
             if let Some(reason) = policy.refuses_literal(&c.host) {
@@ -299,5 +312,7 @@ impl Config {
     }
 }
 
+/// The largest `egress.max_connections`.
+const MAX_EGRESS_CONNECTIONS: usize = 1 << 20;
 /// The largest `ingest.max_connections`.
 pub const MAX_CONNECTIONS: usize = 1 << 20;

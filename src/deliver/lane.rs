@@ -1,4 +1,5 @@
-//! A target's delivery lane: what an attempt is sent with (its client), the
+//! A target's delivery lane: what an attempt is sent with (a client of the
+//! shared pool), the
 //! bounds on its work (a concurrency semaphore, a rate limiter deliveries
 //! wait on, a cap on claimed deliveries), its circuit breaker and counters.
 //!
@@ -11,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 use tokio::sync::Semaphore;
 
-use crate::deliver::egress::{Connector, EgressClient};
+use crate::deliver::egress::EgressClient;
 use crate::deliver::policy::{CircuitConfig, DeliveryConfig};
 use crate::store::{now_ms, Attempt, Counters};
 
@@ -53,17 +54,17 @@ pub struct Lane {
 }
 
 impl Lane {
-    /// A lane for `policy`, connecting through `connector`, with its saved
-    /// counters.
+    /// A lane for `policy`, sending with `client` (the shared pool), with
+    /// its saved counters.
     pub fn new(
         key: &str,
         policy: &DeliveryConfig,
-        connector: Connector,
+        client: EgressClient,
         counters: Counters,
     ) -> Lane {
         Lane {
             key: key.to_string(),
-            client: EgressClient::new(connector, policy.concurrency),
+            client,
             slots: Semaphore::new(policy.concurrency),
             limiter: RateLimiter::direct(policy.rate.quota()),
             concurrency: policy.concurrency,
@@ -78,8 +79,8 @@ impl Lane {
     /// A lane for `policy` that replaces `old`: it shares `old`'s counters
     /// (attempts still finishing on `old` count in both) and starts from
     /// its circuit state.
-    pub fn replacing(key: &str, policy: &DeliveryConfig, connector: Connector, old: &Lane) -> Lane {
-        let mut lane = Lane::new(key, policy, connector, Counters::default());
+    pub fn replacing(key: &str, policy: &DeliveryConfig, client: EgressClient, old: &Lane) -> Lane {
+        let mut lane = Lane::new(key, policy, client, Counters::default());
         lane.counters = old.counters.clone();
         lane.dirty = old.dirty.clone();
         lane.keep_circuit_of(old);

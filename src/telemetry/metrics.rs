@@ -73,6 +73,8 @@ pub struct Metrics {
     queue_depth: Family<StateLabel, Gauge>,
     circuit: Family<TargetLabel, Gauge>,
     store_bytes: Gauge,
+    egress_connections: Gauge,
+    egress_requests: Gauge,
     /// `events_accepted` and `events_rejected` over all labels.
     accepted_total: AtomicU64,
     rejected_total: AtomicU64,
@@ -93,6 +95,8 @@ impl Metrics {
             queue_depth: Family::default(),
             circuit: Family::default(),
             store_bytes: Gauge::default(),
+            egress_connections: Gauge::default(),
+            egress_requests: Gauge::default(),
             accepted_total: AtomicU64::new(0),
             rejected_total: AtomicU64::new(0),
             registry: Registry::default(),
@@ -145,6 +149,16 @@ impl Metrics {
             "Size of the store's files",
             Unit::Bytes,
             m.store_bytes.clone(),
+        );
+        r.register(
+            "egress_connections",
+            "Outbound connections open now (at most egress.max_connections)",
+            m.egress_connections.clone(),
+        );
+        r.register(
+            "egress_requests",
+            "Outbound requests under way now",
+            m.egress_requests.clone(),
         );
         store.register_metrics(&mut r);
         Arc::new(Metrics { registry: r, ..m })
@@ -210,6 +224,10 @@ impl Metrics {
                 .set(v);
         }
         self.store_bytes.set(store.disk_bytes() as i64);
+        let budget = catalog.budget();
+        self.egress_connections
+            .set(budget.open_connections() as i64);
+        self.egress_requests.set(budget.requests_under_way() as i64);
         let mut out = String::new();
         // Writing into a String cannot fail.
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

@@ -2,6 +2,7 @@
 //! real loopback receivers, and send real HTTP.
 #![allow(dead_code)]
 
+pub mod binary;
 pub mod browser;
 
 use std::convert::Infallible;
@@ -395,6 +396,11 @@ impl Receiver {
             })
             .unwrap();
         self.received()
+    }
+
+    /// How many requests arrived so far.
+    pub fn count(&self) -> usize {
+        *self.count.borrow()
     }
 
     pub fn received(&self) -> Vec<Received> {

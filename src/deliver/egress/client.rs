@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::Request;
 use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::pki_types::{pem::PemObject, CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -24,6 +24,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::deliver::egress::guard::Policy;
+use crate::deliver::egress::pool::{origin_of, Budget, Budgeted, ConnHandle};
 use crate::deliver::egress::{EgressError, EXCERPT_BYTES, MAX_RESPONSE_BYTES};
 
 /// Reads the PEM certificates of `egress.ca_file`.
@@ -58,11 +59,12 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, S
     Ok(Arc::new(config))
 }
 
-/// Resolves and connects; adds TLS for https.
+/// Resolves and connects within the [`Budget`]; adds TLS for https.
 #[derive(Clone)]
 pub struct Connector {
     tls: TlsConnector,
     policy: Arc<Policy>,
+    budget: Arc<Budget>,
     connect_timeout: Duration,
 }
 
@@ -70,11 +72,13 @@ impl Connector {
     pub fn new(
         tls: Arc<rustls::ClientConfig>,
         policy: Arc<Policy>,
+        budget: Arc<Budget>,
         connect_timeout: Duration,
     ) -> Connector {
         Connector {
             tls: TlsConnector::from(tls),
             policy,
+            budget,
             connect_timeout,
         }
     }
@@ -87,13 +91,15 @@ impl Connector {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
+        // The permit first: no socket is opened past the budget.
+        let (permit, conn) = self.budget.connection().await?;
         let tcp = self
             .policy
             .connect(&host, port, self.connect_timeout)
             .await?;
         let _ = tcp.set_nodelay(true);
         if !https {
-            return Ok(TokioIo::new(EgressStream::Plain(tcp)));
+            return Ok(TokioIo::new(Budgeted::new(Io::Plain(tcp), permit, conn)));
         }
         let name = ServerName::try_from(bare.clone()).map_err(|e| EgressError::Tls {
             host: host.clone(),
@@ -109,7 +115,11 @@ impl Connector {
                 host: host.clone(),
                 reason: e.to_string(),
             })?;
-        Ok(TokioIo::new(EgressStream::Tls(Box::new(tls))))
+        Ok(TokioIo::new(Budgeted::new(
+            Io::Tls(Box::new(tls)),
+            permit,
+            conn,
+        )))
     }
 }
 
@@ -127,54 +137,59 @@ impl tower_service::Service<http::Uri> for Connector {
     }
 }
 
-/// A connection to a receiver, plain or TLS.
-pub enum EgressStream {
+/// A connection to a receiver, plain or TLS, with its place in the budget.
+pub type EgressStream = Budgeted<Io>;
+
+/// The socket under a connection.
+pub enum Io {
     Plain(TcpStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl Connection for EgressStream {
     fn connected(&self) -> Connected {
-        Connected::new()
+        // The handle reaches each response, which marks the connection
+        // idle once it has been read.
+        Connected::new().extra(self.handle())
     }
 }
 
-impl AsyncRead for EgressStream {
+impl AsyncRead for Io {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            EgressStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            EgressStream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
 
-impl AsyncWrite for EgressStream {
+impl AsyncWrite for Io {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            EgressStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            EgressStream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Io::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            EgressStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            EgressStream::Tls(s) => Pin::new(s).poll_flush(cx),
+            Io::Plain(s) => Pin::new(s).poll_flush(cx),
+            Io::Tls(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
-            EgressStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            EgressStream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Io::Tls(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 }
@@ -203,30 +218,40 @@ pub struct Reply {
     pub duration: Duration,
 }
 
-/// A pooled client for one target.
+/// A client over the shared pool of one connect timeout. Cloning is cheap.
 #[derive(Clone)]
 pub struct EgressClient {
     client: Client<Connector, Full<Bytes>>,
+    budget: Arc<Budget>,
 }
 
 impl EgressClient {
-    pub fn new(connector: Connector, max_idle: usize) -> EgressClient {
+    /// A client whose idle connections close after `idle_timeout`, keeping
+    /// at most the budget's per-origin share idle to one origin.
+    pub fn new(connector: Connector, budget: Arc<Budget>) -> EgressClient {
+        let settings = budget.settings();
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(max_idle)
+            // Without a timer the pool never closes idle connections.
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(settings.idle_timeout)
+            .pool_max_idle_per_host(settings.max_connections_per_origin)
             .build(connector);
-        EgressClient { client }
+        EgressClient { client, budget }
     }
 
-    /// Sends `req` and reads the reply, all within `timeout`.
+    /// Waits for a request slot to `req`'s origin, then sends `req` and
+    /// reads the reply, all within `timeout` (which starts once the slot is
+    /// taken: a full pool delays an attempt, it does not fail it).
     pub async fn send(
         &self,
         req: Request<Full<Bytes>>,
         timeout: Duration,
     ) -> Result<Reply, EgressError> {
+        let _slot = self.budget.request_slot(&origin_of(req.uri())).await?;
         let started = Instant::now();
         let work = async {
             let resp = self.client.request(req).await.map_err(describe)?;
+            let conn = resp.extensions().get::<ConnHandle>().cloned();
             let status = resp.status().as_u16();
             let retry_after = resp
                 .headers()
@@ -252,7 +277,13 @@ impl EgressClient {
                             "the response was cut short after {read} bytes of body: {e}"
                         )))
                     }
-                    None => break,
+                    None => {
+                        // Read to the end: the connection may carry another.
+                        if let Some(conn) = &conn {
+                            conn.0.idle(self.budget.tick());
+                        }
+                        break;
+                    }
                 }
             }
             Ok(Reply {

@@ -17,6 +17,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::deliver::egress::pool::PoolSettings;
 use crate::deliver::egress::EgressError;
 
 /// `[egress]`: how outbound connections are made, and where they may go.
@@ -35,6 +36,27 @@ pub struct EgressConfig {
     pub deny: Vec<ipnet::IpNet>,
     /// Source address of every outbound connection; `""` lets the OS choose.
     pub bind: BindAddr,
+    /// Most outbound connections open at once, over all receivers.
+    pub max_connections: Option<usize>,
+    /// Most requests under way at once to one origin (scheme, host, port).
+    pub max_connections_per_origin: Option<usize>,
+    /// An idle outbound connection is closed after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+}
+
+impl EgressConfig {
+    /// The connection settings, defaults filled in.
+    pub fn pool(&self) -> PoolSettings {
+        let d = PoolSettings::default();
+        PoolSettings {
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
+            max_connections_per_origin: self
+                .max_connections_per_origin
+                .unwrap_or(d.max_connections_per_origin),
+            idle_timeout: self.idle_timeout.unwrap_or(d.idle_timeout),
+        }
+    }
 }
 
 /// `egress.bind`: an IP address, or `""` for none.

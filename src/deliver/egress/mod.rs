@@ -3,6 +3,8 @@
 //! - [`guard`]: the egress policy (denied address ranges, `egress.allow`,
 //!   `egress.deny`, `egress.bind`) and the guarded connect.
 //! - [`client`]: the outbound HTTP client and its TLS settings.
+//! - [`pool`]: the budget every outbound connection and request counts
+//!   against (`egress.max_connections` and friends).
 //!
 //! The guard's connect is the one place where outbound sockets are opened:
 //! deliveries, test sends and proxy-mode tunnels all go through it.
@@ -14,9 +16,11 @@ use serde::Deserialize;
 
 pub mod client;
 pub mod guard;
+pub mod pool;
 
 pub use client::{load_ca_file, tls_config, Connector, EgressClient, Reply};
 pub use guard::{classify, BindAddr, EgressConfig, Kind, Policy};
+pub use pool::{Budget, PoolSettings};
 
 /// The longest response body read back from a receiver; past it the
 /// connection is dropped rather than read further.

@@ -1,0 +1,146 @@
+//! Scale stories, measured from outside on the real binary: thousands of
+//! endpoints, receivers that hold connections, a full disk, a big backlog.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::binary::Binary;
+use common::*;
+
+/// Receivers, and endpoints on each.
+const RECEIVERS: usize = 50;
+const ENDPOINTS_PER_RECEIVER: usize = 40;
+/// Events posted, each to every endpoint.
+const EVENTS: usize = 3;
+/// The relay's outbound connection cap in this story.
+const MAX_CONNECTIONS: usize = 64;
+/// Descriptors beyond the cap the relay may have open during the load:
+/// the test's own ingest and admin connections.
+const SLACK: usize = 16;
+
+/// A config with `per` endpoints on each of `receivers`, all on route `t`
+/// (and a route `probe` with none).
+fn many_endpoints(
+    ingest: u16,
+    admin: u16,
+    dir: &std::path::Path,
+    receivers: &[Receiver],
+    per: usize,
+) -> String {
+    let mut text = format!(
+        "ingest.listen = [\"127.0.0.1:{ingest}\"]\n\
+         ingest.rate = {{ per_second = 100000, burst = 100000 }}\n\
+         admin.listen = [\"127.0.0.1:{admin}\"]\n\
+         store.path = {:?}\n\
+         [egress]\n\
+         allow = [\"127.0.0.0/8\"]\n\
+         max_connections = {MAX_CONNECTIONS}\n\
+         max_connections_per_origin = 4\n\
+         idle_timeout = \"1s\"\n\
+         [delivery]\n\
+         rate = {{ per_second = 100000, burst = 100000 }}\n\
+         backoff = {{ initial = \"50ms\", max = \"200ms\" }}\n\
+         [[routes]]\nname = \"probe\"\npath = \"/probe/{{event}}\"\n\
+         [[routes]]\nname = \"t\"\npath = \"/t/{{event}}\"\n",
+        dir.join("store").display().to_string()
+    );
+    for (r, rx) in receivers.iter().enumerate() {
+        for e in 0..per {
+            let n = r * per + e;
+            text.push_str(&format!(
+                "[[routes.targets]]\nname = \"e{n}\"\nurl = \"{}\"\nsecret = \"{SECRET}\"\n",
+                rx.url(&format!("/hook/{n}"))
+            ));
+        }
+    }
+    text
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_thousand_endpoints_stay_within_the_connection_cap() {
+    let mut receivers = Vec::new();
+    for _ in 0..RECEIVERS {
+        // hyper's server keeps idle keep-alive connections open for ever.
+        receivers.push(Receiver::ok().await);
+    }
+    let mut relay = Binary::new();
+    let dir = relay.dir().to_path_buf();
+    relay
+        .start(|i, a| many_endpoints(i, a, &dir, &receivers, ENDPOINTS_PER_RECEIVER))
+        .await;
+    let ready = format!("http://{}/readyz", relay.admin);
+    eventually_async("ready", async || (get(&ready).await.0 == 200).then_some(())).await;
+    let baseline = relay.open_fds();
+
+    let want = EVENTS * RECEIVERS * ENDPOINTS_PER_RECEIVER;
+    for _ in 0..EVENTS {
+        let r = post_json(relay.ingest, "/t/user.created", b"{}".to_vec()).await;
+        assert_eq!(r.status, 202, "{:?}", r.body);
+    }
+    // While it delivers: count its descriptors, and time a POST and /readyz.
+    let start = Instant::now();
+    let mut peak = 0;
+    let (mut slowest_post, mut slowest_ready) = (Duration::ZERO, Duration::ZERO);
+    let mut probes = 0;
+    loop {
+        let got: usize = receivers.iter().map(Receiver::count).sum();
+        peak = peak.max(relay.open_fds());
+        if got >= want {
+            break;
+        }
+        if probes < 20 {
+            probes += 1;
+            let t = Instant::now();
+            let r = post_json(relay.ingest, "/probe/ping", b"{}".to_vec()).await;
+            assert_eq!(r.status, 202);
+            slowest_post = slowest_post.max(t.elapsed());
+            let t = Instant::now();
+            assert_eq!(get(&ready).await.0, 200);
+            slowest_ready = slowest_ready.max(t.elapsed());
+        }
+        assert!(
+            start.elapsed() < 3 * DEADLINE,
+            "only {got} of {want} deliveries within {:?}",
+            3 * DEADLINE
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!(
+        "{want} deliveries to {} endpoints on {RECEIVERS} receivers in {:?}; \
+         descriptors: {baseline} idle, {peak} at peak (cap {MAX_CONNECTIONS}); \
+         slowest POST during the load {slowest_post:?}, slowest /readyz {slowest_ready:?}",
+        RECEIVERS * ENDPOINTS_PER_RECEIVER,
+        start.elapsed()
+    );
+    assert!(
+        peak <= baseline + MAX_CONNECTIONS + SLACK,
+        "{peak} descriptors open at peak: more than {baseline} + the cap {MAX_CONNECTIONS} + {SLACK}"
+    );
+    // Milliseconds in practice; the bound only catches a relay that stalls.
+    assert!(slowest_post < Duration::from_secs(2), "{slowest_post:?}");
+    assert!(slowest_ready < Duration::from_secs(2), "{slowest_ready:?}");
+
+    // Idle connections close after egress.idle_timeout (1s).
+    let settled = Instant::now();
+    eventually("idle connections closed", || {
+        (relay.open_fds() <= baseline + 2).then_some(())
+    })
+    .await;
+    eprintln!(
+        "back to {} descriptors {:?} after the last delivery",
+        relay.open_fds(),
+        settled.elapsed()
+    );
+}
+
+/// GET `url` over a new connection: status and body.
+async fn get(url: &str) -> (u16, String) {
+    let uri: http::Uri = url.parse().unwrap();
+    let addr: std::net::SocketAddr = uri.authority().unwrap().as_str().parse().unwrap();
+    let r = send(addr, None, "GET", uri.path(), &[], Vec::<u8>::new()).await;
+    (
+        r.status.as_u16(),
+        String::from_utf8_lossy(&r.body).into_owned(),
+    )
+}
