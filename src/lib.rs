@@ -70,6 +70,8 @@ const EVERY_SECOND: Duration = Duration::from_secs(1);
 /// in one step (the janitor yields between steps).
 const PURGE_EVERY: Duration = Duration::from_secs(60);
 const PURGE_STEP: usize = 1000;
+/// Most steps in one retention round (the next round goes on from there).
+const PURGE_STEPS: usize = 100;
 
 /// Why the relay could not start.
 #[derive(Debug, thiserror::Error)]
@@ -414,10 +416,11 @@ async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> 
     Ok(out)
 }
 
-/// Periodic chores: forget idle rate-limit keys, re-read disk usage and
-/// the admin tokens file, save counters, remove finished events and
-/// inbound records past `store.retention` (and beyond
-/// `store.inbound_log_entries`).
+/// Periodic chores: forget idle rate-limit keys, look after the store
+/// (room on disk, repair) and re-read the admin tokens file every second,
+/// save counters, and remove finished events and inbound records past
+/// `store.retention` (and beyond `store.inbound_log_entries`): once a
+/// minute, or every second while the store refuses events for want of room.
 async fn housekeeping(
     ingest: Arc<ingest::Ingest>,
     admin: Arc<admin::Admin>,
@@ -427,7 +430,6 @@ async fn housekeeping(
     settings: store::StoreConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let retention = settings.retention;
     let mut evict = tokio::time::interval(EVICT_EVERY);
     let mut every_second = tokio::time::interval(EVERY_SECOND);
     let mut purge = tokio::time::interval(PURGE_EVERY);
@@ -435,39 +437,64 @@ async fn housekeeping(
         tokio::select! {
             _ = evict.tick() => ingest.evict_idle_sources(),
             _ = every_second.tick() => {
-                store.refresh_disk_usage().await;
+                let health = store.maintain().await;
                 if admin.refresh_tokens() {
                     console.forget_revoked();
                 }
                 if let Err(e) = catalog.save_counters().await {
-                    tracing::error!(error = %e, "cannot save counters");
+                    tracing::debug!(error = %e, "cannot save counters");
+                }
+                if health.refusing.as_ref().is_some_and(|(code, _)| code == "store_full") {
+                    // Retention is what makes room.
+                    retention(&*store, &settings, &shutdown).await;
                 }
             }
-            _ = purge.tick() => {
-                let cutoff = store::now_ms().saturating_sub(retention.as_millis() as u64);
-                loop {
-                    match store.purge(cutoff, PURGE_STEP).await {
-                        Ok(n) if n > 0 => tracing::info!(events = n, "removed events past retention"),
-                        Ok(_) => break,
-                        Err(e) => {
-                            tracing::error!(error = %e, "retention cleanup failed");
-                            break;
-                        }
-                    }
-                    if *shutdown.borrow() {
-                        break;
-                    }
-                }
-                match store.purge_inbound(cutoff, settings.inbound_log_entries).await {
-                    Ok(n) if n > 0 => tracing::debug!(records = n, "trimmed the inbound log"),
-                    Ok(_) => {}
-                    Err(e) => tracing::error!(error = %e, "inbound log cleanup failed"),
-                }
-                if let Err(e) = store.purge_dedup().await {
-                    tracing::error!(error = %e, "dedup cleanup failed");
-                }
-            }
+            _ = purge.tick() => retention(&*store, &settings, &shutdown).await,
             _ = stopped(&mut shutdown) => return,
         }
+    }
+}
+
+/// One retention round: finished events past `store.retention` (in
+/// bounded steps, at most `PURGE_STEPS` of them), then the inbound log and
+/// expired dedup keys.
+async fn retention(
+    store: &dyn Store,
+    settings: &store::StoreConfig,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let cutoff = store::now_ms().saturating_sub(settings.retention.as_millis() as u64);
+    let mut removed = 0;
+    for _ in 0..PURGE_STEPS {
+        match store.purge(cutoff, PURGE_STEP).await {
+            Ok(step) => {
+                removed += step.removed;
+                if !step.more {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "retention cleanup failed");
+                break;
+            }
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    if removed > 0 {
+        tracing::info!(events = removed, "removed events past retention");
+    }
+    match store
+        .purge_inbound(cutoff, settings.inbound_log_entries)
+        .await
+    {
+        Ok(n) if n > 0 => tracing::debug!(records = n, "trimmed the inbound log"),
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "inbound log cleanup failed"),
+    }
+    if let Err(e) = store.purge_dedup().await {
+        tracing::debug!(error = %e, "dedup cleanup failed");
     }
 }

@@ -14,7 +14,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 
 use crate::shutdown::stopped;
-use crate::store::Store;
+use crate::store::{self, Store};
 
 /// How long the dispatcher gets to show it is alive when poked.
 const HEARTBEAT_WAIT: Duration = Duration::from_secs(2);
@@ -70,9 +70,10 @@ impl Heartbeat {
     }
 }
 
-/// Sends `WATCHDOG=1` every `every` while the store takes writes and the
-/// dispatcher answers; stays silent otherwise, so the service manager
-/// restarts a relay that hangs.
+/// Sends `WATCHDOG=1` every `every` while the store's checks keep running
+/// and the dispatcher answers; stays silent otherwise, so the service
+/// manager restarts a relay that hangs. A store that refuses events (a full
+/// disk) is not hung: it heals without a restart, and deliveries go on.
 pub async fn watchdog(
     every: Duration,
     store: Arc<dyn Store>,
@@ -85,9 +86,13 @@ pub async fn watchdog(
             _ = tick.tick() => {}
             _ = stopped(&mut shutdown) => return,
         }
-        let store_ok = store.check_writable().await.is_ok();
-        if !store_ok {
-            tracing::error!("watchdog: the store cannot take writes");
+        let checked = store.health().checked_at_ms;
+        let stale = store::now_ms().saturating_sub(checked);
+        if stale > 3 * every.as_millis() as u64 + 3000 {
+            tracing::error!(
+                last_check_ms_ago = stale,
+                "watchdog: the store's checks have stopped"
+            );
             continue;
         }
         if !heartbeat.alive().await {

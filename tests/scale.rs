@@ -18,6 +18,8 @@ const MAX_CONNECTIONS: usize = 64;
 /// Descriptors beyond the cap the relay may have open during the load:
 /// the test's own ingest and admin connections.
 const SLACK: usize = 16;
+/// An answer slower than this means the relay stalled.
+const STALLED: Duration = Duration::from_secs(5);
 
 /// A config with `per` endpoints on each of `receivers`, all on route `t`
 /// (and a route `probe` with none).
@@ -117,9 +119,10 @@ async fn two_thousand_endpoints_stay_within_the_connection_cap() {
         peak <= baseline + MAX_CONNECTIONS + SLACK,
         "{peak} descriptors open at peak: more than {baseline} + the cap {MAX_CONNECTIONS} + {SLACK}"
     );
-    // Milliseconds in practice; the bound only catches a relay that stalls.
-    assert!(slowest_post < Duration::from_secs(2), "{slowest_post:?}");
-    assert!(slowest_ready < Duration::from_secs(2), "{slowest_ready:?}");
+    // Milliseconds on a quiet machine (the bench has the figures); the
+    // bound only catches a relay that stalls, as one out of descriptors did.
+    assert!(slowest_post < STALLED, "{slowest_post:?}");
+    assert!(slowest_ready < STALLED, "{slowest_ready:?}");
 
     // Idle connections close after egress.idle_timeout (1s).
     let settled = Instant::now();

@@ -185,16 +185,16 @@ impl Console {
             .filter(|t| t["circuit"] != json!("closed"))
             .collect();
         let store = self.admin.store();
-        let ready = store.check_writable().await;
+        let health = store.health();
         let data = json!({
             "endpoints": targets.len(),
             "open_circuits": open.iter().map(|t| json!({"key": t["key"], "name": t["name"], "circuit": t["circuit"]})).collect::<Vec<_>>(),
             "pending": store.count(State::Pending),
             "in_flight": store.count(State::InFlight),
             "dead": store.count(State::Dead),
-            "store_bytes": store.disk_bytes(),
-            "ready": ready.is_ok(),
-            "not_ready": ready.err().map(|e| e.to_string()),
+            "store_bytes": health.disk_bytes,
+            "ready": health.accepting(),
+            "not_ready": health.refusing.map(|(_, reason)| reason),
         });
         let charts = overview_charts(&points);
         Ok(self.ok_page(ctx, "overview.html", "overview", &data, Some(charts)))

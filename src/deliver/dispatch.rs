@@ -68,12 +68,23 @@ impl Dispatcher {
         }
         let mut tasks = JoinSet::new();
         let wake = self.wake.clone();
+        let mut failing = false;
         loop {
             while tasks.try_join_next().is_some() {}
             let next = match self.pass(&mut tasks, &shutdown).await {
-                Ok(next) => next,
+                Ok(next) => {
+                    if failing {
+                        failing = false;
+                        tracing::warn!("dispatcher: the store answers again; deliveries go on");
+                    }
+                    next
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "dispatcher cannot read the store; retrying in 1s");
+                    // Once per outage, not once a second.
+                    if !failing {
+                        failing = true;
+                        tracing::error!(error = %e, "dispatcher cannot read the store; trying again every second");
+                    }
                     Some(now_ms() + 1000)
                 }
             };

@@ -16,6 +16,10 @@ use crate::ingest::tunnel::TunnelError;
 use crate::server::json_response;
 use crate::store::StoreError;
 
+/// Seconds a sender is asked to wait after the store refused its event
+/// (`Retry-After`); the store looks again at its room every second.
+const STORE_RETRY_AFTER: u64 = 5;
+
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum IngestError {
@@ -73,7 +77,7 @@ impl IngestError {
             IngestError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             IngestError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
             IngestError::BadPayload(_) => (StatusCode::BAD_REQUEST, "bad_payload"),
-            IngestError::Store(StoreError::Full { .. }) => {
+            IngestError::Store(StoreError::Full { .. } | StoreError::DiskFull { .. }) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "store_full")
             }
             IngestError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
@@ -84,7 +88,7 @@ impl IngestError {
     /// instead).
     pub fn public_message(&self) -> String {
         match self {
-            IngestError::Store(StoreError::Full { .. }) => {
+            IngestError::Store(StoreError::Full { .. } | StoreError::DiskFull { .. }) => {
                 "the store is full; nothing was accepted".to_string()
             }
             IngestError::Store(_) => {
@@ -109,7 +113,13 @@ impl IngestError {
                     .insert(header::ALLOW, HeaderValue::from_static("POST"));
             }
             IngestError::Tunnel(e) => tracing::info!(error = %e, "CONNECT refused"),
-            IngestError::Store(e) => tracing::error!(error = %e, "event refused: store"),
+            IngestError::Store(e) => {
+                // The store logs each change of its state once; a refusal
+                // per request would flood the log while the disk is full.
+                tracing::debug!(error = %e, "event refused: store");
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(STORE_RETRY_AFTER));
+            }
             _ => {}
         }
         resp

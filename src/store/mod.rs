@@ -21,7 +21,8 @@
 //!   `new_work`, on which the scheduler sleeps when nothing else is due.
 //! - Every scan is bounded by a caller-given limit (or, for history, range).
 //! - A store that cannot take writes refuses them with an error; nothing
-//!   it refused was kept.
+//!   it refused was kept. It says why in `health`, and heals without a
+//!   restart once it can (`maintain`): space freed, a failed disk back.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -43,8 +44,12 @@ pub use records::*;
 pub enum StoreError {
     #[error("store I/O error: {0}")]
     Io(String),
-    #[error("store is full: {used} bytes on disk, limit {limit}")]
+    #[error("store is full: {used} bytes on disk, limit {limit} (store.max_disk_bytes)")]
     Full { used: u64, limit: u64 },
+    #[error("the disk holding the store is full: {free} bytes free")]
+    DiskFull { free: u64 },
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     #[error("store at {path} has schema version {found}; this hookrelay reads version {known}")]
     Schema { path: String, found: u8, known: u8 },
     #[error("corrupt record in `{tree}`: {reason}")]
@@ -246,8 +251,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Removes events received before `cutoff_ms` whose deliveries have all
     /// finished, with their deliveries and attempts, looking at no more than
-    /// `limit` events; how many it removed.
-    async fn purge(&self, cutoff_ms: u64, limit: usize) -> Result<usize, StoreError>;
+    /// `limit` events: one bounded step. Each step goes on where the last
+    /// one stopped (events still pending are stepped over, not looked at
+    /// again and again), until `more` is false: every event before the
+    /// cutoff has been looked at, and the next step starts from the oldest.
+    async fn purge(&self, cutoff_ms: u64, limit: usize) -> Result<Purged, StoreError>;
 
     /// Drops expired dedup keys; how many.
     async fn purge_dedup(&self) -> Result<usize, StoreError>;
@@ -281,14 +289,20 @@ pub trait Store: Send + Sync + 'static {
 
     // === size, health, life ===
 
-    /// Measures the store's size again; returns it.
-    async fn refresh_disk_usage(&self) -> u64;
+    /// Measures the room on disk, checks that the store takes writes, and
+    /// repairs what it can without a restart (a store that failed a write
+    /// is opened again); decides whether new events are taken. The relay
+    /// calls it every second.
+    async fn maintain(&self) -> Health;
 
-    /// The size at the last measure.
-    fn disk_bytes(&self) -> u64;
+    /// What the last `maintain` found, and any refusal since: in memory,
+    /// so `/readyz` costs no disk I/O.
+    fn health(&self) -> Health;
 
-    /// Writes and syncs a probe: can the store take writes now?
-    async fn check_writable(&self) -> Result<(), StoreError>;
+    /// The store's size on disk at the last measure.
+    fn disk_bytes(&self) -> u64 {
+        self.health().disk_bytes
+    }
 
     /// Adds the backend's own metrics (commit batches, durations).
     fn register_metrics(&self, registry: &mut Registry);
@@ -296,6 +310,36 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything durable and stops taking writes; later calls that
     /// write fail with [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError>;
+}
+
+/// One retention step's outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Events removed (with their deliveries and attempts).
+    pub removed: usize,
+    /// Whether events before the cutoff are left to look at.
+    pub more: bool,
+}
+
+/// Whether the store takes new events, and what it measured.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// Why new events are refused (503): a code (`store_full`,
+    /// `store_unavailable`, `closed`) and the reason; `None`: they are taken.
+    pub refusing: Option<(String, String)>,
+    /// The store's files (the disk reserve not counted).
+    pub disk_bytes: u64,
+    /// Free on the store's filesystem.
+    pub free_bytes: u64,
+    /// When `maintain` last finished; a relay whose store calls hang stops
+    /// moving it (the watchdog watches it).
+    pub checked_at_ms: u64,
+}
+
+impl Health {
+    pub fn accepting(&self) -> bool {
+        self.refusing.is_none()
+    }
 }
 
 /// Opens the store `config` describes.

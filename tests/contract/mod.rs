@@ -56,6 +56,7 @@ macro_rules! store_contract {
             endpoints_and_counters_round_trip,
             the_inbound_log_records_every_request_newest_first,
             purge_removes_old_finished_events_only,
+            purge_steps_go_past_events_still_pending,
             concurrent_accepts_all_get_their_own_ids,
             large_bodies_come_back_whole,
             a_closed_store_refuses_writes,
@@ -731,9 +732,16 @@ pub async fn purge_removes_old_finished_events_only<B: Backend>() {
     let waiting = store.accept(new_event(&["r/a"], None)).await.unwrap();
     let did = attempt_first(&*store, "r/a", 200, Next::Succeeded).await;
     // Nothing is older than a cutoff in the past.
-    assert_eq!(store.purge(done.id.0.timestamp_ms(), 100).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .purge(done.id.0.timestamp_ms(), 100)
+            .await
+            .unwrap()
+            .removed,
+        0
+    );
     // Past both: the finished one goes, the pending one stays.
-    assert_eq!(store.purge(now_ms() + 1, 100).await.unwrap(), 1);
+    assert_eq!(store.purge(now_ms() + 1, 100).await.unwrap().removed, 1);
     assert!(store.event(done.id).await.unwrap().is_none());
     assert!(store.delivery(did).await.unwrap().is_none());
     assert!(store.attempts(did).await.unwrap().is_empty());
@@ -747,6 +755,37 @@ pub async fn purge_removes_old_finished_events_only<B: Backend>() {
     // The dedup key has not expired, so it still answers.
     let again = store.accept(new_event(&["r/a"], Some("k"))).await.unwrap();
     assert!(again.duplicate);
+}
+
+pub async fn purge_steps_go_past_events_still_pending<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    // Five events still pending on one target, then three finished on another.
+    for _ in 0..5 {
+        store.accept(new_event(&["r/wait"], None)).await.unwrap();
+    }
+    for _ in 0..3 {
+        store.accept(new_event(&["r/done"], None)).await.unwrap();
+        attempt_first(&*store, "r/done", 200, Next::Succeeded).await;
+    }
+    let cutoff = now_ms() + 1;
+    // Steps of two: the pending ones are looked at once, not at every step.
+    let mut removed = 0;
+    let mut steps = 0;
+    loop {
+        let step = store.purge(cutoff, 2).await.unwrap();
+        removed += step.removed;
+        steps += 1;
+        assert!(steps <= 5, "stepping never ends");
+        if !step.more {
+            break;
+        }
+    }
+    assert_eq!(removed, 3, "every finished event went, in {steps} steps");
+    assert_eq!(counts(&*store), [5, 0, 0, 0, 0]);
+    // The next round starts from the oldest again.
+    let step = store.purge(cutoff, 100).await.unwrap();
+    assert_eq!((step.removed, step.more), (0, false));
 }
 
 // === concurrency, size, life ===
@@ -784,23 +823,27 @@ pub async fn large_bodies_come_back_whole<B: Backend>() {
         &body[..]
     );
     attempt_first(&*store, "r/a", 200, Next::Succeeded).await;
-    assert_eq!(store.purge(now_ms() + 1, 10).await.unwrap(), 1);
+    assert_eq!(store.purge(now_ms() + 1, 10).await.unwrap().removed, 1);
     assert!(store.event(a.id).await.unwrap().is_none());
 }
 
 pub async fn a_closed_store_refuses_writes<B: Backend>() {
     let b = B::new(DAY);
     let store = b.open().await;
-    store.check_writable().await.unwrap();
-    let used = store.refresh_disk_usage().await;
-    assert!(used > 0);
-    assert_eq!(store.disk_bytes(), used);
+    let health = store.maintain().await;
+    assert!(health.accepting(), "{health:?}");
+    assert!(health.disk_bytes > 0);
+    assert_eq!(store.disk_bytes(), health.disk_bytes);
     store.close().await.unwrap();
     let e = store.accept(new_event(&["r/a"], None)).await.unwrap_err();
     assert!(matches!(e, StoreError::Closed), "{e}");
     let row = stat("ep_a", Resolution::Minute, 0, 1);
     assert!(store.add_stats(&[row]).await.is_err());
-    assert!(store.check_writable().await.is_err());
+    let health = store.health();
+    assert_eq!(
+        health.refusing.map(|(code, _)| code).as_deref(),
+        Some("closed")
+    );
 }
 
 pub async fn accepts_and_requeues_wake_the_scheduler<B: Backend>() {

@@ -23,7 +23,9 @@ impl Sled {
     /// event waiting at that moment) in one transaction, flushes, and syncs
     /// the log file to the disk. Only `Ok` may be acknowledged to the sender.
     pub(super) async fn accept(&self, new: NewEvent) -> Result<Accepted, StoreError> {
-        self.check_room()?;
+        // The event, and a delivery record and index entry per target.
+        let bytes = new.body.len() as u64 + 512 * (1 + new.targets.len() as u64);
+        self.check_room(bytes)?;
         let (done, answer) = oneshot::channel();
         {
             let commits = self.commits.lock().expect("lock poisoned");
@@ -173,6 +175,7 @@ impl Sled {
                 self.counts.moved(None, Some(State::Pending));
             }
         }
+        self.committed_at_ms.store(now_ms(), Ordering::Relaxed);
         // Counted first, then claimable: the pending gauge never dips.
         if let Some(last) = prepared.iter().filter_map(|p| p.deliveries.last()).max() {
             self.mark_durable(*last);
@@ -202,9 +205,10 @@ pub(super) fn committer(store: std::sync::Weak<Sled>, rx: mpsc::Receiver<Waiting
         let started = Instant::now();
         let result = store.commit(&events);
         store
+            .shared
             .flush_duration
             .observe(started.elapsed().as_secs_f64());
-        store.flush_batch.observe(events.len() as f64);
+        store.shared.flush_batch.observe(events.len() as f64);
         store.flushes.fetch_add(1, Ordering::Relaxed);
         store
             .flushed_events
@@ -214,9 +218,12 @@ pub(super) fn committer(store: std::sync::Weak<Sled>, rx: mpsc::Receiver<Waiting
                 for (done, a) in answers.into_iter().zip(accepted) {
                     let _ = done.send(Ok(a));
                 }
-                store.new_work.notify_one();
+                store.shared.new_work.notify_one();
             }
             Err(e) => {
+                // sled refuses every write after a failed one; the store
+                // takes no more until it has been opened again.
+                store.fail(&StoreError::Commit(e.clone()));
                 tracing::error!(error = %e, events = events.len(), "store commit failed; the events are refused");
                 for done in answers {
                     let _ = done.send(Err(StoreError::Commit(e.clone())));

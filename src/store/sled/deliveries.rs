@@ -10,7 +10,7 @@ use crate::store::sled::keys::{
 };
 use crate::store::sled::{tx_error, Sled};
 use crate::store::{
-    now_ms, Attempt, Delivery, DeliveryId, Event, EventId, Next, State, StoreError,
+    now_ms, Attempt, Delivery, DeliveryId, Event, EventId, Next, Purged, State, StoreError,
 };
 
 impl Sled {
@@ -237,14 +237,17 @@ impl Sled {
         Ok(Some(Event { id, meta, body }))
     }
 
-    /// Removes the chunks of an event's body, if it has any.
-    pub(super) fn remove_body(&self, id: EventId) -> Result<(), StoreError> {
+    /// Removes the chunks of an event's body, if it has any; their bytes.
+    pub(super) fn remove_body(&self, id: EventId) -> Result<u64, StoreError> {
         let mut batch = sled::Batch::default();
-        for key in self.bodies.scan_prefix(id.to_key()).keys() {
-            batch.remove(key?);
+        let mut bytes = 0;
+        for item in self.bodies.scan_prefix(id.to_key()) {
+            let (key, value) = item?;
+            bytes += (key.len() + value.len()) as u64;
+            batch.remove(key);
         }
         self.bodies.apply_batch(batch)?;
-        Ok(())
+        Ok(bytes)
     }
 
     pub fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
@@ -283,16 +286,37 @@ impl Sled {
 
     /// Removes events received before `cutoff_ms` whose deliveries have all
     /// finished (succeeded or dead), with their deliveries and attempts,
-    /// looking at no more than `limit` events. Returns how many it removed.
-    pub fn purge(&self, cutoff_ms: u64, limit: usize) -> Result<usize, StoreError> {
+    /// looking at no more than `limit` events, from where the last step
+    /// stopped. What it removed counts as room sled can reuse.
+    pub fn purge(&self, cutoff_ms: u64, limit: usize) -> Result<Purged, StoreError> {
+        let from = *self.purge_from.lock().expect("lock poisoned");
+        let iter = match from {
+            Some(e) => {
+                let mut start = e.to_key().to_vec();
+                start.push(0);
+                self.events.range(start..)
+            }
+            None => self.events.iter(),
+        };
         let mut removed = 0;
-        for item in self.events.iter().keys().take(limit) {
-            let Some(event) = EventId::from_key(&item?) else {
+        let mut bytes = 0u64;
+        let mut looked = 0;
+        let mut last = None;
+        let mut more = false;
+        for item in iter {
+            if looked == limit {
+                more = true;
+                break;
+            }
+            let (k, v) = item?;
+            let Some(event) = EventId::from_key(&k) else {
                 continue;
             };
             if event.0.timestamp_ms() >= cutoff_ms {
                 break;
             }
+            looked += 1;
+            last = Some(event);
             let deliveries = self.deliveries_of(event)?;
             if deliveries
                 .iter()
@@ -302,24 +326,30 @@ impl Sled {
             }
             let mut batch = sled::Batch::default();
             for (id, _) in &deliveries {
-                for key in self.attempts.scan_prefix(id.to_key()).keys() {
-                    batch.remove(key?);
+                for item in self.attempts.scan_prefix(id.to_key()) {
+                    let (key, value) = item?;
+                    bytes += (key.len() + value.len()) as u64;
+                    batch.remove(key);
                 }
             }
             self.attempts.apply_batch(batch)?;
             let mut batch = sled::Batch::default();
             for (id, _) in &deliveries {
                 batch.remove(&id.to_key());
+                // The delivery and its index entry, roughly.
+                bytes += 256;
             }
             self.deliveries.apply_batch(batch)?;
             for (_, d) in &deliveries {
                 self.counts.moved(Some(d.state), None);
             }
-            self.remove_body(event)?;
+            bytes += self.remove_body(event)? + (k.len() + v.len()) as u64;
             self.events.remove(event.to_key())?;
             removed += 1;
         }
-        Ok(removed)
+        *self.purge_from.lock().expect("lock poisoned") = if more { last } else { None };
+        self.shared.space.purged(bytes);
+        Ok(Purged { removed, more })
     }
 
     /// Drops dedup keys that have expired; returns how many.

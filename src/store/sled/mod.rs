@@ -19,13 +19,19 @@
 //! - Values carry a version byte; keys are big-endian so ranges sort by time
 //!   (`keys.rs`).
 //!
+//! - A write sled fails (a full disk, an I/O error) leaves sled refusing
+//!   every later write. The store then refuses new events at once (no sled
+//!   call), and `maintain` opens it again, in the running process, as a
+//!   restart would (in-flight deliveries back to pending); ingest resumes
+//!   when there is room again (`space.rs`).
+//!
 //! sled's calls block. The quick ones (a claim, a read) run in place; those
 //! that sync the log or scan many records run on tokio's blocking pool.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use ::sled::transaction::TransactionError;
 use async_trait::async_trait;
@@ -35,20 +41,22 @@ use tokio::sync::Notify;
 
 use crate::store::{
     now_ms, Accepted, Attempt, Counters, Delivery, DeliveryId, EndpointRecord, Event, EventId,
-    Inbound, InboundFilter, InboundId, InboundPage, NewEvent, Next, Page, Resolution, StatRow,
-    State, Store, StoreConfig, StoreError,
+    Health, Inbound, InboundFilter, InboundId, InboundPage, NewEvent, Next, Page, Purged,
+    Resolution, StatRow, State, Store, StoreConfig, StoreError,
 };
 
 mod commit;
 mod deliveries;
 mod keys;
 mod queries;
+mod space;
 mod stats;
 #[cfg(test)]
 mod tests;
 
 use commit::{committer, Waiting};
 use keys::{decode, due_key, encode};
+use space::{Refusal, Space, MIN_FREE_BYTES};
 
 /// The on-disk layout this code reads and writes.
 const SCHEMA_VERSION: u8 = 1;
@@ -57,16 +65,59 @@ const VALUE_VERSION: u8 = 1;
 
 impl From<::sled::Error> for StoreError {
     fn from(e: ::sled::Error) -> StoreError {
-        StoreError::Io(e.to_string())
+        match &e {
+            ::sled::Error::Io(io)
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                ) =>
+            {
+                StoreError::DiskFull { free: 0 }
+            }
+            _ => StoreError::Io(e.to_string()),
+        }
     }
 }
+
+/// How long a reopen waits for calls under way on the old store.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
+/// A commit within this long is as good as a probe.
+const PROBE_AFTER_MS: u64 = 1000;
 
 fn io_error(e: std::io::Error) -> StoreError {
     StoreError::Io(e.to_string())
 }
 
-/// The sled store itself; [`SledStore`] is its face to the relay.
+/// What outlives a reopen of the store: the scheduler's wake-up, metrics,
+/// the room on disk, and whether the store was closed.
+struct Shared {
+    /// Woken after each flush that made new deliveries durable.
+    new_work: Arc<Notify>,
+    /// Events per flush, and how long each flush took (seconds).
+    flush_batch: Histogram,
+    flush_duration: Histogram,
+    space: Space,
+    closed: AtomicBool,
+    /// When `maintain` last finished.
+    checked_at_ms: AtomicU64,
+}
+
+impl Shared {
+    fn new(config: &StoreConfig) -> Arc<Shared> {
+        Arc::new(Shared {
+            new_work: Arc::new(Notify::new()),
+            flush_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            flush_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            space: Space::new(&config.path, config.max_disk_bytes),
+            closed: AtomicBool::new(false),
+            checked_at_ms: AtomicU64::new(now_ms()),
+        })
+    }
+}
+
+/// One open of the sled store; [`SledStore`] is its face to the relay.
 struct Sled {
+    shared: Arc<Shared>,
     db: sled::Db,
     events: sled::Tree,
     deliveries: sled::Tree,
@@ -88,19 +139,17 @@ struct Sled {
     /// sled's log file, synced after every commit.
     log: std::fs::File,
     committer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Woken after each flush that made new deliveries durable.
-    new_work: Arc<Notify>,
     retention: Duration,
-    path: std::path::PathBuf,
-    max_disk_bytes: u64,
-    disk_bytes: AtomicU64,
-    writable: AtomicBool,
     /// Flushes done, and events they covered (for metrics and tests).
     flushes: AtomicU64,
     flushed_events: AtomicU64,
-    /// Events per flush, and how long each flush took (seconds).
-    flush_batch: Histogram,
-    flush_duration: Histogram,
+    /// When a commit last made events durable.
+    committed_at_ms: AtomicU64,
+    /// A write sled failed: it refuses every write from now on, so this
+    /// open of the store takes no more (the reason is kept).
+    broken: Mutex<Option<String>>,
+    /// Where the last retention step stopped.
+    purge_from: Mutex<Option<EventId>>,
     /// Deliveries by state, kept up to date by every transition.
     counts: StateCounts,
     /// The highest delivery id known to be durable. A group commit's
@@ -132,7 +181,7 @@ impl StateCounts {
 impl Sled {
     /// Opens (or creates) the store, checks its schema version, and puts
     /// deliveries that a crash left in flight back to pending.
-    pub fn open(config: &StoreConfig) -> Result<Arc<Sled>, StoreError> {
+    fn open(config: &StoreConfig, shared: Arc<Shared>) -> Result<Arc<Sled>, StoreError> {
         let db = sled::Config::new()
             .path(&config.path)
             .cache_capacity(config.cache_bytes)
@@ -142,6 +191,7 @@ impl Sled {
         // sled keeps its log in `<path>/db`; any handle on it can sync it.
         let log = std::fs::File::open(config.path.join("db")).map_err(io_error)?;
         let store = Arc::new(Sled {
+            shared,
             log,
             events: db.open_tree("events")?,
             deliveries: db.open_tree("deliveries")?,
@@ -157,16 +207,12 @@ impl Sled {
             ids: Mutex::new(ulid::Generator::new()),
             commits: Mutex::new(None),
             committer: Mutex::new(None),
-            new_work: Arc::new(Notify::new()),
             retention: config.retention,
-            max_disk_bytes: config.max_disk_bytes,
-            disk_bytes: AtomicU64::new(0),
-            path: config.path.clone(),
-            writable: AtomicBool::new(true),
             flushes: AtomicU64::new(0),
             flushed_events: AtomicU64::new(0),
-            flush_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
-            flush_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            committed_at_ms: AtomicU64::new(0),
+            broken: Mutex::new(None),
+            purge_from: Mutex::new(None),
             counts: StateCounts::default(),
             durable: Mutex::new(0),
             db,
@@ -184,7 +230,6 @@ impl Sled {
             store.counts.moved(None, Some(d.state));
         }
         store.db.flush()?;
-        store.refresh_disk_usage();
         let (tx, rx) = mpsc::channel();
         let weak = Arc::downgrade(&store);
         let handle = std::thread::Builder::new()
@@ -248,26 +293,31 @@ impl Sled {
         id.0 .0 <= *self.durable.lock().expect("lock poisoned")
     }
 
-    /// Refuses writes the store might not be able to keep.
-    fn check_room(&self) -> Result<(), StoreError> {
-        if !self.writable.load(Ordering::Relaxed) {
+    /// Refuses writes the store might not be able to keep: when closed,
+    /// broken, or short of room for about `bytes` more.
+    fn check_room(&self, bytes: u64) -> Result<(), StoreError> {
+        if self.shared.closed.load(Ordering::Relaxed) {
             return Err(StoreError::Closed);
         }
-        let used = self.disk_bytes.load(Ordering::Relaxed);
-        if self.max_disk_bytes > 0 && used >= self.max_disk_bytes {
-            return Err(StoreError::Full {
-                used,
-                limit: self.max_disk_bytes,
-            });
+        if let Some(reason) = self.broken() {
+            return Err(StoreError::Unavailable(reason));
         }
-        Ok(())
+        self.shared.space.admit(bytes)
     }
 
-    /// Re-reads the store's size on disk (the janitor calls this periodically).
-    pub fn refresh_disk_usage(&self) -> u64 {
-        let used = dir_size(&self.path);
-        self.disk_bytes.store(used, Ordering::Relaxed);
-        used
+    /// Why this open of the store takes no more writes, if it does not.
+    fn broken(&self) -> Option<String> {
+        self.broken.lock().expect("lock poisoned").clone()
+    }
+
+    /// sled failed a write with `e`: nothing more is written through this
+    /// open of the store (sled would refuse it anyway) until it is opened again.
+    fn fail(&self, e: &StoreError) {
+        let mut broken = self.broken.lock().expect("lock poisoned");
+        if broken.is_none() {
+            tracing::error!(error = %e, "store: a write failed; the store is opened again when it can be");
+            *broken = Some(e.to_string());
+        }
     }
 
     /// Flushes sled's buffers and then syncs the log file itself: sled's own
@@ -283,44 +333,39 @@ impl Sled {
         self.counts.0[state.index()].load(Ordering::Relaxed)
     }
 
-    /// The store's size on disk at the last check (every second).
-    pub fn disk_bytes(&self) -> u64 {
-        self.disk_bytes.load(Ordering::Relaxed)
+    /// Writes and syncs a probe value, unless a commit did as much just now;
+    /// a failure breaks this open of the store.
+    fn probe(&self) {
+        if self.broken().is_some()
+            || now_ms().saturating_sub(self.committed_at_ms.load(Ordering::Relaxed))
+                < PROBE_AFTER_MS
+        {
+            return;
+        }
+        let result = self
+            .meta
+            .insert("ready_probe", &now_ms().to_be_bytes())
+            .map_err(StoreError::from)
+            .and_then(|_| self.sync());
+        if let Err(e) = result {
+            self.fail(&e);
+        }
     }
 
-    /// Writes and flushes a probe value: can the store take writes now?
-    pub fn check_writable(&self) -> Result<(), StoreError> {
-        self.check_room()?;
-        self.meta.insert("ready_probe", &now_ms().to_be_bytes())?;
-        self.sync()
-    }
-
-    /// Flushes once more and stops the committer; later accepts fail with `Closed`.
-    pub fn close(&self) -> Result<(), StoreError> {
-        self.writable.store(false, Ordering::Relaxed);
+    /// Stops the committer: accepts from now on fail with `Closed`, and
+    /// those it holds are answered first.
+    fn stop(&self) {
         self.commits.lock().expect("lock poisoned").take();
         if let Some(h) = self.committer.lock().expect("lock poisoned").take() {
             let _ = h.join();
         }
-        self.sync()?;
-        Ok(())
     }
-}
 
-/// Bytes used by the files under `dir` (sled keeps a flat tree: a log, a
-/// snapshot or two, and a directory of blobs).
-fn dir_size(dir: &Path) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_size(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
+    /// Stops the committer and flushes once more.
+    pub fn close(&self) -> Result<(), StoreError> {
+        self.stop();
+        self.sync()
+    }
 }
 
 fn tx_error(e: TransactionError<StoreError>) -> StoreError {
@@ -348,8 +393,18 @@ fn check_schema(db: &sled::Db, path: &Path) -> Result<(), StoreError> {
 
 // === impl Store ===
 
-/// The sled backend, as the relay holds it.
-pub struct SledStore(Arc<Sled>);
+/// The sled backend, as the relay holds it: the open store (swapped for a
+/// fresh open after a failed write) and what outlives it.
+pub struct SledStore(Arc<Handle>);
+
+struct Handle {
+    config: StoreConfig,
+    shared: Arc<Shared>,
+    /// `None` only while the store is being opened again.
+    live: RwLock<Option<Arc<Sled>>>,
+    /// One `maintain` at a time.
+    maintaining: Mutex<()>,
+}
 
 impl SledStore {
     /// Opens (or creates) the store at `config.path`, checks its schema
@@ -357,7 +412,21 @@ impl SledStore {
     /// pending. Fails with [`StoreError::Schema`] for a store written by a
     /// hookrelay with another layout.
     pub fn open(config: &StoreConfig) -> Result<SledStore, StoreError> {
-        Sled::open(config).map(SledStore)
+        let shared = Shared::new(config);
+        let sled = Sled::open(config, shared.clone())?;
+        let handle = Handle {
+            config: config.clone(),
+            shared,
+            live: RwLock::new(Some(sled)),
+            maintaining: Mutex::new(()),
+        };
+        handle.maintain();
+        Ok(SledStore(Arc::new(handle)))
+    }
+
+    /// The open store, or why there is none.
+    fn sled(&self) -> Result<Arc<Sled>, StoreError> {
+        self.0.sled()
     }
 
     /// Runs `f` on tokio's blocking pool: for calls that sync the log or
@@ -367,21 +436,118 @@ impl SledStore {
         T: Send + 'static,
         F: FnOnce(&Sled) -> Result<T, StoreError> + Send + 'static,
     {
-        let sled = self.0.clone();
+        let sled = self.sled()?;
         tokio::task::spawn_blocking(move || f(&sled))
             .await
             .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
     }
 }
 
+impl Handle {
+    fn sled(&self) -> Result<Arc<Sled>, StoreError> {
+        if self.shared.closed.load(Ordering::Relaxed) {
+            return Err(StoreError::Closed);
+        }
+        self.live
+            .read()
+            .expect("lock poisoned")
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("the store is being opened again".into()))
+    }
+
+    /// Measures the room on disk, probes the store, opens it again if a
+    /// write failed, keeps the disk reserve, and decides whether new events
+    /// are taken. Blocks; the relay calls it every second.
+    fn maintain(&self) -> Health {
+        let _one = self.maintaining.lock().expect("lock poisoned");
+        let space = &self.shared.space;
+        space.measure();
+        let closed = self.shared.closed.load(Ordering::Relaxed);
+        let mut broken = match self.sled() {
+            Ok(sled) => {
+                sled.probe();
+                sled.broken()
+            }
+            Err(StoreError::Closed) => None,
+            Err(e) => Some(e.to_string()),
+        };
+        if broken.is_some() && !closed {
+            if space.free() < MIN_FREE_BYTES {
+                // sled must write to open and to record deliveries.
+                space.release_reserve();
+                space.measure();
+            }
+            match self.reopen() {
+                Ok(()) => {
+                    tracing::warn!("store: opened again after a failed write");
+                    broken = None;
+                    space.measure();
+                }
+                Err(e) => broken = Some(format!("cannot open the store again: {e}")),
+            }
+        }
+        if broken.is_none() && !closed {
+            space.keep_reserve();
+        }
+        space.set(space.assess(broken));
+        self.shared.checked_at_ms.store(now_ms(), Ordering::Relaxed);
+        self.health()
+    }
+
+    /// Swaps the open store for a fresh open of the same files, as a
+    /// restart would: the old one is stopped and dropped first (sled locks
+    /// its files), once calls under way on it are done.
+    fn reopen(&self) -> Result<(), StoreError> {
+        let old = self.live.write().expect("lock poisoned").take();
+        if let Some(old) = old {
+            old.stop();
+            let deadline = Instant::now() + REOPEN_WAIT;
+            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if Arc::strong_count(&old) > 1 {
+                *self.live.write().expect("lock poisoned") = Some(old);
+                return Err(StoreError::Unavailable(
+                    "calls on the failed store are still under way".into(),
+                ));
+            }
+        }
+        let fresh = Sled::open(&self.config, self.shared.clone())?;
+        *self.live.write().expect("lock poisoned") = Some(fresh);
+        self.shared.new_work.notify_one();
+        Ok(())
+    }
+
+    fn health(&self) -> Health {
+        let space = &self.shared.space;
+        let refusal = if self.shared.closed.load(Ordering::Relaxed) {
+            Some(("closed", StoreError::Closed.to_string()))
+        } else {
+            space.refusal().map(|r| {
+                let code = match r {
+                    Refusal::DiskFull { .. } | Refusal::Full { .. } => "store_full",
+                    Refusal::Broken(_) => "store_unavailable",
+                };
+                (code, r.error().to_string())
+            })
+        };
+        Health {
+            refusing: refusal.map(|(code, reason)| (code.to_string(), reason)),
+            disk_bytes: space.files(),
+            free_bytes: space.free(),
+            checked_at_ms: self.shared.checked_at_ms.load(Ordering::Relaxed),
+        }
+    }
+}
+
 #[async_trait]
 impl Store for SledStore {
     async fn accept(&self, new: NewEvent) -> Result<Accepted, StoreError> {
-        self.0.accept(new).await
+        self.sled()?.accept(new).await
     }
 
     async fn due_targets(&self) -> Result<Vec<String>, StoreError> {
-        self.0.due_targets()
+        self.sled()?.due_targets()
     }
 
     async fn due_for(
@@ -390,18 +556,18 @@ impl Store for SledStore {
         now_ms: u64,
         limit: usize,
     ) -> Result<Vec<(u64, DeliveryId)>, StoreError> {
-        self.0.due_for(target, now_ms, limit)
+        self.sled()?.due_for(target, now_ms, limit)
     }
 
     async fn next_due(&self, target: &str) -> Result<Option<u64>, StoreError> {
-        self.0.next_due(target)
+        self.sled()?.next_due(target)
     }
 
     async fn due_entries(
         &self,
         limit: usize,
     ) -> Result<Vec<(String, u64, DeliveryId)>, StoreError> {
-        self.0.due_entries(limit)
+        self.sled()?.due_entries(limit)
     }
 
     async fn claim(
@@ -410,7 +576,7 @@ impl Store for SledStore {
         at_ms: u64,
         id: DeliveryId,
     ) -> Result<Option<Delivery>, StoreError> {
-        self.0.claim(target, at_ms, id)
+        self.sled()?.claim(target, at_ms, id)
     }
 
     async fn finish(
@@ -419,19 +585,19 @@ impl Store for SledStore {
         attempt: &Attempt,
         next: Next,
     ) -> Result<Delivery, StoreError> {
-        self.0.finish(id, attempt, next)
+        self.sled()?.finish(id, attempt, next)
     }
 
     async fn release(&self, id: DeliveryId, at_ms: u64) -> Result<(), StoreError> {
-        self.0.release(id, at_ms)
+        self.sled()?.release(id, at_ms)
     }
 
     fn new_work(&self) -> Arc<Notify> {
-        self.0.new_work.clone()
+        self.0.shared.new_work.clone()
     }
 
     async fn requeue(&self, id: DeliveryId, note: &str) -> Result<Option<Delivery>, StoreError> {
-        self.0.requeue(id, note)
+        self.sled()?.requeue(id, note)
     }
 
     async fn requeue_batch(
@@ -447,7 +613,7 @@ impl Store for SledStore {
     }
 
     async fn cancel(&self, id: DeliveryId, reason: &str) -> Result<bool, StoreError> {
-        self.0.cancel(id, reason)
+        self.sled()?.cancel(id, reason)
     }
 
     async fn cancel_all(&self, target: &str, reason: &str) -> Result<usize, StoreError> {
@@ -456,22 +622,22 @@ impl Store for SledStore {
     }
 
     async fn event(&self, id: EventId) -> Result<Option<Event>, StoreError> {
-        self.0.event(id)
+        self.sled()?.event(id)
     }
 
     async fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
-        self.0.delivery(id)
+        self.sled()?.delivery(id)
     }
 
     async fn deliveries_of(
         &self,
         event: EventId,
     ) -> Result<Vec<(DeliveryId, Delivery)>, StoreError> {
-        self.0.deliveries_of(event)
+        self.sled()?.deliveries_of(event)
     }
 
     async fn attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>, StoreError> {
-        self.0.attempts(id)
+        self.sled()?.attempts(id)
     }
 
     async fn list_deliveries(
@@ -488,7 +654,7 @@ impl Store for SledStore {
     }
 
     fn count(&self, state: State) -> i64 {
-        self.0.count(state)
+        self.sled().map_or(0, |s| s.count(state))
     }
 
     async fn put_endpoint(&self, endpoint: &EndpointRecord) -> Result<(), StoreError> {
@@ -506,8 +672,9 @@ impl Store for SledStore {
     }
 
     async fn record_inbound(&self, record: &Inbound) -> Result<(), StoreError> {
-        self.0.check_room()?;
-        self.0.record_inbound(record)
+        let sled = self.sled()?;
+        sled.check_room(0)?;
+        sled.record_inbound(record)
     }
 
     async fn inbound(
@@ -528,14 +695,14 @@ impl Store for SledStore {
     }
 
     async fn counters(&self, target: &str) -> Result<Counters, StoreError> {
-        self.0.counters(target)
+        self.sled()?.counters(target)
     }
 
     async fn save_counters(&self, target: &str, counters: &Counters) -> Result<(), StoreError> {
-        self.0.save_counters(target, counters)
+        self.sled()?.save_counters(target, counters)
     }
 
-    async fn purge(&self, cutoff_ms: u64, limit: usize) -> Result<usize, StoreError> {
+    async fn purge(&self, cutoff_ms: u64, limit: usize) -> Result<Purged, StoreError> {
         self.blocking(move |s| s.purge(cutoff_ms, limit)).await
     }
 
@@ -569,35 +736,36 @@ impl Store for SledStore {
             .await
     }
 
-    async fn refresh_disk_usage(&self) -> u64 {
-        self.blocking(|s| Ok(s.refresh_disk_usage()))
+    async fn maintain(&self) -> Health {
+        let handle = self.0.clone();
+        tokio::task::spawn_blocking(move || handle.maintain())
             .await
-            .unwrap_or_else(|_| self.0.disk_bytes())
+            .unwrap_or_else(|_| self.0.health())
     }
 
-    fn disk_bytes(&self) -> u64 {
-        self.0.disk_bytes()
-    }
-
-    async fn check_writable(&self) -> Result<(), StoreError> {
-        self.blocking(|s| s.check_writable()).await
+    fn health(&self) -> Health {
+        self.0.health()
     }
 
     fn register_metrics(&self, registry: &mut Registry) {
         registry.register(
             "fsync_batch_events",
             "Events made durable by one flush (group commit)",
-            self.0.flush_batch.clone(),
+            self.0.shared.flush_batch.clone(),
         );
         registry.register_with_unit(
             "fsync_duration",
             "Time one store flush took",
             Unit::Seconds,
-            self.0.flush_duration.clone(),
+            self.0.shared.flush_duration.clone(),
         );
     }
 
     async fn close(&self) -> Result<(), StoreError> {
-        self.blocking(|s| s.close()).await
+        let sled = self.sled()?;
+        self.0.shared.closed.store(true, Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || sled.close())
+            .await
+            .map_err(|e| StoreError::Io(format!("store task failed: {e}")))?
     }
 }

@@ -79,7 +79,7 @@ impl Sled {
             d.note = Some(note.to_string());
             true
         })?;
-        self.new_work.notify_one();
+        self.shared.new_work.notify_one();
         Ok(result.map(|(_, d)| d))
     }
 

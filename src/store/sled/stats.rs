@@ -14,7 +14,7 @@ use crate::store::{Resolution, StatRow, StatValues, StoreError};
 
 impl Sled {
     pub fn add_stats(&self, rows: &[StatRow]) -> Result<(), StoreError> {
-        self.check_room()?;
+        self.check_room(0)?;
         self.stats
             .transaction(|tx| {
                 for row in rows {

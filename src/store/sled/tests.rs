@@ -8,15 +8,15 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::keys::{due_key, BODY_CHUNK};
-use super::{check_schema, Sled};
+use super::{check_schema, Shared, Sled};
 use crate::store::*;
 
 fn open(dir: &Path) -> Arc<Sled> {
-    Sled::open(&StoreConfig {
+    let config = StoreConfig {
         path: dir.to_path_buf(),
         ..StoreConfig::default()
-    })
-    .unwrap()
+    };
+    Sled::open(&config, Shared::new(&config)).unwrap()
 }
 
 fn attempt(status: u16) -> Attempt {
@@ -113,7 +113,7 @@ async fn large_bodies_are_kept_in_chunks_and_read_back_whole() {
     }
     // Purged with its event once finished.
     attempt_first(&store, 200, Next::Succeeded);
-    assert_eq!(store.purge(now_ms() + 1, 10).unwrap(), 1);
+    assert_eq!(store.purge(now_ms() + 1, 10).unwrap().removed, 1);
     assert_eq!(store.bodies.iter().count(), 0);
 }
 
