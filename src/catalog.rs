@@ -261,12 +261,21 @@ pub struct Catalog {
     index: RwLock<Index>,
     egress: RwLock<Egress>,
     store: Arc<dyn Store>,
+    version: std::sync::atomic::AtomicU64,
 }
 
-/// The endpoints, and what each route's endpoints need of a request
-/// (derived from them whenever they change, not per request).
+/// The endpoints, and what is derived from them whenever they change (not
+/// per request): each one's place by id, which ones an event may match, and
+/// what each route's endpoints need of a request.
 struct Index {
     targets: Vec<Arc<Target>>,
+    /// Place in `targets`, by id.
+    by_key: HashMap<String, usize>,
+    /// Endpoints with an exact event name, by (route or `None` for every
+    /// route, event name).
+    exact: HashMap<(Option<String>, String), Vec<usize>>,
+    /// Endpoints with a prefix pattern (`course_*`, `*`), by route.
+    prefixes: HashMap<Option<String>, Vec<(String, usize)>>,
     /// Endpoints of one route, by route name.
     by_route: HashMap<String, Needs>,
     /// Endpoints of every route.
@@ -277,6 +286,9 @@ impl Index {
     fn new(targets: Vec<Arc<Target>>) -> Index {
         let mut index = Index {
             targets,
+            by_key: HashMap::new(),
+            exact: HashMap::new(),
+            prefixes: HashMap::new(),
             by_route: HashMap::new(),
             any_route: Needs::default(),
         };
@@ -285,9 +297,30 @@ impl Index {
     }
 
     fn derive(&mut self) {
+        self.by_key.clear();
+        self.exact.clear();
+        self.prefixes.clear();
         self.by_route.clear();
         self.any_route = Needs::default();
-        for t in self.targets.iter().filter(|t| !t.spec.gone) {
+        for (i, t) in self.targets.iter().enumerate() {
+            self.by_key.insert(t.spec.key.clone(), i);
+            if t.spec.gone {
+                continue;
+            }
+            for p in &t.spec.events {
+                match p {
+                    EventPattern::Exact(e) => self
+                        .exact
+                        .entry((t.spec.route.clone(), e.clone()))
+                        .or_default()
+                        .push(i),
+                    EventPattern::Prefix(prefix) => self
+                        .prefixes
+                        .entry(t.spec.route.clone())
+                        .or_default()
+                        .push((prefix.clone(), i)),
+                }
+            }
             let needs = match &t.spec.route {
                 Some(r) => self.by_route.entry(r.clone()).or_default(),
                 None => &mut self.any_route,
@@ -295,6 +328,27 @@ impl Index {
             needs.json |= t.spec.filter.is_some();
             needs.request_headers |= matches!(t.spec.outbound.shape.body, Body::Template(_));
         }
+    }
+
+    /// Places of the endpoints whose route and patterns take `event` on
+    /// `route` (filters not yet applied), in catalog order, each once.
+    fn candidates(&self, route: &str, event: &str) -> Vec<usize> {
+        let mut out = Vec::new();
+        for r in [Some(route.to_string()), None] {
+            if let Some(list) = self.exact.get(&(r.clone(), event.to_string())) {
+                out.extend_from_slice(list);
+            }
+            if let Some(list) = self.prefixes.get(&r) {
+                out.extend(
+                    list.iter()
+                        .filter(|(p, _)| event.starts_with(p.as_str()))
+                        .map(|(_, i)| *i),
+                );
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
     }
 }
 
@@ -637,6 +691,7 @@ impl Catalog {
             index: RwLock::new(Index::new(targets)),
             egress: RwLock::new(egress),
             store,
+            version: std::sync::atomic::AtomicU64::new(0),
         }))
     }
 
@@ -712,6 +767,8 @@ impl Catalog {
                 .map(|t| t.spec.key.clone())
                 .collect();
             *self.index.write().expect("lock poisoned") = Index::new(next);
+            self.version
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
             removed
         };
         for id in &removed {
@@ -728,19 +785,28 @@ impl Catalog {
         let mut index = self.index.write().expect("lock poisoned");
         let r = f(&mut index.targets);
         index.derive();
+        self.version
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         r
     }
 
-    /// Ids of the endpoints that want an `event` that came in on `route`.
+    /// Ids of the endpoints that want an `event` that came in on `route`,
+    /// found through the index (by route and event name, then prefixes),
+    /// so the cost follows the endpoints that match, not all of them.
     pub fn matching(&self, route: &str, event: &str, json: Option<&Value>) -> Vec<String> {
-        self.index
-            .read()
-            .expect("lock poisoned")
-            .targets
-            .iter()
+        let index = self.index.read().expect("lock poisoned");
+        index
+            .candidates(route, event)
+            .into_iter()
+            .map(|i| &index.targets[i])
             .filter(|t| t.spec.wants(route, event, json))
             .map(|t| t.spec.key.clone())
             .collect()
+    }
+
+    /// Bumped by every change of the endpoint list or of an endpoint.
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// What the endpoints that may take events of `route` need of a request.
@@ -769,13 +835,8 @@ impl Catalog {
     }
 
     pub fn get(&self, key: &str) -> Option<Arc<Target>> {
-        self.index
-            .read()
-            .expect("lock poisoned")
-            .targets
-            .iter()
-            .find(|t| t.spec.key == key)
-            .cloned()
+        let index = self.index.read().expect("lock poisoned");
+        index.by_key.get(key).map(|&i| index.targets[i].clone())
     }
 
     pub fn all(&self) -> Vec<Arc<Target>> {

@@ -1,11 +1,15 @@
 //! The dispatcher: takes due deliveries from the store and attempts them.
 //!
-//! Each pass goes over the catalog's targets and, for each, claims from that
-//! target's own run of the `due` index as many deliveries as its lane has
-//! room for (concurrency, a cap on claimed work, the circuit breaker). Then
-//! it sleeps until the earliest due time or circuit reopening, or until woken
-//! (new durable work, a lane slot freed, a re-queue) — it never spins. A
-//! slow or failing target fills only its own lane.
+//! Each pass looks only at the targets that may have work now: those the
+//! store woke (new durable work, a re-queue), those whose lane freed a
+//! slot, and those whose timer (next due time, circuit reopening) has come;
+//! every target only after the endpoint list changed. For each, it claims
+//! from that target's own run of the `due` index as many deliveries as its
+//! lane has room for (concurrency, a cap on claimed work, the circuit
+//! breaker). Then it sleeps until the earliest timer or until woken — it
+//! never spins, and a pass costs what the targets with work cost, however
+//! many endpoints there are. A slow or failing target fills only its own
+//! lane.
 //!
 //! Invariants: a delivery is attempted only after `Store::claim` moved it to
 //! `in_flight`; every attempt is recorded by `Store::finish` with what follows
@@ -13,8 +17,9 @@
 //! flight, and the store puts it back to pending at the next start, so
 //! delivery is at least once.
 
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{watch, Notify};
@@ -35,6 +40,50 @@ pub struct Dispatcher {
     wake: Arc<Notify>,
     passes: Arc<AtomicU64>,
     grace: Duration,
+    /// Targets whose lane freed a slot since the last pass.
+    freed: Arc<Mutex<HashSet<String>>>,
+}
+
+/// Which targets the next pass looks at, and when to look at the others.
+#[derive(Default)]
+struct Schedule {
+    candidates: HashSet<String>,
+    /// (when, target): a target's next due time or circuit reopening.
+    timers: BTreeSet<(u64, String)>,
+    timer_of: HashMap<String, u64>,
+    /// The catalog version the candidates last covered in full.
+    version: Option<u64>,
+}
+
+impl Schedule {
+    /// Look at `key` again at `at` (the earlier of two such wishes wins).
+    fn wake_at(&mut self, key: &str, at: u64) {
+        if let Some(&old) = self.timer_of.get(key) {
+            if old <= at {
+                return;
+            }
+            self.timers.remove(&(old, key.to_string()));
+        }
+        self.timers.insert((at, key.to_string()));
+        self.timer_of.insert(key.to_string(), at);
+    }
+
+    /// Moves the targets whose timer has come into the candidates.
+    fn due(&mut self, now: u64) {
+        while let Some((at, _)) = self.timers.first() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, key)) = self.timers.pop_first() {
+                self.timer_of.remove(&key);
+                self.candidates.insert(key);
+            }
+        }
+    }
+
+    fn next(&self) -> Option<u64> {
+        self.timers.first().map(|(at, _)| *at)
+    }
 }
 
 impl Dispatcher {
@@ -51,6 +100,7 @@ impl Dispatcher {
             metrics,
             passes: Arc::new(AtomicU64::new(0)),
             grace,
+            freed: Arc::new(Mutex::new(HashSet::new())),
         }
     }
 
@@ -69,9 +119,16 @@ impl Dispatcher {
         let mut tasks = JoinSet::new();
         let wake = self.wake.clone();
         let mut failing = false;
+        let mut schedule = Schedule::default();
+        match self.store.due_targets().await {
+            Ok(targets) => schedule.candidates.extend(targets),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the targets with pending deliveries")
+            }
+        }
         loop {
             while tasks.try_join_next().is_some() {}
-            let next = match self.pass(&mut tasks, &shutdown).await {
+            let next = match self.pass(&mut schedule, &mut tasks, &shutdown).await {
                 Ok(next) => {
                     if failing {
                         failing = false;
@@ -80,6 +137,8 @@ impl Dispatcher {
                     next
                 }
                 Err(e) => {
+                    // Whatever this pass did not get to: all of it next time.
+                    schedule.version = None;
                     // Once per outage, not once a second.
                     if !failing {
                         failing = true;
@@ -133,35 +192,51 @@ impl Dispatcher {
         Ok(())
     }
 
-    /// Claims what is due and has room in its lane; returns when to look
-    /// again (`None`: only when woken).
+    /// Claims what is due and has room in its lane, for the targets that
+    /// may have work; returns when to look again (`None`: only when woken).
     async fn pass(
         &self,
+        schedule: &mut Schedule,
         tasks: &mut JoinSet<()>,
         shutdown: &watch::Receiver<bool>,
     ) -> Result<Option<u64>, StoreError> {
         let now = now_ms();
-        let mut next: Option<u64> = None;
-        let mut wake_at = |at: u64| next = Some(next.map_or(at, |n| n.min(at)));
-        for target in self.catalog.all() {
-            let key = &target.spec.key;
+        let version = self.catalog.version();
+        if schedule.version != Some(version) {
+            // Endpoints came, went, paused or resumed: look at all of them.
+            schedule.version = Some(version);
+            schedule
+                .candidates
+                .extend(self.catalog.all().iter().map(|t| t.spec.key.clone()));
+        }
+        schedule.candidates.extend(self.store.woken());
+        schedule
+            .candidates
+            .extend(self.freed.lock().expect("lock poisoned").drain());
+        schedule.due(now);
+        let candidates: Vec<String> = schedule.candidates.drain().collect();
+        for key in candidates {
+            let Some(target) = self.catalog.get(&key) else {
+                // Removed: its deliveries were cancelled with it.
+                continue;
+            };
             if !target.spec.enabled {
-                // Paused: its deliveries wait; resuming wakes the scheduler.
+                // Paused: its deliveries wait; resuming changes the catalog.
                 continue;
             }
             let (room, reopens) = target.lane.room(now);
             if let Some(at) = reopens {
-                wake_at(at);
+                schedule.wake_at(&key, at);
                 continue;
             }
             if room == 0 {
-                // A finishing attempt wakes the scheduler.
+                // A finishing attempt frees a slot and names the target.
                 continue;
             }
-            let due = self.store.due_for(key, now, room).await?;
+            let due = self.store.due_for(&key, now, room).await?;
             let drained = due.len() < room;
             for (at, id) in due {
-                let Some(delivery) = self.store.claim(key, at, id).await? else {
+                let Some(delivery) = self.store.claim(&key, at, id).await? else {
                     continue;
                 };
                 target.lane.claimed();
@@ -171,6 +246,7 @@ impl Dispatcher {
                     metrics: self.metrics.clone(),
                     store: self.store.clone(),
                     wake: self.wake.clone(),
+                    freed: self.freed.clone(),
                     id,
                     at,
                     delivery,
@@ -178,12 +254,15 @@ impl Dispatcher {
                 tasks.spawn(job.run(shutdown.clone()));
             }
             if drained {
-                if let Some(at) = self.store.next_due(key).await? {
-                    wake_at(at.max(now + 1));
+                if let Some(at) = self.store.next_due(&key).await? {
+                    schedule.wake_at(&key, at.max(now + 1));
                 }
+            } else if target.lane.room(now).0 > 0 {
+                // Stale index entries took the room: look again at once.
+                schedule.wake_at(&key, now + 1);
             }
         }
-        Ok(next)
+        Ok(schedule.next())
     }
 }
 
@@ -194,6 +273,7 @@ struct Job {
     metrics: Arc<Metrics>,
     store: Arc<dyn Store>,
     wake: Arc<Notify>,
+    freed: Arc<Mutex<HashSet<String>>>,
     id: DeliveryId,
     at: u64,
     delivery: Delivery,
@@ -240,6 +320,10 @@ impl Job {
 
     fn done(&self, released: bool) {
         self.target.lane.unclaimed(released);
+        self.freed
+            .lock()
+            .expect("lock poisoned")
+            .insert(self.target.spec.key.clone());
         self.wake.notify_one();
     }
 

@@ -157,6 +157,12 @@ pub trait Store: Send + Sync + 'static {
     /// Woken whenever new work becomes due now: accepted events, re-queues.
     fn new_work(&self) -> Arc<Notify>;
 
+    /// The targets that got work due now (accepted events, re-queues,
+    /// releases) since the last call, each once; so the scheduler looks at
+    /// those, not at every target. In memory: after a restart the scheduler
+    /// starts from `due_targets`.
+    fn woken(&self) -> Vec<String>;
+
     // === repair ===
 
     /// Re-queues a delivery now, with a fresh attempt budget. One in flight

@@ -61,6 +61,7 @@ macro_rules! store_contract {
             large_bodies_come_back_whole,
             a_closed_store_refuses_writes,
             accepts_and_requeues_wake_the_scheduler,
+            the_scheduler_is_told_which_targets_have_new_work,
             history_rows_add_up_and_read_by_range,
             history_gauges_are_replaced_not_added,
             history_survives_a_restart,
@@ -858,6 +859,30 @@ pub async fn accepts_and_requeues_wake_the_scheduler<B: Backend>() {
     let dead = attempt_first(&*store, "r/a", 500, Next::Dead).await;
     store.requeue(dead, "by hand").await.unwrap();
     woken().await.expect("a re-queue wakes the scheduler");
+}
+
+pub async fn the_scheduler_is_told_which_targets_have_new_work<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    store.woken();
+    store
+        .accept(new_event(&["r/a", "r/b"], None))
+        .await
+        .unwrap();
+    store.accept(new_event(&["r/b"], None)).await.unwrap();
+    assert_eq!(sorted(store.woken()), ["r/a", "r/b"], "each target once");
+    assert!(store.woken().is_empty(), "told once");
+    let dead = attempt_first(&*store, "r/a", 500, Next::Dead).await;
+    assert!(
+        store.woken().is_empty(),
+        "an attempt is the scheduler's own news"
+    );
+    store.requeue(dead, "by hand").await.unwrap();
+    assert_eq!(store.woken(), ["r/a"]);
 }
 
 // === history ===

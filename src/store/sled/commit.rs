@@ -180,6 +180,13 @@ impl Sled {
         if let Some(last) = prepared.iter().filter_map(|p| p.deliveries.last()).max() {
             self.mark_durable(*last);
         }
+        self.shared.wake(
+            prepared
+                .iter()
+                .zip(&accepted)
+                .filter(|(_, a)| !a.duplicate)
+                .flat_map(|(p, _)| p.targets.iter()),
+        );
         Ok(accepted)
     }
 }

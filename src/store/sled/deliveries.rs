@@ -202,6 +202,9 @@ impl Sled {
         };
         if changed {
             self.counts.moved(Some(was), Some(d.state));
+            if d.state == State::Pending {
+                self.shared.wake([&d.target]);
+            }
         }
         Ok(Some((changed, d)))
     }

@@ -100,6 +100,20 @@ struct Shared {
     closed: AtomicBool,
     /// When `maintain` last finished.
     checked_at_ms: AtomicU64,
+    /// Targets that got work due now since the scheduler last asked.
+    woken: Mutex<std::collections::HashSet<String>>,
+}
+
+impl Shared {
+    /// `targets` have work due now: noted for the scheduler.
+    fn wake<'a>(&self, targets: impl IntoIterator<Item = &'a String>) {
+        let mut woken = self.woken.lock().expect("lock poisoned");
+        for t in targets {
+            if !woken.contains(t) {
+                woken.insert(t.clone());
+            }
+        }
+    }
 }
 
 impl Shared {
@@ -111,6 +125,7 @@ impl Shared {
             space: Space::new(&config.path, config.max_disk_bytes),
             closed: AtomicBool::new(false),
             checked_at_ms: AtomicU64::new(now_ms()),
+            woken: Mutex::new(std::collections::HashSet::new()),
         })
     }
 }
@@ -594,6 +609,11 @@ impl Store for SledStore {
 
     fn new_work(&self) -> Arc<Notify> {
         self.0.shared.new_work.clone()
+    }
+
+    fn woken(&self) -> Vec<String> {
+        let mut woken = self.0.shared.woken.lock().expect("lock poisoned");
+        woken.drain().collect()
     }
 
     async fn requeue(&self, id: DeliveryId, note: &str) -> Result<Option<Delivery>, StoreError> {
