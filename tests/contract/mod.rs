@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hookrelay::store::{
-    now_ms, Attempt, Counters, DeliveryId, EndpointRecord, EventMeta, Gauges, Inbound,
-    InboundFilter, NewEvent, Next, Origin, Outcome, Resolution, StatRow, StatValues, State, Store,
-    StoreError, StoredSecret, ALL_SERIES,
+    now_ms, Attempt, Counters, Delivery, DeliveryId, EndpointRecord, EventId, EventMeta, Gauges,
+    Inbound, InboundFilter, NewEvent, Next, Origin, Outcome, Resolution, StatRow, StatValues,
+    State, Store, StoreError, StoredSecret, ALL_SERIES,
 };
 
 /// How the contract reaches a backend.
@@ -40,6 +40,7 @@ macro_rules! store_contract {
         $crate::contract::store_contract!(@cases $backend;
             accept_keeps_the_event_and_one_pending_delivery_per_target,
             an_event_for_no_target_is_kept_with_nothing_due,
+            a_large_fan_out_reaches_every_target_across_a_restart,
             a_dedup_key_within_retention_answers_with_the_first_event,
             dedup_keys_expire_after_retention,
             a_claim_takes_a_delivery_once,
@@ -883,6 +884,50 @@ pub async fn the_scheduler_is_told_which_targets_have_new_work<B: Backend>() {
     );
     store.requeue(dead, "by hand").await.unwrap();
     assert_eq!(store.woken(), ["r/a"]);
+}
+
+/// Waits (bounded) until `event` has `n` deliveries; returns them.
+async fn deliveries_eventually(
+    store: &dyn Store,
+    event: EventId,
+    n: usize,
+) -> Vec<(DeliveryId, Delivery)> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = store.deliveries_of(event).await.unwrap();
+        if got.len() >= n || std::time::Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub async fn a_large_fan_out_reaches_every_target_across_a_restart<B: Backend>() {
+    let b = B::new(DAY);
+    let store = b.open().await;
+    let names: Vec<String> = (0..1500)
+        .map(|i| format!("route/endpoint-{i:04}"))
+        .collect();
+    let targets: Vec<&str> = names.iter().map(String::as_str).collect();
+    let a = store.accept(new_event(&targets, None)).await.unwrap();
+    assert_eq!(a.deliveries, 1500);
+    // Closed at once: what was acknowledged is all there after a restart.
+    let store = reopen(&b, store).await;
+    let got = deliveries_eventually(&*store, a.id, 1500).await;
+    assert_eq!(got.len(), 1500);
+    let mut seen: Vec<&str> = got.iter().map(|(_, d)| d.target.as_str()).collect();
+    seen.sort();
+    assert_eq!(seen, targets, "one delivery per target, none twice");
+    assert!(got
+        .iter()
+        .all(|(_, d)| d.state == State::Pending && d.event == a.id));
+    assert_eq!(counts(&*store), [1500, 0, 0, 0, 0]);
+    // Each is due on its own target.
+    for t in ["route/endpoint-0000", "route/endpoint-1499"] {
+        assert_eq!(store.due_for(t, now_ms(), 10).await.unwrap().len(), 1);
+    }
+    // Not purged while it waits.
+    assert_eq!(store.purge(now_ms() + 1, 10).await.unwrap().removed, 0);
 }
 
 // === history ===

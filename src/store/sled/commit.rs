@@ -1,5 +1,13 @@
 //! Group commit: every event waiting at the moment is written in one
 //! transaction and made durable with one sync.
+//!
+//! An event for many targets (more than [`INLINE_FANOUT`]) is written with
+//! its targets in a few `fanout` chunks instead of a delivery record and an
+//! index entry per target, so its 202 costs about what a small event's
+//! does. The committer then writes the deliveries of one chunk per
+//! transaction, removing the chunk in the same transaction (a crash leaves
+//! either both or neither), between commits. Delivery ids were kept for
+//! them at ingest (`id_block`), so they still follow the event's id.
 
 use std::sync::atomic::Ordering;
 use std::sync::mpsc;
@@ -9,7 +17,9 @@ use ::sled::transaction::ConflictableTransactionError;
 use ::sled::Transactional;
 use tokio::sync::oneshot;
 
-use crate::store::sled::keys::{chunk_key, dedup_key, due_key, encode, encode_event, BODY_CHUNK};
+use crate::store::sled::keys::{
+    chunk_key, decode, dedup_key, due_key, encode, encode_event, BODY_CHUNK,
+};
 use crate::store::sled::{tx_error, Sled};
 use crate::store::{
     now_ms, Accepted, Delivery, DeliveryId, EventId, Inbound, NewEvent, Outcome, State, StoreError,
@@ -17,6 +27,50 @@ use crate::store::{
 
 /// Most events written in one commit.
 const MAX_BATCH: usize = 256;
+/// Events for more targets than this are written with `fanout` chunks.
+pub(super) const INLINE_FANOUT: usize = 64;
+/// Most bytes of target ids in one chunk (values stay well under sled's
+/// blob threshold; see `keys::BODY_CHUNK`).
+const CHUNK_BYTES: usize = 16 * 1024;
+
+/// A run of an event's targets whose deliveries are still to be written.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct FanoutChunk {
+    /// The place of the chunk's first target among the event's targets:
+    /// its delivery id is the event's id + 1 + `first`.
+    first: u32,
+    targets: Vec<String>,
+}
+
+/// `event id ‖ chunk number` in the `fanout` tree.
+fn fanout_key(id: EventId, n: u32) -> [u8; 20] {
+    let mut k = [0u8; 20];
+    k[..16].copy_from_slice(&id.to_key());
+    k[16..].copy_from_slice(&n.to_be_bytes());
+    k
+}
+
+/// `targets` in chunks of at most [`CHUNK_BYTES`].
+fn chunks(targets: &[String]) -> Vec<FanoutChunk> {
+    let mut out: Vec<FanoutChunk> = Vec::new();
+    let mut bytes = 0;
+    for (i, t) in targets.iter().enumerate() {
+        match out.last_mut() {
+            Some(c) if bytes + t.len() <= CHUNK_BYTES => {
+                bytes += t.len();
+                c.targets.push(t.clone());
+            }
+            _ => {
+                bytes = t.len();
+                out.push(FanoutChunk {
+                    first: i as u32,
+                    targets: vec![t.clone()],
+                });
+            }
+        }
+    }
+    out
+}
 
 impl Sled {
     /// Hands the event to the committer, which writes it (and every other
@@ -71,8 +125,9 @@ impl Sled {
             &self.due,
             &self.dedup,
             &self.bodies,
+            &self.fanout,
         );
-        let result = trees.transaction(|(events, deliveries, due, dedup_tree, bodies)| {
+        let result = trees.transaction(|(events, deliveries, due, dedup_tree, bodies, fanout)| {
             let mut out = Vec::with_capacity(prepared.len());
             for p in &prepared {
                 if let Some(k) = &p.dedup {
@@ -94,19 +149,15 @@ impl Sled {
                         bodies.insert(&chunk_key(p.id, n as u32), chunk)?;
                     }
                 }
-                for (did, target) in p.deliveries.iter().zip(p.targets) {
-                    let d = Delivery {
-                        event: p.id,
-                        target: target.clone(),
-                        state: State::Pending,
-                        attempts: 0,
-                        next_at_ms: now,
-                        last: None,
-                        note: None,
-                        base: 0,
-                    };
-                    deliveries.insert(&did.to_key(), encode(&d))?;
-                    due.insert(due_key(target, now, *did), &[])?;
+                if p.targets.len() > INLINE_FANOUT {
+                    for (n, chunk) in chunks(p.targets).iter().enumerate() {
+                        fanout.insert(&fanout_key(p.id, n as u32), encode(chunk))?;
+                    }
+                } else {
+                    for (did, target) in p.deliveries.iter().zip(p.targets) {
+                        deliveries.insert(&did.to_key(), encode(&pending(p.id, target, now)))?;
+                        due.insert(due_key(target, now, *did), &[])?;
+                    }
                 }
                 out.push(Accepted {
                     id: p.id,
@@ -160,6 +211,12 @@ impl Sled {
                 }
                 let _ = self.events.remove(p.id.to_key());
                 let _ = self.remove_body(p.id);
+                if p.targets.len() > INLINE_FANOUT {
+                    for n in 0..chunks(p.targets).len() {
+                        let _ = self.fanout.remove(fanout_key(p.id, n as u32));
+                    }
+                    continue;
+                }
                 for (did, target) in p.deliveries.iter().zip(p.targets) {
                     let _ = self.deliveries.remove(did.to_key());
                     let _ = self.due.remove(due_key(target, now, *did));
@@ -170,24 +227,99 @@ impl Sled {
             }
             return Err(e.to_string());
         }
-        for a in &accepted {
+        let inline =
+            |(p, a): &(&Prepared, &Accepted)| !a.duplicate && p.targets.len() <= INLINE_FANOUT;
+        for (_, a) in prepared.iter().zip(&accepted).filter(inline) {
             for _ in 0..a.deliveries {
                 self.counts.moved(None, Some(State::Pending));
             }
         }
         self.committed_at_ms.store(now_ms(), Ordering::Relaxed);
         // Counted first, then claimable: the pending gauge never dips.
-        if let Some(last) = prepared.iter().filter_map(|p| p.deliveries.last()).max() {
+        if let Some(last) = prepared
+            .iter()
+            .zip(&accepted)
+            .filter(inline)
+            .filter_map(|(p, _)| p.deliveries.last())
+            .max()
+        {
             self.mark_durable(*last);
         }
         self.shared.wake(
             prepared
                 .iter()
                 .zip(&accepted)
-                .filter(|(_, a)| !a.duplicate)
+                .filter(inline)
                 .flat_map(|(p, _)| p.targets.iter()),
         );
         Ok(accepted)
+    }
+}
+
+/// A new delivery of `event` to `target`, pending and due at `now`.
+fn pending(event: EventId, target: &str, now: u64) -> Delivery {
+    Delivery {
+        event,
+        target: target.to_string(),
+        state: State::Pending,
+        attempts: 0,
+        next_at_ms: now,
+        last: None,
+        note: None,
+        base: 0,
+    }
+}
+
+impl Sled {
+    /// Whether some event's deliveries are still to be written.
+    pub(super) fn fanout_pending(&self) -> bool {
+        !self.fanout.is_empty()
+    }
+
+    /// Whether `event` still has deliveries to be written.
+    pub(super) fn expanding(&self, event: EventId) -> Result<bool, StoreError> {
+        Ok(self
+            .fanout
+            .scan_prefix(event.to_key())
+            .next()
+            .transpose()?
+            .is_some())
+    }
+
+    /// Writes the deliveries of the first `fanout` chunk and removes the
+    /// chunk, in one transaction; how many deliveries.
+    pub(super) fn expand_one(&self) -> Result<usize, StoreError> {
+        let Some((key, value)) = self.fanout.first()? else {
+            return Ok(0);
+        };
+        let Some(event) = EventId::from_key(&key[..16.min(key.len())]) else {
+            self.fanout.remove(key)?;
+            return Ok(0);
+        };
+        let chunk: FanoutChunk = decode("fanout", &value)?;
+        let now = now_ms();
+        let ids: Vec<DeliveryId> = (0..chunk.targets.len() as u128)
+            .map(|i| DeliveryId(ulid::Ulid(event.0 .0 + 1 + chunk.first as u128 + i)))
+            .collect();
+        (&self.deliveries, &self.due, &self.fanout)
+            .transaction(|(deliveries, due, fanout)| {
+                for (did, target) in ids.iter().zip(&chunk.targets) {
+                    deliveries.insert(&did.to_key(), encode(&pending(event, target, now)))?;
+                    due.insert(due_key(target, now, *did), &[])?;
+                }
+                fanout.remove(&key)?;
+                Ok::<_, ConflictableTransactionError<StoreError>>(())
+            })
+            .map_err(tx_error)?;
+        for _ in &ids {
+            self.counts.moved(None, Some(State::Pending));
+        }
+        if let Some(last) = ids.last() {
+            self.mark_durable(*last);
+        }
+        self.shared.wake(chunk.targets.iter());
+        self.shared.new_work.notify_one();
+        Ok(ids.len())
     }
 }
 
@@ -201,7 +333,32 @@ pub(super) struct Waiting {
 /// `MAX_BATCH`), writes them in one transaction, makes that durable once,
 /// and answers them all. Ends when the store is closed or dropped.
 pub(super) fn committer(store: std::sync::Weak<Sled>, rx: mpsc::Receiver<Waiting>) {
-    while let Ok(first) = rx.recv() {
+    loop {
+        // Deliveries of large fan-outs are written between commits; with
+        // none to write, wait for the next event.
+        let expanding = store.upgrade().is_some_and(|s| s.fanout_pending());
+        let first = if expanding {
+            match rx.try_recv() {
+                Ok(w) => Some(w),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => return,
+            }
+        } else {
+            match rx.recv() {
+                Ok(w) => Some(w),
+                Err(_) => return,
+            }
+        };
+        let Some(first) = first else {
+            let Some(store) = store.upgrade() else {
+                return;
+            };
+            if let Err(e) = store.expand_one() {
+                store.fail(&e);
+                return;
+            }
+            continue;
+        };
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter().take(MAX_BATCH - 1));
         let Some(store) = store.upgrade() else {

@@ -324,6 +324,7 @@ impl Sled {
             if deliveries
                 .iter()
                 .any(|(_, d)| matches!(d.state, State::Pending | State::InFlight))
+                || self.expanding(event)?
             {
                 continue;
             }

@@ -148,8 +148,12 @@ struct Sled {
     inbound: sled::Tree,
     /// Delivery history: counts per series and minute or hour.
     stats: sled::Tree,
+    /// Events whose deliveries are still to be written, in chunks of
+    /// targets (`commit.rs`: a large fan-out is one small write at ingest).
+    fanout: sled::Tree,
     meta: sled::Tree,
-    ids: Mutex<ulid::Generator>,
+    /// The last id handed out (ids are ULIDs, as numbers).
+    ids: Mutex<u128>,
     commits: Mutex<Option<mpsc::Sender<Waiting>>>,
     /// sled's log file, synced after every commit.
     log: std::fs::File,
@@ -218,8 +222,9 @@ impl Sled {
             endpoints: db.open_tree("endpoints")?,
             inbound: db.open_tree("inbound")?,
             stats: db.open_tree("stats")?,
+            fanout: db.open_tree("fanout")?,
             meta: db.open_tree("meta")?,
-            ids: Mutex::new(ulid::Generator::new()),
+            ids: Mutex::new(0),
             commits: Mutex::new(None),
             committer: Mutex::new(None),
             retention: config.retention,
@@ -288,13 +293,22 @@ impl Sled {
     /// event's deliveries sit next to each other in the `deliveries` tree
     /// and no other id sorts between the event and its first delivery.
     fn next_ids(&self, n: usize) -> (EventId, Vec<DeliveryId>) {
-        let mut g = self.ids.lock().expect("lock poisoned");
-        // The generator only fails when 2^80 ids are asked for in one
-        // millisecond; a fresh ULID then still sorts after the last one.
-        let mut next = || g.generate().unwrap_or_else(|_| ulid::Ulid::new());
-        let event = EventId(next());
-        let deliveries = (0..n).map(|_| DeliveryId(next())).collect();
+        let event = self.id_block(n);
+        let deliveries = (1..=n as u128)
+            .map(|i| DeliveryId(ulid::Ulid(event.0 .0 + i)))
+            .collect();
         (event, deliveries)
+    }
+
+    /// An event id `e` with `e + 1 ..= e + n` kept for its deliveries: a
+    /// fresh ULID, or one past the last id handed out if that is later (the
+    /// same millisecond, or a clock that stepped back). The random part
+    /// (80 bits) makes room for any block.
+    fn id_block(&self, n: usize) -> EventId {
+        let mut last = self.ids.lock().expect("lock poisoned");
+        let start = ulid::Ulid::new().0.max(*last + 1);
+        *last = start + n as u128;
+        EventId(ulid::Ulid(start))
     }
 
     /// Deliveries up to `id` are durable: they may be claimed.
