@@ -140,6 +140,17 @@ impl Binary {
             .unwrap_or_default()
     }
 
+    /// SIGTERM, then waits (bounded) for a clean exit.
+    pub async fn terminate(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let code = super::wait_exit(&mut child).await;
+            assert_eq!(code, Some(0), "hookrelay did not stop cleanly");
+        }
+    }
+
     /// SIGKILL (what `Child::kill` sends on Unix), then reap.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

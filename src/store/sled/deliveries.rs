@@ -31,7 +31,9 @@ impl Sled {
                 break;
             }
             match parse_due_key(&item?) {
-                Some((_, at, id)) if self.is_durable(id) => out.push((at, id)),
+                Some((_, at, id)) if self.is_durable(id) && !self.is_claimed(id) => {
+                    out.push((at, id))
+                }
                 _ => {}
             }
         }
@@ -40,21 +42,47 @@ impl Sled {
 
     /// When `target`'s earliest pending delivery is due. `None` too when
     /// that one's commit is still being synced: the sync wakes `new_work`.
+    /// Claimed ones are passed over: their attempt's end wakes the scheduler.
     pub fn next_due(&self, target: &str) -> Result<Option<u64>, StoreError> {
-        let Some(item) = self.due.scan_prefix(due_prefix(target)).keys().next() else {
-            return Ok(None);
-        };
-        Ok(parse_due_key(&item?)
-            .filter(|(_, _, id)| self.is_durable(*id))
-            .map(|(_, at, _)| at))
+        for item in self.due.scan_prefix(due_prefix(target)).keys() {
+            let Some((_, at, id)) = parse_due_key(&item?) else {
+                continue;
+            };
+            if self.is_claimed(id) {
+                continue;
+            }
+            return Ok(self.is_durable(id).then_some(at));
+        }
+        Ok(None)
     }
 
-    /// The first `limit` entries of the `due` index: (target, due at, delivery).
+    /// Whether `id` is claimed for an attempt now.
+    pub(super) fn is_claimed(&self, id: DeliveryId) -> bool {
+        self.claimed
+            .lock()
+            .expect("lock poisoned")
+            .contains_key(&id)
+    }
+
+    /// `d` as queries show it: `in_flight` while claimed.
+    pub(super) fn shown(&self, id: DeliveryId, mut d: Delivery) -> Delivery {
+        if d.state == State::Pending && self.is_claimed(id) {
+            d.state = State::InFlight;
+        }
+        d
+    }
+
+    /// The first `limit` entries of the `due` index not claimed now:
+    /// (target, due at, delivery).
     pub fn due_entries(&self, limit: usize) -> Result<Vec<(String, u64, DeliveryId)>, StoreError> {
         let mut out = Vec::new();
-        for item in self.due.iter().keys().take(limit) {
-            if let Some((t, at, id)) = parse_due_key(&item?) {
-                out.push((t.to_string(), at, id));
+        for item in self.due.iter().keys() {
+            if out.len() >= limit {
+                break;
+            }
+            match parse_due_key(&item?) {
+                Some((t, at, id)) if !self.is_claimed(id) => out.push((t.to_string(), at, id)),
+                _ => {}
             }
         }
         Ok(out)
@@ -80,23 +108,21 @@ impl Sled {
         Ok(out)
     }
 
-    /// Takes a pending delivery for an attempt: `in_flight`, off the `due`
-    /// index. `None` if it is no longer pending at `at_ms`.
+    /// Takes a pending delivery for an attempt. `None` if it is no longer
+    /// pending at `at_ms`, or already claimed.
     ///
-    /// Not a transaction (each sled transaction costs a log write of its
-    /// own): the delivery is swapped to `in_flight` first, then the index
-    /// entry goes. A crash in between leaves a stale index entry next to an
-    /// in-flight delivery; `recover` requeues the delivery and a later claim
-    /// drops the stale entry.
+    /// In memory only: on disk it stays pending, with its `due` entry, until
+    /// `finish` (so a crash leaves it pending, to be attempted again: at
+    /// least once). A `due` entry whose delivery moved on is stale, and is
+    /// removed here.
     pub fn claim(
         &self,
         target: &str,
         at_ms: u64,
         id: DeliveryId,
     ) -> Result<Option<Delivery>, StoreError> {
-        let key = id.to_key();
         let index = due_key(target, at_ms, id);
-        let Some(v) = self.deliveries.get(key)? else {
+        let Some(v) = self.deliveries.get(id.to_key())? else {
             self.due.remove(index)?;
             return Ok(None);
         };
@@ -105,28 +131,27 @@ impl Sled {
             self.due.remove(index)?;
             return Ok(None);
         }
-        d.state = State::InFlight;
-        if self
-            .deliveries
-            .compare_and_swap(key, Some(v), Some(encode(&d)))?
-            .is_err()
         {
-            // Changed meanwhile (re-queued or cancelled by hand): not ours.
-            return Ok(None);
+            let mut claimed = self.claimed.lock().expect("lock poisoned");
+            if claimed.contains_key(&id) {
+                return Ok(None);
+            }
+            claimed.insert(id, at_ms);
         }
-        self.due.remove(index)?;
         self.counts
             .moved(Some(State::Pending), Some(State::InFlight));
+        d.state = State::InFlight;
         Ok(Some(d))
     }
 
     /// Records attempt number `d.attempts + 1` and what follows it.
     ///
-    /// Not a transaction (see `claim`): the attempt record and, for a retry,
-    /// the new index entry are written first, then the delivery is swapped
-    /// to its new state. A crash before the swap leaves the delivery in
-    /// flight, so it is attempted again after restart (at least once), and
-    /// any index entry written early is dropped by the next claim.
+    /// Not a transaction (each sled transaction costs a log write of its
+    /// own): the attempt record and, for a retry, the new index entry are
+    /// written first, then the delivery is swapped to its new state, then
+    /// the claimed index entry goes. A crash before the swap leaves the
+    /// delivery pending, so it is attempted again after restart (at least
+    /// once); an index entry left behind is stale and the next claim drops it.
     pub fn finish(
         &self,
         id: DeliveryId,
@@ -142,7 +167,7 @@ impl Sled {
                 });
             };
             let mut d: Delivery = decode("deliveries", &v)?;
-            let was = d.state;
+            let was_due = (d.state == State::Pending).then_some(d.next_at_ms);
             d.attempts += 1;
             d.last = Some(attempt.clone());
             self.attempts
@@ -158,13 +183,33 @@ impl Sled {
             }
             if self
                 .deliveries
-                .compare_and_swap(key, Some(v), Some(encode(&d)))?
-                .is_ok()
+                .compare_and_swap(key, Some(v.clone()), Some(encode(&d)))?
+                .is_err()
             {
-                self.counts.moved(Some(was), Some(d.state));
-                return Ok(d);
+                // Changed by hand meanwhile: read it again and record on top.
+                continue;
             }
-            // Changed by hand meanwhile: read it again and record on top.
+            if let Some(at) =
+                was_due.filter(|&at| !(d.state == State::Pending && d.next_at_ms == at))
+            {
+                self.due.remove(due_key(&d.target, at, id))?;
+            }
+            let was = if self
+                .claimed
+                .lock()
+                .expect("lock poisoned")
+                .remove(&id)
+                .is_some()
+            {
+                State::InFlight
+            } else {
+                // Not claimed in this open of the store (it was opened again
+                // meanwhile): it was pending, or changed by hand.
+                let before: Delivery = decode("deliveries", &v)?;
+                before.state
+            };
+            self.counts.moved(Some(was), Some(d.state));
+            return Ok(d);
         }
     }
 
@@ -197,10 +242,22 @@ impl Sled {
             deliveries.insert(&key, encode(&d))?;
             Ok(Some((was, true, d)))
         });
-        let Some((was, changed, d)) = result.map_err(tx_error)? else {
+        let Some((mut was, changed, d)) = result.map_err(tx_error)? else {
             return Ok(None);
         };
         if changed {
+            if was == State::Pending
+                && d.state != State::Pending
+                && self
+                    .claimed
+                    .lock()
+                    .expect("lock poisoned")
+                    .remove(&id)
+                    .is_some()
+            {
+                // Cancelled while an attempt was under way.
+                was = State::InFlight;
+            }
             self.counts.moved(Some(was), Some(d.state));
             if d.state == State::Pending {
                 self.shared.wake([&d.target]);
@@ -212,14 +269,23 @@ impl Sled {
     /// Puts an in-flight delivery back to pending at `at_ms` without counting
     /// an attempt (used when shutdown interrupts it before it was sent).
     pub fn release(&self, id: DeliveryId, at_ms: u64) -> Result<(), StoreError> {
-        self.change(id, |d| {
-            if d.state != State::InFlight {
-                return false;
-            }
-            d.state = State::Pending;
-            d.next_at_ms = at_ms;
-            true
-        })?;
+        let Some(claimed_at) = self.claimed.lock().expect("lock poisoned").remove(&id) else {
+            return Ok(());
+        };
+        self.counts
+            .moved(Some(State::InFlight), Some(State::Pending));
+        if claimed_at != at_ms {
+            self.change(id, |d| {
+                if d.state != State::Pending {
+                    return false;
+                }
+                d.next_at_ms = at_ms;
+                true
+            })?;
+        }
+        if let Some(d) = self.delivery(id)? {
+            self.shared.wake([&d.target]);
+        }
         Ok(())
     }
 
@@ -256,7 +322,7 @@ impl Sled {
     pub fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
         self.deliveries
             .get(id.to_key())?
-            .map(|v| decode("deliveries", &v))
+            .map(|v| decode("deliveries", &v).map(|d| self.shown(id, d)))
             .transpose()
     }
 
@@ -272,7 +338,7 @@ impl Sled {
                 break;
             }
             if let Some(id) = DeliveryId::from_key(&k) {
-                out.push((id, d));
+                out.push((id, self.shown(id, d)));
             }
         }
         Ok(out)

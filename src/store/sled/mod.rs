@@ -15,7 +15,13 @@
 //!   target, so each target's deliveries form one run in due order. An
 //!   entry whose delivery is no longer pending at that time is stale, and
 //!   the claim that meets it removes it.
-//! - Deliveries found `in_flight` at open are put back to `pending` and due now.
+//! - Claims live in memory: a claimed delivery stays `pending` on disk (with
+//!   its `due` entry) until `finish` records the attempt, so a crash leaves
+//!   nothing to repair and a restart reads no delivery to find claims.
+//!   Queries show claimed ones `in_flight`. Deliveries an older version
+//!   left `in_flight` on disk are put back to pending when counted.
+//! - A clean close leaves the counts by state; only after a crash are the
+//!   deliveries counted at open.
 //! - Values carry a version byte; keys are big-endian so ranges sort by time
 //!   (`keys.rs`).
 //!
@@ -79,6 +85,8 @@ impl From<::sled::Error> for StoreError {
     }
 }
 
+/// The `meta` key a clean close leaves, with the counts by state.
+const CLEAN_CLOSE: &str = "clean_close";
 /// How long a reopen waits for calls under way on the old store.
 const REOPEN_WAIT: Duration = Duration::from_secs(5);
 /// A commit within this long is as good as a probe.
@@ -169,6 +177,9 @@ struct Sled {
     broken: Mutex<Option<String>>,
     /// Where the last retention step stopped.
     purge_from: Mutex<Option<EventId>>,
+    /// Deliveries claimed for an attempt, with the due time they were
+    /// claimed at. Only here: on disk they stay pending until `finish`.
+    claimed: Mutex<std::collections::HashMap<DeliveryId, u64>>,
     /// Deliveries by state, kept up to date by every transition.
     counts: StateCounts,
     /// The highest delivery id known to be durable. A group commit's
@@ -233,6 +244,7 @@ impl Sled {
             committed_at_ms: AtomicU64::new(0),
             broken: Mutex::new(None),
             purge_from: Mutex::new(None),
+            claimed: Mutex::new(std::collections::HashMap::new()),
             counts: StateCounts::default(),
             durable: Mutex::new(0),
             db,
@@ -243,13 +255,23 @@ impl Sled {
                 store.mark_durable(id);
             }
         }
-        store.recover()?;
-        store.migrate_subscriptions()?;
-        for item in store.deliveries.iter().values() {
-            let d: Delivery = decode("deliveries", &item?)?;
-            store.counts.moved(None, Some(d.state));
+        // A clean close left the counts; otherwise they are counted (and
+        // deliveries an older version left in flight are put back).
+        match store.meta.remove(CLEAN_CLOSE)? {
+            Some(v) => {
+                let counts: [i64; 5] = decode("meta", &v)?;
+                for (c, n) in store.counts.0.iter().zip(counts) {
+                    c.store(n, Ordering::Relaxed);
+                }
+            }
+            None => {
+                store.count_and_recover()?;
+            }
         }
-        store.db.flush()?;
+        store.migrate_subscriptions()?;
+        // The marker is gone for good before anything changes: a crash from
+        // here on means counting at the next open.
+        store.sync()?;
         let (tx, rx) = mpsc::channel();
         let weak = Arc::downgrade(&store);
         let handle = std::thread::Builder::new()
@@ -261,23 +283,33 @@ impl Sled {
         Ok(store)
     }
 
-    /// In-flight deliveries back to pending, due now.
-    fn recover(&self) -> Result<usize, StoreError> {
+    /// Counts deliveries by state, reading only each one's state; puts
+    /// those an older version left `in_flight` back to pending, due now
+    /// (this version keeps claims in memory: on disk a claimed delivery is
+    /// still pending, so a crash needs no repair).
+    fn count_and_recover(&self) -> Result<usize, StoreError> {
+        #[derive(serde::Deserialize)]
+        struct StateOf {
+            state: State,
+        }
         let now = now_ms();
         let mut n = 0;
         for item in self.deliveries.iter() {
             let (k, v) = item?;
-            let mut d: Delivery = decode("deliveries", &v)?;
-            if d.state != State::InFlight {
+            let StateOf { state } = decode("deliveries", &v)?;
+            if state != State::InFlight {
+                self.counts.moved(None, Some(state));
                 continue;
             }
             let Some(id) = DeliveryId::from_key(&k) else {
                 continue;
             };
+            let mut d: Delivery = decode("deliveries", &v)?;
             d.state = State::Pending;
             d.next_at_ms = now;
             self.deliveries.insert(k, encode(&d))?;
             self.due.insert(due_key(&d.target, now, id), &[])?;
+            self.counts.moved(None, Some(State::Pending));
             n += 1;
         }
         if n > 0 {
@@ -390,9 +422,15 @@ impl Sled {
         }
     }
 
-    /// Stops the committer and flushes once more.
+    /// Stops the committer, leaves the counts for the next open (claims
+    /// in memory end here: on disk those deliveries are pending), and
+    /// flushes once more.
     pub fn close(&self) -> Result<(), StoreError> {
         self.stop();
+        let mut counts = State::ALL.map(|s| self.count(s));
+        counts[State::Pending.index()] += counts[State::InFlight.index()];
+        counts[State::InFlight.index()] = 0;
+        self.meta.insert(CLEAN_CLOSE, encode(&counts))?;
         self.sync()
     }
 }

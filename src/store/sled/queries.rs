@@ -46,7 +46,7 @@ impl Sled {
                 });
             }
             last = Some(id);
-            let d: Delivery = decode("deliveries", &v)?;
+            let d = self.shown(id, decode("deliveries", &v)?);
             if state.is_some_and(|s| s != d.state) || target.is_some_and(|t| t != d.target) {
                 continue;
             }
@@ -69,8 +69,9 @@ impl Sled {
     /// `None` if there is no such delivery.
     pub fn requeue(&self, id: DeliveryId, note: &str) -> Result<Option<Delivery>, StoreError> {
         let now = now_ms();
+        let claimed = self.is_claimed(id);
         let result = self.change(id, |d| {
-            if d.state == State::InFlight {
+            if claimed || d.state == State::InFlight {
                 return false;
             }
             d.state = State::Pending;
@@ -80,7 +81,7 @@ impl Sled {
             true
         })?;
         self.shared.new_work.notify_one();
-        Ok(result.map(|(_, d)| d))
+        Ok(result.map(|(_, d)| self.shown(id, d)))
     }
 
     /// Re-queues up to `limit` deliveries in `state` (and of `target`),
@@ -112,7 +113,7 @@ impl Sled {
                 continue;
             };
             last = Some(id);
-            let d: Delivery = decode("deliveries", &v)?;
+            let d = self.shown(id, decode("deliveries", &v)?);
             if d.state == state && target.is_none_or(|t| t == d.target) {
                 matched.push(id);
             }
