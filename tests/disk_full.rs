@@ -225,7 +225,10 @@ async fn a_full_disk_refuses_events_then_takes_them_again_without_a_restart() {
     // The log says each change once, not once per refused request (sled
     // adds its own lines when its write fails, once per tree).
     let log = relay.log();
-    let errors = log.lines().filter(|l| l.contains("ERROR hookrelay")).count();
+    let errors = log
+        .lines()
+        .filter(|l| l.contains("ERROR hookrelay"))
+        .count();
     eprintln!("{} acknowledged, {errors} ERROR lines", acknowledged.len());
     assert!(errors <= 6, "{errors} ERROR lines:\n{log}");
     drop(relay);

@@ -1,8 +1,9 @@
-//! The load generator: request bodies and timestamps, the closed-loop and
-//! open-loop (paced) runs, and the latency figures drawn from them.
+//! The load generator: request bodies and timestamps, the closed-loop runs
+//! (timed, and of a fixed count), the open-loop (paced) runs, and the
+//! latency figures drawn from them.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -15,8 +16,7 @@ use tokio::sync::mpsc;
 
 use crate::server::Receiver;
 use crate::{
-    BODY_BYTES, CONNECTIONS, DRAIN, MAX_REQUESTS_PER_CONNECTION, MEASURE, PACED_CONNECTIONS,
-    PACED_EVENTS, PACED_RATE, REQUEST_TIMEOUT, WARMUP,
+    BODY_BYTES, CONNECTIONS, DRAIN, MAX_REQUESTS_PER_CONNECTION, MEASURE, REQUEST_TIMEOUT, WARMUP,
 };
 
 // === time and bodies ===
@@ -62,8 +62,15 @@ pub(crate) async fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
     Ok(sender)
 }
 
-/// POSTs `body` and reads the whole answer; returns the status.
-async fn post(conn: &mut Conn, addr: SocketAddr, path: &str, body: Bytes) -> Result<u16, String> {
+/// POSTs `body` and reads the whole answer within `timeout`; returns the
+/// status.
+async fn post(
+    conn: &mut Conn,
+    addr: SocketAddr,
+    path: &str,
+    body: Bytes,
+    timeout: Duration,
+) -> Result<u16, String> {
     let work = async {
         conn.ready().await?;
         let req = Request::post(path)
@@ -76,7 +83,7 @@ async fn post(conn: &mut Conn, addr: SocketAddr, path: &str, body: Bytes) -> Res
         resp.into_body().collect().await?;
         Ok::<_, hyper::Error>(status)
     };
-    match tokio::time::timeout(REQUEST_TIMEOUT, work).await {
+    match tokio::time::timeout(timeout, work).await {
         Ok(Ok(status)) => Ok(status),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("timeout".into()),
@@ -150,7 +157,7 @@ async fn one_connection(
                 }
             },
         };
-        let result = post(c, addr, path, payload.clone()).await;
+        let result = post(c, addr, path, payload.clone(), REQUEST_TIMEOUT).await;
         let now = Instant::now();
         let counted = now >= from && now < until;
         match result {
@@ -165,39 +172,86 @@ async fn one_connection(
     counts
 }
 
+/// An open-loop schedule: `rate` events/s for `secs` seconds, spread over
+/// `connections` connections.
+#[derive(Clone, Copy)]
+pub(crate) struct Pace {
+    pub(crate) rate: u64,
+    pub(crate) secs: u64,
+    pub(crate) connections: usize,
+}
+
+impl Pace {
+    pub(crate) const fn events(&self) -> usize {
+        (self.rate * self.secs) as usize
+    }
+}
+
 /// Results of the open-loop run: latencies in µs, sorted.
 pub(crate) struct Latency {
+    pub(crate) pace: Pace,
     pub(crate) end_to_end_us: Vec<u64>,
     pub(crate) ack_us: Vec<u64>,
     pub(crate) refused: u64,
     pub(crate) duplicates: u64,
 }
 
-/// Sends `PACED_EVENTS` events at `PACED_RATE`/s, spread over
-/// `PACED_CONNECTIONS` connections, each stamped at its scheduled send time;
-/// then waits up to `DRAIN` for the deliveries still on their way.
-pub(crate) async fn paced(addr: SocketAddr, rx: &Receiver) -> Latency {
-    let sent: Arc<Vec<AtomicU64>> =
-        Arc::new((0..PACED_EVENTS).map(|_| AtomicU64::new(0)).collect());
-    let acked: Arc<Vec<AtomicU64>> =
-        Arc::new((0..PACED_EVENTS).map(|_| AtomicU64::new(0)).collect());
+/// What an open-loop send stamped, per sequence number: the scheduled send
+/// time and the 202's arrival (0: none); and how many were answered with
+/// another status (`refused`) or got no answer in time (`failed`).
+pub(crate) struct Sent {
+    sent: Vec<AtomicU64>,
+    acked: Arc<Vec<AtomicU64>>,
+    pub(crate) refused: u64,
+    pub(crate) failed: u64,
+}
+
+impl Sent {
+    /// Events answered 202.
+    pub(crate) fn acks(&self) -> usize {
+        self.acked
+            .iter()
+            .filter(|a| a.load(Ordering::Relaxed) > 0)
+            .count()
+    }
+
+    /// POST sent -> 202 received, µs, sorted.
+    pub(crate) fn ack_us(&self) -> Vec<u64> {
+        deltas_us(&self.sent, &self.acked)
+    }
+}
+
+/// Sends `pace.events()` events to `path` at `pace.rate`/s, spread over
+/// `pace.connections` connections, each stamped at its scheduled send time
+/// (open loop: a slow answer does not slow the schedule down); each POST
+/// waits up to `timeout` for its answer.
+pub(crate) async fn send_paced(
+    addr: SocketAddr,
+    pace: Pace,
+    path: &'static str,
+    timeout: Duration,
+) -> Sent {
+    let events = pace.events();
+    let sent: Vec<AtomicU64> = (0..events).map(|_| AtomicU64::new(0)).collect();
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..events).map(|_| AtomicU64::new(0)).collect());
     let refused = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
     let mut queues = Vec::new();
     let mut workers = Vec::new();
-    for _ in 0..PACED_CONNECTIONS {
+    for _ in 0..pace.connections {
         let (tx, mut rx_seq) = mpsc::unbounded_channel::<usize>();
         queues.push(tx);
         let mut conn = connect(addr).await.expect("connect to relay");
-        let (acked, refused) = (acked.clone(), refused.clone());
+        let (acked, refused, failed) = (acked.clone(), refused.clone(), failed.clone());
         workers.push(tokio::spawn(async move {
             while let Some(seq) = rx_seq.recv().await {
-                match post(&mut conn, addr, "/bench/new_order", body(seq as u64)).await {
+                match post(&mut conn, addr, path, body(seq as u64), timeout).await {
                     Ok(202) => acked[seq].store(stamp(Instant::now()), Ordering::Relaxed),
                     Ok(_) => {
                         refused.fetch_add(1, Ordering::Relaxed);
                     }
                     Err(_) => {
-                        refused.fetch_add(1, Ordering::Relaxed);
+                        failed.fetch_add(1, Ordering::Relaxed);
                         if let Ok(c) = connect(addr).await {
                             conn = c;
                         }
@@ -206,38 +260,130 @@ pub(crate) async fn paced(addr: SocketAddr, rx: &Receiver) -> Latency {
             }
         }));
     }
-    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / PACED_RATE));
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / pace.rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    for seq in 0..PACED_EVENTS {
+    for (seq, slot) in sent.iter().enumerate() {
         let at = tick.tick().await.into_std();
-        sent[seq].store(stamp(at), Ordering::Relaxed);
-        let _ = queues[seq % PACED_CONNECTIONS].send(seq);
+        slot.store(stamp(at), Ordering::Relaxed);
+        let _ = queues[seq % pace.connections].send(seq);
     }
     drop(queues);
     for w in workers {
         let _ = w.await;
     }
+    Sent {
+        sent,
+        acked,
+        refused: refused.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+    }
+}
+
+/// (c): sends on `pace`, then waits up to `DRAIN` for the deliveries still
+/// on their way to `rx`.
+pub(crate) async fn paced(addr: SocketAddr, rx: &Receiver, pace: Pace) -> Latency {
+    let s = send_paced(addr, pace, "/bench/new_order", REQUEST_TIMEOUT).await;
     let deadline = Instant::now() + DRAIN;
-    let acks = acked
-        .iter()
-        .filter(|a| a.load(Ordering::Relaxed) > 0)
-        .count();
-    while Instant::now() < deadline && arrivals(rx) < acks {
+    let acks = s.acks();
+    while Instant::now() < deadline && rx.unique_arrivals() < acks {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Latency {
-        end_to_end_us: deltas_us(&sent, &rx.arrived),
-        ack_us: deltas_us(&sent, &acked),
-        refused: refused.load(Ordering::Relaxed),
+        pace,
+        end_to_end_us: deltas_us(&s.sent, &rx.arrived),
+        ack_us: s.ack_us(),
+        refused: s.refused + s.failed,
         duplicates: rx.duplicates.load(Ordering::Relaxed),
     }
 }
 
-fn arrivals(rx: &Receiver) -> usize {
-    rx.arrived
-        .iter()
-        .filter(|a| a.load(Ordering::Relaxed) > 0)
-        .count()
+/// Counts of a fixed-count closed-loop run.
+#[derive(Default)]
+pub(crate) struct Burst {
+    pub(crate) ok: u64,
+    pub(crate) other_status: u64,
+    pub(crate) errors: u64,
+    pub(crate) elapsed: Duration,
+    /// `limit` passed before every event was sent.
+    pub(crate) hit_deadline: bool,
+}
+
+impl Burst {
+    pub(crate) fn per_sec(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Sends events numbered `0..n` back to back over `CONNECTIONS` keep-alive
+/// connections (each takes the next number from a shared counter), until
+/// all are sent, `limit` has passed or `stop` is set; `acked` counts the
+/// 202s as they come.
+pub(crate) async fn burst(
+    addr: SocketAddr,
+    path: &'static str,
+    n: u64,
+    limit: Duration,
+    acked: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+) -> Burst {
+    let started = Instant::now();
+    let deadline = started + limit;
+    let next = Arc::new(AtomicU64::new(0));
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| {
+            let (next, acked, stop) = (next.clone(), acked.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut counts = Burst::default();
+                let mut conn = None;
+                loop {
+                    if Instant::now() >= deadline {
+                        counts.hit_deadline = next.load(Ordering::Relaxed) < n;
+                        break;
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let c = match conn.as_mut() {
+                        Some(c) => c,
+                        None => match connect(addr).await {
+                            Ok(c) => conn.insert(c),
+                            Err(_) => {
+                                counts.errors += 1;
+                                tokio::time::sleep(Duration::from_millis(10)).await;
+                                continue;
+                            }
+                        },
+                    };
+                    let seq = next.fetch_add(1, Ordering::Relaxed);
+                    if seq >= n {
+                        break;
+                    }
+                    match post(c, addr, path, body(seq), REQUEST_TIMEOUT).await {
+                        Ok(202) => {
+                            counts.ok += 1;
+                            acked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Ok(_) => counts.other_status += 1,
+                        Err(_) => {
+                            counts.errors += 1;
+                            conn = None;
+                        }
+                    }
+                }
+                counts
+            })
+        })
+        .collect();
+    let mut total = Burst::default();
+    for t in tasks {
+        let t = t.await.expect("load task");
+        total.ok += t.ok;
+        total.other_status += t.other_status;
+        total.errors += t.errors;
+        total.hit_deadline |= t.hit_deadline;
+    }
+    total.elapsed = started.elapsed();
+    total
 }
 
 /// `to - from` in µs for every index stamped in both, sorted.

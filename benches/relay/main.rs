@@ -15,7 +15,23 @@
 //! - (c) end-to-end latency, from sending the POST to the receiver getting
 //!   the signed delivery, at a fixed 1000 events/s (open loop, so a slow
 //!   answer does not slow the sender down and hide itself);
-//! - (d) the relay's memory after each run (VmRSS, and VmHWM for the peak).
+//! - (d) the relay's memory after each run (VmRSS, and VmHWM for the peak);
+//! - (c) again at 5000 events/s;
+//! - (e) fan-out: 1, 100 and 10,000 targets on one route (1,000 in quick
+//!   mode), 202 latency and deliveries/s at a modest fixed rate
+//!   (`fanout.rs`);
+//! - (f) backlog: a million events (`HOOKRELAY_BENCH_BACKLOG`; 20,000 in
+//!   quick mode) held while the receiver answers 503, `kill -9`, restart
+//!   time, drain rate and memory, and memory after the janitor's purge
+//!   (`backlog.rs`);
+//! - (g) file descriptors: 2,000 targets on 50 keep-alive receiver ports,
+//!   the relay's open fds at peak and 5 s, 35 s and 65 s after the load
+//!   (`fds.rs`).
+//!
+//! `HOOKRELAY_BENCH_QUICK=1` shrinks (e), (f) and (g)'s load so the whole
+//! run takes about four minutes, most of it fixed waits (the janitor's
+//! 60 s round in (f), the readings after the load in (g)).
+//! (e) to (g) run the relay with the shipped unit's open-file limit.
 //!
 //! It also reads the relay's own `/metrics` (admin listener) for the store's
 //! flush count, events per flush and flush time, which explain (b) and (c).
@@ -28,6 +44,9 @@
 //! Everything stays on 127.0.0.1. Every loop is bounded in count and time,
 //! and child processes are killed when their guard drops (also on panic).
 
+mod backlog;
+mod fanout;
+mod fds;
 mod load;
 mod procs;
 mod report;
@@ -36,7 +55,9 @@ mod server;
 use std::path::Path;
 use std::time::Duration;
 
-use load::{base, closed_loop, paced, Latency, Throughput};
+use hyper::StatusCode;
+
+use load::{base, closed_loop, paced, Latency, Pace, Throughput};
 use procs::{
     cpu_secs, flushes, machine_info, memory, relay_binary, start_plain_server, start_relay,
     Flushes, Memory,
@@ -50,17 +71,25 @@ const BODY_BYTES: usize = 1024;
 const CONNECTIONS: usize = 32;
 const WARMUP: Duration = Duration::from_secs(1);
 const MEASURE: Duration = Duration::from_secs(5);
-/// Open-loop load, (c).
-const PACED_RATE: u64 = 1000;
-const PACED_SECS: u64 = 10;
-const PACED_EVENTS: usize = (PACED_RATE * PACED_SECS) as usize;
-const PACED_CONNECTIONS: usize = 16;
+/// Open-loop load, (c), at 1000 and at 5000 events/s.
+const PACED: Pace = Pace {
+    rate: 1000,
+    secs: 10,
+    connections: 16,
+};
+const PACED_FAST: Pace = Pace {
+    rate: 5000,
+    secs: 10,
+    connections: 16,
+};
 /// How long (c) waits for the last deliveries after the sending stops.
 const DRAIN: Duration = Duration::from_secs(10);
 /// Bounds on every loop and wait.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_REQUESTS_PER_CONNECTION: u64 = 10_000_000;
 const MAX_ACCEPTS: usize = 10_000;
+/// Receivers take many more: one pool per target in (e) and (g).
+const RECEIVER_MAX_ACCEPTS: usize = 1_000_000;
 const STARTUP: Duration = Duration::from_secs(10);
 const CHILD_LIFETIME: Duration = Duration::from_secs(300);
 /// The target's signing secret (the Standard Webhooks example key).
@@ -69,6 +98,24 @@ const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const GOAL_INGEST_RATIO: f64 = 1.0 / 3.0;
 const GOAL_P99_MS: f64 = 5.0;
 const GOAL_RSS_MIB: f64 = 30.0;
+/// (e): the most-targets case's 202 p99 at most this many times the
+/// single target's.
+const GOAL_FANOUT_P99_RATIO: f64 = 2.0;
+/// Environment: quick mode; the backlog's size; whether (g) sets the
+/// coming `[egress]` connection keys.
+const QUICK_VAR: &str = "HOOKRELAY_BENCH_QUICK";
+const BACKLOG_VAR: &str = "HOOKRELAY_BENCH_BACKLOG";
+const EGRESS_KEYS_VAR: &str = "HOOKRELAY_BENCH_EGRESS_KEYS";
+
+/// `HOOKRELAY_BENCH_QUICK=1`: (e) up to 1,000 targets, (f) 20,000 events.
+fn quick() -> bool {
+    std::env::var(QUICK_VAR).as_deref() == Ok("1")
+}
+
+/// A progress line on standard error (the report itself is on stdout).
+fn progress(what: &str) {
+    eprintln!("[{:>6.1}s] {what}", base().elapsed().as_secs_f64());
+}
 
 fn main() {
     if std::env::var(ROLE_VAR).as_deref() == Ok("plain") {
@@ -76,12 +123,38 @@ fn main() {
     }
     base();
     println!("{}", machine_info());
+    let quick = quick();
+    let backlog_events = backlog::events(quick);
+    println!(
+        "mode: {}",
+        if quick {
+            format!("quick ({QUICK_VAR}=1): (e) 1/100/1000 targets, (f) {backlog_events} events")
+        } else {
+            format!("full: (e) 1/100/10000 targets, (f) {backlog_events} events ({QUICK_VAR}=1 for a quick run)")
+        }
+    );
     let rt = tokio::runtime::Runtime::new().expect("tokio runtime");
+    progress("(a) ceiling");
     let ceiling = measure_ceiling(&rt);
     let bin = relay_binary();
+    progress("(b) durable ingest");
     let ingest = measure_ingest(&rt, &bin);
-    let end_to_end = measure_end_to_end(&rt, &bin);
-    print_report(&ceiling, &ingest, &end_to_end);
+    progress("(c) end-to-end at 1000/s");
+    let end_to_end = measure_end_to_end(&rt, &bin, PACED);
+    progress("(c) end-to-end at 5000/s");
+    let end_to_end_fast = measure_end_to_end(&rt, &bin, PACED_FAST);
+    let fanout = fanout::measure(&rt, &bin, quick);
+    let backlog = backlog::measure(&rt, &bin, backlog_events);
+    let fds = fds::measure(&rt, &bin, quick);
+    progress("done");
+    print_report(
+        &ceiling,
+        &ingest,
+        &[end_to_end, end_to_end_fast],
+        &fanout,
+        &backlog,
+        &fds,
+    );
 }
 
 /// (a): the plain server under the closed-loop load.
@@ -133,10 +206,10 @@ struct EndToEnd {
     mem_after: Memory,
 }
 
-fn measure_end_to_end(rt: &tokio::runtime::Runtime, bin: &Path) -> EndToEnd {
-    let rx = rt.block_on(Receiver::start());
+fn measure_end_to_end(rt: &tokio::runtime::Runtime, bin: &Path, pace: Pace) -> EndToEnd {
+    let rx = rt.block_on(Receiver::start_on(1, pace.events(), StatusCode::OK));
     let relay = start_relay(bin, rx.addr);
-    let latency = rt.block_on(paced(relay.addr, &rx));
+    let latency = rt.block_on(paced(relay.addr, &rx, pace));
     let mem_after = memory(relay.guard.pid());
     EndToEnd {
         latency,
