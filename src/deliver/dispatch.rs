@@ -18,7 +18,7 @@
 //! delivery is at least once.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -31,6 +31,10 @@ use crate::shutdown::stopped;
 use crate::store::{now_ms, Attempt, Delivery, DeliveryId, Next, State, Store, StoreError};
 use crate::telemetry::{Metrics, TargetLabel};
 
+/// Deliveries claimed at once, over all targets, per outbound connection
+/// the budget allows.
+const CLAIMED_PER_CONNECTION: usize = 2;
+
 /// Runs the scheduler until shutdown, then gives attempts under way up to
 /// `delivery.shutdown_grace` to finish.
 pub struct Dispatcher {
@@ -42,6 +46,10 @@ pub struct Dispatcher {
     grace: Duration,
     /// Targets whose lane freed a slot since the last pass.
     freed: Arc<Mutex<HashSet<String>>>,
+    /// Deliveries claimed and not yet done, over all targets: each holds
+    /// its event in memory, so their number is bounded (by
+    /// `egress.max_connections`, twice over), however many targets there are.
+    claimed: Arc<AtomicUsize>,
 }
 
 /// Which targets the next pass looks at, and when to look at the others.
@@ -101,6 +109,7 @@ impl Dispatcher {
             passes: Arc::new(AtomicU64::new(0)),
             grace,
             freed: Arc::new(Mutex::new(HashSet::new())),
+            claimed: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -214,8 +223,17 @@ impl Dispatcher {
             .candidates
             .extend(self.freed.lock().expect("lock poisoned").drain());
         schedule.due(now);
+        let cap = CLAIMED_PER_CONNECTION * self.catalog.budget().settings().max_connections;
         let candidates: Vec<String> = schedule.candidates.drain().collect();
-        for key in candidates {
+        let mut candidates = candidates.into_iter();
+        while let Some(key) = candidates.next() {
+            let room_left = cap.saturating_sub(self.claimed.load(Ordering::Relaxed));
+            if room_left == 0 {
+                // Full: the rest wait for a finishing attempt, which wakes us.
+                schedule.candidates.insert(key);
+                schedule.candidates.extend(candidates);
+                break;
+            }
             let Some(target) = self.catalog.get(&key) else {
                 // Removed: its deliveries were cancelled with it.
                 continue;
@@ -233,6 +251,7 @@ impl Dispatcher {
                 // A finishing attempt frees a slot and names the target.
                 continue;
             }
+            let room = room.min(room_left);
             let due = self.store.due_for(&key, now, room).await?;
             let drained = due.len() < room;
             for (at, id) in due {
@@ -240,6 +259,7 @@ impl Dispatcher {
                     continue;
                 };
                 target.lane.claimed();
+                self.claimed.fetch_add(1, Ordering::Relaxed);
                 let job = Job {
                     target: target.clone(),
                     catalog: self.catalog.clone(),
@@ -247,6 +267,7 @@ impl Dispatcher {
                     store: self.store.clone(),
                     wake: self.wake.clone(),
                     freed: self.freed.clone(),
+                    claimed: self.claimed.clone(),
                     id,
                     at,
                     delivery,
@@ -274,6 +295,7 @@ struct Job {
     store: Arc<dyn Store>,
     wake: Arc<Notify>,
     freed: Arc<Mutex<HashSet<String>>>,
+    claimed: Arc<AtomicUsize>,
     id: DeliveryId,
     at: u64,
     delivery: Delivery,
@@ -320,6 +342,7 @@ impl Job {
 
     fn done(&self, released: bool) {
         self.target.lane.unclaimed(released);
+        self.claimed.fetch_sub(1, Ordering::Relaxed);
         self.freed
             .lock()
             .expect("lock poisoned")

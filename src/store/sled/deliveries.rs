@@ -370,6 +370,9 @@ impl Sled {
         let mut removed = 0;
         let mut bytes = 0u64;
         let mut looked = 0;
+        let (mut gone_events, mut gone_deliveries) = (sled::Batch::default(), sled::Batch::default());
+        let (mut gone_attempts, mut gone_bodies) = (sled::Batch::default(), sled::Batch::default());
+        let mut counted = Vec::new();
         let mut last = None;
         let mut more = false;
         for item in iter {
@@ -394,28 +397,35 @@ impl Sled {
             {
                 continue;
             }
-            let mut batch = sled::Batch::default();
             for (id, _) in &deliveries {
                 for item in self.attempts.scan_prefix(id.to_key()) {
                     let (key, value) = item?;
                     bytes += (key.len() + value.len()) as u64;
-                    batch.remove(key);
+                    gone_attempts.remove(key);
                 }
-            }
-            self.attempts.apply_batch(batch)?;
-            let mut batch = sled::Batch::default();
-            for (id, _) in &deliveries {
-                batch.remove(&id.to_key());
+                gone_deliveries.remove(&id.to_key());
                 // The delivery and its index entry, roughly.
                 bytes += 256;
             }
-            self.deliveries.apply_batch(batch)?;
-            for (_, d) in &deliveries {
-                self.counts.moved(Some(d.state), None);
+            for item in self.bodies.scan_prefix(event.to_key()) {
+                let (key, value) = item?;
+                bytes += (key.len() + value.len()) as u64;
+                gone_bodies.remove(key);
             }
-            bytes += self.remove_body(event)? + (k.len() + v.len()) as u64;
-            self.events.remove(event.to_key())?;
+            bytes += (k.len() + v.len()) as u64;
+            gone_events.remove(k);
+            counted.extend(deliveries.into_iter().map(|(_, d)| d.state));
             removed += 1;
+        }
+        // One batch per tree for the whole step. Attempts go first and the
+        // event last, so a crash part way leaves an event that the next
+        // step removes again, never a delivery without its event.
+        self.attempts.apply_batch(gone_attempts)?;
+        self.bodies.apply_batch(gone_bodies)?;
+        self.deliveries.apply_batch(gone_deliveries)?;
+        self.events.apply_batch(gone_events)?;
+        for state in counted {
+            self.counts.moved(Some(state), None);
         }
         *self.purge_from.lock().expect("lock poisoned") = if more { last } else { None };
         self.shared.space.purged(bytes);
