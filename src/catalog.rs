@@ -30,7 +30,7 @@ use serde_json::Value;
 use crate::config::endpoint::{EndpointDef, Invalid, RouteCatalogs, Rules};
 use crate::config::targets::valid_id;
 use crate::config::{Config, TargetConfig, ORIGIN_TARGET};
-use crate::deliver::egress::pool::raise_fd_limit;
+use crate::deliver::egress::pool::{raise_fd_limit, RequestSlot};
 use crate::deliver::egress::{tls_config, Budget, Connector, EgressClient, Policy, TargetUrl};
 use crate::deliver::lane::Lane;
 use crate::deliver::policy::DeliveryConfig;
@@ -158,13 +158,15 @@ impl Target {
     /// `shaped`) to `uri` now, within the endpoint's timeout, and says what
     /// happened: the attempt as the store keeps it (with the headers sent),
     /// and the `Retry-After` a 429 or 503 came with. Deliveries and test
-    /// sends both go through here.
+    /// sends both go through here. `slot`: a connection slot taken for
+    /// `uri`'s origin beforehand (else one is waited for here).
     pub async fn attempt(
         &self,
         uri: http::Uri,
         event_id: &str,
         meta: &EventMeta,
         shaped: Shaped,
+        slot: Option<RequestSlot>,
     ) -> (Attempt, Option<Duration>) {
         let spec = &self.spec;
         let started = now_ms();
@@ -178,7 +180,12 @@ impl Target {
             shaped,
         );
         let request_headers = shown_headers(request.headers());
-        match self.lane.client.send(request, spec.policy.timeout).await {
+        match self
+            .lane
+            .client
+            .send(request, spec.policy.timeout, slot)
+            .await
+        {
             Ok(reply) => {
                 let retry_after = matches!(reply.status, 429 | 503)
                     .then_some(reply.retry_after)

@@ -245,27 +245,33 @@ async fn fan_out_reaches_every_matching_target_only() {
     let orders = Receiver::ok().await;
     let everything = Receiver::ok().await;
     let courses = Receiver::ok().await;
+    let both = Receiver::ok().await;
     let app = spawn_app(&format!(
         "[[routes]]\nname = \"t\"\npath = \"/t/{{event}}\"\n\
          [[routes.targets]]\nname = \"orders\"\nurl = \"{}\"\nevents = [\"new_order\"]\n\
          [[routes.targets]]\nname = \"all\"\nurl = \"{}\"\n\
-         [[routes.targets]]\nname = \"courses\"\nurl = \"{}\"\nevents = [\"course_*\"]\n",
+         [[routes.targets]]\nname = \"courses\"\nurl = \"{}\"\nevents = [\"course_*\"]\n\
+         [[routes.targets]]\nname = \"both\"\nurl = \"{}\"\nevents = [\"course_*\", \"course_completed\"]\n",
         orders.url("/"),
         everything.url("/"),
-        courses.url("/")
+        courses.url("/"),
+        both.url("/")
     ))
     .await;
     let r = post_json(app.addr, "/t/new_order", "{}").await;
     assert_eq!(r.json()["deliveries"], 2);
+    // Two of `both`'s patterns match: still one delivery.
     let r = post_json(app.addr, "/t/course_completed", "{}").await;
-    assert_eq!(r.json()["deliveries"], 2);
+    assert_eq!(r.json()["deliveries"], 3);
     everything.wait_for(2).await;
     courses.wait_for(1).await;
     orders.wait_for(1).await;
+    both.wait_for(1).await;
     let d = app.relay.store().due_entries(10).await.unwrap();
     assert!(d.is_empty());
     assert_eq!(orders.received().len(), 1);
     assert_eq!(courses.received().len(), 1);
+    assert_eq!(both.received().len(), 1);
 }
 
 #[tokio::test]

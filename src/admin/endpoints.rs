@@ -267,7 +267,10 @@ impl Admin {
             Err(e) => Attempt::failed(format!("the body cannot be shaped for this endpoint: {e}")),
             Ok(shaped) => {
                 let uri = target.spec.url.uri().clone();
-                target.attempt(uri, &event_id, &event.meta, shaped).await.0
+                target
+                    .attempt(uri, &event_id, &event.meta, shaped, None)
+                    .await
+                    .0
             }
         };
         let sent = TestSend {

@@ -26,6 +26,7 @@ use tokio::sync::{watch, Notify};
 use tokio::task::JoinSet;
 
 use crate::catalog::{Catalog, Origin, Target};
+use crate::deliver::egress::pool::RequestSlot;
 use crate::service::Heartbeat;
 use crate::shutdown::stopped;
 use crate::store::{now_ms, Attempt, Delivery, DeliveryId, Next, State, Store, StoreError};
@@ -308,9 +309,22 @@ impl Job {
         let ready = async {
             let permit = self.target.lane.slots.acquire().await;
             self.target.lane.limiter.until_ready().await;
-            permit
+            // And a connection slot, before the event is read and shaped:
+            // deliveries waiting on a busy receiver hold only their record.
+            // (A proxy route's target learns its origin from the event.)
+            let slot = if self.target.spec.to_event_url {
+                None
+            } else {
+                self.target
+                    .lane
+                    .client
+                    .slot(self.target.spec.url.uri())
+                    .await
+                    .ok()
+            };
+            (permit, slot)
         };
-        let permit = tokio::select! {
+        let (permit, slot) = tokio::select! {
             p = ready => p,
             _ = stopped(&mut shutdown) => {
                 self.give_back().await;
@@ -326,7 +340,7 @@ impl Job {
             self.done(true);
             return;
         }
-        if let Err(e) = self.attempt().await {
+        if let Err(e) = self.attempt(slot).await {
             tracing::error!(delivery = %self.id, error = %e, "cannot record attempt; it is retried at the next start");
         }
         drop(permit);
@@ -350,7 +364,7 @@ impl Job {
         self.wake.notify_one();
     }
 
-    async fn attempt(&self) -> Result<(), StoreError> {
+    async fn attempt(&self, slot: Option<RequestSlot>) -> Result<(), StoreError> {
         let target = &*self.target;
         let n = self.delivery.attempts + 1;
         let Some(event) = self.store.event(self.delivery.event).await? else {
@@ -391,7 +405,9 @@ impl Job {
         } else {
             target.spec.url.uri().clone()
         };
-        let (attempt, retry_after) = target.attempt(uri, &event_id, &event.meta, shaped).await;
+        let (attempt, retry_after) = target
+            .attempt(uri, &event_id, &event.meta, shaped, slot)
+            .await;
         let next = self.next(n, &attempt, retry_after);
         let d = self.store.finish(self.id, &attempt, next).await?;
         if attempt.status == Some(410) && target.spec.origin == Origin::Api {

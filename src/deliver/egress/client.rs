@@ -24,7 +24,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::deliver::egress::guard::Policy;
-use crate::deliver::egress::pool::{origin_of, Budget, Budgeted, ConnHandle};
+use crate::deliver::egress::pool::{origin_of, Budget, Budgeted, ConnHandle, RequestSlot};
 use crate::deliver::egress::{EgressError, EXCERPT_BYTES, MAX_RESPONSE_BYTES};
 
 /// Reads the PEM certificates of `egress.ca_file`.
@@ -239,15 +239,25 @@ impl EgressClient {
         EgressClient { client, budget }
     }
 
-    /// Waits for a request slot to `req`'s origin, then sends `req` and
-    /// reads the reply, all within `timeout` (which starts once the slot is
-    /// taken: a full pool delays an attempt, it does not fail it).
+    /// Waits for a request slot to `uri`'s origin (and one overall).
+    pub async fn slot(&self, uri: &http::Uri) -> Result<RequestSlot, EgressError> {
+        self.budget.request_slot(&origin_of(uri)).await
+    }
+
+    /// Sends `req` in `slot` (or one waited for now, if none was taken for
+    /// its origin) and reads the reply, all within `timeout`, which starts
+    /// once the slot is taken: a full pool delays an attempt, it does not
+    /// fail it.
     pub async fn send(
         &self,
         req: Request<Full<Bytes>>,
         timeout: Duration,
+        slot: Option<RequestSlot>,
     ) -> Result<Reply, EgressError> {
-        let _slot = self.budget.request_slot(&origin_of(req.uri())).await?;
+        let _slot = match slot {
+            Some(s) => s,
+            None => self.slot(req.uri()).await?,
+        };
         let started = Instant::now();
         let work = async {
             let resp = self.client.request(req).await.map_err(describe)?;

@@ -268,7 +268,7 @@ impl Budget {
 }
 
 /// A request's place in the budget, held until its response is read.
-pub(super) struct RequestSlot {
+pub struct RequestSlot {
     _origin: OwnedSemaphorePermit,
     _any: OwnedSemaphorePermit,
 }

@@ -13,6 +13,9 @@ use crate::store::{
     now_ms, Attempt, Delivery, DeliveryId, Event, EventId, Next, Purged, State, StoreError,
 };
 
+/// Events whose removals a retention step writes at once.
+const PURGE_BATCH: usize = 32;
+
 impl Sled {
     /// `target`'s deliveries due at or before `now_ms`, earliest first;
     /// only those whose commit has been synced.
@@ -370,7 +373,8 @@ impl Sled {
         let mut removed = 0;
         let mut bytes = 0u64;
         let mut looked = 0;
-        let (mut gone_events, mut gone_deliveries) = (sled::Batch::default(), sled::Batch::default());
+        let (mut gone_events, mut gone_deliveries) =
+            (sled::Batch::default(), sled::Batch::default());
         let (mut gone_attempts, mut gone_bodies) = (sled::Batch::default(), sled::Batch::default());
         let mut counted = Vec::new();
         let mut last = None;
@@ -416,10 +420,20 @@ impl Sled {
             gone_events.remove(k);
             counted.extend(deliveries.into_iter().map(|(_, d)| d.state));
             removed += 1;
+            if removed % PURGE_BATCH == 0 {
+                // A few events' removals per write: one sled batch is one
+                // log entry, and a large one takes new log segments.
+                self.attempts
+                    .apply_batch(std::mem::take(&mut gone_attempts))?;
+                self.bodies.apply_batch(std::mem::take(&mut gone_bodies))?;
+                self.deliveries
+                    .apply_batch(std::mem::take(&mut gone_deliveries))?;
+                self.events.apply_batch(std::mem::take(&mut gone_events))?;
+            }
         }
-        // One batch per tree for the whole step. Attempts go first and the
-        // event last, so a crash part way leaves an event that the next
-        // step removes again, never a delivery without its event.
+        // The rest. Attempts go first and the event last, so a crash part
+        // way leaves an event that the next step removes again, never a
+        // delivery without its event.
         self.attempts.apply_batch(gone_attempts)?;
         self.bodies.apply_batch(gone_bodies)?;
         self.deliveries.apply_batch(gone_deliveries)?;
