@@ -123,18 +123,14 @@ impl Dispatcher {
     }
 
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
-        if let Err(e) = self.cancel_orphans().await {
-            tracing::error!(error = %e, "cannot cancel deliveries of removed targets");
-        }
         let mut tasks = JoinSet::new();
         let wake = self.wake.clone();
         let mut failing = false;
+        // The first pass looks at every target of the catalog (its version
+        // is new to the schedule); pending work of any other is cancelled.
         let mut schedule = Schedule::default();
-        match self.store.due_targets().await {
-            Ok(targets) => schedule.candidates.extend(targets),
-            Err(e) => {
-                tracing::error!(error = %e, "cannot list the targets with pending deliveries")
-            }
+        if let Err(e) = self.cancel_orphans().await {
+            tracing::error!(error = %e, "cannot cancel deliveries of removed targets");
         }
         loop {
             while tasks.try_join_next().is_some() {}

@@ -77,10 +77,7 @@ impl IngestError {
             IngestError::BodyTimeout(_) => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             IngestError::BadBody(_) => (StatusCode::BAD_REQUEST, "bad_body"),
             IngestError::BadPayload(_) => (StatusCode::BAD_REQUEST, "bad_payload"),
-            IngestError::Store(StoreError::Full { .. } | StoreError::DiskFull { .. }) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "store_full")
-            }
-            IngestError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
+            IngestError::Store(e) => (StatusCode::SERVICE_UNAVAILABLE, e.code()),
         }
     }
 

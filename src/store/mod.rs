@@ -60,6 +60,18 @@ pub enum StoreError {
     Commit(String),
 }
 
+impl StoreError {
+    /// The error code a sender (and `/readyz`) is given when the store
+    /// refuses an event for this: `store_full` when there is no room,
+    /// `store_unavailable` otherwise.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::Full { .. } | StoreError::DiskFull { .. } => "store_full",
+            _ => "store_unavailable",
+        }
+    }
+}
+
 /// `[store]`: where and how long events are kept.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -330,8 +342,8 @@ pub struct Purged {
 /// Whether the store takes new events, and what it measured.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Health {
-    /// Why new events are refused (503): a code (`store_full`,
-    /// `store_unavailable`, `closed`) and the reason; `None`: they are taken.
+    /// Why new events are refused (503): the code ingest answers with
+    /// ([`StoreError::code`]) and the reason; `None`: they are taken.
     pub refusing: Option<(String, String)>,
     /// The store's files (the disk reserve not counted).
     pub disk_bytes: u64,

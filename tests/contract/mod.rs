@@ -844,7 +844,7 @@ pub async fn a_closed_store_refuses_writes<B: Backend>() {
     let health = store.health();
     assert_eq!(
         health.refusing.map(|(code, _)| code).as_deref(),
-        Some("closed")
+        Some("store_unavailable")
     );
 }
 

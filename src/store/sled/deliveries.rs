@@ -170,6 +170,7 @@ impl Sled {
                 });
             };
             let mut d: Delivery = decode("deliveries", &v)?;
+            let on_disk = d.state;
             let was_due = (d.state == State::Pending).then_some(d.next_at_ms);
             d.attempts += 1;
             d.last = Some(attempt.clone());
@@ -186,7 +187,7 @@ impl Sled {
             }
             if self
                 .deliveries
-                .compare_and_swap(key, Some(v.clone()), Some(encode(&d)))?
+                .compare_and_swap(key, Some(v), Some(encode(&d)))?
                 .is_err()
             {
                 // Changed by hand meanwhile: read it again and record on top.
@@ -208,8 +209,7 @@ impl Sled {
             } else {
                 // Not claimed in this open of the store (it was opened again
                 // meanwhile): it was pending, or changed by hand.
-                let before: Delivery = decode("deliveries", &v)?;
-                before.state
+                on_disk
             };
             self.counts.moved(Some(was), Some(d.state));
             return Ok(d);

@@ -62,7 +62,7 @@ mod tests;
 
 use commit::{committer, Waiting};
 use keys::{decode, due_key, encode};
-use space::{Refusal, Space, MIN_FREE_BYTES};
+use space::{Space, MIN_FREE_BYTES};
 
 /// The on-disk layout this code reads and writes.
 const SCHEMA_VERSION: u8 = 1;
@@ -588,18 +588,12 @@ impl Handle {
     fn health(&self) -> Health {
         let space = &self.shared.space;
         let refusal = if self.shared.closed.load(Ordering::Relaxed) {
-            Some(("closed", StoreError::Closed.to_string()))
+            Some(StoreError::Closed)
         } else {
-            space.refusal().map(|r| {
-                let code = match r {
-                    Refusal::DiskFull { .. } | Refusal::Full { .. } => "store_full",
-                    Refusal::Broken(_) => "store_unavailable",
-                };
-                (code, r.error().to_string())
-            })
+            space.refusal().map(|r| r.error())
         };
         Health {
-            refusing: refusal.map(|(code, reason)| (code.to_string(), reason)),
+            refusing: refusal.map(|e| (e.code().to_string(), e.to_string())),
             disk_bytes: space.files(),
             free_bytes: space.free(),
             checked_at_ms: self.shared.checked_at_ms.load(Ordering::Relaxed),
