@@ -74,13 +74,6 @@ fn config(ingest: u16, admin: u16, store: &Path, rx: &Receiver, extra: &str) -> 
     )
 }
 
-/// GET `path` on `addr`: status and JSON body.
-async fn get_json(addr: std::net::SocketAddr, path: &str) -> (u16, serde_json::Value) {
-    let r = send(addr, None, "GET", path, &[], Vec::<u8>::new()).await;
-    let body = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
-    (r.status.as_u16(), body)
-}
-
 /// POSTs one event: its id when acknowledged, else the status and error code.
 async fn post(addr: std::net::SocketAddr, n: usize) -> Result<String, (u16, String)> {
     let body = format!("{{\"n\":{n},\"pad\":\"{}\"}}", "x".repeat(1000));
@@ -123,10 +116,7 @@ async fn a_full_disk_refuses_events_then_takes_them_again_without_a_restart() {
     let store = mnt.0.join("store");
     relay.start(|i, a| config(i, a, &store, &rx, "")).await;
     let pid = relay.pid();
-    eventually_async("ready", async || {
-        (get_json(relay.admin, "/readyz").await.0 == 200).then_some(())
-    })
-    .await;
+    relay.wait_ready().await;
     assert!(
         store.join("hookrelay.reserve").exists(),
         "the disk reserve is written at start"
@@ -170,10 +160,7 @@ async fn a_full_disk_refuses_events_then_takes_them_again_without_a_restart() {
         }
         // The relay refused before any write failed: room again, retry.
         std::fs::remove_file(filler.take().unwrap()).unwrap();
-        eventually_async("ready after a round", async || {
-            (get_json(relay.admin, "/readyz").await.0 == 200).then_some(())
-        })
-        .await;
+        relay.wait_ready().await;
     }
     assert!(
         failed_write_seen,

@@ -71,8 +71,7 @@ async fn two_thousand_endpoints_stay_within_the_connection_cap() {
     relay
         .start(|i, a| many_endpoints(i, a, &dir, &receivers, ENDPOINTS_PER_RECEIVER))
         .await;
-    let ready = format!("http://{}/readyz", relay.admin);
-    eventually_async("ready", async || (get(&ready).await.0 == 200).then_some(())).await;
+    relay.wait_ready().await;
     let baseline = relay.open_fds();
 
     let want = EVENTS * RECEIVERS * ENDPOINTS_PER_RECEIVER;
@@ -98,7 +97,7 @@ async fn two_thousand_endpoints_stay_within_the_connection_cap() {
             assert_eq!(r.status, 202);
             slowest_post = slowest_post.max(t.elapsed());
             let t = Instant::now();
-            assert_eq!(get(&ready).await.0, 200);
+            assert_eq!(get_json(relay.admin, "/readyz").await.0, 200);
             slowest_ready = slowest_ready.max(t.elapsed());
         }
         assert!(
@@ -137,17 +136,6 @@ async fn two_thousand_endpoints_stay_within_the_connection_cap() {
     );
 }
 
-/// GET `url` over a new connection: status and body.
-async fn get(url: &str) -> (u16, String) {
-    let uri: http::Uri = url.parse().unwrap();
-    let addr: std::net::SocketAddr = uri.authority().unwrap().as_str().parse().unwrap();
-    let r = send(addr, None, "GET", uri.path(), &[], Vec::<u8>::new()).await;
-    (
-        r.status.as_u16(),
-        String::from_utf8_lossy(&r.body).into_owned(),
-    )
-}
-
 /// Events in the backlog of the restart story (sized for a debug build in CI).
 const BACKLOG: usize = 4000;
 /// Posting tasks that fill it.
@@ -156,7 +144,7 @@ const POSTERS: usize = 8;
 /// The relay's `hookrelay_queue_depth{state}` from `/metrics`.
 async fn queue_depth(admin: std::net::SocketAddr, state: &str) -> f64 {
     let r = send(admin, None, "GET", "/metrics", &[], Vec::<u8>::new()).await;
-    let text = String::from_utf8_lossy(&r.body).into_owned();
+    let text = String::from_utf8_lossy(&r.body);
     let line = format!("hookrelay_queue_depth{{state=\"{state}\"}} ");
     text.lines()
         .find_map(|l| l.strip_prefix(line.as_str()))
@@ -168,8 +156,7 @@ async fn queue_depth(admin: std::net::SocketAddr, state: &str) -> f64 {
 async fn start_timed(relay: &mut Binary, config: impl Fn(u16, u16) -> String) -> Duration {
     let t = Instant::now();
     relay.start(config).await;
-    let ready = format!("http://{}/readyz", relay.admin);
-    eventually_async("ready", async || (get(&ready).await.0 == 200).then_some(())).await;
+    relay.wait_ready().await;
     t.elapsed()
 }
 

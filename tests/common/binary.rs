@@ -109,6 +109,15 @@ impl Binary {
         }
     }
 
+    /// Waits (bounded) until the admin listener's `/readyz` answers 200.
+    pub async fn wait_ready(&self) {
+        let admin = self.admin;
+        super::eventually_async("ready", async || {
+            (super::get_json(admin, "/readyz").await.0 == 200).then_some(())
+        })
+        .await;
+    }
+
     /// The running process's id.
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("a relay is running").id()

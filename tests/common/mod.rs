@@ -201,6 +201,14 @@ pub async fn send(
     }
 }
 
+/// GETs `path` from `addr` with no token: the status, and the body as JSON
+/// (`Null` when it is not JSON).
+pub async fn get_json(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) {
+    let r = send(addr, None, "GET", path, &[], Vec::<u8>::new()).await;
+    let body = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
+    (r.status.as_u16(), body)
+}
+
 /// POSTs a JSON body that must be accepted; returns its event id.
 pub async fn post_event(
     app: &TestApp,
