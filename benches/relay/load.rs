@@ -52,6 +52,26 @@ pub(crate) fn seq_of(body: &[u8]) -> Option<usize> {
 
 type Conn = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
+/// The connection in `conn`, or a new one put there; `None` (counted in
+/// `errors`, after a short pause) when connecting failed.
+async fn reuse_or_connect<'a>(
+    conn: &'a mut Option<Conn>,
+    addr: SocketAddr,
+    errors: &mut u64,
+) -> Option<&'a mut Conn> {
+    if conn.is_none() {
+        match connect(addr).await {
+            Ok(c) => *conn = Some(c),
+            Err(_) => {
+                *errors += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                return None;
+            }
+        }
+    }
+    conn.as_mut()
+}
+
 pub(crate) async fn connect(addr: SocketAddr) -> std::io::Result<Conn> {
     let stream = TcpStream::connect(addr).await?;
     stream.set_nodelay(true)?;
@@ -146,16 +166,8 @@ async fn one_connection(
         if Instant::now() >= until {
             break;
         }
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match connect(addr).await {
-                Ok(c) => conn.insert(c),
-                Err(_) => {
-                    counts.errors += 1;
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
+        let Some(c) = reuse_or_connect(&mut conn, addr, &mut counts.errors).await else {
+            continue;
         };
         let result = post(c, addr, path, payload.clone(), REQUEST_TIMEOUT).await;
         let now = Instant::now();
@@ -343,16 +355,9 @@ pub(crate) async fn burst(
                     if stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    let c = match conn.as_mut() {
-                        Some(c) => c,
-                        None => match connect(addr).await {
-                            Ok(c) => conn.insert(c),
-                            Err(_) => {
-                                counts.errors += 1;
-                                tokio::time::sleep(Duration::from_millis(10)).await;
-                                continue;
-                            }
-                        },
+                    let Some(c) = reuse_or_connect(&mut conn, addr, &mut counts.errors).await
+                    else {
+                        continue;
                     };
                     let seq = next.fetch_add(1, Ordering::Relaxed);
                     if seq >= n {
