@@ -87,6 +87,8 @@ impl From<::sled::Error> for StoreError {
 
 /// The `meta` key a clean close leaves, with the counts by state.
 const CLEAN_CLOSE: &str = "clean_close";
+/// How long an open waits for sled's lock on its files.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// How long a reopen waits for calls under way on the old store.
 const REOPEN_WAIT: Duration = Duration::from_secs(5);
 /// A commit within this long is as good as a probe.
@@ -212,11 +214,7 @@ impl Sled {
     /// Opens (or creates) the store, checks its schema version, and puts
     /// deliveries that a crash left in flight back to pending.
     fn open(config: &StoreConfig, shared: Arc<Shared>) -> Result<Arc<Sled>, StoreError> {
-        let db = sled::Config::new()
-            .path(&config.path)
-            .cache_capacity(config.cache_bytes)
-            .flush_every_ms(Some(500))
-            .open()?;
+        let db = open_db(config)?;
         check_schema(&db, &config.path)?;
         // sled keeps its log in `<path>/db`; any handle on it can sync it.
         let log = std::fs::File::open(config.path.join("db")).map_err(io_error)?;
@@ -432,6 +430,31 @@ impl Sled {
         counts[State::InFlight.index()] = 0;
         self.meta.insert(CLEAN_CLOSE, encode(&counts))?;
         self.sync()
+    }
+}
+
+/// Opens sled's `Db`. sled holds a lock on its files until the background
+/// threads of the last open of them have finished, a moment after it was
+/// dropped (a store closed and opened again in one process, a reopen after
+/// a failed write): a lock still held is waited for, within `LOCK_WAIT`.
+fn open_db(config: &StoreConfig) -> Result<sled::Db, StoreError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    loop {
+        let opened = sled::Config::new()
+            .path(&config.path)
+            .cache_capacity(config.cache_bytes)
+            .flush_every_ms(Some(500))
+            .open();
+        match opened {
+            // sled says so only in the message.
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return Ok(other?),
+        }
     }
 }
 
