@@ -486,13 +486,30 @@ async fn retention(
     if removed > 0 {
         tracing::info!(events = removed, "removed events past retention");
     }
-    match store
-        .purge_inbound(cutoff, settings.inbound_log_entries)
-        .await
-    {
-        Ok(n) if n > 0 => tracing::debug!(records = n, "trimmed the inbound log"),
-        Ok(_) => {}
-        Err(e) => tracing::debug!(error = %e, "inbound log cleanup failed"),
+    let mut trimmed = 0;
+    for _ in 0..PURGE_STEPS {
+        match store
+            .purge_inbound(cutoff, settings.inbound_log_entries, PURGE_STEP)
+            .await
+        {
+            Ok(step) => {
+                trimmed += step.removed;
+                if !step.more {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "inbound log cleanup failed");
+                break;
+            }
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    if trimmed > 0 {
+        tracing::debug!(records = trimmed, "trimmed the inbound log");
     }
     if let Err(e) = store.purge_dedup().await {
         tracing::debug!(error = %e, "dedup cleanup failed");

@@ -261,9 +261,15 @@ pub trait Store: Send + Sync + 'static {
         scan: usize,
     ) -> Result<InboundPage, StoreError>;
 
-    /// Removes inbound records older than `cutoff_ms`, and the oldest ones
-    /// beyond the newest `keep`; how many.
-    async fn purge_inbound(&self, cutoff_ms: u64, keep: usize) -> Result<usize, StoreError>;
+    /// One step of the inbound log's trim: removes up to `limit` records,
+    /// oldest first, that are older than `cutoff_ms` or beyond the newest
+    /// `keep`. `more` when it stopped at `limit` with more to remove.
+    async fn purge_inbound(
+        &self,
+        cutoff_ms: u64,
+        keep: usize,
+        limit: usize,
+    ) -> Result<Purged, StoreError>;
 
     // === retention ===
 
@@ -333,9 +339,10 @@ pub trait Store: Send + Sync + 'static {
 /// One retention step's outcome.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
-    /// Events removed (with their deliveries and attempts).
+    /// Events removed (with their deliveries and attempts), or inbound
+    /// records.
     pub removed: usize,
-    /// Whether events before the cutoff are left to look at.
+    /// Whether there is more to look at before the cutoff.
     pub more: bool,
 }
 

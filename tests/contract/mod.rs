@@ -713,8 +713,17 @@ pub async fn the_inbound_log_records_every_request_newest_first<B: Backend>() {
         .unwrap();
     assert_eq!(p2.records[0].0, all.records[2].0);
 
-    // Bounded by count: keep the newest 2.
-    assert_eq!(store.purge_inbound(0, 2).await.unwrap(), 2);
+    // Bounded by count: keep the newest 2, one record per step.
+    let step = store.purge_inbound(0, 2, 1).await.unwrap();
+    assert_eq!(
+        (step.removed, step.more),
+        (1, true),
+        "a step stops at its limit"
+    );
+    let step = store.purge_inbound(0, 2, 1).await.unwrap();
+    assert_eq!((step.removed, step.more), (1, false));
+    let step = store.purge_inbound(0, 2, 1).await.unwrap();
+    assert_eq!((step.removed, step.more), (0, false));
     let kept = store
         .inbound(&InboundFilter::default(), None, 10, 100)
         .await
@@ -722,7 +731,13 @@ pub async fn the_inbound_log_records_every_request_newest_first<B: Backend>() {
     assert_eq!(kept.records.len(), 2);
     assert_eq!(kept.records[0].0, all.records[0].0);
     // And by age.
-    assert_eq!(store.purge_inbound(now_ms() + 1, 100).await.unwrap(), 2);
+    let step = store.purge_inbound(now_ms() + 1, 100, 100).await.unwrap();
+    assert_eq!((step.removed, step.more), (2, false));
+    // Records written after the count are counted too.
+    store.record_inbound(&refusal("/nope", 404)).await.unwrap();
+    store.record_inbound(&refusal("/nope", 404)).await.unwrap();
+    let step = store.purge_inbound(0, 1, 100).await.unwrap();
+    assert_eq!((step.removed, step.more), (1, false));
 }
 
 // === retention ===

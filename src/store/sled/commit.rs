@@ -199,7 +199,9 @@ impl Sled {
                 logged.push(id.0.to_be_bytes());
             }
         }
+        self.inbound_len.add(logged.len() as i64);
         if let Err(e) = self.sync() {
+            self.inbound_len.add(-(logged.len() as i64));
             for key in logged {
                 let _ = self.inbound.remove(key);
             }

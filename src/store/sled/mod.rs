@@ -156,6 +156,9 @@ struct Sled {
     endpoints: sled::Tree,
     /// The inbound log: one record per ingest request.
     inbound: sled::Tree,
+    /// About how many records `inbound` holds: counted by the first trim
+    /// (sled counts by reading the tree), then moved by every write.
+    inbound_len: InboundLen,
     /// Delivery history: counts per series and minute or hour.
     stats: sled::Tree,
     /// Events whose deliveries are still to be written, in chunks of
@@ -190,6 +193,29 @@ struct Sled {
     /// (and so was never acknowledged) could still be delivered. Ids only
     /// grow, so one mark covers every commit before it.
     durable: Mutex<u128>,
+}
+
+/// How many records the inbound log holds, once counted. Writes before the
+/// count move it too, and the count then replaces them: a bound for the
+/// trim, not a figure anyone reads.
+#[derive(Default)]
+struct InboundLen {
+    len: AtomicI64,
+    counted: std::sync::atomic::AtomicBool,
+}
+
+impl InboundLen {
+    fn add(&self, n: i64) {
+        self.len.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The count, reading the tree the first time.
+    fn get(&self, tree: &sled::Tree) -> usize {
+        if !self.counted.swap(true, Ordering::Relaxed) {
+            self.len.store(tree.len() as i64, Ordering::Relaxed);
+        }
+        usize::try_from(self.len.load(Ordering::Relaxed)).unwrap_or(0)
+    }
 }
 
 /// How many deliveries are in each state.
@@ -230,6 +256,7 @@ impl Sled {
             subscriptions: db.open_tree("subscriptions")?,
             endpoints: db.open_tree("endpoints")?,
             inbound: db.open_tree("inbound")?,
+            inbound_len: InboundLen::default(),
             stats: db.open_tree("stats")?,
             fanout: db.open_tree("fanout")?,
             meta: db.open_tree("meta")?,
@@ -778,8 +805,13 @@ impl Store for SledStore {
             .await
     }
 
-    async fn purge_inbound(&self, cutoff_ms: u64, keep: usize) -> Result<usize, StoreError> {
-        self.blocking(move |s| s.purge_inbound(cutoff_ms, keep))
+    async fn purge_inbound(
+        &self,
+        cutoff_ms: u64,
+        keep: usize,
+        limit: usize,
+    ) -> Result<Purged, StoreError> {
+        self.blocking(move |s| s.purge_inbound(cutoff_ms, keep, limit))
             .await
     }
 

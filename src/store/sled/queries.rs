@@ -11,10 +11,12 @@ use serde::Deserialize;
 
 use crate::store::{
     now_ms, Counters, Delivery, DeliveryId, EndpointRecord, Inbound, InboundFilter, InboundId,
-    InboundPage, Origin, Page, State, StoreError, StoredSecret,
+    InboundPage, Origin, Page, Purged, State, StoreError, StoredSecret,
 };
 
 const COUNTERS_PREFIX: &str = "counters/";
+/// Inbound records removed per sled batch by the trim.
+const TRIM_BATCH: usize = 256;
 
 impl Sled {
     /// Deliveries newest first, from just before `after`, matching `state`
@@ -262,6 +264,7 @@ impl Sled {
     pub fn record_inbound(&self, r: &Inbound) -> Result<(), StoreError> {
         let id = self.next_ids(0).0 .0;
         self.inbound.insert(id.0.to_be_bytes(), encode(r))?;
+        self.inbound_len.add(1);
         Ok(())
     }
 
@@ -307,23 +310,41 @@ impl Sled {
         })
     }
 
-    pub fn purge_inbound(&self, cutoff_ms: u64, keep: usize) -> Result<usize, StoreError> {
-        let total = self.inbound.len();
-        let mut over = total.saturating_sub(keep);
+    /// Oldest first, in sled batches of `TRIM_BATCH` removals: one batch
+    /// is one log entry, held in memory until it is written.
+    pub fn purge_inbound(
+        &self,
+        cutoff_ms: u64,
+        keep: usize,
+        limit: usize,
+    ) -> Result<Purged, StoreError> {
+        let mut over = self.inbound_len.get(&self.inbound).saturating_sub(keep);
         let mut batch = sled::Batch::default();
-        let mut removed = 0;
+        let (mut removed, mut pending) = (0, 0);
+        let mut more = false;
         for key in self.inbound.iter().keys() {
             let key = key?;
             let old = InboundId::from_key(&key).is_some_and(|id| id.0.timestamp_ms() < cutoff_ms);
             if !old && over == 0 {
                 break;
             }
+            if removed == limit {
+                more = true;
+                break;
+            }
             over = over.saturating_sub(1);
             batch.remove(key);
             removed += 1;
+            pending += 1;
+            if pending == TRIM_BATCH {
+                self.inbound.apply_batch(std::mem::take(&mut batch))?;
+                self.inbound_len.add(-(pending as i64));
+                pending = 0;
+            }
         }
         self.inbound.apply_batch(batch)?;
-        Ok(removed)
+        self.inbound_len.add(-(pending as i64));
+        Ok(Purged { removed, more })
     }
 
     // === counters ===
