@@ -36,7 +36,7 @@ pub(crate) const EGRESS_KEYS: [(&str, &str); 3] = [
 /// The load: 5 events/s for 5 s (2/s in quick mode), each to every target.
 pub(crate) fn load(quick: bool) -> Pace {
     Pace {
-        rate: if quick { 2 } else { 5 },
+        rate: if quick { 2.0 } else { 5.0 },
         secs: 5,
         connections: 4,
     }

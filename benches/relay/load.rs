@@ -184,18 +184,18 @@ async fn one_connection(
     counts
 }
 
-/// An open-loop schedule: `rate` events/s for `secs` seconds, spread over
-/// `connections` connections.
+/// An open-loop schedule: `rate` events/s (below 1 too) for `secs`
+/// seconds, spread over `connections` connections.
 #[derive(Clone, Copy)]
 pub(crate) struct Pace {
-    pub(crate) rate: u64,
+    pub(crate) rate: f64,
     pub(crate) secs: u64,
     pub(crate) connections: usize,
 }
 
 impl Pace {
-    pub(crate) const fn events(&self) -> usize {
-        (self.rate * self.secs) as usize
+    pub(crate) fn events(&self) -> usize {
+        (self.rate * self.secs as f64).round() as usize
     }
 }
 
@@ -272,7 +272,7 @@ pub(crate) async fn send_paced(
             }
         }));
     }
-    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / pace.rate));
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / pace.rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     for (seq, slot) in sent.iter().enumerate() {
         let at = tick.tick().await.into_std();

@@ -6,7 +6,8 @@
 //! index entry per target, so its 202 costs about what a small event's
 //! does. The committer then writes the deliveries of one chunk per
 //! transaction, removing the chunk in the same transaction (a crash leaves
-//! either both or neither), between commits. Delivery ids were kept for
+//! either both or neither), between commits: a commit that comes waits for
+//! one chunk's deliveries at most. Delivery ids were kept for
 //! them at ingest (`id_block`), so they still follow the event's id.
 
 use std::sync::atomic::Ordering;
@@ -29,9 +30,10 @@ use crate::store::{
 const MAX_BATCH: usize = 256;
 /// Events for more targets than this are written with `fanout` chunks.
 pub(super) const INLINE_FANOUT: usize = 64;
-/// Most bytes of target ids in one chunk (values stay well under sled's
-/// blob threshold; see `keys::BODY_CHUNK`).
-const CHUNK_BYTES: usize = 16 * 1024;
+/// Most bytes of target ids in one chunk: about a hundred targets, so
+/// that writing one chunk's deliveries is short and a commit waiting
+/// behind it is not held up.
+const CHUNK_BYTES: usize = 2 * 1024;
 
 /// A run of an event's targets whose deliveries are still to be written.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
