@@ -455,6 +455,39 @@ async fn housekeeping(
     }
 }
 
+/// Runs one cleanup `step` after another until it has nothing more to
+/// remove, it fails, shutdown begins or `PURGE_STEPS` have run, yielding
+/// between steps; how many things the steps removed.
+async fn in_steps<Fut>(
+    what: &str,
+    shutdown: &watch::Receiver<bool>,
+    mut step: impl FnMut() -> Fut,
+) -> usize
+where
+    Fut: std::future::Future<Output = Result<store::Purged, StoreError>>,
+{
+    let mut removed = 0;
+    for _ in 0..PURGE_STEPS {
+        match step().await {
+            Ok(done) => {
+                removed += done.removed;
+                if !done.more {
+                    break;
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "{what} failed");
+                break;
+            }
+        }
+        if *shutdown.borrow() {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    removed
+}
+
 /// One retention round: finished events past `store.retention` (in
 /// bounded steps, at most `PURGE_STEPS` of them), then the inbound log and
 /// expired dedup keys.
@@ -464,50 +497,17 @@ async fn retention(
     shutdown: &watch::Receiver<bool>,
 ) {
     let cutoff = store::now_ms().saturating_sub(settings.retention.as_millis() as u64);
-    let mut removed = 0;
-    for _ in 0..PURGE_STEPS {
-        match store.purge(cutoff, PURGE_STEP).await {
-            Ok(step) => {
-                removed += step.removed;
-                if !step.more {
-                    break;
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "retention cleanup failed");
-                break;
-            }
-        }
-        if *shutdown.borrow() {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    let removed = in_steps("retention cleanup", shutdown, || {
+        store.purge(cutoff, PURGE_STEP)
+    })
+    .await;
     if removed > 0 {
         tracing::info!(events = removed, "removed events past retention");
     }
-    let mut trimmed = 0;
-    for _ in 0..PURGE_STEPS {
-        match store
-            .purge_inbound(cutoff, settings.inbound_log_entries, PURGE_STEP)
-            .await
-        {
-            Ok(step) => {
-                trimmed += step.removed;
-                if !step.more {
-                    break;
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "inbound log cleanup failed");
-                break;
-            }
-        }
-        if *shutdown.borrow() {
-            break;
-        }
-        tokio::task::yield_now().await;
-    }
+    let trimmed = in_steps("inbound log cleanup", shutdown, || {
+        store.purge_inbound(cutoff, settings.inbound_log_entries, PURGE_STEP)
+    })
+    .await;
     if trimmed > 0 {
         tracing::debug!(records = trimmed, "trimmed the inbound log");
     }
