@@ -320,7 +320,7 @@ impl Sled {
     ) -> Result<Purged, StoreError> {
         let mut over = self.inbound_len.get(&self.inbound).saturating_sub(keep);
         let mut batch = sled::Batch::default();
-        let (mut removed, mut pending) = (0, 0);
+        let mut removed = 0;
         let mut more = false;
         for key in self.inbound.iter().keys() {
             let key = key?;
@@ -335,15 +335,13 @@ impl Sled {
             over = over.saturating_sub(1);
             batch.remove(key);
             removed += 1;
-            pending += 1;
-            if pending == TRIM_BATCH {
+            if removed % TRIM_BATCH == 0 {
                 self.inbound.apply_batch(std::mem::take(&mut batch))?;
-                self.inbound_len.add(-(pending as i64));
-                pending = 0;
+                self.inbound_len.add(-(TRIM_BATCH as i64));
             }
         }
         self.inbound.apply_batch(batch)?;
-        self.inbound_len.add(-(pending as i64));
+        self.inbound_len.add(-((removed % TRIM_BATCH) as i64));
         Ok(Purged { removed, more })
     }
 

@@ -158,8 +158,14 @@ impl Space {
     /// Measures the files and the free space; returns the files' size.
     pub(super) fn measure(&self) -> u64 {
         let files = dir_size(&self.dir);
+        self.measured(files, free_space(&self.dir));
+        files
+    }
+
+    /// Takes a measure: the files' size and the free space.
+    fn measured(&self, files: u64, free: u64) {
         self.files.store(files, Ordering::Relaxed);
-        self.free.store(free_space(&self.dir), Ordering::Relaxed);
+        self.free.store(free, Ordering::Relaxed);
         self.unmeasured.store(0, Ordering::Relaxed);
         self.unmeasured_growth.store(0, Ordering::Relaxed);
         // Credit beyond the files' size is not room.
@@ -167,7 +173,6 @@ impl Space {
         let _ = self
             .credit
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| Some(c.min(cap)));
-        files
     }
 
     pub(super) fn files(&self) -> u64 {
@@ -297,19 +302,9 @@ fn free_space(dir: &Path) -> u64 {
 mod tests {
     use super::*;
 
-    impl Space {
-        /// As `measure`, with the files' size given.
-        fn measure_for_test(&self, files: u64) {
-            self.files.store(files, Ordering::Relaxed);
-            self.unmeasured.store(0, Ordering::Relaxed);
-            self.unmeasured_growth.store(0, Ordering::Relaxed);
-        }
-    }
-
     fn space(limit: u64, files: u64, free: u64) -> Space {
         let s = Space::new(Path::new("/nonexistent"), limit);
-        s.files.store(files, Ordering::Relaxed);
-        s.free.store(free, Ordering::Relaxed);
+        s.measured(files, free);
         s
     }
 
@@ -339,7 +334,7 @@ mod tests {
         let s = space(1_000_000, 1_300_000, u64::MAX);
         assert!(s.assess(None).is_some());
         s.purged(400_000);
-        s.measure_for_test(1_300_000);
+        s.measured(1_300_000, u64::MAX);
         assert_eq!(s.assess(None), None);
     }
 
