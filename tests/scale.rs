@@ -143,13 +143,14 @@ const POSTERS: usize = 8;
 
 /// The relay's `hookrelay_queue_depth{state}` from `/metrics`.
 async fn queue_depth(admin: std::net::SocketAddr, state: &str) -> f64 {
-    let r = send(admin, None, "GET", "/metrics", &[], Vec::<u8>::new()).await;
-    let text = String::from_utf8_lossy(&r.body);
-    let line = format!("hookrelay_queue_depth{{state=\"{state}\"}} ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(line.as_str()))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {line} in /metrics"))
+    let s = scrape(admin).await;
+    assert!(
+        s.samples
+            .iter()
+            .any(|x| x.metric == "hookrelay_queue_depth"),
+        "no hookrelay_queue_depth in /metrics"
+    );
+    metric(&s, "hookrelay_queue_depth", Some(("state", state)))
 }
 
 /// Starts the relay and returns how long until `/readyz` answered 200.

@@ -274,32 +274,12 @@ async fn reload_cancels_deliveries_of_a_removed_target() {
 async fn metrics_parse_and_move_with_traffic() {
     let rx = Receiver::ok().await;
     let app = spawn_app(&one_route(&rx.url("/hook"), "")).await;
-    let scrape = || async {
-        let r = send(app.relay.admin_addrs()[0], None, "GET", "/metrics", &[], "").await;
-        assert_eq!(r.status, 200);
-        assert!(r.headers["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/plain"));
-        let text = String::from_utf8(r.body.to_vec()).unwrap();
-        let lines = text.lines().map(|l| Ok(l.to_string()));
-        prometheus_parse::Scrape::parse(lines).expect("Prometheus text format")
-    };
-    let value = |s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>| -> f64 {
-        s.samples
-            .iter()
-            .filter(|x| x.metric == name)
-            .filter(|x| label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
-            .map(|x| match x.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => v,
-                _ => 0.0,
-            })
-            .sum()
-    };
-    let before = scrape().await;
-    assert_eq!(value(&before, "hookrelay_events_received_total", None), 0.0);
+    let admin = app.relay.admin_addrs()[0];
+    let before = scrape(admin).await;
+    assert_eq!(
+        metric(&before, "hookrelay_events_received_total", None),
+        0.0
+    );
 
     for _ in 0..3 {
         post_json(app.addr, "/t/new_order", "{}").await;
@@ -312,10 +292,10 @@ async fn metrics_parse_and_move_with_traffic() {
     })
     .await;
 
-    let after = scrape().await;
-    assert_eq!(value(&after, "hookrelay_events_received_total", None), 4.0);
+    let after = scrape(admin).await;
+    assert_eq!(metric(&after, "hookrelay_events_received_total", None), 4.0);
     assert_eq!(
-        value(
+        metric(
             &after,
             "hookrelay_events_accepted_total",
             Some(("route", "t"))
@@ -323,7 +303,7 @@ async fn metrics_parse_and_move_with_traffic() {
         3.0
     );
     assert_eq!(
-        value(
+        metric(
             &after,
             "hookrelay_events_rejected_total",
             Some(("reason", "no_route"))
@@ -331,7 +311,7 @@ async fn metrics_parse_and_move_with_traffic() {
         1.0
     );
     assert_eq!(
-        value(
+        metric(
             &after,
             "hookrelay_deliveries_total",
             Some(("outcome", "succeeded"))
@@ -339,7 +319,7 @@ async fn metrics_parse_and_move_with_traffic() {
         3.0
     );
     assert_eq!(
-        value(
+        metric(
             &after,
             "hookrelay_queue_depth",
             Some(("state", "succeeded"))
@@ -347,14 +327,14 @@ async fn metrics_parse_and_move_with_traffic() {
         3.0
     );
     assert_eq!(
-        value(&after, "hookrelay_queue_depth", Some(("state", "pending"))),
+        metric(&after, "hookrelay_queue_depth", Some(("state", "pending"))),
         0.0
     );
     assert_eq!(
-        value(&after, "hookrelay_circuit_state", Some(("target", "t/rx"))),
+        metric(&after, "hookrelay_circuit_state", Some(("target", "t/rx"))),
         0.0
     );
-    assert!(value(&after, "hookrelay_store_disk_bytes", None) > 0.0);
+    assert!(metric(&after, "hookrelay_store_disk_bytes", None) > 0.0);
     // Histograms: three attempts and three end-to-end observations.
     let count = |name: &str| {
         after

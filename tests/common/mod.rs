@@ -209,6 +209,35 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> (u16, serde_json::Value) 
     (r.status.as_u16(), body)
 }
 
+/// GETs `/metrics` from the admin listener at `addr` and parses it (the
+/// answer must be a 200 in Prometheus' text format).
+pub async fn scrape(addr: SocketAddr) -> prometheus_parse::Scrape {
+    let r = send(addr, None, "GET", "/metrics", &[], Vec::<u8>::new()).await;
+    assert_eq!(r.status, 200);
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8(r.body.to_vec()).unwrap();
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines).expect("Prometheus text format")
+}
+
+/// The sum of `name`'s samples in `s` (those with `label`, if given).
+pub fn metric(s: &prometheus_parse::Scrape, name: &str, label: Option<(&str, &str)>) -> f64 {
+    s.samples
+        .iter()
+        .filter(|x| x.metric == name)
+        .filter(|x| label.is_none_or(|(k, v)| x.labels.get(k) == Some(v)))
+        .map(|x| match x.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            _ => 0.0,
+        })
+        .sum()
+}
+
 /// POSTs a JSON body that must be accepted; returns its event id.
 pub async fn post_event(
     app: &TestApp,
