@@ -425,3 +425,61 @@ pub fn valid_id(id: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, ConfigError};
+
+    /// A config with one target at `url`, after the `top` lines.
+    fn load(top: &str, url: &str) -> Result<Config, ConfigError> {
+        let text = format!(
+            "{top}\n[[routes]]\nname = \"r\"\npath = \"/a\"\n\
+             [[routes.targets]]\nname = \"t\"\nurl = \"{url}\"\n"
+        );
+        Config::parse(&text, Path::new("t.toml"))
+    }
+
+    const OPEN: &str = "egress.allow_private = true\negress.allow = [\"0.0.0.0/0\", \"::/0\"]";
+
+    #[test]
+    fn other_spellings_of_an_ipv4_address_are_refused_at_load() {
+        for (url, canonical) in [
+            ("http://2130706433/hook", "127.0.0.1"),
+            ("http://0x7f000001/hook", "127.0.0.1"),
+            ("http://0x7f.1:8080/hook", "127.0.0.1"),
+            ("http://127.1/hook", "127.0.0.1"),
+            ("http://0177.0.0.1/hook", "127.0.0.1"),
+            ("http://127.0.0.1./hook", "127.0.0.1"),
+            ("https://0xa9fea9fe/latest/meta-data", "169.254.169.254"),
+            ("https://8.8.010.8/", "8.8.8.8"),
+        ] {
+            // Even a policy that lets every address through.
+            let e = load(OPEN, url).unwrap_err();
+            assert_eq!(e.key, "routes[0].targets[0].url", "{url}");
+            assert!(
+                e.reason
+                    .contains(&format!("not a canonical IPv4 address; write {canonical}")),
+                "{url}: {e}"
+            );
+        }
+        let e = load(OPEN, "http://1.2.3.4.5/").unwrap_err();
+        assert!(e.reason.contains("not an IPv4 address"), "{e}");
+        let e = load(OPEN, "http://[fe80::1%25eth0]/").unwrap_err();
+        assert_eq!(e.key, "routes[0].targets[0].url");
+        // The canonical spellings load.
+        load(OPEN, "http://127.0.0.1:8080/hook").unwrap();
+        load(OPEN, "http://[::ffff:127.0.0.1]/hook").unwrap();
+        load("", "https://hooks.example.com./in").unwrap();
+    }
+
+    #[test]
+    fn proxy_hosts_and_connect_allow_take_only_canonical_addresses() {
+        let text =
+            format!("{OPEN}\ningest.proxy = true\ningest.connect_allow = [\"0x7f.1:443\"]\n");
+        let e = Config::parse(&text, Path::new("t.toml")).unwrap_err();
+        assert_eq!(e.key, "ingest.connect_allow[0]", "{e}");
+        assert!(e.reason.contains("write 127.0.0.1"), "{e}");
+    }
+}

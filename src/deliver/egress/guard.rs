@@ -8,7 +8,7 @@
 //! socket is bound to that source address before it connects.
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -90,6 +90,7 @@ pub enum Kind {
     SixToFour,
     Teredo,
     Ipv4Compatible,
+    Ipv4Translated,
     Unspecified,
     Multicast,
     Broadcast,
@@ -109,6 +110,7 @@ impl Kind {
             Kind::SixToFour => "6to4",
             Kind::Teredo => "Teredo",
             Kind::Ipv4Compatible => "IPv4-compatible IPv6",
+            Kind::Ipv4Translated => "IPv4-translated IPv6",
             Kind::Unspecified => "unspecified",
             Kind::Multicast => "multicast",
             Kind::Broadcast => "broadcast",
@@ -130,19 +132,40 @@ impl Kind {
     }
 }
 
-/// Ranges denied by default, most specific first so the reported kind is
-/// the narrowest one.
+/// Ranges denied by default. A range is judged by the most specific entry
+/// holding it, so the reported kind is the narrowest one.
+///
+/// The table holds every entry of IANA's special-purpose address registries
+/// whose "Globally Reachable" is False or N/A (or that IANA terminated):
+/// <https://www.iana.org/assignments/iana-ipv4-special-registry/> and
+/// <https://www.iana.org/assignments/iana-ipv6-special-registry/> (as of
+/// the 2025-10-09 IPv6 update; `registries_say` in the tests lists every
+/// row). hookrelay denies more than the registries in a few places, on
+/// purpose:
+/// - the whole of 192.0.0.0/24 and 2001::/23, whose globally reachable
+///   sub-blocks are protocol anycast addresses and identifier prefixes
+///   (PCP, TURN, DNS-SD, AMT, AS112-v6, ORCHIDv2, DETs), never a receiver;
+/// - NAT64 (64:ff9b::/96, globally reachable): a translator would carry the
+///   request to whatever IPv4 address it embeds, internal ones included;
+/// - the rest of ::/8, which IANA keeps reserved (no receiver lives there),
+///   with the IPv4-translated form ::ffff:0:0:0/96 named for what it is;
+/// - fec0::/10 (deprecated site-local, RFC 3879), still routed as private
+///   on some networks;
+/// - multicast (224.0.0.0/4, ff00::/8), which has registries of its own.
 const DENIED: &[(&str, Kind)] = &[
-    ("255.255.255.255/32", Kind::Broadcast),
-    ("0.0.0.0/32", Kind::Unspecified),
     ("0.0.0.0/8", Kind::Reserved),
+    ("0.0.0.0/32", Kind::Unspecified),
     ("10.0.0.0/8", Kind::Private),
     ("100.64.0.0/10", Kind::SharedCgnat),
     ("127.0.0.0/8", Kind::Loopback),
     ("169.254.0.0/16", Kind::LinkLocal),
     ("172.16.0.0/12", Kind::Private),
+    // IETF protocol assignments: DS-Lite/service continuity (/29), the
+    // dummy address (.8), PCP and TURN anycast (.9, .10), NAT64 discovery
+    // (.170, .171).
     ("192.0.0.0/24", Kind::Reserved),
     ("192.0.2.0/24", Kind::Documentation),
+    // 6to4 relay anycast, terminated; 6a44 relay (192.88.99.2/32).
     ("192.88.99.0/24", Kind::SixToFour),
     ("192.168.0.0/16", Kind::Private),
     ("198.18.0.0/15", Kind::Benchmarking),
@@ -150,17 +173,26 @@ const DENIED: &[(&str, Kind)] = &[
     ("203.0.113.0/24", Kind::Documentation),
     ("224.0.0.0/4", Kind::Multicast),
     ("240.0.0.0/4", Kind::Reserved),
+    ("255.255.255.255/32", Kind::Broadcast),
+    ("::/8", Kind::Reserved),
     ("::/128", Kind::Unspecified),
     ("::1/128", Kind::Loopback),
     ("::/96", Kind::Ipv4Compatible),
+    ("::ffff:0:0:0/96", Kind::Ipv4Translated),
     ("64:ff9b::/96", Kind::Nat64),
     ("64:ff9b:1::/48", Kind::Nat64),
+    // Discard-only (RFC 6666) and the dummy prefix (RFC 9780).
     ("100::/64", Kind::Reserved),
+    ("100:0:0:1::/64", Kind::Reserved),
+    // IETF protocol assignments; Teredo and benchmarking are named below.
+    ("2001::/23", Kind::Reserved),
     ("2001::/32", Kind::Teredo),
     ("2001:2::/48", Kind::Benchmarking),
     ("2001:db8::/32", Kind::Documentation),
     ("2002::/16", Kind::SixToFour),
     ("3fff::/20", Kind::Documentation),
+    // Segment Routing (SRv6) SIDs (RFC 9602).
+    ("5f00::/16", Kind::Reserved),
     ("fc00::/7", Kind::Private),
     ("fe80::/10", Kind::LinkLocal),
     ("fec0::/10", Kind::Private),
@@ -175,12 +207,43 @@ static DENIED_NETS: LazyLock<Vec<(IpNet, Kind)>> = LazyLock::new(|| {
         .collect()
 });
 
-/// The denied range holding `ip` (already canonical), if any.
+/// The most specific denied range holding `ip` (already canonical), if any.
 pub fn classify(ip: IpAddr) -> Option<(IpNet, Kind)> {
     DENIED_NETS
         .iter()
-        .find(|(net, _)| net.contains(&ip))
+        .filter(|(net, _)| net.contains(&ip))
+        .max_by_key(|(net, _)| net.prefix_len())
         .copied()
+}
+
+/// Why `host` (as a URL writes it) cannot be a receiver's host, whatever
+/// the policy: an IPv4 address spelt other than as four decimal numbers
+/// (`127.1`, `0x7f.1`, `0177.0.0.1`, `2130706433`), which resolvers
+/// (`inet_aton`, so getaddrinfo) and browsers (the WHATWG URL standard)
+/// still take as an address, or brackets around something that is not an
+/// IPv6 address. Refusing them keeps one spelling per address, so a check
+/// of a literal is never fooled by another spelling of it.
+pub fn noncanonical(host: &str) -> Option<String> {
+    if let Some(inner) = host.strip_prefix('[') {
+        return match inner.strip_suffix(']').map(str::parse::<Ipv6Addr>) {
+            Some(Ok(_)) => None,
+            _ => Some(format!("`{host}` is not an IPv6 address")),
+        };
+    }
+    if host.parse::<Ipv4Addr>().is_ok() {
+        return None;
+    }
+    match url::Host::parse(host) {
+        Ok(url::Host::Ipv4(v4)) => Some(format!(
+            "`{host}` is not a canonical IPv4 address; write {v4}"
+        )),
+        Err(url::ParseError::InvalidIpv4Address) => Some(format!(
+            "`{host}` ends in a number but is not an IPv4 address; write an address as four \
+             decimal numbers (like 192.0.2.10), or use a host name"
+        )),
+        // A name (or something no resolver takes as a number).
+        _ => None,
+    }
 }
 
 /// The egress policy: which addresses outbound connections may reach, and
@@ -239,6 +302,9 @@ impl Policy {
     /// For a host written in the config: if it is an IP literal that this
     /// policy refuses, why. Host names are judged when they resolve.
     pub fn refuses_literal(&self, host: &str) -> Option<String> {
+        if let Some(reason) = noncanonical(host) {
+            return Some(reason);
+        }
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let ip: IpAddr = bare.parse().ok()?;
         self.check(ip).err()
@@ -262,6 +328,12 @@ impl Policy {
         port: u16,
         timeout: Duration,
     ) -> Result<TcpStream, EgressError> {
+        if let Some(reason) = noncanonical(host) {
+            return Err(EgressError::Refused {
+                host: host.to_string(),
+                reason,
+            });
+        }
         let deadline = tokio::time::Instant::now() + timeout;
         let bare = host.trim_start_matches('[').trim_end_matches(']');
         let resolved = tokio::time::timeout_at(deadline, tokio::net::lookup_host((bare, port)))
@@ -375,14 +447,22 @@ mod tests {
         ("::", Kind::Unspecified),
         ("::1", Kind::Loopback),
         ("::10.0.0.1", Kind::Ipv4Compatible),
+        ("::ffff:0:a00:1", Kind::Ipv4Translated),
+        ("1::1", Kind::Reserved),
+        ("::1:0:0:1", Kind::Reserved),
         ("64:ff9b::a00:1", Kind::Nat64),
         ("64:ff9b:1::1", Kind::Nat64),
         ("100::1", Kind::Reserved),
+        ("100:0:0:1::1", Kind::Reserved),
         ("2001::1", Kind::Teredo),
+        ("2001:1::1", Kind::Reserved),
+        ("2001:10::1", Kind::Reserved),
+        ("2001:1ff:ffff::1", Kind::Reserved),
         ("2001:2::1", Kind::Benchmarking),
         ("2001:db8::1", Kind::Documentation),
         ("2002:a00:1::1", Kind::SixToFour),
         ("3fff::1", Kind::Documentation),
+        ("5f00::1", Kind::Reserved),
         ("fc00::1", Kind::Private),
         ("fd00:ec2::254", Kind::Private),
         ("fe80::1", Kind::LinkLocal),
@@ -405,7 +485,168 @@ mod tests {
         "2606:4700:4700::1111",
         "2a00:1450:4001::1",
         "::ffff:8.8.8.8",
+        // Just past denied ranges.
+        "2001:200::1",
+        "2003::1",
+        "5f01::1",
+        "4000::1",
     ];
+
+    /// What the registries say of an entry's "Globally Reachable".
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Reach {
+        Yes,
+        No,
+        /// N/A, or the entry was terminated (its fields are empty).
+        NotApplicable,
+    }
+
+    /// Every row of IANA's IPv4 and IPv6 special-purpose address
+    /// registries (IPv6 as updated 2025-10-09), with its "Globally
+    /// Reachable", and whether hookrelay denies it by default (see the
+    /// comment on `DENIED` for the globally reachable rows it denies).
+    const REGISTRIES: &[(&str, &str, Reach, bool)] = &[
+        ("0.0.0.0/8", "this host on this network", Reach::No, true),
+        ("10.0.0.0/8", "private-use", Reach::No, true),
+        ("100.64.0.0/10", "shared address space", Reach::No, true),
+        ("127.0.0.0/8", "loopback", Reach::No, true),
+        ("169.254.0.0/16", "link local", Reach::No, true),
+        ("172.16.0.0/12", "private-use", Reach::No, true),
+        ("192.0.0.0/24", "IETF protocol assignments", Reach::No, true),
+        (
+            "192.0.0.0/29",
+            "IPv4 service continuity prefix",
+            Reach::No,
+            true,
+        ),
+        ("192.0.0.8/32", "IPv4 dummy address", Reach::No, true),
+        ("192.0.0.9/32", "PCP anycast", Reach::Yes, true),
+        ("192.0.0.10/32", "TURN anycast", Reach::Yes, true),
+        ("192.0.0.170/32", "NAT64/DNS64 discovery", Reach::No, true),
+        ("192.0.0.171/32", "NAT64/DNS64 discovery", Reach::No, true),
+        (
+            "192.0.2.0/24",
+            "documentation (TEST-NET-1)",
+            Reach::No,
+            true,
+        ),
+        ("192.31.196.0/24", "AS112-v4", Reach::Yes, false),
+        ("192.52.193.0/24", "AMT", Reach::Yes, false),
+        (
+            "192.88.99.0/24",
+            "6to4 relay anycast (terminated)",
+            Reach::NotApplicable,
+            true,
+        ),
+        ("192.88.99.2/32", "6a44 relay anycast", Reach::No, true),
+        ("192.168.0.0/16", "private-use", Reach::No, true),
+        (
+            "192.175.48.0/24",
+            "direct delegation AS112",
+            Reach::Yes,
+            false,
+        ),
+        ("198.18.0.0/15", "benchmarking", Reach::No, true),
+        (
+            "198.51.100.0/24",
+            "documentation (TEST-NET-2)",
+            Reach::No,
+            true,
+        ),
+        (
+            "203.0.113.0/24",
+            "documentation (TEST-NET-3)",
+            Reach::No,
+            true,
+        ),
+        ("240.0.0.0/4", "reserved", Reach::No, true),
+        ("255.255.255.255/32", "limited broadcast", Reach::No, true),
+        ("::1/128", "loopback", Reach::No, true),
+        ("::/128", "unspecified", Reach::No, true),
+        ("::ffff:0:0/96", "IPv4-mapped", Reach::No, true),
+        ("64:ff9b::/96", "IPv4-IPv6 translation", Reach::Yes, true),
+        (
+            "64:ff9b:1::/48",
+            "IPv4-IPv6 translation (local)",
+            Reach::No,
+            true,
+        ),
+        ("100::/64", "discard-only", Reach::No, true),
+        ("100:0:0:1::/64", "dummy IPv6 prefix", Reach::No, true),
+        ("2001::/23", "IETF protocol assignments", Reach::No, true),
+        ("2001::/32", "Teredo", Reach::NotApplicable, true),
+        ("2001:1::1/128", "PCP anycast", Reach::Yes, true),
+        ("2001:1::2/128", "TURN anycast", Reach::Yes, true),
+        ("2001:1::3/128", "DNS-SD SRP anycast", Reach::Yes, true),
+        ("2001:2::/48", "benchmarking", Reach::No, true),
+        ("2001:3::/32", "AMT", Reach::Yes, true),
+        ("2001:4:112::/48", "AS112-v6", Reach::Yes, true),
+        (
+            "2001:10::/28",
+            "ORCHID (terminated)",
+            Reach::NotApplicable,
+            true,
+        ),
+        ("2001:20::/28", "ORCHIDv2", Reach::Yes, true),
+        ("2001:30::/28", "drone remote ID (DETs)", Reach::Yes, true),
+        ("2001:db8::/32", "documentation", Reach::No, true),
+        ("2002::/16", "6to4", Reach::NotApplicable, true),
+        (
+            "2620:4f:8000::/48",
+            "direct delegation AS112",
+            Reach::Yes,
+            false,
+        ),
+        ("3fff::/20", "documentation", Reach::No, true),
+        ("5f00::/16", "SRv6 SIDs", Reach::No, true),
+        ("fc00::/7", "unique-local", Reach::No, true),
+        ("fe80::/10", "link-local unicast", Reach::No, true),
+    ];
+
+    /// The first and the last address of `net`.
+    fn ends(net: IpNet) -> [IpAddr; 2] {
+        [net.network(), net.broadcast()]
+    }
+
+    #[test]
+    fn registries_say() {
+        let p = policy(false, &[], &[]);
+        for &(block, name, reach, denied) in REGISTRIES {
+            let net: IpNet = block.parse().unwrap();
+            assert!(
+                denied || reach == Reach::Yes,
+                "{block} ({name}) is not globally reachable, so it must be denied"
+            );
+            for addr in ends(net) {
+                assert_eq!(
+                    p.check(addr).is_err(),
+                    denied,
+                    "{addr} in {block} ({name}, globally reachable: {reach:?})"
+                );
+                // An IPv4 address written IPv4-mapped is judged the same.
+                if let IpAddr::V4(v4) = addr {
+                    let mapped = IpAddr::V6(v4.to_ipv6_mapped());
+                    assert_eq!(p.check(mapped).is_err(), denied, "{mapped} ({name})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_narrowest_range_names_the_kind() {
+        assert_eq!(classify(ip("2001::1")).map(|c| c.1), Some(Kind::Teredo));
+        assert_eq!(
+            classify(ip("2001:2::1")).map(|c| c.1),
+            Some(Kind::Benchmarking)
+        );
+        assert_eq!(classify(ip("2001:3::1")).map(|c| c.1), Some(Kind::Reserved));
+        assert_eq!(
+            classify(ip("0.0.0.0")).map(|c| c.1),
+            Some(Kind::Unspecified)
+        );
+        assert_eq!(classify(ip("::")).map(|c| c.1), Some(Kind::Unspecified));
+        assert_eq!(classify(ip("::1")).map(|c| c.1), Some(Kind::Loopback));
+    }
 
     #[test]
     fn every_table_entry_parses_and_every_range_is_covered() {
@@ -499,6 +740,75 @@ mod tests {
             p.refuses_literal("localhost").is_none(),
             "names are judged when resolved"
         );
+    }
+
+    #[test]
+    fn other_spellings_of_an_ipv4_address_are_refused() {
+        let p = policy(true, &["0.0.0.0/0"], &[]);
+        for (host, canonical) in [
+            ("2130706433", "127.0.0.1"),
+            ("0x7f000001", "127.0.0.1"),
+            ("0x7f.1", "127.0.0.1"),
+            ("127.1", "127.0.0.1"),
+            ("127.0.1", "127.0.0.1"),
+            ("0177.0.0.1", "127.0.0.1"),
+            ("127.000.000.001", "127.0.0.1"),
+            ("0X7F.0.0.1", "127.0.0.1"),
+            ("127.0.0.1.", "127.0.0.1"),
+            ("3232235777", "192.168.1.1"),
+            ("0xa9.0xfe.0xa9.0xfe", "169.254.169.254"),
+            ("8.8.8.010", "8.8.8.8"),
+            ("0", "0.0.0.0"),
+        ] {
+            let e = noncanonical(host).unwrap_or_else(|| panic!("{host} passed"));
+            assert!(
+                e.contains("not a canonical IPv4 address")
+                    && e.ends_with(&format!("write {canonical}")),
+                "{host}: {e}"
+            );
+            // Whatever the policy lets through.
+            assert_eq!(p.refuses_literal(host), Some(e), "{host}");
+        }
+        for host in [
+            "1.2.3.4.5",
+            "256.0.0.1",
+            "example.0x10",
+            "0x100000000",
+            "1.2.3.09",
+        ] {
+            let e = noncanonical(host).unwrap_or_else(|| panic!("{host} passed"));
+            assert!(e.contains("not an IPv4 address"), "{host}: {e}");
+        }
+        for host in ["[::1", "[127.0.0.1]", "[fe80::1%25eth0]", "[::ffff:127.1]"] {
+            let e = noncanonical(host).unwrap_or_else(|| panic!("{host} passed"));
+            assert!(e.contains("not an IPv6 address"), "{host}: {e}");
+        }
+        for host in [
+            "127.0.0.1",
+            "8.8.8.8",
+            "[::1]",
+            "[::ffff:127.0.0.1]",
+            "example.com",
+            "hooks.example.com.",
+            "1password.example",
+            "localhost",
+            "x--1.example",
+        ] {
+            assert_eq!(noncanonical(host), None, "{host}");
+        }
+    }
+
+    #[tokio::test]
+    async fn another_spelling_is_never_resolved_or_connected_to() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let allowed = policy(false, &["127.0.0.0/8"], &[]);
+        let e = allowed
+            .connect("127.1", port, Duration::from_secs(2))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, EgressError::Refused { .. }), "{e}");
+        assert!(e.to_string().contains("write 127.0.0.1"), "{e}");
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod guard;
 pub mod pool;
 
 pub use client::{load_ca_file, tls_config, Connector, EgressClient, Reply};
-pub use guard::{classify, BindAddr, EgressConfig, Kind, Policy};
+pub use guard::{classify, noncanonical, BindAddr, EgressConfig, Kind, Policy};
 pub use pool::{Budget, PoolSettings};
 
 /// The longest response body read back from a receiver; past it the
@@ -46,7 +46,8 @@ pub enum EgressError {
     Http(String),
 }
 
-/// An absolute http or https URL with a host, checked at load.
+/// An absolute http or https URL with a host, checked at load: no
+/// credentials, and an IP address only in its one canonical spelling.
 #[derive(Clone, PartialEq, Eq)]
 pub struct TargetUrl(http::Uri);
 
@@ -59,6 +60,9 @@ impl TargetUrl {
         }
         if uri.host().is_none_or(str::is_empty) {
             return Err(format!("`{s}`: the URL has no host"));
+        }
+        if let Some(reason) = uri.host().and_then(guard::noncanonical) {
+            return Err(format!("`{s}`: {reason}"));
         }
         if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
             return Err(format!(
