@@ -1,7 +1,8 @@
 //! The egress client: a hyper client over hookrelay's own connector, which
 //! resolves and connects through the [`Policy`] (with a connect timeout),
 //! then speaks TLS with rustls for https. Redirects are never followed (a
-//! 3xx is just a status).
+//! 3xx is just a status). A reply's excerpt never repeats a credential the
+//! request carried ([`Redactor`]).
 
 use std::future::Future;
 use std::io;
@@ -25,6 +26,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::deliver::egress::guard::Policy;
 use crate::deliver::egress::pool::{origin_of, Budget, Budgeted, ConnHandle, RequestSlot};
+use crate::deliver::egress::redact::Redactor;
 use crate::deliver::egress::{EgressError, EXCERPT_BYTES, MAX_RESPONSE_BYTES};
 
 /// Reads the PEM certificates of `egress.ca_file`.
@@ -214,6 +216,7 @@ pub struct Reply {
     pub status: u16,
     /// `Retry-After`, in seconds or as a date (then: the time until it).
     pub retry_after: Option<Duration>,
+    /// The start of the body, with the request's credentials as `***`.
     pub excerpt: String,
     pub duration: Duration,
 }
@@ -259,6 +262,10 @@ impl EgressClient {
             None => self.slot(req.uri()).await?,
         };
         let started = Instant::now();
+        let redactor = Redactor::of(req.headers());
+        // Read past the excerpt by the longest credential, so one that
+        // starts inside it is seen whole and replaced.
+        let keep = EXCERPT_BYTES + redactor.margin();
         let work = async {
             let resp = self.client.request(req).await.map_err(describe)?;
             let conn = resp.extensions().get::<ConnHandle>().cloned();
@@ -276,7 +283,7 @@ impl EgressClient {
                     Some(Ok(frame)) => {
                         if let Some(data) = frame.data_ref() {
                             read += data.len();
-                            let room = EXCERPT_BYTES.saturating_sub(kept.len());
+                            let room = keep.saturating_sub(kept.len());
                             kept.extend_from_slice(&data[..data.len().min(room)]);
                         }
                     }
@@ -299,7 +306,7 @@ impl EgressClient {
             Ok(Reply {
                 status,
                 retry_after,
-                excerpt: String::from_utf8_lossy(&kept).into_owned(),
+                excerpt: redactor.excerpt(&kept, EXCERPT_BYTES),
                 duration: started.elapsed(),
             })
         };

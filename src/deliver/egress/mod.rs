@@ -5,6 +5,7 @@
 //! - [`client`]: the outbound HTTP client and its TLS settings.
 //! - [`pool`]: the budget every outbound connection and request counts
 //!   against (`egress.max_connections` and friends).
+//! - [`redact`]: the credentials a reply's excerpt may not repeat.
 //!
 //! The guard's connect is the one place where outbound sockets are opened:
 //! deliveries, test sends and proxy-mode tunnels all go through it.
@@ -17,6 +18,7 @@ use serde::Deserialize;
 pub mod client;
 pub mod guard;
 pub mod pool;
+pub mod redact;
 
 pub use client::{load_ca_file, tls_config, Connector, EgressClient, Reply};
 pub use guard::{classify, noncanonical, BindAddr, EgressConfig, Kind, Policy};
