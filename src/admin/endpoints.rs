@@ -5,14 +5,22 @@
 //! made (others are "not found" to it, not "forbidden", so it cannot tell
 //! which ids exist); a secret is returned only by the call that made it;
 //! a test send is shaped and signed exactly as a delivery of the same
-//! event would be, and is kept out of the success counters.
+//! event would be, and is kept out of the success counters. A subscriber
+//! token learns of what receivers answered only whether it was delivered
+//! and the status class ([`Detail::Outcome`]), in every answer, and may
+//! make [`SUBSCRIBER_TEST_BURST`] test sends at once, one more every
+//! [`SUBSCRIBER_TEST_EVERY`]: a test send is a request to a URL it chose,
+//! inside whatever `egress.allow` opens, so it must not serve as a scanner.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use http::StatusCode;
 use http_body_util::Full;
 use hyper::Response;
@@ -20,7 +28,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::admin::error::{invalid, AdminError};
-use crate::admin::json::{endpoint_json, test_json};
+use crate::admin::json::{endpoint_json, test_json, Detail};
 use crate::admin::tokens::{Grant, Scope};
 use crate::admin::{ok, page_limit, Admin};
 use crate::catalog::{Origin, Target, MAX_GRACE};
@@ -41,6 +49,10 @@ const INBOUND_SCAN: usize = 100_000;
 const SEEN_SCAN: usize = 10_000;
 /// The type of a test send when neither the caller nor a catalog gives one.
 const TEST_TYPE: &str = "hookrelay.test";
+/// Test sends a subscriber token may make at once ...
+pub const SUBSCRIBER_TEST_BURST: u32 = 10;
+/// ... and how long until it may make one more.
+pub const SUBSCRIBER_TEST_EVERY: Duration = Duration::from_secs(6);
 
 type Answer = Result<Response<Full<Bytes>>, AdminError>;
 
@@ -51,6 +63,46 @@ pub fn new_secret() -> String {
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(key)
     )
+}
+
+/// The test sends each subscriber token has left: one bucket per token
+/// name. Operator tokens are not limited (they can read the config).
+pub struct TestSends(DefaultKeyedRateLimiter<String>);
+
+impl Default for TestSends {
+    fn default() -> TestSends {
+        let burst = NonZeroU32::new(SUBSCRIBER_TEST_BURST).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(SUBSCRIBER_TEST_EVERY)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
+        TestSends(RateLimiter::keyed(quota))
+    }
+}
+
+impl TestSends {
+    /// Takes one test send from `who`'s bucket, or says how long until
+    /// there is one.
+    fn take(&self, who: &Grant) -> Result<(), AdminError> {
+        if who.scope != Scope::Subscriber {
+            return Ok(());
+        }
+        // Full buckets hold nothing worth keeping, and names come and go
+        // with the tokens file: drop them, so the map holds only tokens
+        // that tested within the last minute.
+        self.0.retain_recent();
+        self.0.check_key(&who.name).map_err(|not_until| {
+            let wait = not_until.wait_time_from(DefaultClock::default().now());
+            AdminError::RateLimited {
+                message: format!(
+                    "token {} has made its {SUBSCRIBER_TEST_BURST} test sends; \
+                     one more is possible every {}s",
+                    who.name,
+                    SUBSCRIBER_TEST_EVERY.as_secs()
+                ),
+                retry_after: wait,
+            }
+        })
+    }
 }
 
 impl Admin {
@@ -101,12 +153,12 @@ impl Admin {
                     .unwrap_or(all.len()),
             },
         };
-        let excerpts = who.scope != Scope::Subscriber;
+        let detail = Detail::of(who.scope);
         let page: Vec<Value> = all
             .iter()
             .skip(start)
             .take(limit)
-            .map(|t| endpoint_json(t, excerpts))
+            .map(|t| endpoint_json(t, detail))
             .collect();
         let next = (start + limit < all.len()).then(|| all[start + limit - 1].spec.key.clone());
         Ok(ok(json!({ "endpoints": page, "next": next })))
@@ -114,7 +166,7 @@ impl Admin {
 
     pub(super) fn show_endpoint(&self, id: &str, who: &Grant) -> Answer {
         let t = self.visible(id, who)?;
-        Ok(ok(endpoint_json(&t, who.scope != Scope::Subscriber)))
+        Ok(ok(endpoint_json(&t, Detail::of(who.scope))))
     }
 
     /// Refuses a new API endpoint over `admin.max_endpoints` or the caller's cap.
@@ -163,7 +215,7 @@ impl Admin {
     pub(super) async fn create_endpoint(&self, body: Value, who: &Grant) -> Answer {
         let id = format!("ep_{}", ulid::Ulid::new());
         let (target, secret) = self.make_endpoint(id, body, who).await?;
-        let mut out = endpoint_json(&target, true);
+        let mut out = endpoint_json(&target, Detail::of(who.scope));
         out["secret"] = json!(secret);
         Ok(json_response(StatusCode::CREATED, out))
     }
@@ -180,7 +232,8 @@ impl Admin {
         }
         let t = self.catalog.update(id, &patch).await?;
         tracing::info!(endpoint = %id, enabled = t.spec.enabled, "endpoint changed");
-        Ok(ok(endpoint_json(&t, true)))
+        // Only admin tokens may change an endpoint.
+        Ok(ok(endpoint_json(&t, Detail::Full)))
     }
 
     pub(super) async fn delete_endpoint(&self, id: &str, who: &Grant) -> Answer {
@@ -215,7 +268,7 @@ impl Admin {
     }
 
     /// Sends the endpoint a signed test of an event type now, shaped as a
-    /// delivery would be, and answers with the attempt.
+    /// delivery would be, and answers with the attempt (at `who`'s detail).
     pub(super) async fn test_send(&self, id: &str, body: Value, who: &Grant) -> Answer {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
@@ -248,6 +301,8 @@ impl Admin {
                 ))
             }
         };
+        // Last, so a refused body costs nothing; before anything is sent.
+        self.test_sends.take(who)?;
         let ulid = ulid::Ulid::new();
         let event_id = format!("evt_test_{ulid}");
         let event = Event {
@@ -290,7 +345,7 @@ impl Admin {
         }
         self.catalog.record_test(id, sent.clone()).await?;
         tracing::info!(endpoint = %id, status = sent.status, by = %who.name, "test send");
-        Ok(ok(test_json(&sent, who.scope != Scope::Subscriber)))
+        Ok(ok(test_json(&sent, Detail::of(who.scope))))
     }
 
     /// The routes' catalogs, and the types seen at ingest that none declares.

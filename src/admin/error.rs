@@ -32,6 +32,12 @@ pub enum AdminError {
     ReadOnly(String),
     #[error("{0}")]
     Limit(String),
+    /// Too many calls of a rate-limited kind; one more after `retry_after`.
+    #[error("{message}")]
+    RateLimited {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -55,6 +61,7 @@ impl AdminError {
             AdminError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AdminError::ReadOnly(_) => (StatusCode::CONFLICT, "read_only"),
             AdminError::Limit(_) => (StatusCode::CONFLICT, "limit_reached"),
+            AdminError::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             AdminError::Store(_) => (StatusCode::SERVICE_UNAVAILABLE, "store_unavailable"),
         }
     }
@@ -80,6 +87,12 @@ impl AdminError {
                 if let Ok(v) = header::HeaderValue::from_str(&allow.join(", ")) {
                     resp.headers_mut().insert(header::ALLOW, v);
                 }
+            }
+            AdminError::RateLimited { retry_after, .. } => {
+                // Whole seconds, rounded up: a client that waits as told succeeds.
+                let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+                resp.headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from(secs.max(1)));
             }
             _ => {}
         }

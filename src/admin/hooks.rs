@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use crate::admin::endpoints::may_see;
 use crate::admin::error::{invalid, AdminError};
-use crate::admin::json::hook_json;
+use crate::admin::json::{hook_json, Detail};
 use crate::admin::tokens::Grant;
 use crate::admin::{ok, Admin};
 use crate::catalog::Origin;
@@ -47,7 +47,7 @@ impl Admin {
                 && t.spec.events[0].to_string() == event
         });
         if let Some(t) = existing {
-            return Ok(ok(hook_json(&t)));
+            return Ok(ok(hook_json(&t, Detail::of(who.scope))));
         }
         let host = parsed.uri().host().unwrap_or_default().to_string();
         let name = crate::store::hook_name(&event, &host);
@@ -63,7 +63,7 @@ impl Admin {
             .make_endpoint(id, endpoint, who)
             .await
             .map_err(hook_fields)?;
-        let mut out = hook_json(&target);
+        let mut out = hook_json(&target, Detail::of(who.scope));
         out["secret"] = json!(secret);
         Ok(json_response(StatusCode::CREATED, out))
     }
@@ -74,7 +74,7 @@ impl Admin {
             .all()
             .iter()
             .filter(|t| t.spec.origin == Origin::Api && may_see(t, who))
-            .map(|t| hook_json(t))
+            .map(|t| hook_json(t, Detail::of(who.scope)))
             .collect();
         Ok(ok(json!({ "hooks": hooks })))
     }
@@ -95,7 +95,7 @@ impl Admin {
         id: &str,
         who: &Grant,
     ) -> Result<Response<Full<Bytes>>, AdminError> {
-        Ok(ok(hook_json(&*self.hook(id, who)?)))
+        Ok(ok(hook_json(&*self.hook(id, who)?, Detail::of(who.scope))))
     }
 
     pub(super) async fn unsubscribe(

@@ -1,24 +1,71 @@
 //! The JSON shapes of the admin API's answers (docs/openapi.json has them
 //! as schemas; tests/openapi.rs checks every answer against them).
 //!
-//! Invariant: no answer built here holds a secret, a password or a header
+//! Invariants: no answer built here holds a secret, a password or a header
 //! value; the only answers with a secret are those of a creation and of a
-//! rotation, which add it themselves.
+//! rotation, which add it themselves. What a receiver answered (status,
+//! error, excerpt) is shown in full only at [`Detail::Full`]; a subscriber
+//! token gets [`Detail::Outcome`] in every answer that carries it.
 
 use serde_json::{json, Value};
 
+use crate::admin::tokens::Scope;
 use crate::catalog::{Origin, Target};
 use crate::store::{Attempt, Counters, Delivery, DeliveryId, State, TestSend};
 
-pub fn counters_json(c: &Counters) -> Value {
+/// How much of what receivers answered an answer shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    /// Status, error and excerpt as recorded: for the operator's tokens
+    /// (`admin`, `read`), who can read the configuration anyway.
+    Full,
+    /// Whether it was delivered, and the status class (`2xx` …) only: a
+    /// subscriber chooses the URL, so anything more would let it probe
+    /// what `egress.allow` opens (which ports answer, what internal
+    /// services say, which names resolve).
+    Outcome,
+}
+
+/// What a subscriber is told of a request that got no status.
+pub const NOT_DELIVERED: &str = "not delivered";
+
+impl Detail {
+    pub fn of(scope: Scope) -> Detail {
+        match scope {
+            Scope::Subscriber => Detail::Outcome,
+            Scope::Admin | Scope::Read => Detail::Full,
+        }
+    }
+
+    /// `status`, as this detail shows it.
+    fn status(self, status: Option<u16>) -> Option<u16> {
+        status.filter(|_| self == Detail::Full)
+    }
+
+    /// `error`, as this detail shows it.
+    fn error(self, error: Option<&str>) -> Option<&str> {
+        match self {
+            Detail::Full => error,
+            Detail::Outcome => error.map(|_| NOT_DELIVERED),
+        }
+    }
+}
+
+/// `2xx` for 200-299, and so on.
+fn status_class(status: Option<u16>) -> Option<String> {
+    status.map(|s| format!("{}xx", s / 100))
+}
+
+pub fn counters_json(c: &Counters, detail: Detail) -> Value {
     json!({
         "calls": c.calls,
         "succeeded": c.succeeded,
         "failed": c.failed,
         "dead": c.dead,
         "tests": c.tests,
-        "last_status": c.last_status,
-        "last_error": c.last_error,
+        "last_status": detail.status(c.last_status),
+        "last_status_class": status_class(c.last_status),
+        "last_error": detail.error(c.last_error.as_deref()),
         "last_at": c.last_at_ms,
     })
 }
@@ -33,8 +80,8 @@ fn duration(d: std::time::Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
-/// An endpoint as the API shows it; `excerpts`: whether test excerpts are shown.
-pub fn endpoint_json(t: &Target, excerpts: bool) -> Value {
+/// An endpoint as the API shows it.
+pub fn endpoint_json(t: &Target, detail: Detail) -> Value {
     let spec = &t.spec;
     let record = t.record();
     let events: Vec<String> = spec.events.iter().map(ToString::to_string).collect();
@@ -52,11 +99,7 @@ pub fn endpoint_json(t: &Target, excerpts: bool) -> Value {
         .map(|(n, _)| (n.to_string(), json!("***")))
         .collect();
     let now = crate::store::now_ms();
-    let tests: Vec<Value> = record
-        .tests
-        .iter()
-        .map(|s| test_json(s, excerpts))
-        .collect();
+    let tests: Vec<Value> = record.tests.iter().map(|s| test_json(s, detail)).collect();
     json!({
         "id": spec.key,
         "origin": spec.origin,
@@ -92,31 +135,33 @@ pub fn endpoint_json(t: &Target, excerpts: bool) -> Value {
         "secrets": spec.live_secrets(now).len(),
         "created_at": record.created_at_ms,
         "updated_at": record.updated_at_ms,
-        "counters": counters_json(&counters),
+        "counters": counters_json(&counters, detail),
         "success_rate": success_rate(&counters),
         "circuit": t.lane.circuit_state(),
         "recent_tests": tests,
     })
 }
 
-pub fn test_json(s: &TestSend, excerpts: bool) -> Value {
+/// A test send; the excerpt only at [`Detail::Full`].
+pub fn test_json(s: &TestSend, detail: Detail) -> Value {
     let mut j = json!({
         "event_id": s.event_id,
         "event_type": s.event_type,
         "at": s.at_ms,
-        "status": s.status,
+        "status": detail.status(s.status),
+        "status_class": status_class(s.status),
         "succeeded": s.succeeded,
-        "error": s.error,
+        "error": detail.error(s.error.as_deref()),
         "duration_ms": s.duration_ms,
     });
-    if excerpts {
+    if detail == Detail::Full {
         j["excerpt"] = json!(s.excerpt);
     }
     j
 }
 
 /// An API endpoint in the REST Hooks view.
-pub fn hook_json(t: &Target) -> Value {
+pub fn hook_json(t: &Target, detail: Detail) -> Value {
     let record = t.record();
     let events: Vec<String> = t.spec.events.iter().map(ToString::to_string).collect();
     json!({
@@ -126,11 +171,12 @@ pub fn hook_json(t: &Target) -> Value {
         "route": t.spec.route,
         "enabled": t.spec.enabled,
         "created_at": record.created_at_ms,
-        "counters": counters_json(&t.lane.counters()),
+        "counters": counters_json(&t.lane.counters(), detail),
         "circuit": t.lane.circuit_state(),
     })
 }
 
+/// A target for `GET /api/targets` (operator tokens only).
 pub fn target_json(t: &Target) -> Value {
     let events: Vec<String> = t.spec.events.iter().map(ToString::to_string).collect();
     json!({
@@ -145,11 +191,12 @@ pub fn target_json(t: &Target) -> Value {
         "url": t.spec.url.to_string(),
         "events": events,
         "enabled": t.spec.enabled,
-        "counters": counters_json(&t.lane.counters()),
+        "counters": counters_json(&t.lane.counters(), Detail::Full),
         "circuit": t.lane.circuit_state(),
     })
 }
 
+/// An attempt, as the delivery log shows it (operator tokens only).
 pub fn attempt_json(a: &Attempt) -> Value {
     json!({
         "at": a.at_ms,

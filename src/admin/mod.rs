@@ -81,6 +81,8 @@ pub struct Admin {
     metrics: Arc<Metrics>,
     settings: RwLock<Arc<Settings>>,
     tokens: Mutex<TokenFile>,
+    /// What subscriber tokens have left of their test sends.
+    test_sends: endpoints::TestSends,
     /// The route table, built once.
     table: Vec<Route>,
 }
@@ -104,6 +106,7 @@ impl Admin {
                 path,
                 tokens: Arc::new(tokens),
             }),
+            test_sends: endpoints::TestSends::default(),
             table: routes::table(),
         }
     }
