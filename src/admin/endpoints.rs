@@ -71,9 +71,10 @@ pub struct TestSends(DefaultKeyedRateLimiter<String>);
 
 impl Default for TestSends {
     fn default() -> TestSends {
-        let burst = NonZeroU32::new(SUBSCRIBER_TEST_BURST).unwrap_or(NonZeroU32::MIN);
+        // Both constants are above 0, which is all either call asks.
+        let burst = NonZeroU32::new(SUBSCRIBER_TEST_BURST).expect("a burst above 0");
         let quota = Quota::with_period(SUBSCRIBER_TEST_EVERY)
-            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .expect("a period above 0")
             .allow_burst(burst);
         TestSends(RateLimiter::keyed(quota))
     }
