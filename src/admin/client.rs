@@ -355,6 +355,14 @@ fn result(v: &Value) -> String {
     match (&v["status"], &v["error"]) {
         (Value::Number(n), _) => format!("{n} in {} ms", cell(&v["duration_ms"])),
         (_, Value::String(e)) => format!("error: {}", one_line(e, 200)),
+        // A subscriber token is told the status class only.
+        _ if v["status_class"].is_string() => {
+            format!(
+                "{} in {} ms",
+                cell(&v["status_class"]),
+                cell(&v["duration_ms"])
+            )
+        }
         _ => "-".into(),
     }
 }
@@ -945,6 +953,14 @@ mod tests {
         assert_eq!(
             test_text("t/rx", &failed),
             "t/rx: error: connection refused\n"
+        );
+        let outcome = json!({"event_id": "evt_test_3", "event_type": "new_order", "status": null,
+                             "status_class": "2xx", "succeeded": true, "error": null,
+                             "duration_ms": 3});
+        assert_eq!(
+            test_text("hook_1", &outcome),
+            "hook_1: 2xx in 3 ms
+"
         );
     }
 
