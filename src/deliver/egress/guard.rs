@@ -5,7 +5,9 @@
 //! becomes IPv4) and checked before a socket is opened, and the socket
 //! connects to exactly that checked address, so a second DNS answer can
 //! never slip past the check (no DNS rebinding). With `egress.bind`, every
-//! socket is bound to that source address before it connects.
+//! socket is bound to that source address before it connects. A host that
+//! spells an IPv4 address other than as four decimals ([`noncanonical`]) is
+//! refused before any lookup, at load, through the API and here alike.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
