@@ -43,6 +43,7 @@ pub use crate::store::Origin;
 use crate::store::{
     now_ms, Attempt, Counters, EndpointRecord, EventMeta, Store, StoreError, StoredSecret, TestSend,
 };
+use crate::telemetry::log::Escaped;
 
 /// How many test sends an endpoint's record keeps.
 const KEPT_TESTS: usize = 10;
@@ -690,7 +691,7 @@ impl Catalog {
                     targets.push(Arc::new(Target::new(spec, record, &egress, saved)))
                 }
                 Err(e) => {
-                    tracing::error!(endpoint = %record.id, field = %e.field, error = %e.reason, "stored endpoint is unusable; skipped")
+                    tracing::error!(endpoint = %Escaped(&record.id), field = %e.field, error = %Escaped(&e.reason), "stored endpoint is unusable; skipped")
                 }
             }
         }
@@ -758,7 +759,7 @@ impl Catalog {
                 let spec = match egress.compile(&record) {
                     Ok(spec) => spec,
                     Err(e) => {
-                        tracing::error!(endpoint = %t.spec.key, field = %e.field, error = %e.reason, "endpoint does not fit the new configuration; it keeps its settings");
+                        tracing::error!(endpoint = %Escaped(&t.spec.key), field = %e.field, error = %Escaped(&e.reason), "endpoint does not fit the new configuration; it keeps its settings");
                         TargetSpec {
                             policy: egress.defaults.clone(),
                             ..t.spec.clone()

@@ -370,7 +370,15 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hookrelay: {e:#}");
+            // Once `serve` has set up logging, the error is a log line like
+            // the others (JSON with log.format = "json", a priority under
+            // systemd); before that, and for the CLI's commands, plain text.
+            if tracing::dispatcher::has_been_set() {
+                let e = hookrelay::telemetry::log::Escaped(format!("{e:#}"));
+                tracing::error!(error = %e, "hookrelay stopped on an error");
+            } else {
+                eprintln!("hookrelay: {e:#}");
+            }
             ExitCode::from(1)
         }
     }

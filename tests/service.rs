@@ -313,7 +313,7 @@ async fn metrics_parse_and_move_with_traffic() {
     assert_eq!(
         metric(
             &after,
-            "hookrelay_deliveries_total",
+            "hookrelay_attempts_total",
             Some(("outcome", "succeeded"))
         ),
         3.0
@@ -321,8 +321,8 @@ async fn metrics_parse_and_move_with_traffic() {
     assert_eq!(
         metric(
             &after,
-            "hookrelay_queue_depth",
-            Some(("state", "succeeded"))
+            "hookrelay_deliveries_total",
+            Some(("outcome", "delivered"))
         ),
         3.0
     );

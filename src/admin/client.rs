@@ -4,6 +4,11 @@
 //! event-types` commands print. The builders take the API's JSON as it
 //! comes and never fail: a missing key prints as `-`. Those that print an
 //! age take the current time, so tests pin it.
+//!
+//! Invariant: every value from the API reaches the terminal through
+//! [`Escaped`] (in `table`, `key_values`, `indent` and the error message),
+//! so a name, an event type or a body cannot add a line of its own or send
+//! escape sequences to the operator's terminal.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -14,6 +19,7 @@ use serde_json::Value;
 
 use crate::admin::tokens::{parse_line, Scope};
 use crate::config::Config;
+use crate::telemetry::log::Escaped;
 
 /// Why a command could not talk to the admin API.
 #[derive(Debug, thiserror::Error)]
@@ -101,10 +107,8 @@ impl AdminClient {
             serde_json::from_slice(&bytes).unwrap_or(Value::Null)
         };
         if !(200..300).contains(&status) {
-            let message = json["error"]["message"]
-                .as_str()
-                .unwrap_or("no message")
-                .to_string();
+            let message =
+                Escaped(json["error"]["message"].as_str().unwrap_or("no message")).to_string();
             return Err(ClientError::Api { status, message });
         }
         Ok(json)
@@ -128,10 +132,15 @@ pub fn pick_token(text: &str) -> Option<&str> {
     first
 }
 
-/// Lays out rows under headers, columns padded to their widest cell.
+/// Lays out rows under headers, columns padded to their widest cell (each
+/// cell on one line, escaped).
 pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|c| Escaped(c).to_string()).collect())
+        .collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
-    for row in rows {
+    for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
@@ -147,17 +156,17 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut out = line(headers.iter().map(|h| h.to_string()).collect());
     out.push('\n');
     for row in rows {
-        out.push_str(&line(row.clone()));
+        out.push_str(&line(row));
         out.push('\n');
     }
     out
 }
 
-/// A JSON value as a table cell: strings bare, null as `-`.
+/// A JSON value as a table cell: strings bare (escaped), null as `-`.
 pub fn cell(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => Escaped(s).to_string(),
         other => other.to_string(),
     }
 }
@@ -372,13 +381,15 @@ fn key_values(lines: &[(&str, String)]) -> String {
     let w = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0) + 1;
     lines
         .iter()
-        .map(|(k, v)| format!("{:<w$} {v}\n", format!("{k}:")))
+        .map(|(k, v)| format!("{:<w$} {}\n", format!("{k}:"), Escaped(v)))
         .collect()
 }
 
-/// Every line of `text` indented by `n` spaces.
+/// Every line of `text` indented by `n` spaces, escaped.
 fn indent(text: &str, n: usize) -> String {
-    text.lines().map(|l| format!("{:n$}{l}\n", "")).collect()
+    text.lines()
+        .map(|l| format!("{:n$}{}\n", "", Escaped(l)))
+        .collect()
 }
 
 /// Where the next page is: `next: COMMAND --after ID`, the command's words
@@ -560,7 +571,7 @@ pub fn endpoint_text(e: &Value, now_ms: u64) -> String {
 /// The answer of `POST /api/endpoints/{id}/test`: `ID: 200 in 12 ms` and
 /// the receiver's excerpt, or `ID: error: …`.
 pub fn test_text(id: &str, v: &Value) -> String {
-    let mut out = format!("{id}: {}\n", result(v));
+    let mut out = format!("{}: {}\n", Escaped(id), result(v));
     if let Some(x) = v["excerpt"].as_str().map(|x| one_line(x, 200)) {
         if !x.is_empty() {
             out.push_str(&format!("  {x}\n"));
@@ -617,7 +628,11 @@ pub fn event_text(v: &Value) -> String {
     if let Some(h) = v["headers"].as_object().filter(|h| !h.is_empty()) {
         out.push_str("headers:\n");
         for (k, val) in h {
-            out.push_str(&format!("  {k}: {}\n", one_line(&cell(val), 200)));
+            out.push_str(&format!(
+                "  {}: {}\n",
+                Escaped(k),
+                one_line(&cell(val), 200)
+            ));
         }
     }
     out.push_str("body:\n");

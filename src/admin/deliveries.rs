@@ -12,6 +12,7 @@ use crate::admin::error::{invalid, AdminError};
 use crate::admin::json::{attempt_json, delivery_json, target_json};
 use crate::admin::{ok, page_limit, Admin};
 use crate::store::{DeliveryId, EventId, State};
+use crate::telemetry::log::{escaped, Escaped};
 
 /// Page size of `GET /api/deliveries` without `limit` (at most `PAGE_MAX`).
 const PAGE_DEFAULT: usize = 50;
@@ -127,7 +128,7 @@ impl Admin {
             )));
         }
         if self.catalog.get(&d.target).is_none() {
-            tracing::warn!(delivery = %id, target = %d.target, "re-queued for a removed target; it will be cancelled");
+            tracing::warn!(delivery = %id, target = %Escaped(&d.target), "re-queued for a removed target; it will be cancelled");
         }
         Ok(ok(delivery_json(did, &d)))
     }
@@ -169,7 +170,12 @@ impl Admin {
             }
             tokio::task::yield_now().await;
         }
-        tracing::info!(retried = total, state = ?state, target = ?req.target, "bulk re-queue");
+        tracing::info!(
+            retried = total,
+            state = state.as_str(),
+            target = escaped(req.target.as_deref()),
+            "bulk re-queue"
+        );
         Ok(ok(json!({ "retried": total })))
     }
 }

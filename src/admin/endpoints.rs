@@ -39,6 +39,7 @@ use crate::server::json_response;
 use crate::store::{
     now_ms, Attempt, Event, EventId, EventMeta, InboundFilter, InboundId, Outcome, TestSend,
 };
+use crate::telemetry::log::Escaped;
 
 /// Page sizes of `GET /api/endpoints` and `GET /api/events` without `limit`.
 const ENDPOINTS_DEFAULT: usize = 100;
@@ -209,7 +210,7 @@ impl Admin {
             .catalog
             .create(id, body, secret.clone(), Some(who.name.clone()))
             .await?;
-        tracing::info!(endpoint = %target.spec.key, url = %target.spec.url, by = %who.name, "endpoint created");
+        tracing::info!(endpoint = %Escaped(&target.spec.key), name = %Escaped(&target.spec.name), url = %Escaped(&target.spec.url), by = %Escaped(&who.name), "endpoint created");
         Ok((target, secret))
     }
 
@@ -232,7 +233,7 @@ impl Admin {
             ));
         }
         let t = self.catalog.update(id, &patch).await?;
-        tracing::info!(endpoint = %id, enabled = t.spec.enabled, "endpoint changed");
+        tracing::info!(endpoint = %Escaped(id), name = %Escaped(&t.spec.name), enabled = t.spec.enabled, "endpoint changed");
         // Only admin tokens may change an endpoint.
         Ok(ok(endpoint_json(&t, Detail::Full)))
     }
@@ -240,7 +241,7 @@ impl Admin {
     pub(super) async fn delete_endpoint(&self, id: &str, who: &Grant) -> Answer {
         self.visible(id, who)?;
         let cancelled = self.catalog.delete(id, "endpoint deleted").await?;
-        tracing::info!(endpoint = %id, cancelled, by = %who.name, "endpoint deleted");
+        tracing::info!(endpoint = %Escaped(id), cancelled, by = %Escaped(&who.name), "endpoint deleted");
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = StatusCode::NO_CONTENT;
         Ok(resp)
@@ -260,7 +261,7 @@ impl Admin {
         }
         let secret = new_secret();
         let (_, until) = self.catalog.rotate(id, secret.clone(), grace).await?;
-        tracing::info!(endpoint = %id, grace = ?grace, "secret rotated");
+        tracing::info!(endpoint = %Escaped(id), grace = %humantime::format_duration(grace), "secret rotated");
         Ok(ok(json!({
             "id": id,
             "secret": secret,
@@ -345,7 +346,7 @@ impl Admin {
             target.lane.record_test(&attempt);
         }
         self.catalog.record_test(id, sent.clone()).await?;
-        tracing::info!(endpoint = %id, status = sent.status, by = %who.name, "test send");
+        tracing::info!(endpoint = %Escaped(id), status = sent.status, by = %Escaped(&who.name), "test send");
         Ok(ok(test_json(&sent, Detail::of(who.scope))))
     }
 

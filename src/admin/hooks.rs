@@ -17,6 +17,7 @@ use crate::admin::{ok, Admin};
 use crate::catalog::Origin;
 use crate::deliver::egress::TargetUrl;
 use crate::server::json_response;
+use crate::telemetry::log::Escaped;
 
 impl Admin {
     pub(super) async fn subscribe(
@@ -105,7 +106,7 @@ impl Admin {
     ) -> Result<Response<Full<Bytes>>, AdminError> {
         self.hook(id, who)?;
         let cancelled = self.catalog.delete(id, "subscription deleted").await?;
-        tracing::info!(hook = %id, cancelled, by = %who.name, "unsubscribed");
+        tracing::info!(hook = %Escaped(id), cancelled, by = %Escaped(&who.name), "unsubscribed");
         let mut resp = Response::new(Full::new(Bytes::new()));
         *resp.status_mut() = StatusCode::NO_CONTENT;
         Ok(resp)

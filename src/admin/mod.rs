@@ -32,7 +32,7 @@ use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::server::json_response;
 use crate::store::Store;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Format, Metrics};
 
 pub mod client;
 mod deliveries;
@@ -204,11 +204,17 @@ impl Admin {
             }
         };
         let query = req.uri().query().unwrap_or("").to_string();
+        let accept = req
+            .headers()
+            .get(header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let call = Call {
             body: CallBody::Http(req.into_body()),
             params,
             query,
             grant,
+            accept,
         };
         route.call(self.clone(), call).await
     }
@@ -239,6 +245,7 @@ impl Admin {
             params,
             query: query.to_string(),
             grant: Some(who.clone()),
+            accept: None,
         };
         let resp = route.call(self.clone(), call).await?;
         let status = resp.status();
@@ -301,12 +308,14 @@ impl Admin {
         tokens.find(token).ok_or_else(refused)
     }
 
-    fn metrics(&self) -> Response<Full<Bytes>> {
-        let text = self.metrics.render(&*self.store, &self.catalog);
+    /// The metrics in the format the scraper's `Accept` header prefers.
+    fn metrics(&self, accept: Option<&str>) -> Response<Full<Bytes>> {
+        let format = Format::from_accept(accept);
+        let text = self.metrics.render(&*self.store, &self.catalog, format);
         let mut resp = Response::new(Full::new(Bytes::from(text)));
         resp.headers_mut().insert(
             header::CONTENT_TYPE,
-            header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            header::HeaderValue::from_static(format.content_type()),
         );
         resp
     }

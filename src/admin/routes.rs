@@ -51,6 +51,8 @@ pub struct Call {
     pub params: Vec<String>,
     pub query: String,
     pub grant: Option<Grant>,
+    /// The request's `Accept` header: which format `/metrics` answers in.
+    pub accept: Option<String>,
 }
 
 /// A call's body: still on the wire, or already JSON (a call the console
@@ -152,7 +154,7 @@ pub fn table() -> Vec<Route> {
             Method::GET,
             "/metrics",
             Open,
-            handler!(|a, _| Ok(a.metrics())),
+            handler!(|a, c| Ok(a.metrics(c.accept.as_deref()))),
         ),
         r(
             Method::POST,

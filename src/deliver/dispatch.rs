@@ -30,7 +30,8 @@ use crate::deliver::egress::pool::RequestSlot;
 use crate::service::Heartbeat;
 use crate::shutdown::stopped;
 use crate::store::{now_ms, Attempt, Delivery, DeliveryId, Next, State, Store, StoreError};
-use crate::telemetry::{Metrics, TargetLabel};
+use crate::telemetry::log::{escaped, Escaped};
+use crate::telemetry::{Finished, Metrics};
 
 /// Deliveries claimed at once, over all targets, per outbound connection
 /// the budget allows.
@@ -174,7 +175,7 @@ impl Dispatcher {
         }
         let n = tasks.len();
         if n > 0 {
-            tracing::info!(attempts = n, grace = ?self.grace, "waiting for attempts under way");
+            tracing::info!(attempts = n, grace = %humantime::format_duration(self.grace), "waiting for attempts under way");
         }
         let drain = async { while tasks.join_next().await.is_some() {} };
         if tokio::time::timeout(self.grace, drain).await.is_err() {
@@ -192,7 +193,7 @@ impl Dispatcher {
         for target in self.store.due_targets().await? {
             if self.catalog.get(&target).is_none() {
                 let total = self.store.cancel_all(&target, "target removed").await?;
-                tracing::warn!(%target, deliveries = total, "cancelled deliveries of a removed target");
+                tracing::warn!(target = %Escaped(&target), deliveries = total, "cancelled deliveries of a removed target");
             }
         }
         Ok(())
@@ -329,10 +330,10 @@ impl Job {
         };
         if self.catalog.get(&self.target.spec.key).is_none() {
             // Removed while this delivery waited.
+            // Not counted: the target's series went with it.
             if let Err(e) = self.store.cancel(self.id, "target removed").await {
                 tracing::error!(delivery = %self.id, error = %e, "cannot cancel delivery");
             }
-            self.metrics.outcome(&self.target.spec.key, "cancelled");
             self.done(true);
             return;
         }
@@ -366,6 +367,8 @@ impl Job {
         let Some(event) = self.store.event(self.delivery.event).await? else {
             let attempt = Attempt::failed("the event is no longer stored".into());
             self.store.finish(self.id, &attempt, Next::Dead).await?;
+            self.metrics.finished(&target.spec.key, Finished::Dead, 1);
+            tracing::error!(delivery = %self.id, target = %Escaped(&target.spec.key), "dead: the event is no longer stored");
             return Ok(());
         };
         let event_id = event.id.to_string();
@@ -376,13 +379,14 @@ impl Job {
                 let attempt = Attempt::failed(e.to_string());
                 self.store.finish(self.id, &attempt, Next::Dead).await?;
                 target.lane.record(&attempt, false, true);
-                self.metrics.outcome(&target.spec.key, "dead");
-                tracing::warn!(
+                self.metrics.finished(&target.spec.key, Finished::Dead, 1);
+                tracing::error!(
                     event = %event_id,
                     delivery = %self.id,
-                    target = %target.spec.key,
+                    target = %Escaped(&target.spec.key),
+                    event_type = %Escaped(&event.meta.event_type),
                     attempt = n,
-                    error = %e,
+                    error = %Escaped(&e),
                     "dead: the body cannot be shaped for this target"
                 );
                 return Ok(());
@@ -395,6 +399,8 @@ impl Job {
                 _ => {
                     let attempt = Attempt::failed("the event has no URL to relay to".into());
                     self.store.finish(self.id, &attempt, Next::Dead).await?;
+                    self.metrics.finished(&target.spec.key, Finished::Dead, 1);
+                    tracing::error!(event = %event_id, delivery = %self.id, target = %Escaped(&target.spec.key), "dead: the event has no URL to relay to");
                     return Ok(());
                 }
             }
@@ -411,10 +417,12 @@ impl Job {
             let reason = "the receiver answered 410 Gone";
             match self.catalog.disable_gone(&target.spec.key, reason).await {
                 Ok(cancelled) => {
-                    tracing::warn!(target = %target.spec.key, cancelled, "endpoint disabled: the receiver answered 410 Gone")
+                    self.metrics
+                        .finished(&target.spec.key, Finished::Cancelled, cancelled as u64);
+                    tracing::warn!(target = %Escaped(&target.spec.key), cancelled, "endpoint disabled: the receiver answered 410 Gone")
                 }
                 Err(e) => {
-                    tracing::error!(target = %target.spec.key, error = %e, "cannot disable an endpoint that answered 410 Gone")
+                    tracing::error!(target = %Escaped(&target.spec.key), error = %Escaped(&e), "cannot disable an endpoint that answered 410 Gone")
                 }
             }
         }
@@ -428,32 +436,42 @@ impl Job {
             State::Dead => "dead",
             _ => "retry",
         };
-        let label = TargetLabel {
-            target: target.spec.key.clone(),
-        };
-        self.metrics.outcome(&target.spec.key, outcome);
+        let key = &target.spec.key;
+        let succeeded = d.state == State::Succeeded;
         self.metrics
-            .attempt_duration
-            .get_or_create(&label)
-            .observe(attempt.duration_ms as f64 / 1000.0);
-        if d.state == State::Succeeded {
+            .attempted(key, succeeded, attempt.duration_ms as f64 / 1000.0);
+        if succeeded {
+            self.metrics.finished(key, Finished::Delivered, 1);
             let e2e = now_ms().saturating_sub(event.meta.received_at_ms);
-            self.metrics
-                .end_to_end
-                .get_or_create(&label)
-                .observe(e2e as f64 / 1000.0);
+            self.metrics.end_to_end(key, e2e as f64 / 1000.0);
+        } else if d.state == State::Dead {
+            self.metrics.finished(key, Finished::Dead, 1);
         }
-        tracing::info!(
-            event = %event_id,
-            delivery = %self.id,
-            target = %target.spec.key,
-            attempt = n,
-            status = attempt.status,
-            error = attempt.error.as_deref(),
-            duration_ms = attempt.duration_ms,
-            outcome,
-            "delivery attempt"
-        );
+        // One line per attempt, at the level of what it means: a success is
+        // news, a failure a warning (its status or error says why), a
+        // delivery going dead an error.
+        macro_rules! attempt_line {
+            ($level:expr) => {
+                tracing::event!(
+                    $level,
+                    event = %event_id,
+                    delivery = %self.id,
+                    target = %Escaped(key),
+                    event_type = %Escaped(&event.meta.event_type),
+                    attempt = n,
+                    status = attempt.status,
+                    error = escaped(attempt.error.as_deref()),
+                    duration_ms = attempt.duration_ms,
+                    outcome,
+                    "delivery attempt"
+                )
+            };
+        }
+        match d.state {
+            State::Succeeded => attempt_line!(tracing::Level::INFO),
+            State::Dead => attempt_line!(tracing::Level::ERROR),
+            _ => attempt_line!(tracing::Level::WARN),
+        }
         Ok(())
     }
 

@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use crate::deliver::egress::EgressClient;
 use crate::deliver::policy::{CircuitConfig, DeliveryConfig};
 use crate::store::{now_ms, Attempt, Counters};
+use crate::telemetry::log::Escaped;
 
 /// A lane holds at most this many deliveries per unit of concurrency claimed
 /// at once (in flight or waiting on its rate limit).
@@ -160,7 +161,11 @@ impl Lane {
         let threshold = self.breaker.failures;
         let mut circuit = self.circuit.lock().expect("lock poisoned");
         *circuit = match (*circuit, succeeded) {
-            (_, true) => Circuit::Closed { failures: 0 },
+            (Circuit::Closed { .. }, true) => Circuit::Closed { failures: 0 },
+            (_, true) => {
+                tracing::info!(target = %Escaped(&self.key), "circuit closed: the target answers again");
+                Circuit::Closed { failures: 0 }
+            }
             (_, false) if threshold == 0 => Circuit::Closed { failures: 0 },
             (Circuit::Closed { failures }, false) if failures + 1 < threshold => Circuit::Closed {
                 failures: failures + 1,
@@ -168,7 +173,7 @@ impl Lane {
             (Circuit::Open { until_ms }, false) => Circuit::Open { until_ms },
             (_, false) => {
                 let until_ms = now_ms() + self.breaker.cooldown.as_millis() as u64;
-                tracing::warn!(target = %self.key, "circuit open: deliveries wait");
+                tracing::warn!(target = %Escaped(&self.key), "circuit open: deliveries wait");
                 Circuit::Open { until_ms }
             }
         };

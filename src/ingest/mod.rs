@@ -45,6 +45,7 @@ use crate::deliver::egress::Policy;
 use crate::rate::{Rate, Throttle};
 use crate::server::json_response;
 use crate::store::{now_ms, EventMeta, Inbound, NewEvent, Outcome, Store};
+use crate::telemetry::log::Escaped;
 use crate::telemetry::Metrics;
 
 pub mod error;
@@ -198,7 +199,7 @@ impl Ingest {
         tracing::warn!(
             source = %r.source,
             method = %r.method,
-            path = %r.path.escape_debug(),
+            path = %Escaped(&r.path),
             status = r.status,
             code = r.code.as_deref().unwrap_or(""),
             suppressed,

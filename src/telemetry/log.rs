@@ -1,6 +1,14 @@
 //! Log output: human text, journald-style under systemd, or JSON lines.
+//!
+//! Invariant: a value someone outside the relay supplied (an endpoint's
+//! name, an event type, a request path, a URL, a receiver's error) is
+//! logged through [`Escaped`], so it can neither start a log line of its
+//! own nor send escape sequences to the terminal or journal that shows it.
+
+use std::fmt::{self, Write as _};
 
 use serde::Deserialize;
+use tracing::field::{display, DisplayValue};
 
 /// `[log]`: what the process prints.
 #[derive(Debug, Clone, Deserialize)]
@@ -94,5 +102,83 @@ mod journal {
             ctx.format_fields(w.by_ref(), event)?;
             writeln!(w)
         }
+    }
+}
+
+/// Displays a value with its control characters escaped as Rust writes
+/// them (`\n`, `\t`, `\u{1b}`), and the Unicode marks that reorder text
+/// on screen (bidirectional overrides and isolates) too. Everything else,
+/// including non-ASCII text, is shown as it is.
+pub struct Escaped<T>(pub T);
+
+impl<T: fmt::Display> fmt::Display for Escaped<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(Escaping(f), "{}", self.0)
+    }
+}
+
+impl<T: fmt::Display> fmt::Debug for Escaped<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// An optional value as a log field: absent when `None`, escaped otherwise.
+pub fn escaped<T: fmt::Display>(value: Option<T>) -> Option<DisplayValue<Escaped<T>>> {
+    value.map(|v| display(Escaped(v)))
+}
+
+/// Whether `c` is written escaped.
+fn hidden(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Passes text through to a formatter, escaping what [`hidden`] names.
+struct Escaping<'a, 'b>(&'a mut fmt::Formatter<'b>);
+
+impl fmt::Write for Escaping<'_, '_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let mut rest = s;
+        while let Some(at) = rest.find(hidden) {
+            self.0.write_str(&rest[..at])?;
+            let c = rest[at..].chars().next().unwrap_or_default();
+            match c {
+                '\n' => self.0.write_str("\\n")?,
+                '\r' => self.0.write_str("\\r")?,
+                '\t' => self.0.write_str("\\t")?,
+                c => write!(self.0, "\\u{{{:x}}}", c as u32)?,
+            }
+            rest = &rest[at + c.len_utf8()..];
+        }
+        self.0.write_str(rest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        let shown = Escaped("red\u{1b}[31m\nFAKE line\r\t\u{7}\u{9b}\u{202e}").to_string();
+        assert_eq!(
+            shown,
+            "red\\u{1b}[31m\\nFAKE line\\r\\t\\u{7}\\u{9b}\\u{202e}"
+        );
+        assert!(!shown.chars().any(hidden));
+    }
+
+    #[test]
+    fn plain_text_is_unchanged() {
+        for s in [
+            "course_completion.completed",
+            "Nouvelle vente → CRM",
+            "a\\nb",
+            "",
+        ] {
+            assert_eq!(Escaped(s).to_string(), s);
+        }
+        assert_eq!(Escaped(404).to_string(), "404");
     }
 }
