@@ -7,6 +7,8 @@ use std::net::SocketAddr;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -399,6 +401,177 @@ async fn journald_and_json_logs() {
     assert_eq!(attempt["outcome"], "succeeded");
     assert!(!log.contains("do-not-log"), "bodies are not logged");
     assert!(!log.contains(SECRET), "secrets are not logged");
+}
+
+/// Runs `hookrelay ARGS --config CONFIG` to its end; its standard output.
+async fn cli(config: &Path, args: &[&str]) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args).arg("--config").arg(config);
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn user_supplied_text_cannot_forge_log_lines_or_drive_the_terminal() {
+    let rx = Receiver::ok().await;
+    let route = format!(
+        "[[routes]]\nname = \"t\"\npath = \"/t\"\nevent = \"{{json./type}}\"\n\
+         [[routes.targets]]\nname = \"rx\"\nurl = \"{}\"\n",
+        rx.url("/a")
+    );
+    let mut relay = Running::start("", &route, &[("JOURNAL_STREAM", "8:1234")]).await;
+    // Red text, then a line of its own that looks like a journald error.
+    let evil = "evil\u{1b}[31m\n<3>hookrelay: FORGED";
+    let shown = r"evil\u{1b}[31m\n<3>hookrelay: FORGED";
+    let r = post_json(relay.ingest, "/t", json!({ "type": evil }).to_string()).await;
+    assert_eq!(r.status, 202);
+    let id = r.json()["id"].as_str().unwrap().to_string();
+    rx.wait_for(1).await;
+
+    // What the CLI prints: the event type on its own row, escaped.
+    for args in [
+        vec!["events", "list"],
+        vec!["event-types"],
+        vec!["events", "show", id.as_str()],
+    ] {
+        let out = cli(&relay.config, &args).await;
+        assert!(!out.contains('\u{1b}'), "{args:?}: {out:?}");
+        assert!(
+            out.lines()
+                .filter(|l| l.contains("FORGED"))
+                .all(|l| l.contains("evil")),
+            "{args:?}: a value started a line of its own: {out}"
+        );
+        if args[0] == "events" && args[1] == "list" || args[0] == "event-types" {
+            assert!(out.contains(shown), "{args:?}: {out}");
+        }
+    }
+
+    relay.signal("-TERM");
+    relay.wait_exit().await;
+    let log = relay.log();
+    assert!(!log.contains('\u{1b}'), "{log}");
+    let attempt = log
+        .lines()
+        .find(|l| l.contains("delivery attempt"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        attempt.contains(&format!("event_type={shown}")),
+        "{attempt}"
+    );
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("FORGED"))
+            .all(|l| l.contains("delivery attempt")),
+        "a value started a log line of its own: {log}"
+    );
+}
+
+#[tokio::test]
+async fn log_levels_follow_what_happened_and_values_are_plain() {
+    let up = Arc::new(AtomicBool::new(false));
+    let rx = Receiver::switchable(up.clone(), 500).await;
+    let mut relay = Running::start(
+        "delivery.max_attempts = 2\n\
+         delivery.circuit = { failures = 1, cooldown = \"100ms\" }\n",
+        &one_route(&rx.url("/a"), ""),
+        &[("JOURNAL_STREAM", "8:1234")],
+    )
+    .await;
+    post_json(relay.ingest, "/t/x", "{}").await;
+    rx.wait_for(2).await;
+    eventually("the delivery goes dead", || {
+        relay.log().contains("outcome=dead").then_some(())
+    })
+    .await;
+    // The receiver is back; the operator re-queues what went dead.
+    up.store(true, Ordering::SeqCst);
+    let auth = format!("Bearer {TOKEN}");
+    let r = send(
+        relay.admin,
+        None,
+        "POST",
+        "/api/deliveries/retry",
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        json!({"state": "dead", "target": "t/rx"}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    rx.wait_for(3).await;
+    eventually("the circuit closes", || {
+        relay.log().contains("circuit closed").then_some(())
+    })
+    .await;
+    relay.signal("-TERM");
+    relay.wait_exit().await;
+    let log = relay.log();
+    let line = |what: &str| {
+        log.lines()
+            .find(|l| l.contains(what))
+            .unwrap_or_else(|| panic!("no line with {what}: {log}"))
+    };
+    // A failed attempt is a warning with its status, a delivery going
+    // dead an error, a success and a recovery news.
+    assert!(line("outcome=retry").starts_with("<4>"), "{log}");
+    assert!(line("outcome=retry").contains("status=500"), "{log}");
+    assert!(line("outcome=dead").starts_with("<3>"), "{log}");
+    assert!(line("outcome=succeeded").starts_with("<6>"), "{log}");
+    assert!(line("circuit open").starts_with("<4>"), "{log}");
+    assert!(line("circuit closed").starts_with("<6>"), "{log}");
+    // Values as the API spells them, not as Rust's Debug does.
+    let requeue = line("bulk re-queue");
+    assert!(
+        requeue.contains("state=dead") && requeue.contains("target=t/rx"),
+        "{requeue}"
+    );
+    assert!(!log.contains("Some(") && !log.contains("\\\""), "{log}");
+}
+
+#[tokio::test]
+async fn a_fatal_start_error_is_a_json_line_with_json_logs() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookrelay.toml");
+    let text = test_config_text("log.format = \"json\"\n", dir.path()).replacen(
+        "127.0.0.1:0",
+        &format!("127.0.0.1:{port}"),
+        1,
+    );
+    std::fs::write(&config, text).unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["serve", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .env_remove("JOURNAL_STREAM");
+    let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+        .await
+        .unwrap();
+    drop(taken);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let last = lines.last().unwrap_or_else(|| panic!("nothing logged"));
+    assert_eq!(last["level"], "ERROR", "{stderr}");
+    assert_eq!(last["message"], "hookrelay stopped on an error", "{stderr}");
+    let error = last["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{error}"
+    );
 }
 
 #[tokio::test]

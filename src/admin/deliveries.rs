@@ -172,7 +172,7 @@ impl Admin {
         }
         tracing::info!(
             retried = total,
-            state = state.as_str(),
+            state = %state.as_str(),
             target = escaped(req.target.as_deref()),
             "bulk re-queue"
         );

@@ -462,7 +462,7 @@ impl Job {
                     status = attempt.status,
                     error = escaped(attempt.error.as_deref()),
                     duration_ms = attempt.duration_ms,
-                    outcome,
+                    outcome = %outcome,
                     "delivery attempt"
                 )
             };
