@@ -149,11 +149,11 @@ async fn both_formats_parse_and_count_what_they_name() {
     for event in ["new_order", "new_order", "new_order", "will_fail"] {
         post_event(&app, &format!("/t/{event}"), "{}").await;
     }
-    let store = app.relay.store().clone();
-    eventually("4 delivered and 1 dead", || {
-        (store.count(hookrelay::store::State::Succeeded) == 4
-            && store.count(hookrelay::store::State::Dead) == 1)
-            .then_some(())
+    // An attempt is counted just after the store records it.
+    eventually_async("4 delivered and 1 dead", async || {
+        let s = scrape(admin).await;
+        let d = |outcome| metric(&s, "hookrelay_deliveries_total", Some(("outcome", outcome)));
+        (d("delivered") == 4.0 && d("dead") == 1.0).then_some(())
     })
     .await;
 
@@ -345,16 +345,22 @@ async fn removed_endpoints_take_their_series_with_them() {
 
     post_event(&app, "/t/new_order", "{}").await;
     rx.wait_for(4).await;
-    let store = app.relay.store().clone();
-    eventually("4 deliveries recorded", || {
-        (store.count(hookrelay::store::State::Succeeded) == 4).then_some(())
-    })
-    .await;
-    let before = targets_with_series(admin_addr).await;
     let all: BTreeSet<String> = ["t/kept", "t/dropped", endpoint.as_str(), hook.as_str()]
         .map(String::from)
         .into();
-    assert_eq!(before, all);
+    // An attempt is counted just after the store records it.
+    eventually_async("every target's deliveries counted", async || {
+        let s = scrape(admin_addr).await;
+        let counted: BTreeSet<String> = s
+            .samples
+            .iter()
+            .filter(|x| x.metric == "hookrelay_deliveries_total")
+            .filter_map(|x| x.labels.get("target").map(str::to_string))
+            .collect();
+        (counted == all).then_some(())
+    })
+    .await;
+    assert_eq!(targets_with_series(admin_addr).await, all);
 
     let r = admin(&app, "DELETE", &format!("/api/endpoints/{endpoint}"), None).await;
     assert_eq!(r.status, 204);
@@ -382,4 +388,36 @@ async fn removed_endpoints_take_their_series_with_them() {
     ] {
         assert!(kept.contains(name), "{name} of t/kept: {kept:?}");
     }
+}
+
+#[tokio::test]
+async fn a_subscription_answering_410_counts_its_deliveries_cancelled() {
+    let gone = Receiver::start(Arc::new(|_| (410, Duration::ZERO))).await;
+    let app = spawn_app("[[routes]]\nname = \"t\"\npath = \"/t/{event}\"\n").await;
+    let admin_addr = app.relay.admin_addrs()[0];
+    let hook = admin(
+        &app,
+        "POST",
+        "/api/hooks",
+        Some(json!({"target_url": gone.url("/zap"), "event": "new_order"})),
+    )
+    .await;
+    assert_eq!(hook.status, 201, "{:?}", hook.body);
+    let hook = hook.json()["id"].as_str().unwrap().to_string();
+    post_event(&app, "/t/new_order", "{}").await;
+    gone.wait_for(1).await;
+    let s = eventually_async("the delivery counted cancelled", async || {
+        let s = scrape(admin_addr).await;
+        (by_outcome(&s, "hookrelay_deliveries_total", &hook, "cancelled") == 1.0).then_some(s)
+    })
+    .await;
+    assert_eq!(
+        by_outcome(&s, "hookrelay_attempts_total", &hook, "failed"),
+        1.0
+    );
+    assert_eq!(
+        by_outcome(&s, "hookrelay_deliveries_total", &hook, "dead"),
+        0.0
+    );
+    assert_eq!(gone.count(), 1);
 }

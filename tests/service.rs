@@ -288,13 +288,17 @@ async fn metrics_parse_and_move_with_traffic() {
     }
     post_json(app.addr, "/nowhere", "{}").await;
     rx.wait_for(3).await;
-    let store = app.relay.store().clone();
-    eventually("deliveries succeeded", || {
-        (store.count(hookrelay::store::State::Succeeded) == 3).then_some(())
+    // An attempt is counted just after the store records it.
+    let after = eventually_async("deliveries counted", async || {
+        let s = scrape(admin).await;
+        let delivered = metric(
+            &s,
+            "hookrelay_deliveries_total",
+            Some(("outcome", "delivered")),
+        );
+        (delivered == 3.0).then_some(s)
     })
     .await;
-
-    let after = scrape(admin).await;
     assert_eq!(metric(&after, "hookrelay_events_received_total", None), 4.0);
     assert_eq!(
         metric(
