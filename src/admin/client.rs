@@ -775,6 +775,26 @@ mod tests {
     }
 
     #[test]
+    fn values_from_the_api_print_on_one_line_without_escape_sequences() {
+        let mut e = endpoint();
+        e["name"] = json!("red\u{1b}[31m\nFORGED");
+        e["description"] = json!("line\u{1b}]0;title\u{7}");
+        let t = endpoints_table(&json!({"endpoints": [e.clone()]}), NOW);
+        let block = endpoint_text(&e, NOW);
+        for out in [&t, &block] {
+            assert!(!out.contains('\u{1b}'), "{out:?}");
+            assert!(
+                out.lines()
+                    .filter(|l| l.contains("FORGED"))
+                    .all(|l| l.contains("red")),
+                "{out}"
+            );
+        }
+        assert_eq!(t.lines().count(), 2, "{t}");
+        assert!(t.contains(r"red\u{1b}[31m\nFORGED"), "{t}");
+    }
+
+    #[test]
     fn delivery_rows_show_status_or_error() {
         let v = json!({"deliveries": [
             {"id": "dlv_1", "event": "evt_1", "target": "t/rx", "state": "dead", "attempts": 2,

@@ -75,8 +75,9 @@ pub enum Finished {
     /// Out of attempts, or it cannot be sent (the body cannot be shaped,
     /// the event is gone).
     Dead,
-    /// Given up without an attempt: its endpoint answered 410 Gone and was
-    /// disabled.
+    /// Given up: its endpoint answered 410 Gone and was disabled (REST
+    /// Hooks' way to unsubscribe). Deliveries of an endpoint that is
+    /// deleted are not counted: its series go with it.
     Cancelled,
 }
 
