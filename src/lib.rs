@@ -34,6 +34,7 @@
 
 pub mod admin;
 pub mod catalog;
+pub mod cli;
 pub mod config;
 pub mod console;
 pub mod deliver;
@@ -73,15 +74,17 @@ const PURGE_STEP: usize = 1000;
 /// Most steps in one retention round (the next round goes on from there).
 const PURGE_STEPS: usize = 100;
 
-/// Why the relay could not start.
+/// Why the relay could not start. Each message already ends with its
+/// cause, so no variant also hands the cause out as its `source()`: a
+/// chain printed in full (`{:#}`) says each thing once.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("cannot open the store at {path}: {source}")]
-    Store { path: String, source: StoreError },
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("{}", store_message(.path, .cause))]
+    Store { path: String, cause: StoreError },
+    #[error("cannot listen on {addr}: {cause}")]
     Bind {
         addr: SocketAddr,
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("sockets passed by the service manager: {0}")]
     Activation(std::io::Error),
@@ -90,9 +93,23 @@ pub enum StartError {
     #[error("admin.tokens_file: {0}")]
     Tokens(String),
     #[error("TLS: {0}")]
-    Tls(#[from] TlsError),
+    Tls(TlsError),
     #[error("console: {0}")]
     Console(String),
+}
+
+impl From<TlsError> for StartError {
+    fn from(e: TlsError) -> StartError {
+        StartError::Tls(e)
+    }
+}
+
+/// A locked store names itself; other failures say which store.
+fn store_message(path: &str, cause: &StoreError) -> String {
+    match cause {
+        StoreError::Locked { .. } => cause.to_string(),
+        other => format!("cannot open the store at {path}: {other}"),
+    }
 }
 
 /// A running relay: its listeners, scheduler and store.
@@ -118,9 +135,9 @@ impl Relay {
     /// manager passed) and starts the dispatcher. Listen addresses with port
     /// 0 get a free port; see [`Relay::ingest_addrs`].
     pub async fn start(config: Config) -> Result<Relay, StartError> {
-        let store = store::open(&config.store).map_err(|source| StartError::Store {
+        let store = store::open(&config.store).map_err(|cause| StartError::Store {
             path: config.store.path.display().to_string(),
-            source,
+            cause,
         })?;
         let metrics = telemetry::Metrics::new(&*store);
         let catalog = catalog::Catalog::new(&config, store.clone())
@@ -407,10 +424,7 @@ async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> 
     for addr in addrs {
         let l = TcpListener::bind(addr)
             .await
-            .map_err(|source| StartError::Bind {
-                addr: *addr,
-                source,
-            })?;
+            .map_err(|cause| StartError::Bind { addr: *addr, cause })?;
         out.push(l);
     }
     Ok(out)

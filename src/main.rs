@@ -1,353 +1,91 @@
-//! The `hookrelay` command: parses the command line and runs the library.
-//! Exit codes: 0 clean stop, 1 config or startup error, 2 usage.
+//! The `hookrelay` command: parses the command line (`hookrelay::cli`) and
+//! runs the library. Exit codes: 0 clean stop, 1 config or startup error,
+//! 2 usage. Output goes through `print`, so a reader that goes away
+//! (`check-config | head`) ends the output quietly instead of a panic.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use hookrelay::admin::client::{self, cell};
+use hookrelay::cli::{
+    Cli, Command, DeliveriesAction, EndpointSettings, EndpointsAction, EventsAction, HooksAction,
+};
 use hookrelay::config::Config;
-use hookrelay::deliver::shape::Body;
 use hookrelay::{service, Relay};
 use serde_json::{json, Value};
 
-#[derive(Parser)]
-#[command(
-    name = "hookrelay",
-    version,
-    about = "A durable webhook relay for learning platforms"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run the relay.
-    Serve {
-        /// Config file [default: $HOOKRELAY_CONFIG, then /etc/hookrelay/hookrelay.toml]
-        #[arg(short = 'c', long)]
-        config: Option<PathBuf>,
-    },
-    /// Validate the config file and print a summary.
-    CheckConfig {
-        /// Config file [default: $HOOKRELAY_CONFIG, then /etc/hookrelay/hookrelay.toml]
-        #[arg(short = 'c', long)]
-        config: Option<PathBuf>,
-    },
-    /// REST Hooks subscriptions, through the admin API.
-    Hooks {
-        #[command(subcommand)]
-        action: HooksAction,
-        #[command(flatten)]
-        opts: ApiOpts,
-    },
-    /// The delivery log and repair, through the admin API.
-    Deliveries {
-        #[command(subcommand)]
-        action: DeliveriesAction,
-        #[command(flatten)]
-        opts: ApiOpts,
-    },
-    /// Every target with its counters and circuit, through the admin API.
-    Targets {
-        #[command(flatten)]
-        opts: ApiOpts,
-    },
-    /// Every receiver, from the config file or made through the API.
-    Endpoints {
-        // Boxed: `endpoints add|edit` carry every setting flag.
-        #[command(subcommand)]
-        action: Box<EndpointsAction>,
-        #[command(flatten)]
-        opts: ApiOpts,
-    },
-    /// The inbound log and the stored events, through the admin API.
-    Events {
-        #[command(subcommand)]
-        action: EventsAction,
-        #[command(flatten)]
-        opts: ApiOpts,
-    },
-    /// The event types each route declares or has seen.
-    EventTypes {
-        /// Only this route's.
-        #[arg(long)]
-        route: Option<String>,
-        #[command(flatten)]
-        opts: ApiOpts,
-    },
-}
-
-/// Where the admin API is, and how to print its answers.
-#[derive(clap::Args)]
-struct ApiOpts {
-    /// Config file naming the admin address and tokens file
-    /// [default: $HOOKRELAY_CONFIG, then /etc/hookrelay/hookrelay.toml]
-    #[arg(short = 'c', long, global = true, display_order = 100)]
-    config: Option<PathBuf>,
-    /// Print the API's JSON instead of a table.
-    #[arg(long, global = true, display_order = 100)]
-    json: bool,
-}
-
-#[derive(Subcommand)]
-enum HooksAction {
-    /// List subscriptions with their counters.
-    List,
-    /// Subscribe a URL to an event type (`*` for all). Prints the secret once.
-    Add {
-        #[arg(long)]
-        url: String,
-        #[arg(long)]
-        event: String,
-        /// Only events of this route.
-        #[arg(long)]
-        route: Option<String>,
-        /// A whsec_ secret; generated when absent.
-        #[arg(long)]
-        secret: Option<String>,
-    },
-    /// Unsubscribe; deliveries still queued for it are cancelled.
-    Rm { id: String },
-    /// Send a signed test event to the hook now.
-    Test { id: String },
-}
-
-#[derive(Subcommand)]
-enum DeliveriesAction {
-    /// List deliveries, newest first.
-    List {
-        #[arg(long)]
-        state: Option<String>,
-        #[arg(long)]
-        target: Option<String>,
-        #[arg(long, default_value_t = 50)]
-        limit: usize,
-        /// Continue after this delivery id (from a previous page).
-        #[arg(long)]
-        after: Option<String>,
-    },
-    /// Re-queue one delivery by id, or all in a state (`--state dead`).
-    Retry {
-        id: Option<String>,
-        #[arg(long, conflicts_with = "id")]
-        state: Option<String>,
-        #[arg(long, requires = "state")]
-        target: Option<String>,
-    },
-}
-
-#[derive(Subcommand)]
-enum EndpointsAction {
-    /// List endpoints: the config file's first, then the API's by id.
-    List {
-        /// Only this route's.
-        #[arg(long)]
-        route: Option<String>,
-        /// At most this many [default: 100].
-        #[arg(long)]
-        limit: Option<usize>,
-        /// Continue after this endpoint id (from a previous page).
-        #[arg(long)]
-        after: Option<String>,
-    },
-    /// One endpoint's settings, counters and recent tests.
-    Show { id: String },
-    /// Make an endpoint. Prints its id, and its secret once.
-    Add {
-        /// Free text, 1-100 characters, spaces and any language allowed.
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        url: String,
-        #[command(flatten)]
-        settings: EndpointSettings,
-        /// A whsec_ secret; generated when absent.
-        #[arg(long)]
-        secret: Option<String>,
-        /// Make it paused: events queue for it, nothing is sent.
-        #[arg(long)]
-        disabled: bool,
-    },
-    /// Change an endpoint made through the API; only what is given changes.
-    Edit {
-        id: String,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long)]
-        url: Option<String>,
-        #[command(flatten)]
-        settings: EndpointSettings,
-        /// Resume sending.
-        #[arg(long, conflicts_with = "disable")]
-        enable: bool,
-        /// Pause: events queue for it, nothing is sent until --enable.
-        #[arg(long)]
-        disable: bool,
-        /// A JSON merge patch (RFC 7396) of the same keys, applied after the
-        /// flags; `null` clears a key: --patch '{"filter": null}'.
-        #[arg(long, value_name = "JSON")]
-        patch: Option<String>,
-    },
-    /// Delete an endpoint made through the API; its pending deliveries are cancelled.
-    Rm { id: String },
-    /// Send a signed test event now and print the receiver's answer.
-    Test {
-        id: String,
-        /// The event type to send [default: the endpoint's first].
-        #[arg(long)]
-        event_type: Option<String>,
-        /// A JSON file sent as the event body [default: the catalog's example].
-        #[arg(long, value_name = "FILE")]
-        payload: Option<PathBuf>,
-    },
-    /// Give an endpoint a new secret; the old one also signs during the grace.
-    RotateSecret {
-        id: String,
-        /// How long the old secret keeps signing [default: 24h, at most 30d].
-        #[arg(long, value_parser = duration_text)]
-        grace: Option<String>,
-    },
-}
-
-/// The settings `endpoints add` and `endpoints edit` share; each given one
-/// becomes a key of the request body, the others are left out.
-#[derive(clap::Args)]
-struct EndpointSettings {
-    /// An event type it receives (repeat for more; `*` for all) [add default: *].
-    #[arg(long = "event", value_name = "TYPE")]
-    events: Vec<String>,
-    /// Only events of this route [default: every route].
-    #[arg(long)]
-    route: Option<String>,
-    #[arg(long)]
-    description: Option<String>,
-    /// What body is sent.
-    #[arg(long, value_parser = ["original", "json", "xml", "template"])]
-    format: Option<String>,
-    /// A template read from this local file (with --format template).
-    #[arg(long, value_name = "PATH")]
-    template_file: Option<PathBuf>,
-    /// The content-type of the body sent.
-    #[arg(long, value_name = "CT")]
-    content_type: Option<String>,
-    /// The root element of an XML body.
-    #[arg(long, value_name = "X")]
-    xml_root: Option<String>,
-    /// HTTP basic authentication to the receiver.
-    #[arg(long, value_name = "USER:PASSWORD", value_parser = client::parse_basic_auth)]
-    basic_auth: Option<(String, String)>,
-    /// A header sent with every delivery (repeat for more).
-    #[arg(long = "header", value_name = "NAME: VALUE", value_parser = client::parse_header)]
-    headers: Vec<(String, String)>,
-    #[arg(long, value_name = "N")]
-    max_attempts: Option<u32>,
-    /// How long one attempt may take (`10s`).
-    #[arg(long, value_parser = duration_text)]
-    timeout: Option<String>,
-    /// Deliveries to it in flight at once.
-    #[arg(long, value_name = "N")]
-    concurrency: Option<u32>,
-    /// Requests a second to it.
-    #[arg(long, value_name = "N")]
-    rate_per_second: Option<u32>,
-    /// Requests it may get at once above the rate.
-    #[arg(long, value_name = "N")]
-    rate_burst: Option<u32>,
-    /// A label kept with it (repeat for more).
-    #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = client::parse_pair)]
-    metadata: Vec<(String, String)>,
-}
-
-impl EndpointSettings {
-    /// Adds the given settings to `body`, an object.
-    fn apply(self, body: &mut Value) -> anyhow::Result<()> {
-        let map = |pairs: Vec<(String, String)>| -> Value {
-            Value::Object(pairs.into_iter().map(|(k, v)| (k, json!(v))).collect())
-        };
-        if !self.events.is_empty() {
-            body["events"] = json!(self.events);
-        }
-        for (key, value) in [
-            ("route", self.route),
-            ("description", self.description),
-            ("format", self.format),
-            ("content_type", self.content_type),
-            ("xml_root", self.xml_root),
-        ] {
-            if let Some(v) = value {
-                body[key] = json!(v);
-            }
-        }
-        if let Some(path) = self.template_file {
-            let text = std::fs::read_to_string(&path)
-                .with_context(|| format!("--template-file {}", path.display()))?;
-            body["template"] = json!(text);
-        }
-        if let Some((username, password)) = self.basic_auth {
-            body["basic_auth"] = json!({"username": username, "password": password});
-        }
-        if !self.headers.is_empty() {
-            body["headers"] = map(self.headers);
-        }
-        if let Some(n) = self.max_attempts {
-            body["retry"]["max_attempts"] = json!(n);
-        }
-        if let Some(t) = self.timeout {
-            body["retry"]["timeout"] = json!(t);
-        }
-        if let Some(n) = self.concurrency {
-            body["concurrency"] = json!(n);
-        }
-        if let Some(n) = self.rate_per_second {
-            body["rate"]["per_second"] = json!(n);
-        }
-        if let Some(n) = self.rate_burst {
-            body["rate"]["burst"] = json!(n);
-        }
-        if !self.metadata.is_empty() {
-            body["metadata"] = map(self.metadata);
-        }
-        Ok(())
+/// Adds the settings given to `endpoints add|edit` to `body`, an object;
+/// each given one becomes a key, the others are left out.
+fn apply(settings: EndpointSettings, body: &mut Value) -> anyhow::Result<()> {
+    let map = |pairs: Vec<(String, String)>| -> Value {
+        Value::Object(pairs.into_iter().map(|(k, v)| (k, json!(v))).collect())
+    };
+    if !settings.events.is_empty() {
+        body["events"] = json!(settings.events);
     }
+    for (key, value) in [
+        ("route", settings.route),
+        ("description", settings.description),
+        ("format", settings.format),
+        ("content_type", settings.content_type),
+        ("xml_root", settings.xml_root),
+    ] {
+        if let Some(v) = value {
+            body[key] = json!(v);
+        }
+    }
+    if let Some(path) = settings.template_file {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("--template-file {}", path.display()))?;
+        body["template"] = json!(text);
+    }
+    if let Some((username, password)) = settings.basic_auth {
+        body["basic_auth"] = json!({"username": username, "password": password});
+    }
+    if !settings.headers.is_empty() {
+        body["headers"] = map(settings.headers);
+    }
+    if let Some(n) = settings.max_attempts {
+        body["retry"]["max_attempts"] = json!(n);
+    }
+    if let Some(t) = settings.timeout {
+        body["retry"]["timeout"] = json!(t);
+    }
+    if let Some(n) = settings.concurrency {
+        body["concurrency"] = json!(n);
+    }
+    if let Some(n) = settings.rate_per_second {
+        body["rate"]["per_second"] = json!(n);
+    }
+    if let Some(n) = settings.rate_burst {
+        body["rate"]["burst"] = json!(n);
+    }
+    if !settings.metadata.is_empty() {
+        body["metadata"] = map(settings.metadata);
+    }
+    Ok(())
 }
 
-#[derive(Subcommand)]
-enum EventsAction {
-    /// The inbound log, newest first: every request the relay answered.
-    List {
-        #[arg(long)]
-        route: Option<String>,
-        /// Only events of this type.
-        #[arg(long = "type", value_name = "TYPE")]
-        event_type: Option<String>,
-        #[arg(long, value_parser = ["accepted", "duplicate", "rejected"])]
-        outcome: Option<String>,
-        /// At most this many [default: 50].
-        #[arg(long)]
-        limit: Option<usize>,
-        /// Continue after this entry id (from a previous page).
-        #[arg(long)]
-        after: Option<String>,
-    },
-    /// One stored event (an evt_ id): what came in and each delivery's attempts.
-    Show { id: String },
+/// The config file the command line names (`--config`, `HOOKRELAY_CONFIG`,
+/// or the default, which must then exist).
+fn config_path(flag: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(hookrelay::cli::config_path(
+        flag,
+        std::env::var_os("HOOKRELAY_CONFIG"),
+    )?)
 }
 
-/// A duration as the API takes it (`10s`, `24h`), checked here so a typo
-/// is a usage error.
-fn duration_text(s: &str) -> Result<String, String> {
-    humantime::parse_duration(s)
-        .map(|_| s.to_string())
-        .map_err(|e| format!("{s:?}: {e}"))
-}
-
-fn config_path(arg: Option<PathBuf>) -> PathBuf {
-    arg.or_else(|| std::env::var_os("HOOKRELAY_CONFIG").map(PathBuf::from))
-        .unwrap_or_else(|| PathBuf::from("/etc/hookrelay/hookrelay.toml"))
+/// Writes `text` to standard output. A reader that went away (`| head`)
+/// ends the output, not the command: what the command did is done.
+fn print(text: &str) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("cannot write to standard output"),
+    }
 }
 
 /// jemalloc: memory freed after a drain or a purge goes back to the
@@ -358,8 +96,8 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => serve(config_path(config)),
-        Command::CheckConfig { config } => check_config(config_path(config)),
+        Command::Serve { config } => serve(config),
+        Command::CheckConfig { config } => check_config(config),
         Command::Hooks { action, opts } => api(opts, Api::Hooks(action)),
         Command::Deliveries { action, opts } => api(opts, Api::Deliveries(action)),
         Command::Targets { opts } => api(opts, Api::Targets),
@@ -384,49 +122,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn check_config(path: PathBuf) -> anyhow::Result<()> {
+fn check_config(flag: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = config_path(flag)?;
     let config = Config::load(&path)?;
-    println!("{}: ok", path.display());
-    let addrs = |v: &[std::net::SocketAddr]| {
-        v.iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    println!("  ingest: {}", addrs(&config.ingest.listen));
-    println!("  store:  {}", config.store.path.display());
-    for route in &config.routes {
-        println!(
-            "  route {} {:?} event {:?}",
-            route.name, route.path, route.event
-        );
-        for t in &route.targets {
-            let events: Vec<String> = t.events.iter().map(|e| format!("{e:?}")).collect();
-            println!(
-                "    target {} -> {} ({} secret(s), events {})",
-                t.name,
-                t.url,
-                t.secret.0.len(),
-                events.join(" ")
-            );
-            let body = match &t.outbound.shape.body {
-                Body::Xml(root) => format!("xml <{}>", root.as_str()),
-                other => other.format().to_string(),
-            };
-            // Header names only: values may be secrets.
-            let headers: Vec<&str> = t.outbound.headers.iter().map(|(n, _)| n.as_str()).collect();
-            println!(
-                "      body {body}{}{}",
-                if t.filter.is_some() { ", filtered" } else { "" },
-                if headers.is_empty() {
-                    String::new()
-                } else {
-                    format!(", headers {}", headers.join(" "))
-                }
-            );
-        }
-    }
-    Ok(())
+    let store = hookrelay::store::sled::check_path(&config.store.path)?;
+    let warnings: Vec<String> = store.into_iter().collect();
+    print(&hookrelay::cli::summary(&config, &path, &warnings))
 }
 
 enum Api {
@@ -487,8 +188,8 @@ fn list_command(base: &[&str], filters: &[(&str, Option<String>)]) -> Vec<String
     words
 }
 
-fn api(opts: ApiOpts, what: Api) -> anyhow::Result<()> {
-    let path = config_path(opts.config);
+fn api(opts: hookrelay::cli::ApiOpts, what: Api) -> anyhow::Result<()> {
+    let path = config_path(opts.config)?;
     let config = Config::load(&path)?;
     let remote = Remote {
         admin: client::AdminClient::from_config(&config)?,
@@ -515,11 +216,10 @@ fn api(opts: ApiOpts, what: Api) -> anyhow::Result<()> {
         }
     };
     if opts.json {
-        println!("{}", serde_json::to_string_pretty(&value)?);
+        print(&format!("{}\n", serde_json::to_string_pretty(&value)?))
     } else {
-        print!("{text}");
+        print(&text)
     }
-    Ok(())
 }
 
 fn hooks(remote: &Remote, action: HooksAction) -> anyhow::Result<(Value, String)> {
@@ -630,7 +330,7 @@ fn endpoints(remote: &Remote, action: EndpointsAction) -> anyhow::Result<(Value,
             disabled,
         } => {
             let mut body = json!({"name": name, "url": url});
-            settings.apply(&mut body)?;
+            apply(settings, &mut body)?;
             if let Some(s) = secret {
                 body["secret"] = json!(s);
             }
@@ -661,7 +361,7 @@ fn endpoints(remote: &Remote, action: EndpointsAction) -> anyhow::Result<(Value,
             if let Some(u) = url {
                 body["url"] = json!(u);
             }
-            settings.apply(&mut body)?;
+            apply(settings, &mut body)?;
             if enable || disable {
                 body["enabled"] = json!(enable);
             }
@@ -753,7 +453,11 @@ fn events(remote: &Remote, action: EventsAction) -> anyhow::Result<(Value, Strin
     })
 }
 
-fn serve(path: PathBuf) -> anyhow::Result<()> {
+fn serve(flag: Option<PathBuf>) -> anyhow::Result<()> {
+    // The store holds secrets and bodies: what serve creates is private
+    // to its user, as systemd's UMask=0077 makes it under the unit.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let path = config_path(flag)?;
     let config = Config::load(&path)?;
     hookrelay::telemetry::log::init_logging(&config.log)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;

@@ -325,7 +325,10 @@ fn check_config_accepts_every_example() {
             String::from_utf8_lossy(&out.stderr)
         );
         assert!(text.contains("ok") && text.contains(route), "{text}");
-        assert!(!text.contains("change-me"), "secrets never printed: {text}");
+        // A warning names the placeholder a key still holds, never a value.
+        for value in ["Bearer change-me", "= \"change-me", "whsec_MfKQ"] {
+            assert!(!text.contains(value), "secrets never printed: {text}");
+        }
     }
 }
 
@@ -352,7 +355,7 @@ fn env_values_come_from_the_process_environment() {
     let out = run(Some("key-value-1234"));
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("headers x-api-key"), "{text}");
+    assert!(text.contains("headers  x-api-key"), "{text}");
     assert!(!text.contains("key-value-1234"), "{text}");
 
     let out = run(None);
@@ -761,4 +764,389 @@ async fn a_config_target_is_test_sent_by_its_id_and_an_api_secret_rotates() {
     let shown: serde_json::Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(shown["secrets"], 2, "old and new sign during the grace");
     assert!(!shown.to_string().contains(&secret));
+}
+
+/// Runs the binary with `args` and no config from the environment; returns
+/// (exit code, stdout, stderr).
+fn run(args: &[&std::ffi::OsStr]) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("HOOKRELAY_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn check(config: &Path) -> (Option<i32>, String, String) {
+    run(&["check-config".as_ref(), "-c".as_ref(), config.as_os_str()])
+}
+
+#[test]
+fn check_config_summarises_routes_targets_and_their_retry_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookrelay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "store.path = {:?}\n\
+             [delivery]\nmax_attempts = 4\nbackoff = {{ initial = \"30s\", multiplier = 3.0 }}\n\
+             [[routes]]\nname = \"lms\"\npath = \"/lms/{{event}}\"\ndedup = \"{{header.idempotency-key}}\"\n\
+             [[routes.targets]]\nname = \"crm\"\nurl = \"https://crm.example.com/hook\"\n\
+             events = [\"course_*\", \"new_order\"]\nheaders = {{ x-api-key = \"key-value-1234\" }}\n\
+             [[routes.targets]]\nname = \"chat\"\nurl = \"https://chat.example.com/in\"\n\
+             max_attempts = 1\nformat = \"xml\"\n\
+             [[routes]]\nname = \"vendor\"\npath = \"/vendor\"\nevent = \"{{json./type|unknown}}\"\n",
+            dir.path().join("store")
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = check(&path);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+    for want in [
+        "  store    ",
+        "  route lms: POST /lms/{event}",
+        "    event type  the path segment {event}",
+        "    dedup on    the header idempotency-key",
+        "    target crm -> https://crm.example.com/hook",
+        "      events   course_*, new_order",
+        "      body     original",
+        // [delivery]'s policy: waits 30s, 1m30s, 4m30s; its jitter (0.2) stays.
+        "      retries  4 attempts over ~6m 30s (waits 30s, 1m 30s, 4m 30s) + jitter ±20%",
+        "      headers  x-api-key",
+        "      body     xml, root <event>",
+        "      retries  1 attempt, no retry",
+        "  route vendor: POST /vendor",
+        "    event type  the JSON body at /type (\"unknown\" when it has none)",
+    ] {
+        assert!(out.contains(want), "no {want:?} in:\n{out}");
+    }
+    assert!(
+        !out.contains("key-value-1234"),
+        "header values stay hidden:\n{out}"
+    );
+    for debug in ["Some(", "Prefix(", "Exact(", "Literal("] {
+        assert!(!out.contains(debug), "{debug} in:\n{out}");
+    }
+}
+
+#[test]
+fn check_config_spells_out_the_live_events_schedule_and_warns_about_placeholders() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/examples");
+    let (code, out, err) = check(&dir.join("live-events.toml"));
+    assert_eq!(code, Some(0), "{err}");
+    let hr = out.split("target hr").nth(1).expect("target hr");
+    assert!(
+        hr.contains("11 attempts over ~3h 25m (waits 20s, 40s, 1m 20s, 2m 40s, 5m 20s, 10m 40s, 21m 20s, 42m 40s, 1h, 1h) + jitter ±20%"),
+        "{out}"
+    );
+    let warnings: Vec<&str> = out.lines().filter(|l| l.starts_with("warning: ")).collect();
+    assert!(
+        warnings.contains(
+            &"warning: routes[0].targets[1].headers.x-api-key: still the placeholder `change-me`"
+        ),
+        "{out}"
+    );
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.starts_with("warning: routes[0].targets[0].secret: the example secret")),
+        "{out}"
+    );
+    assert!(!out.contains("whsec_MfKQ"), "{out}");
+}
+
+#[tokio::test]
+async fn a_store_locked_by_a_running_relay_is_said_in_one_line() {
+    let mut relay = common::binary::Binary::new();
+    let store = relay.dir().join("store");
+    let config = |i: u16, a: u16| {
+        format!(
+            "ingest.listen = [\"127.0.0.1:{i}\"]\nadmin.listen = [\"127.0.0.1:{a}\"]\n\
+             store.path = {store:?}\n"
+        )
+    };
+    relay.start(&config).await;
+    let second = relay.dir().join("second.toml");
+    let (i, a) = (common::binary::free_port(), common::binary::free_port());
+    std::fs::write(&second, config(i, a)).unwrap();
+    let want = format!(
+        "hookrelay: store {} is locked by another hookrelay process (pid {})\n",
+        store.display(),
+        relay.pid()
+    );
+
+    let (code, out, err) = check(&second);
+    assert_eq!(
+        (code, out.as_str(), err.as_str()),
+        (Some(1), "", want.as_str())
+    );
+
+    let second = second.clone();
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        run(&["serve".as_ref(), "--config".as_ref(), second.as_os_str()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1));
+    assert!(err.ends_with(&want), "{err}");
+    assert_eq!(err.matches("locked").count(), 1, "{err}");
+    relay.terminate().await;
+
+    // Stopped, it is free again.
+    let (code, _, err) = check(&relay.dir().join("second.toml"));
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn a_store_path_that_cannot_be_a_directory_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("file"), "").unwrap();
+    for store in [dir.path().join("file"), dir.path().join("file/store")] {
+        let path = dir.path().join("hookrelay.toml");
+        std::fs::write(&path, format!("store.path = {store:?}\n")).unwrap();
+        let (code, _, err) = check(&path);
+        assert_eq!(code, Some(1), "{err}");
+        assert!(err.contains("is not a directory"), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
+
+#[tokio::test]
+async fn a_port_in_use_is_said_once() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hookrelay.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "ingest.listen = [\"127.0.0.1:{port}\"]\nadmin.listen = []\nstore.path = {:?}\n",
+            dir.path().join("store")
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = tokio::task::spawn_blocking(move || {
+        run(&["serve".as_ref(), "-c".as_ref(), path.as_os_str()])
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert_eq!(
+        last,
+        format!(
+            "hookrelay: cannot listen on 127.0.0.1:{port}: Address already in use (os error 98)"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn without_a_config_the_error_says_where_it_looked_and_how_to_name_one() {
+    // The default file exists on a host where hookrelay is installed.
+    if Path::new(hookrelay::cli::DEFAULT_CONFIG).exists() {
+        eprintln!("skipping: {} exists here", hookrelay::cli::DEFAULT_CONFIG);
+        return;
+    }
+    for sub in ["check-config", "serve", "targets"] {
+        let (code, _, err) = run(&[sub.as_ref()]);
+        assert_eq!(code, Some(1), "{sub}: {err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        for want in [
+            "/etc/hookrelay/hookrelay.toml",
+            "--config PATH",
+            "-c",
+            "HOOKRELAY_CONFIG",
+        ] {
+            assert!(err.contains(want), "{sub}: no {want} in {err}");
+        }
+    }
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .env("HOOKRELAY_CONFIG", "/nonexistent/hr.toml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("HOOKRELAY_CONFIG names /nonexistent/hr.toml"),
+        "{err}"
+    );
+}
+
+#[test]
+fn every_subcommand_that_takes_a_config_takes_c() {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, at: String, found: &mut Vec<String>) {
+        if let Some(arg) = cmd.get_arguments().find(|a| a.get_id() == "config") {
+            assert_eq!(arg.get_short(), Some('c'), "{at}: --config has no -c");
+            found.push(at.clone());
+        }
+        for sub in cmd.get_subcommands() {
+            walk(sub, format!("{at} {}", sub.get_name()), found);
+        }
+    }
+    let mut found = Vec::new();
+    walk(
+        &hookrelay::cli::Cli::command(),
+        "hookrelay".into(),
+        &mut found,
+    );
+    for sub in [
+        "serve",
+        "check-config",
+        "hooks",
+        "deliveries",
+        "targets",
+        "endpoints",
+        "events",
+        "event-types",
+    ] {
+        assert!(
+            found.contains(&format!("hookrelay {sub}")),
+            "{sub} takes no --config: {found:?}"
+        );
+    }
+}
+
+/// Runs the binary with its standard output a pipe nobody reads any more,
+/// as `hookrelay ... | head` leaves it once head has exited.
+fn run_into_closed_pipe(args: &[&std::ffi::OsStr]) -> (Option<i32>, String) {
+    let (reader, writer) = rustix::pipe::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BIN)
+        .args(args)
+        .env_remove("HOOKRELAY_CONFIG")
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_closed_standard_output_ends_the_output_without_a_panic() {
+    let shipped = shipped_config();
+    let (code, err) =
+        run_into_closed_pipe(&["check-config".as_ref(), "-c".as_ref(), shipped.as_os_str()]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+    let (code, err) = run_into_closed_pipe(&["--help".as_ref()]);
+    assert!(!err.contains("panicked"), "{code:?} {err}");
+
+    let app = common::spawn_app("").await;
+    let config = cli_config(&app);
+    for args in [
+        &["hooks", "list"][..],
+        &["targets"],
+        &["endpoints", "list", "--json"],
+    ] {
+        let mut argv: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_ref()).collect();
+        argv.push("-c".as_ref());
+        argv.push(config.as_os_str());
+        let argv: Vec<std::ffi::OsString> = argv.iter().map(|a| a.to_os_string()).collect();
+        let (code, err) = tokio::task::spawn_blocking(move || {
+            let argv: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
+            run_into_closed_pipe(&argv)
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, Some(0), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn the_store_is_private_to_the_relay_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let mut relay = common::binary::Binary::new();
+    let store = relay.dir().join("data/db");
+    let config = |i: u16, a: u16| {
+        format!(
+            "ingest.listen = [\"127.0.0.1:{i}\"]\nadmin.listen = [\"127.0.0.1:{a}\"]\n\
+             store.path = {store:?}\n"
+        )
+    };
+    // Whatever umask it was started with (this test's is usually 022).
+    relay.start(&config).await;
+    relay.wait_ready().await;
+    let files = |dir: &Path| -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect()
+    };
+    assert_eq!(mode(&store), 0o700);
+    let made = files(&store);
+    assert!(made.iter().any(|f| f.ends_with("db")), "{made:?}");
+    for f in &made {
+        let want = if f.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(f), want, "{}", f.display());
+    }
+    relay.terminate().await;
+
+    // A store left readable by others (copied, or from an older hookrelay)
+    // is made private at the next start, and the log says so.
+    std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for f in &made {
+        let loose = if f.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(f, std::fs::Permissions::from_mode(loose)).unwrap();
+    }
+    relay.start(&config).await;
+    relay.wait_ready().await;
+    assert_eq!(mode(&store), 0o700);
+    for f in files(&store) {
+        let want = if f.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(&f), want, "{}", f.display());
+    }
+    assert!(relay.log().contains("made private"), "{}", relay.log());
+    relay.terminate().await;
+}
+
+#[test]
+fn the_man_pages_are_rendered_from_the_command_line() {
+    use clap::CommandFactory;
+    let rendered = tempfile::tempdir().unwrap();
+    clap_mangen::generate_to(hookrelay::cli::Cli::command(), rendered.path()).unwrap();
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("packaging/man");
+    let pages = |dir: &Path| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
+            .map(|d| d.flatten().collect::<Vec<_>>())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                (name, std::fs::read_to_string(e.path()).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let now = pages(rendered.path());
+    if std::env::var_os("HOOKRELAY_WRITE_MAN").is_some() {
+        let _ = std::fs::remove_dir_all(&shipped);
+        std::fs::create_dir_all(&shipped).unwrap();
+        for (name, text) in &now {
+            std::fs::write(shipped.join(name), text).unwrap();
+        }
+    }
+    let names: Vec<&str> = now.iter().map(|(n, _)| n.as_str()).collect();
+    assert!(
+        names.contains(&"hookrelay.1") && names.contains(&"hookrelay-check-config.1"),
+        "{names:?}"
+    );
+    assert!(
+        pages(&shipped) == now,
+        "packaging/man is not the current command line; write it again with \
+         HOOKRELAY_WRITE_MAN=1 cargo test --test cli the_man_pages"
+    );
 }

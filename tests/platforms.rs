@@ -507,9 +507,13 @@ async fn live_events_hr_counts_redirects_as_success_and_retries_like_the_platfor
     };
     let hr = policy("hr");
     assert!(hr.success.contains(200) && hr.success.contains(308) && !hr.success.contains(309));
-    assert_eq!(hr.max_attempts, 10);
+    // The platform's own schedule: 10 retries over about 3.5 hours.
+    assert_eq!(hr.max_attempts, 11);
     assert_eq!(hr.backoff.delay(1), Duration::from_secs(20));
     assert_eq!(hr.backoff.delay(10), Duration::from_secs(3600));
+    let waits: Duration = (1..hr.max_attempts).map(|n| hr.backoff.delay(n)).sum();
+    assert_eq!(waits, Duration::from_secs(3 * 3600 + 25 * 60));
+    assert_eq!(hr.backoff.jitter, 0.2);
     assert_eq!(hr.timeout, Duration::from_secs(15));
     assert!(!policy("archive").success.contains(302));
 

@@ -103,12 +103,19 @@ impl Config {
         let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
             let key = e.path().to_string();
             let inner = e.into_inner();
+            // toml's own Display quotes the source line, which may hold a
+            // secret: its message and the position are enough.
             let reason = match inner.span() {
                 Some(span) => {
-                    let line = text[..span.start.min(text.len())].lines().count().max(1);
-                    format!("{} (line {line})", inner.message().trim())
+                    let start = span.start.min(text.len());
+                    let written = text.get(span.clone()).unwrap_or_default();
+                    let (line, column) = position(text, start);
+                    format!(
+                        "{} (line {line}, column {column})",
+                        without_value(inner.message().trim(), written)
+                    )
                 }
-                None => inner.message().trim().to_string(),
+                None => without_value(inner.message().trim(), ""),
             };
             // The root, or a key with an empty name (`['']`), has no path.
             let key = if key == "." || key.is_empty() {
@@ -309,6 +316,96 @@ impl Config {
             }
         }
         Ok(())
+    }
+}
+
+/// The 1-based line and column (in characters) of byte `at` of `text`.
+fn position(text: &str, at: usize) -> (usize, usize) {
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+/// A parse error's message with the value it was about left out, so no
+/// error prints what a key holds (it may be a secret). serde words type
+/// errors `invalid type: integer `5`, expected a string`: the kind stays
+/// (`integer`), the value goes. Any other quoted text (in `` ` `` or `"`)
+/// that is part of what was `written` at the error's place is replaced
+/// by `(the value)`.
+fn without_value(message: &str, written: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: ", "invalid length "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            if let Some(cut) = rest.rfind(", expected ") {
+                let (found, expected) = rest.split_at(cut);
+                let kind = found.split([' ', '`', '"']).next().unwrap_or("");
+                return format!("{prefix}{kind}{expected}");
+            }
+        }
+    }
+    let mut out = String::new();
+    let mut rest = message;
+    while let Some(open) = rest.find(['`', '"']) {
+        let quote = &rest[open..open + 1];
+        let Some(len) = rest[open + 1..].find(quote) else {
+            break;
+        };
+        let quoted = &rest[open + 1..open + 1 + len];
+        out.push_str(&rest[..open]);
+        if !quoted.is_empty() && written.contains(quoted) {
+            out.push_str("(the value)");
+        } else {
+            out.push_str(&rest[open..open + 2 + len]);
+        }
+        rest = &rest[open + 2 + len..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The signing secret every example in config/ and packaging/ ships with:
+/// anyone can read it, so a relay that signs with it proves nothing.
+pub const EXAMPLE_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+/// The text the examples write where a real credential belongs.
+pub const PLACEHOLDER: &str = "change-me";
+
+impl Config {
+    /// Values still left as the examples have them: the shipped example
+    /// secret, or a header or password that reads `change-me`. Each is
+    /// `key: what is wrong`, naming the key, never the value.
+    pub fn warnings(&self) -> Vec<String> {
+        let example = crate::deliver::sign::Secret::parse(EXAMPLE_SECRET)
+            .expect("the example secret is a valid one");
+        let placeholder =
+            |v: &ValueSource| matches!(v, ValueSource::Literal(t) if t.contains(PLACEHOLDER));
+        let mut out = Vec::new();
+        for (i, route) in self.routes.iter().enumerate() {
+            for (j, t) in route.targets.iter().enumerate() {
+                let at = format!("routes[{i}].targets[{j}]");
+                if t.secret.0.contains(&example) {
+                    out.push(format!(
+                        "{at}.secret: the example secret shipped with hookrelay; \
+                         make one with `openssl rand -base64 32` (prefix it with whsec_)"
+                    ));
+                }
+                for (name, value) in &t.headers {
+                    if placeholder(value) {
+                        out.push(format!(
+                            "{at}.headers.{name}: still the placeholder `{PLACEHOLDER}`"
+                        ));
+                    }
+                }
+                if let Some(auth) = &t.basic_auth {
+                    if placeholder(&auth.password) {
+                        out.push(format!(
+                            "{at}.basic_auth.password: still the placeholder `{PLACEHOLDER}`"
+                        ));
+                    }
+                }
+            }
+        }
+        out
     }
 }
 

@@ -260,3 +260,70 @@ fn shipped_config_loads() {
     let c = Config::load(&path).unwrap();
     assert!(!c.routes.is_empty());
 }
+
+#[test]
+fn errors_never_print_a_value() {
+    // A wrong type on a secret-bearing key: the kind is said, not the value.
+    for (text, key) in [
+        (
+            target("secret = 98765432109"),
+            "routes[0].targets[0].secret",
+        ),
+        (
+            target("headers = { x-api-key = 98765432109 }"),
+            "routes[0].targets[0].headers.x-api-key",
+        ),
+        (
+            target("basic_auth = { username = \"u\", password = 98765432109 }"),
+            "routes[0].targets[0].basic_auth.password",
+        ),
+        (
+            "[delivery]\nmax_attempts = \"98765432109\"\n".to_string(),
+            "delivery.max_attempts",
+        ),
+    ] {
+        let e = parse(&text).unwrap_err();
+        let shown = e.to_string();
+        assert!(!shown.contains("98765432109"), "{shown}");
+        assert_eq!(e.key, key, "{shown}");
+        assert!(shown.starts_with("test.toml: "), "{shown}");
+        assert!(
+            shown.contains("invalid type") || shown.contains("expected a text"),
+            "{shown}"
+        );
+        assert!(shown.contains("line "), "{shown}");
+    }
+
+    // A syntax error on a secret's line names its place, not the line.
+    let text = target("secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\" trailing");
+    let e = parse(&text).unwrap_err();
+    let shown = e.to_string();
+    assert!(!shown.contains("MfKQ9r8G"), "{shown}");
+    assert!(!shown.contains("trailing"), "{shown}");
+    let line = text.lines().position(|l| l.contains("trailing")).unwrap() + 1;
+    assert!(shown.contains(&format!("line {line}, column ")), "{shown}");
+
+    // A custom error that quotes what was written has it replaced.
+    let e = parse(&target("events = [\"sec*ret-token\"]")).unwrap_err();
+    assert!(!e.to_string().contains("ret-token"), "{e}");
+    assert!(e.to_string().contains("(the value)"), "{e}");
+}
+
+#[test]
+fn placeholders_and_the_example_secret_are_warned_about() {
+    let c = parse(&target(
+        "secret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n\
+         headers = { x-api-key = \"change-me\", x-other = \"real\" }\n\
+         basic_auth = { username = \"u\", password = \"Bearer change-me\" }",
+    ))
+    .unwrap();
+    let w = c.warnings();
+    assert_eq!(w.len(), 3, "{w:?}");
+    assert!(w[0].starts_with("routes[0].targets[0].secret: the example secret"));
+    assert!(w[1].starts_with("routes[0].targets[0].headers.x-api-key: "));
+    assert!(w[2].starts_with("routes[0].targets[0].basic_auth.password: "));
+
+    let own = "[[routes]]\nname = \"r\"\npath = \"/r\"\n[[routes.targets]]\nname = \"t\"\n\
+               url = \"https://crm.example.com/h\"\nsecret = \"whsec_dGhpcyBpcyBhIHJlYWwgc2VjcmV0ISEh\"\n";
+    assert_eq!(parse(own).unwrap().warnings(), Vec::<String>::new());
+}

@@ -134,7 +134,13 @@ impl<'de> Deserialize<'de> for SecretSources {
             One(ValueSource),
             Many(Vec<ValueSource>),
         }
-        let list = match OneOrMany::deserialize(d)? {
+        // serde's own words for an untagged mismatch name no type.
+        let either = OneOrMany::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected a text (whsec_..., env:NAME or file:/path) or a list of them",
+            )
+        })?;
+        let list = match either {
             OneOrMany::One(s) => vec![s],
             OneOrMany::Many(v) => v,
         };

@@ -212,6 +212,24 @@ impl Template {
         })
     }
 
+    /// The template in words, for `check-config`: where each part of the
+    /// value is taken from.
+    pub fn describe(&self) -> String {
+        fn part(p: &Part) -> String {
+            match p {
+                Part::Text(t) => format!("the text \"{t}\""),
+                Part::Path(n) => format!("the path segment {{{n}}}"),
+                Part::Header(h) => format!("the header {h}"),
+                Part::Json(ptr) => format!("the JSON body at {ptr}"),
+                Part::Or(p, d) => format!("{} (\"{d}\" when it has none)", part(p)),
+            }
+        }
+        match self.parts.as_slice() {
+            [Part::Text(t)] => format!("always \"{t}\""),
+            parts => parts.iter().map(part).collect::<Vec<_>>().join(", then "),
+        }
+    }
+
     pub fn needs_json(&self) -> bool {
         self.placeholders().any(|p| matches!(p, Part::Json(_)))
     }

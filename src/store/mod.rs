@@ -54,10 +54,17 @@ pub enum StoreError {
     Schema { path: String, found: u8, known: u8 },
     #[error("corrupt record in `{tree}`: {reason}")]
     Corrupt { tree: &'static str, reason: String },
+    #[error("store {path} is locked by another hookrelay process{}", locker(*.pid))]
+    Locked { path: String, pid: Option<u32> },
     #[error("the store is shutting down")]
     Closed,
     #[error("store commit failed: {0}")]
     Commit(String),
+}
+
+/// ` (pid N)` when the process holding a store's lock is known.
+fn locker(pid: Option<u32>) -> String {
+    pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
 }
 
 impl StoreError {

@@ -34,6 +34,7 @@
 //! sled's calls block. The quick ones (a claim, a read) run in place; those
 //! that sync the log or scan many records run on tokio's blocking pool.
 
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, RwLock};
@@ -240,7 +241,9 @@ impl Sled {
     /// Opens (or creates) the store, checks its schema version, and puts
     /// deliveries that a crash left in flight back to pending.
     fn open(config: &StoreConfig, shared: Arc<Shared>) -> Result<Arc<Sled>, StoreError> {
+        create_private_dir(&config.path)?;
         let db = open_db(config)?;
+        make_private(&config.path);
         check_schema(&db, &config.path)?;
         // sled keeps its log in `<path>/db`; any handle on it can sync it.
         let log = std::fs::File::open(config.path.join("db")).map_err(io_error)?;
@@ -474,15 +477,189 @@ fn open_db(config: &StoreConfig) -> Result<sled::Db, StoreError> {
             .open();
         match opened {
             // sled says so only in the message.
-            Err(sled::Error::Io(e))
-                if e.to_string().starts_with("could not acquire lock")
-                    && Instant::now() < deadline =>
-            {
+            // Another process's lock is not waited for; this one's is let
+            // go a moment after its last handle was dropped.
+            Err(sled::Error::Io(e)) if e.to_string().starts_with("could not acquire lock") => {
+                let pid = lock_holder(&config.path.join("db"))
+                    .ok()
+                    .flatten()
+                    .flatten();
+                if Instant::now() >= deadline || pid.is_some_and(|p| p != std::process::id()) {
+                    return Err(StoreError::Locked {
+                        path: config.path.display().to_string(),
+                        pid,
+                    });
+                }
                 std::thread::sleep(Duration::from_millis(20));
             }
             other => return Ok(other?),
         }
     }
+}
+
+// === files on disk ===
+
+/// Makes the store's directory (0700) when it is missing.
+fn create_private_dir(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", path.display())))
+}
+
+/// The store holds signing secrets and every event's body, so its
+/// directory is kept 0700 and its files 0600 whatever the umask was: one
+/// made by an older hookrelay or copied in is tightened, and the log says
+/// so. Not being able to tighten (another owner) is logged, not fatal.
+fn make_private(path: &Path) {
+    let mut tightened = 0usize;
+    let mut pending = vec![(path.to_path_buf(), 0usize)];
+    while let Some((at, depth)) = pending.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&at) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        if meta.is_dir() && depth < PRIVATE_DEPTH {
+            if let Ok(entries) = std::fs::read_dir(&at) {
+                pending.extend(entries.flatten().map(|e| (e.path(), depth + 1)));
+            }
+        }
+        let mode = meta.mode() & 0o7777;
+        if mode & 0o077 == 0 {
+            continue;
+        }
+        let private = std::fs::Permissions::from_mode(mode & 0o700);
+        match std::fs::set_permissions(&at, private) {
+            Ok(()) => tightened += 1,
+            Err(e) => tracing::warn!(
+                file = %at.display(),
+                error = %e,
+                "a store file is readable by other users and cannot be made private"
+            ),
+        }
+    }
+    if tightened > 0 {
+        tracing::warn!(
+            store = %path.display(),
+            files = tightened,
+            "store files were readable by other users; made private (directories 0700, files 0600)"
+        );
+    }
+}
+
+/// How deep `make_private` looks: sled's files and its `blobs` directory.
+const PRIVATE_DEPTH: usize = 3;
+
+/// The process holding the lock sled takes on `<store>/db`, found without
+/// taking it for more than a moment: `Some(pid)` when another open file
+/// holds it (the pid is `None` when `/proc/locks` does not name it),
+/// `None` when the file is free. A missing file is free.
+pub fn lock_holder(db_file: &Path) -> std::io::Result<Option<Option<u32>>> {
+    use rustix::fs::{flock, FlockOperation};
+    let file = match std::fs::File::open(db_file) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // A shared lock conflicts with sled's exclusive one and with no reader;
+    // it is let go at once (and with the file when it closes).
+    match flock(&file, FlockOperation::NonBlockingLockShared) {
+        Ok(()) => {
+            let _ = flock(&file, FlockOperation::Unlock);
+            Ok(None)
+        }
+        Err(rustix::io::Errno::WOULDBLOCK) => {
+            let meta = file.metadata()?;
+            Ok(Some(flock_pid(&meta)))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// The pid `/proc/locks` gives for the flock on the file `meta` describes.
+/// Its lines read `1: FLOCK  ADVISORY  WRITE 1234 08:01:5678 0 EOF`
+/// (device numbers in hex, the inode in decimal).
+fn flock_pid(meta: &std::fs::Metadata) -> Option<u32> {
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let dev = meta.dev();
+    let (major, minor) = (rustix::fs::major(dev), rustix::fs::minor(dev));
+    locks.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // Waiters are marked `->` and shift the fields; they hold nothing.
+        if f.get(1) != Some(&"FLOCK") {
+            return None;
+        }
+        let mut id = f.get(5)?.split(':');
+        let same = u32::from_str_radix(id.next()?, 16).ok()? == major
+            && u32::from_str_radix(id.next()?, 16).ok()? == minor
+            && id.next()?.parse::<u64>().ok()? == meta.ino();
+        same.then(|| f.get(4)?.parse().ok()).flatten()
+    })
+}
+
+/// Whether a store could be opened at `path`, checked without opening it
+/// (for `check-config`): an existing one must be a writable directory
+/// whose lock no other process holds. A missing one is made at start; a
+/// parent this user cannot write to is a warning, not an error, since
+/// under systemd `StateDirectory=` makes it for the service's user.
+pub fn check_path(path: &Path) -> Result<Option<String>, StoreError> {
+    use rustix::fs::{access, Access};
+    let shown = path.display();
+    if path.exists() {
+        if !path.is_dir() {
+            return Err(StoreError::Unavailable(format!(
+                "{shown} is not a directory"
+            )));
+        }
+        access(path, Access::WRITE_OK | Access::EXEC_OK).map_err(|e| {
+            StoreError::Unavailable(format!("{shown} is not writable by this user: {e}"))
+        })?;
+        return match lock_holder(&path.join("db")) {
+            Ok(None) => Ok(None),
+            Ok(Some(pid)) => Err(StoreError::Locked {
+                path: shown.to_string(),
+                pid,
+            }),
+            Err(e) => Err(StoreError::Unavailable(format!(
+                "cannot read {}: {e}",
+                path.join("db").display()
+            ))),
+        };
+    }
+    let parent = path
+        .ancestors()
+        .skip(1)
+        .map(|a| {
+            if a.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                a
+            }
+        })
+        .find(|a| a.exists())
+        .unwrap_or(Path::new("/"));
+    if !parent.is_dir() {
+        return Err(StoreError::Unavailable(format!(
+            "cannot create {shown}: {} is not a directory",
+            parent.display()
+        )));
+    }
+    Ok(access(parent, Access::WRITE_OK | Access::EXEC_OK)
+        .err()
+        .map(|e| {
+            format!(
+                "store.path: {shown} does not exist, and this user cannot create it ({}: {e}); \
+                 the user hookrelay runs as must (under systemd, StateDirectory= does)",
+                parent.display()
+            )
+        }))
 }
 
 fn tx_error(e: TransactionError<StoreError>) -> StoreError {
