@@ -376,6 +376,51 @@ fn unit_config_and_socket_agree() {
 }
 
 #[test]
+fn unit_caps_memory_and_tasks_and_denies_link_local_but_not_the_lms() {
+    let unit = read(&repo().join("systemd/hookrelay.service"));
+    let memory = directive(&unit, "MemoryMax");
+    let gib = memory
+        .strip_suffix('G')
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("MemoryMax={memory} should be in G"));
+    assert!((1..=64).contains(&gib), "MemoryMax={memory}");
+    let tasks: u32 = directive(&unit, "TasksMax").parse().expect("TasksMax=N");
+    assert!((64..=4096).contains(&tasks), "TasksMax={tasks}");
+
+    let denied: Vec<ipnet::IpNet> = directive(&unit, "IPAddressDeny")
+        .split_whitespace()
+        .map(|n| n.parse().unwrap_or_else(|_| panic!("IPAddressDeny entry {n}")))
+        .collect();
+    let is_denied = |ip: &str| {
+        let ip: std::net::IpAddr = ip.parse().unwrap();
+        denied.iter().any(|n| n.contains(&ip))
+    };
+    for ip in ["169.254.169.254", "169.254.0.1", "fe80::1", "fd00:ec2::254"] {
+        assert!(is_denied(ip), "{ip} should be denied: {denied:?}");
+    }
+    // Loopback (the LMS on the same host), private networks and the
+    // internet, where an LMS or a receiver may be.
+    for ip in [
+        "127.0.0.1",
+        "127.0.0.53",
+        "::1",
+        "10.0.0.5",
+        "172.16.0.5",
+        "192.168.1.10",
+        "100.64.0.1",
+        "fd12:3456::1",
+        "203.0.113.7",
+        "2001:db8::1",
+    ] {
+        assert!(!is_denied(ip), "{ip} must stay reachable: {denied:?}");
+    }
+    assert!(
+        !unit.lines().any(|l| l.starts_with("IPAddressAllow=")),
+        "IPAddressAllow= would override the deny list"
+    );
+}
+
+#[test]
 fn cargo_deb_metadata_matches_the_tree() {
     let manifest: toml::Table = read(&repo().join("Cargo.toml"))
         .parse()
