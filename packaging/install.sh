@@ -18,6 +18,7 @@
 #   $SYSCONFDIR/hookrelay/admin.tokens     no tokens yet (comments only), mode 0600,
 #                                          only if absent
 #   $PREFIX/share/doc/hookrelay/           SERVICE.md, CONFIG.md, the low-port drop-in
+#   $PREFIX/share/man/man1/hookrelay*.1    the man pages (`man hookrelay`)
 #
 # It starts nothing: the next steps are printed at the end.
 set -eu
@@ -84,6 +85,12 @@ install -m 0644 "$src/systemd/hookrelay-lowport.conf" "$DESTDIR$docdir/hookrelay
 install -m 0644 "$src/docs/SERVICE.md" "$DESTDIR$docdir/SERVICE.md"
 install -m 0644 "$src/docs/CONFIG.md" "$DESTDIR$docdir/CONFIG.md"
 echo "   $docdir/"
+mandir="$PREFIX/share/man/man1"
+install -d -m 0755 "$DESTDIR$mandir"
+for page in "$src"/packaging/man/*.1; do
+    install -m 0644 "$page" "$DESTDIR$mandir/$(basename "$page")"
+done
+echo "   $mandir/hookrelay*.1"
 
 # The service reads the config as a dynamic user: 0644. A config already in
 # place is the operator's and is never replaced.

@@ -131,6 +131,15 @@ fn staged_units(lowport: bool) -> tempfile::TempDir {
         dir.path().join("hookrelay.socket"),
     )
     .expect("copy socket unit");
+    // Documentation=man:hookrelay(1) is looked up with man(1): the page the
+    // package installs, found here through MANPATH (see assert_verifies).
+    let man1 = dir.path().join("man/man1");
+    fs::create_dir_all(&man1).expect("man dir");
+    fs::copy(
+        repo().join("packaging/man/hookrelay.1"),
+        man1.join("hookrelay.1"),
+    )
+    .expect("copy the man page");
     if lowport {
         let dropins = dir.path().join("hookrelay.service.d");
         fs::create_dir(&dropins).expect("drop-in dir");
@@ -150,6 +159,7 @@ fn assert_verifies(units: &Path) {
         return;
     };
     let out = run(cmd
+        .env("MANPATH", units.join("man"))
         .arg("verify")
         .arg(units.join("hookrelay.service"))
         .arg(units.join("hookrelay.socket")));
@@ -389,7 +399,10 @@ fn unit_caps_memory_and_tasks_and_denies_link_local_but_not_the_lms() {
 
     let denied: Vec<ipnet::IpNet> = directive(&unit, "IPAddressDeny")
         .split_whitespace()
-        .map(|n| n.parse().unwrap_or_else(|_| panic!("IPAddressDeny entry {n}")))
+        .map(|n| {
+            n.parse()
+                .unwrap_or_else(|_| panic!("IPAddressDeny entry {n}"))
+        })
         .collect();
     let is_denied = |ip: &str| {
         let ip: std::net::IpAddr = ip.parse().unwrap();
@@ -441,6 +454,17 @@ fn cargo_deb_metadata_matches_the_tree() {
             target.as_str().expect("asset target"),
             mode.as_str().expect("asset mode"),
         );
+        if let Some(ext) = source.strip_prefix("packaging/man/*.") {
+            // The man pages, a glob cargo-deb expands.
+            let pages = std::fs::read_dir(repo().join("packaging/man"))
+                .expect("packaging/man")
+                .flatten()
+                .filter(|e| e.path().extension().is_some_and(|x| x == ext))
+                .count();
+            assert!(pages > 0, "no {source}");
+            assert_eq!(target, "usr/share/man/man1/");
+            continue;
+        }
         if !source.starts_with("target/") {
             assert!(
                 repo().join(source).is_file(),
@@ -572,6 +596,15 @@ fn install_sh_lays_out_a_working_tree() {
         .join("usr/share/doc/hookrelay/hookrelay-lowport.conf")
         .is_file());
     assert!(root.join("usr/share/doc/hookrelay/SERVICE.md").is_file());
+    // The unit's Documentation=man:hookrelay(1), and one page a command.
+    for page in [
+        "hookrelay.1",
+        "hookrelay-serve.1",
+        "hookrelay-check-config.1",
+    ] {
+        let path = root.join("usr/share/man/man1").join(page);
+        assert_eq!(mode(&path), 0o644, "{page}");
+    }
 
     let config = root.join("etc/hookrelay/hookrelay.toml");
     assert_eq!(mode(&config), 0o644, "config mode");
