@@ -406,10 +406,9 @@ pub fn summary(config: &Config, path: &Path, warnings: &[String]) -> String {
             line(format!("    dedup on    {}", d.describe()));
         }
         if !route.catalog.is_empty() {
-            line(format!(
-                "    catalog     {} event types",
-                route.catalog.len()
-            ));
+            let n = route.catalog.len();
+            let s = if n == 1 { "" } else { "s" };
+            line(format!("    catalog     {n} event type{s}"));
         }
         for t in &route.targets {
             line(format!("    target {} -> {}", t.name, t.url));

@@ -112,10 +112,10 @@ impl Config {
                     let (line, column) = position(text, start);
                     format!(
                         "{} (line {line}, column {column})",
-                        without_value(inner.message().trim(), written)
+                        without_value(inner.message().trim(), written, last_key(&key))
                     )
                 }
-                None => without_value(inner.message().trim(), ""),
+                None => without_value(inner.message().trim(), "", ""),
             };
             // The root, or a key with an empty name (`['']`), has no path.
             let key = if key == "." || key.is_empty() {
@@ -332,8 +332,8 @@ fn position(text: &str, at: usize) -> (usize, usize) {
 /// errors `invalid type: integer `5`, expected a string`: the kind stays
 /// (`integer`), the value goes. Any other quoted text (in `` ` `` or `"`)
 /// that is part of what was `written` at the error's place is replaced
-/// by `(the value)`.
-fn without_value(message: &str, written: &str) -> String {
+/// by `(the value)`, unless it is the `key`'s own name (`unknown field`).
+fn without_value(message: &str, written: &str, key: &str) -> String {
     for prefix in ["invalid type: ", "invalid value: ", "invalid length "] {
         if let Some(rest) = message.strip_prefix(prefix) {
             if let Some(cut) = rest.rfind(", expected ") {
@@ -352,7 +352,7 @@ fn without_value(message: &str, written: &str) -> String {
         };
         let quoted = &rest[open + 1..open + 1 + len];
         out.push_str(&rest[..open]);
-        if !quoted.is_empty() && written.contains(quoted) {
+        if !quoted.is_empty() && quoted != key && written.contains(quoted) {
             out.push_str("(the value)");
         } else {
             out.push_str(&rest[open..open + 2 + len]);
@@ -361,6 +361,11 @@ fn without_value(message: &str, written: &str) -> String {
     }
     out.push_str(rest);
     out
+}
+
+/// The last name of a key path (`store.paht` → `paht`).
+fn last_key(path: &str) -> &str {
+    path.rsplit('.').next().unwrap_or(path)
 }
 
 /// The signing secret every example in config/ and packaging/ ships with:

@@ -307,6 +307,10 @@ fn errors_never_print_a_value() {
     let e = parse(&target("events = [\"sec*ret-token\"]")).unwrap_err();
     assert!(!e.to_string().contains("ret-token"), "{e}");
     assert!(e.to_string().contains("(the value)"), "{e}");
+
+    // A key's own name is not a value.
+    let e = parse("[store]\npaht = \"x\"\n").unwrap_err();
+    assert!(e.reason.starts_with("unknown field `paht`"), "{e}");
 }
 
 #[test]

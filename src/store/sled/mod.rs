@@ -605,10 +605,11 @@ fn flock_pid(meta: &std::fs::Metadata) -> Option<u32> {
 }
 
 /// Whether a store could be opened at `path`, checked without opening it
-/// (for `check-config`): an existing one must be a writable directory
-/// whose lock no other process holds. A missing one is made at start; a
-/// parent this user cannot write to is a warning, not an error, since
-/// under systemd `StateDirectory=` makes it for the service's user.
+/// (for `check-config`): an existing one must be a writable directory. Its
+/// lock held by another process is a warning (that relay runs; a second
+/// would be refused). A missing one is made at start; a parent this user
+/// cannot write to is a warning too, since under systemd `StateDirectory=`
+/// makes it for the service's user.
 pub fn check_path(path: &Path) -> Result<Option<String>, StoreError> {
     use rustix::fs::{access, Access};
     let shown = path.display();
@@ -623,10 +624,18 @@ pub fn check_path(path: &Path) -> Result<Option<String>, StoreError> {
         })?;
         return match lock_holder(&path.join("db")) {
             Ok(None) => Ok(None),
-            Ok(Some(pid)) => Err(StoreError::Locked {
-                path: shown.to_string(),
-                pid,
-            }),
+            // The running relay a changed file is checked for before its
+            // reload holds it: said, not an error.
+            Ok(Some(pid)) => {
+                let locked = StoreError::Locked {
+                    path: shown.to_string(),
+                    pid,
+                };
+                Ok(Some(format!(
+                    "{locked}: a relay started with this file is refused while that one runs \
+                     (reloading that one is fine)"
+                )))
+            }
             Err(e) => Err(StoreError::Unavailable(format!(
                 "cannot read {}: {e}",
                 path.join("db").display()
