@@ -353,7 +353,6 @@ pub fn duration_text(s: &str) -> Result<String, String> {
 /// Header values and secrets are never printed.
 pub fn summary(config: &Config, path: &Path, warnings: &[String]) -> String {
     let mut out = String::new();
-    // Writing to a String cannot fail.
     let mut line = |text: String| {
         out.push_str(&text);
         out.push('\n');
