@@ -219,6 +219,10 @@ impl Relay {
             &mut tasks,
             listeners,
             ingest_handler,
+            {
+                let ingest = ingest.clone();
+                move |source| ingest.admits(source)
+            },
             limits,
             &ingest_tls,
             &rx,
@@ -227,6 +231,10 @@ impl Relay {
             &mut tasks,
             admin_listeners,
             admin_handler,
+            {
+                let admin = admin.clone();
+                move |source| admin.allows_source(source)
+            },
             limits,
             &admin_tls,
             &rx,
@@ -395,10 +403,11 @@ impl Relay {
 }
 
 /// Serves `handler` on each of `listeners`, one task each.
-fn spawn_listeners<H, F>(
+fn spawn_listeners<H, F, A>(
     tasks: &mut Vec<JoinHandle<()>>,
     listeners: Vec<TcpListener>,
     handler: H,
+    admits: A,
     limits: Limits,
     tls: &Option<Arc<ReloadableTls>>,
     shutdown: &watch::Receiver<bool>,
@@ -407,11 +416,13 @@ fn spawn_listeners<H, F>(
     F: std::future::Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>>
         + Send
         + 'static,
+    A: Fn(std::net::IpAddr) -> bool + Clone + Send + 'static,
 {
     for l in listeners {
         tasks.push(tokio::spawn(server::serve::serve(
             l,
             handler.clone(),
+            admits.clone(),
             limits,
             tls.clone(),
             shutdown.clone(),

@@ -1,5 +1,6 @@
 //! Hostile clients: slowloris, silent connections, oversized and too many
-//! headers, connection floods, garbage bytes, truncated bodies. Throughout,
+//! headers, connection floods, garbage bytes, truncated bodies, idle
+//! connections from sources outside the allowlists. Throughout,
 //! well-formed clients keep being served and the relay's memory stays
 //! bounded.
 //!
@@ -8,12 +9,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 /// Resident memory of this process, in KiB.
 fn rss_kib() -> u64 {
@@ -252,4 +253,50 @@ async fn a_flood_of_refused_requests_is_recorded_at_a_bounded_rate() {
         recorded <= 200 + 20 * secs && recorded < FLOOD,
         "{recorded} of {FLOOD} refusals recorded in {secs} s"
     );
+}
+
+/// Connections from outside `ingest.allow` and `admin.allow` are closed as
+/// soon as they are accepted: however many a refused source holds open, an
+/// allowed client finds a free connection slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_sources_hold_no_connection_slot() {
+    const SLOTS: usize = 8;
+    // Well under the header read timeout, which is how long a refused but
+    // idle connection would keep its slot if it got one.
+    const PROMPT: Duration = Duration::from_secs(3);
+    let rx = Receiver::ok().await;
+    let app = spawn_app(&format!(
+        "ingest.allow = [\"127.0.0.1/32\"]\n\
+         admin.allow = [\"127.0.0.1/32\"]\n\
+         ingest.max_connections = {SLOTS}\n\
+         ingest.header_read_timeout = \"15s\"\n{}",
+        one_route(&rx.url("/hook"), "")
+    ))
+    .await;
+    let refused: IpAddr = "127.0.0.2".parse().unwrap();
+    for (listener, path, expected) in [
+        (app.addr, "/t/new_order", 202),
+        (app.relay.admin_addrs()[0], "/healthz", 200),
+    ] {
+        let mut idle = Vec::new();
+        for _ in 0..3 * SLOTS {
+            let socket = TcpSocket::new_v4().unwrap();
+            socket.bind(SocketAddr::new(refused, 0)).unwrap();
+            idle.push(socket.connect(listener).await.expect("the kernel accepts"));
+        }
+        let start = Instant::now();
+        let method = if expected == 202 { "POST" } else { "GET" };
+        let r = tokio::time::timeout(PROMPT, send(listener, None, method, path, &[], "{}"))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: an allowed client waited past {PROMPT:?}"));
+        assert_eq!(r.status, expected, "{path}");
+        assert!(start.elapsed() < PROMPT);
+        for mut tcp in idle {
+            let mut buf = [0u8; 64];
+            let read = tokio::time::timeout(PROMPT, tcp.read(&mut buf))
+                .await
+                .unwrap_or_else(|_| panic!("{path}: a refused connection was left open"));
+            assert_eq!(read.unwrap(), 0, "{path}: closed without an answer");
+        }
+    }
 }

@@ -1,7 +1,10 @@
 //! The ingest listener: where the LMS posts its webhooks.
 //!
-//! Order of checks: source allowlist (403), per-source rate (429), method
-//! (405), route (404), body size (413), event template (400), store (503).
+//! Order of checks: source allowlist (the listener closes a connection from
+//! outside `ingest.allow` right after accepting it, unread and counted;
+//! a request on a connection accepted before a reload narrowed the list
+//! gets 403), per-source rate (429), method (405), route (404), body size
+//! (413), event template (400), store (503).
 //! Which targets get a delivery (their `events` and `filter`) is decided
 //! here, where the body's JSON is at hand; dispatch only sees the result.
 //! Invariant: a 202 is sent only after `Store::accept` returned, that is after
@@ -143,6 +146,26 @@ impl Ingest {
 
     fn settings(&self) -> Arc<Settings> {
         self.settings.read().expect("lock poisoned").clone()
+    }
+
+    /// Whether a connection from `source` is served: inside `ingest.allow`.
+    /// The listener asks this right after `accept()` and closes a refused
+    /// connection unread; the refusal is counted as `source_not_allowed`.
+    pub fn admits(&self, source: IpAddr) -> bool {
+        let source = source.to_canonical();
+        if self
+            .settings()
+            .allow
+            .iter()
+            .any(|net| net.contains(&source))
+        {
+            return true;
+        }
+        self.metrics.rejected("source_not_allowed");
+        if let Some(suppressed) = self.refusal_log.admit() {
+            tracing::warn!(%source, suppressed, "ingest closed a connection from a source outside ingest.allow");
+        }
+        false
     }
 
     /// Forgets rate-limit state of sources that are back to a full bucket,

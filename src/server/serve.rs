@@ -2,6 +2,10 @@
 //! TLS), optional TLS, bounds on every client resource, graceful shutdown.
 //!
 //! Invariants:
+//! - a connection from a source the listener does not admit is closed
+//!   right after `accept()`, before it takes a connection slot and before
+//!   anything is read from it, so refused sources cannot crowd out allowed
+//!   ones;
 //! - at most `max_connections` connections are served at once (a semaphore;
 //!   the rest wait in the kernel's accept queue);
 //! - a connection that sends nothing within `header_read_timeout` of being
@@ -16,7 +20,7 @@
 
 use std::future::Future;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -78,29 +82,26 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     builder
 }
 
-/// Serves `handler` on `listener` until `shutdown` turns true. With `tls`,
-/// every connection starts with a TLS handshake using the configuration
-/// current when it was accepted.
-pub async fn serve<H, F>(
+/// Serves `handler` on `listener` until `shutdown` turns true. A
+/// connection whose peer address `admits` refuses is closed unread. With
+/// `tls`, every connection starts with a TLS handshake using the
+/// configuration current when it was accepted.
+pub async fn serve<H, F, A>(
     listener: TcpListener,
     handler: H,
+    admits: A,
     limits: Limits,
     tls: Option<Arc<ReloadableTls>>,
     mut shutdown: watch::Receiver<bool>,
 ) where
     H: Fn(Request<Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+    A: Fn(IpAddr) -> bool + Send + 'static,
 {
     let builder = Arc::new(http_builder(&limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
 
     loop {
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p,
-            _ = stopped(&mut shutdown) => break,
-        };
-        // The semaphore is never closed, so acquiring only fails if it were.
-        let Ok(permit) = permit else { break };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(conn) => conn,
@@ -113,6 +114,17 @@ pub async fn serve<H, F>(
             },
             _ = stopped(&mut shutdown) => break,
         };
+        if !admits(peer.ip()) {
+            // Dropping the stream closes it: no slot, no read, no answer.
+            drop(stream);
+            continue;
+        }
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p,
+            _ = stopped(&mut shutdown) => break,
+        };
+        // The semaphore is never closed, so acquiring only fails if it were.
+        let Ok(permit) = permit else { break };
         let _ = stream.set_nodelay(true);
         let io = Watched::new(stream, limits.header_read_timeout, limits.idle_timeout);
         let (handler, builder, shutdown) = (handler.clone(), builder.clone(), shutdown.clone());
