@@ -280,3 +280,33 @@ async fn xml_for_a_body_that_is_not_json_is_dead_with_the_reason() {
     assert!(attempts[0].error.as_deref().unwrap().contains("not JSON"));
     assert!(rx.received().is_empty());
 }
+
+#[tokio::test]
+async fn payload_values_cannot_break_a_json_template() {
+    let rx = Receiver::ok().await;
+    let route = format!(
+        "[[routes]]\nname = \"t\"\npath = \"/t/{{event}}\"\n\
+         [[routes.targets]]\nname = \"shaped\"\nurl = \"{}\"\n\
+         template = '{{\"name\": {{{{ payload.name }}}}, \"course\": {{{{ \"course:\" ~ payload.course }}}}, \"event\": {{{{ event.type }}}}}}'\n",
+        rx.url("/")
+    );
+    let (relay, _dir) = start_with_env(&route, &[]).await;
+    let addr = relay.ingest_addrs()[0];
+    // A quote, a brace and a line break: as text pasted into the
+    // template, each would end the string or the object early.
+    let name = "O\"Brien\"}, \"role\": \"admin\", \"x\": {\"\nsecond line";
+    let r = post_json(
+        addr,
+        "/t/signup",
+        json!({"name": name, "course": "}\"{"}).to_string(),
+    )
+    .await;
+    assert_eq!(r.status, 202);
+    let got = rx.wait_for(1).await;
+    let body: Value = serde_json::from_slice(&got[0].body).expect("the body is JSON");
+    assert_eq!(
+        body,
+        json!({"name": name, "course": "course:}\"{", "event": "signup"})
+    );
+    assert_eq!(got[0].headers["content-type"], "application/json");
+}

@@ -342,9 +342,9 @@ pub(crate) fn outbound(
     }
     let body = match (source, format) {
         // `json` with a template is how older files asked for one.
-        (Some((key, text)), Format::Template | Format::Json) => {
-            Body::Template(BodyTemplate::parse(&text).map_err(|e| bad(key, e))?)
-        }
+        (Some((key, text)), Format::Template | Format::Json) => Body::Template(
+            BodyTemplate::parse(&text, content_type.as_ref()).map_err(|e| bad(key, e))?,
+        ),
         (Some((key, _)), other) => {
             return Err(bad(
                 key,

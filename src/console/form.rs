@@ -571,6 +571,10 @@ fn preview_body(
     route: Option<&str>,
     example: &Value,
 ) -> Result<(String, String), String> {
+    let content_type = match view.get("content_type") {
+        "" => None,
+        ct => Some(http::HeaderValue::from_str(ct).map_err(|_| "not a content type".to_string())?),
+    };
     let body = match view.get("format") {
         "xml" => {
             let root = view.get("xml_root");
@@ -580,13 +584,12 @@ fn preview_body(
                 XmlName::parse(root)?
             })
         }
-        "template" => Body::Template(BodyTemplate::parse(view.get("template"))?),
+        "template" => Body::Template(BodyTemplate::parse(
+            view.get("template"),
+            content_type.as_ref(),
+        )?),
         "original" => Body::Original,
         _ => Body::Json,
-    };
-    let content_type = match view.get("content_type") {
-        "" => None,
-        ct => Some(http::HeaderValue::from_str(ct).map_err(|_| "not a content type".to_string())?),
     };
     let shape = Shape { body, content_type };
     let event = Event {

@@ -56,7 +56,7 @@ pub enum ShapeError {
     Render(String),
     #[error("the template rendered an empty body")]
     Empty,
-    #[error("the template's output is not valid JSON ({0}); pass values through `tojson`")]
+    #[error("the template's output is not valid JSON ({0}); values are written as JSON, so check the text around them (and any `| safe`)")]
     BadJson(String),
     #[error("cannot write XML: {0}")]
     Xml(String),
@@ -139,7 +139,7 @@ impl Shape {
                 }
             }
             Body::Template(t) => Shaped {
-                body: Bytes::from(t.render(event, id, self.content_type.as_ref())?),
+                body: Bytes::from(t.render(event, id)?),
                 content_type: Some(HeaderValue::from_static("application/json")),
             },
         };

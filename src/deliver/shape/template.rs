@@ -1,5 +1,10 @@
 //! Body templates (minijinja), compiled at config load and rendered per
 //! event with a bounded amount of fuel.
+//!
+//! Invariant: a template whose output is JSON (no content type, or a JSON
+//! one) writes every `{{ value }}` as JSON (minijinja's JSON auto-escape),
+//! so no payload value can end a string early or add keys: `{{ name }}`
+//! gives `"Alice"`, quotes included. Only `| safe` writes raw text.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -7,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use http::HeaderValue;
-use minijinja::{Environment, ErrorKind, UndefinedBehavior};
+use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
 use serde_json::Value;
 
 use crate::deliver::shape::ShapeError;
@@ -25,17 +30,25 @@ pub const TEMPLATE_VARIABLES: [&str; 3] = ["payload", "headers", "event"];
 #[derive(Clone)]
 pub struct BodyTemplate {
     env: Arc<Environment<'static>>,
+    /// The output is JSON: values are escaped as JSON and the rendered
+    /// body must parse.
+    json: bool,
 }
 
 const NAME: &str = "body";
 
 impl BodyTemplate {
-    /// Compiles `source`, and refuses variables other than [`TEMPLATE_VARIABLES`]
-    /// so that a typo is found at load rather than at the first event.
-    pub fn parse(source: &str) -> Result<BodyTemplate, String> {
+    /// Compiles `source` for a body sent as `content_type` (none: JSON),
+    /// and refuses variables other than [`TEMPLATE_VARIABLES`] so that a
+    /// typo is found at load rather than at the first event.
+    pub fn parse(source: &str, content_type: Option<&HeaderValue>) -> Result<BodyTemplate, String> {
+        let json = content_type.is_none_or(is_json_type);
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
         env.set_fuel(Some(TEMPLATE_FUEL));
+        if json {
+            env.set_auto_escape_callback(|_| AutoEscape::Json);
+        }
         env.add_template_owned(NAME, source.to_string())
             .map_err(|e| describe(&e))?;
         let tmpl = env.get_template(NAME).map_err(|e| describe(&e))?;
@@ -58,15 +71,13 @@ impl BodyTemplate {
             ));
         }
         dry_run(source)?;
-        Ok(BodyTemplate { env: Arc::new(env) })
+        Ok(BodyTemplate {
+            env: Arc::new(env),
+            json,
+        })
     }
 
-    pub(super) fn render(
-        &self,
-        event: &Event,
-        id: &str,
-        content_type: Option<&HeaderValue>,
-    ) -> Result<Vec<u8>, ShapeError> {
+    pub(super) fn render(&self, event: &Event, id: &str) -> Result<Vec<u8>, ShapeError> {
         let payload: Value = serde_json::from_slice(&event.body).unwrap_or(Value::Null);
         let mut headers: BTreeMap<&str, String> = BTreeMap::new();
         for (name, value) in event.meta.headers.iter().chain(&event.meta.request_headers) {
@@ -96,8 +107,7 @@ impl BodyTemplate {
         if out.trim().is_empty() {
             return Err(ShapeError::Empty);
         }
-        let is_json = content_type.is_none_or(is_json_type);
-        if is_json {
+        if self.json {
             if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(&out) {
                 return Err(ShapeError::BadJson(e.to_string()));
             }

@@ -116,9 +116,10 @@ fn xml_shape_sets_content_type_and_needs_json() {
 #[test]
 fn templates_see_payload_headers_and_event() {
     let t = BodyTemplate::parse(
-        r#"{"name": {{ payload.user.name | tojson }}, "lms": {{ headers["x-lms"] | tojson }},
-            "type": {{ event.type | tojson }}, "id": {{ event.id | tojson }}, "at": {{ event.received_at | tojson }},
+        r#"{"name": {{ payload.user.name }}, "lms": {{ headers["x-lms"] | tojson }},
+            "type": {{ event.type }}, "id": {{ event.id }}, "at": {{ event.received_at }},
             "n": {{ range(3) | length }}}"#,
+        None,
     )
     .unwrap();
     let shape = Shape {
@@ -138,31 +139,36 @@ fn templates_see_payload_headers_and_event() {
 
 #[test]
 fn bad_templates_are_refused_at_parse() {
-    assert!(BodyTemplate::parse("{{ payload.x ").is_err());
-    assert!(BodyTemplate::parse("{% for %}").is_err());
-    let e = BodyTemplate::parse("{{ payload.x | tojosn }}").unwrap_err();
+    assert!(BodyTemplate::parse("{{ payload.x ", None).is_err());
+    assert!(BodyTemplate::parse("{% for %}", None).is_err());
+    let e = BodyTemplate::parse("{{ payload.x | tojosn }}", None).unwrap_err();
     assert!(e.contains("tojosn"), "{e}");
-    let e = BodyTemplate::parse("{% if payload.x is definde %}{% endif %}").unwrap_err();
+    let e = BodyTemplate::parse("{% if payload.x is definde %}{% endif %}", None).unwrap_err();
     assert!(e.contains("definde"), "{e}");
-    let e = BodyTemplate::parse("{{ rnage(3) }}").unwrap_err();
+    let e = BodyTemplate::parse("{{ rnage(3) }}", None).unwrap_err();
     assert!(e.contains("rnage"), "{e}");
-    let e = BodyTemplate::parse("{{ paylod.x }}").unwrap_err();
+    let e = BodyTemplate::parse("{{ paylod.x }}", None).unwrap_err();
     assert!(e.contains("paylod"), "{e}");
     assert!(BodyTemplate::parse(
-        "{% set x = 1 %}{{ x }}{% for i in payload.items %}{{ loop.index }}{% endfor %}"
+        "{% set x = 1 %}{{ x }}{% for i in payload.items %}{{ loop.index }}{% endfor %}",
+        None
     )
     .is_ok());
     assert!(BodyTemplate::parse(
-        "{%- if payload.a -%}{%- set what, n = 1, 2 -%}{% else %}{% set what = 2 %}{% set n = 3 %}{%- endif -%}{{ what }}{{ n }}"
+        "{%- if payload.a -%}{%- set what, n = 1, 2 -%}{% else %}{% set what = 2 %}{% set n = 3 %}{%- endif -%}{{ what }}{{ n }}",
+        None
     )
     .is_ok());
 }
 
 #[test]
 fn render_failures_are_errors_never_empty_bodies() {
-    let shape = |src: &str, ct: Option<&'static str>| Shape {
-        body: Body::Template(BodyTemplate::parse(src).unwrap()),
-        content_type: ct.map(HeaderValue::from_static),
+    let shape = |src: &str, ct: Option<&'static str>| {
+        let content_type = ct.map(HeaderValue::from_static);
+        Shape {
+            body: Body::Template(BodyTemplate::parse(src, content_type.as_ref()).unwrap()),
+            content_type,
+        }
     };
     let ev = event(r#"{"user": {}}"#);
     let e = shape("{{ payload.user.name.first }}", None)
@@ -185,7 +191,9 @@ fn render_failures_are_errors_never_empty_bodies() {
         .apply(&ev)
         .unwrap_err();
     assert_eq!(e, ShapeError::Empty);
-    let e = shape("{\"a\": {{ 'x' }}}", None).apply(&ev).unwrap_err();
+    let e = shape("{\"a\": {{ 'x' | safe }}}", None)
+        .apply(&ev)
+        .unwrap_err();
     assert!(matches!(e, ShapeError::BadJson(_)), "{e}");
     let e = shape(
         "{% for i in range(100000) %}{% for j in range(100) %}{% endfor %}{% endfor %}x",
@@ -206,4 +214,33 @@ fn render_failures_are_errors_never_empty_bodies() {
         out.content_type.unwrap(),
         "application/x-www-form-urlencoded"
     );
+}
+
+#[test]
+fn json_templates_escape_every_value_so_no_payload_breaks_the_body() {
+    let shape = |ct: Option<&'static str>| {
+        let content_type = ct.map(HeaderValue::from_static);
+        let src =
+            r#"{"name": {{ payload.name }}, "n": {{ payload.n }}, "tags": {{ payload.tags }}}"#;
+        Shape {
+            body: Body::Template(BodyTemplate::parse(src, content_type.as_ref()).unwrap()),
+            content_type,
+        }
+    };
+    let hostile = "Al\"ice\"}, \"admin\": true, \"x\": {\"\nline two";
+    let ev = event(&json!({"name": hostile, "n": 1.5, "tags": ["a", "}"]}).to_string());
+    for ct in [None, Some("application/vnd.lms+json; charset=utf-8")] {
+        let out = shape(ct).apply(&ev).unwrap();
+        let got: Value = serde_json::from_slice(&out.body).unwrap();
+        assert_eq!(
+            got,
+            json!({"name": hostile, "n": 1.5, "tags": ["a", "}"]}),
+            "{ct:?}"
+        );
+    }
+    // A body that is not JSON is written as the template says.
+    let out = shape(Some("text/plain")).apply(&ev).unwrap();
+    assert!(std::str::from_utf8(&out.body)
+        .unwrap()
+        .starts_with("{\"name\": Al\"ice"));
 }
