@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A route `/t/{event}` with no configured targets.
 const BARE_ROUTE: &str = "[[routes]]\nname = \"t\"\npath = \"/t/{event}\"\n";
@@ -143,17 +144,18 @@ async fn tokens_allowlist_and_errors() {
     );
     assert_eq!(admin(&app, "GET", "/api/hooks", None).await.status, 200);
 
-    let other = "127.0.0.2".parse().unwrap();
-    let r = send(
-        app.relay.admin_addrs()[0],
-        Some(other),
-        "GET",
-        "/healthz",
-        &[],
-        "",
-    )
-    .await;
-    assert_eq!(r.status, 403);
+    // A source outside admin.allow is closed unanswered, token or not.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let mut tcp = socket.connect(app.relay.admin_addrs()[0]).await.unwrap();
+    let request =
+        format!("GET /api/hooks HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {TOKEN}\r\n\r\n");
+    let _ = tcp.write_all(request.as_bytes()).await;
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut got))
+        .await
+        .expect("the relay closes the connection");
+    assert!(got.is_empty(), "{}", String::from_utf8_lossy(&got));
 
     for path in [
         "/api/hooks/hook_nope",
@@ -235,6 +237,19 @@ async fn tokens_allowlist_and_errors() {
     )
     .await;
     assert_eq!(r.status, 422);
+    // A null target is not "every target": only leaving it out is.
+    let r = admin(
+        &app,
+        "POST",
+        "/api/deliveries/retry",
+        Some(json!({"state": "dead", "target": null})),
+    )
+    .await;
+    assert_eq!(r.status, 422, "{:?}", r.body);
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("target"));
     let r = admin(&app, "PUT", "/api/hooks", None).await;
     assert_eq!(r.status, 405);
 }
@@ -613,4 +628,37 @@ async fn a_wrong_method_gets_405_with_the_allowed_ones_and_an_unknown_path_404()
     // A known path still needs the token.
     let r = admin_as(&app, None, "GET", "/api/hooks/hook_x", None).await;
     assert_eq!(r.status, 401);
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_read_in_any_case() {
+    let app = spawn_app(BARE_ROUTE).await;
+    let addr = app.relay.admin_addrs()[0];
+    let get = |auth: String| async move {
+        send(
+            addr,
+            None,
+            "GET",
+            "/api/hooks",
+            &[("authorization", &auth)],
+            "",
+        )
+        .await
+    };
+    // RFC 9110 §11.1: the scheme is case-insensitive.
+    for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+        let r = get(format!("{scheme} {TOKEN}")).await;
+        assert_eq!(r.status, 200, "{scheme}: {:?}", r.body);
+    }
+    // The token itself is not: neither is a scheme other than bearer.
+    for auth in [
+        format!("Bearer {}", TOKEN.to_uppercase()),
+        format!("Basic {TOKEN}"),
+        format!("Bearer{TOKEN}"),
+        "Bearer ".to_string(),
+    ] {
+        let r = get(auth.clone()).await;
+        assert_eq!(r.status, 401, "{auth}");
+        assert_eq!(r.headers["www-authenticate"], "Bearer");
+    }
 }

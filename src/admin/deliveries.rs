@@ -143,6 +143,14 @@ impl Admin {
             state: Option<String>,
             target: Option<String>,
         }
+        // Absent means every target; a null is refused, not read as absent,
+        // so a client that meant to name one target never re-queues all.
+        if body.get("target").is_some_and(Value::is_null) {
+            return Err(invalid(
+                "target",
+                "must be a target id; leave it out for every target",
+            ));
+        }
         let req: Bulk = serde_json::from_value(body).map_err(|e| invalid("body", e))?;
         let state = req
             .state
