@@ -225,6 +225,18 @@ async fn tokens_allowlist_and_errors() {
     )
     .await;
     assert_eq!(r.status, 422);
+    // JSON, but not an object: never read as a struct's fields in order.
+    let hook = subscribe(&app, &rx.url("/h"), "new_order").await;
+    let test = format!("/api/endpoints/{}/test", hook["id"].as_str().unwrap());
+    for (path, body) in [
+        ("/api/hooks", json!([rx.url("/h"), "new_order"])),
+        (test.as_str(), json!([null, null])),
+        ("/api/deliveries/retry", json!(["dead"])),
+    ] {
+        let r = admin(&app, "POST", path, Some(body.clone())).await;
+        assert_eq!(r.status, 422, "{path} {body}: {:?}", r.body);
+        assert_eq!(r.json()["error"]["message"], "body: must be a JSON object");
+    }
     let r = admin(&app, "GET", "/api/deliveries?state=lost", None).await;
     assert_eq!(r.status, 422);
     let r = admin(&app, "GET", "/api/deliveries?limit=0", None).await;

@@ -799,3 +799,129 @@ fn the_route_table_and_the_document_name_the_same_operations() {
         "served but not documented: {undocumented:?}; documented but not served: {unserved:?}"
     );
 }
+
+/// The `pattern` of `schema` (following one `$ref`), as a regex.
+fn pattern(spec: &Value, schema: &Value) -> regex::Regex {
+    let schema = match schema["$ref"].as_str() {
+        Some(r) => &spec["components"]["schemas"][r.trim_start_matches("#/components/schemas/")],
+        None => schema,
+    };
+    let p = schema["pattern"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no pattern in {schema}"));
+    regex::Regex::new(p).unwrap_or_else(|e| panic!("{p}: {e}"))
+}
+
+/// A key of `bytes` bytes in the Standard Webhooks form.
+fn secret_of(bytes: usize) -> String {
+    use base64::Engine;
+    let key: Vec<u8> = (0..bytes).map(|i| (i * 37 % 251) as u8).collect();
+    format!(
+        "whsec_{}",
+        base64::engine::general_purpose::STANDARD.encode(key)
+    )
+}
+
+#[tokio::test]
+async fn the_documents_patterns_refuse_what_the_relay_refuses_and_no_more() {
+    let spec = spec();
+    let app = spawn_app("[[routes]]\nname = \"t\"\npath = \"/t/{event}\"\n").await;
+    let hook = &spec["components"]["schemas"]["NewHook"]["properties"];
+    let base = json!({"target_url": "http://127.0.0.1:9/hook", "event": "new_order"});
+    // (field of NewHook, value, whether the relay takes it)
+    let mut cases: Vec<(&str, String, bool)> = Vec::new();
+    for (v, ok) in [
+        ("course_*", true),
+        ("*", true),
+        ("virtual classroom.*", true),
+        ("a *", true),
+        ("", false),
+        (" padded", false),
+        ("padded ", false),
+        ("a*b", false),
+        ("**", false),
+        ("bell\u{7}", false),
+    ] {
+        cases.push(("event", v.to_string(), ok));
+    }
+    for (v, ok) in [
+        (secret_of(24), true),
+        (secret_of(25), true),
+        (secret_of(26), true),
+        (secret_of(64), true),
+        (secret_of(23), false),
+        (secret_of(65), false),
+        ("hunter2".to_string(), false),
+        // Non-canonical padding bits.
+        (format!("whsec_{}B=", "A".repeat(34)), false),
+    ] {
+        cases.push(("secret", v, ok));
+    }
+    for (v, ok) in [
+        ("http://127.0.0.1:9/x?y=1", true),
+        ("https://lms.example/hooks", true),
+        ("ftp://lms.example/", false),
+        ("lms.example/hooks", false),
+        ("http://user:pw@lms.example/", false),
+        ("http:///nohost", false),
+    ] {
+        cases.push(("target_url", v.to_string(), ok));
+    }
+    for (i, (field, value, takes)) in cases.into_iter().enumerate() {
+        let documented = pattern(&spec, &hook[field]).is_match(&value);
+        assert_eq!(documented, takes, "the document on {field} = {value:?}");
+        let mut body = base.clone();
+        // A new event each time: the same URL and event give the same hook.
+        body["event"] = json!(format!("case_{i}"));
+        body[field] = json!(value);
+        let r = admin(&app, "POST", "/api/hooks", Some(body)).await;
+        let want = if takes { 201 } else { 422 };
+        assert_eq!(
+            r.status, want,
+            "the relay on {field} = {value:?}: {:?}",
+            r.body
+        );
+    }
+
+    // Page cursors: the relay's ids, nothing else.
+    let params = |path: &str| spec["paths"][path]["get"]["parameters"].clone();
+    let after = |path: &str| {
+        let ps = params(path);
+        let p = ps
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "after")
+            .unwrap()
+            .clone();
+        pattern(&spec, &p["schema"])
+    };
+    let ulid = "01ARZ3NDEKTSV4RRFFQ69G5FAV";
+    for (path, prefix) in [("/api/deliveries", "dlv_"), ("/api/events", "in_")] {
+        let re = after(path);
+        for (v, takes) in [
+            (format!("{prefix}{ulid}"), true),
+            (format!("{prefix}{}", ulid.to_lowercase()), true),
+            (String::new(), false),
+            (prefix.to_string(), false),
+            (format!("evt_{ulid}"), false),
+            (format!("{prefix}{ulid}0"), false),
+        ] {
+            assert_eq!(re.is_match(&v), takes, "the document on {path}?after={v}");
+            let r = admin(&app, "GET", &format!("{path}?after={v}"), None).await;
+            let want = if takes { 200 } else { 422 };
+            assert_eq!(r.status, want, "the relay on {path}?after={v}");
+        }
+    }
+
+    // Bulk replay: `target` is a string; null is not "every target".
+    let bulk = &spec["components"]["schemas"]["BulkRetry"];
+    let null = json!({"state": "dead", "target": null});
+    assert!(check(&spec, bulk, &null, "BulkRetry").is_err());
+    let r = admin(&app, "POST", "/api/deliveries/retry", Some(null)).await;
+    assert_eq!(r.status, 422);
+    let absent = json!({"state": "dead"});
+    assert!(check(&spec, bulk, &absent, "BulkRetry").is_ok());
+    let r = admin(&app, "POST", "/api/deliveries/retry", Some(absent)).await;
+    assert_eq!(r.status, 200);
+}

@@ -89,9 +89,11 @@ impl Call {
         self.read_json(false).await
     }
 
+    /// Every body the API takes is a JSON object: anything else is refused
+    /// here, before serde could read an array as a struct's fields in order.
     async fn read_json(self, empty_is_object: bool) -> Result<Value, AdminError> {
         let incoming = match self.body {
-            CallBody::Json(v) => return Ok(v),
+            CallBody::Json(v) => return object(v),
             CallBody::Http(incoming) => incoming,
         };
         let body = http_body_util::Limited::new(incoming, MAX_BODY)
@@ -102,7 +104,17 @@ impl Call {
         if empty_is_object && body.iter().all(u8::is_ascii_whitespace) {
             return Ok(json!({}));
         }
-        serde_json::from_slice(&body).map_err(|e| invalid("body", format!("not JSON: {e}")))
+        let value =
+            serde_json::from_slice(&body).map_err(|e| invalid("body", format!("not JSON: {e}")))?;
+        object(value)
+    }
+}
+
+fn object(value: Value) -> Result<Value, AdminError> {
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(invalid("body", "must be a JSON object"))
     }
 }
 
