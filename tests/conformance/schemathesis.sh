@@ -1,0 +1,131 @@
+#!/usr/bin/env bash
+# The admin API against its contract, docs/openapi.json: schemathesis sends
+# generated requests (valid and invalid by the document) to a running
+# hookrelay and fails on any answer the document does not allow, a 5xx, a
+# 405 without `Allow`, a valid request refused or an invalid one accepted.
+#
+# Nothing leaves loopback: schemathesis creates endpoints with whatever
+# target URLs the document allows and asks for Send Tests, so the relay and
+# schemathesis run in a network namespace of their own with only `lo` up
+# (`unshare --net`). That needs root (CI runs as root).
+#
+# Bounded: a fixed number of examples per operation, a fixed seed (the same
+# run every time), a time budget, and a timeout on the whole script.
+#
+# Usage: tests/conformance/schemathesis.sh   (from anywhere; builds the
+# debug binary if needed). Env: SCHEMATHESIS_EXAMPLES, SCHEMATHESIS_SEED,
+# SCHEMATHESIS_ARGS (more options for `schemathesis run`, e.g. one
+# operation: `--include-operation-id createEndpoint`).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+# The version this contract was last run clean with.
+SCHEMATHESIS_VERSION="4.32.5"
+EXAMPLES="${SCHEMATHESIS_EXAMPLES:-100}"
+SEED="${SCHEMATHESIS_SEED:-20261201}"
+# A token only this run knows; it never leaves the namespace.
+TOKEN="conformance-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')"
+
+if [ "${1:-}" != "--inside" ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "schemathesis.sh: needs root for its own network namespace (unshare --net)" >&2
+        exit 2
+    fi
+    if ! command -v schemathesis >/dev/null 2>&1 \
+        || [ "$(schemathesis --version 2>/dev/null | awk '{print $NF}')" != "$SCHEMATHESIS_VERSION" ]; then
+        echo "== pip install schemathesis==$SCHEMATHESIS_VERSION"
+        python3 -m pip install --quiet "schemathesis==$SCHEMATHESIS_VERSION"
+    fi
+    echo "== cargo build (debug)"
+    cargo build --quiet --bin hookrelay
+    exec timeout --kill-after=10 600 unshare --net -- "$0" --inside
+fi
+
+# --- inside the namespace: only loopback exists -------------------------
+ip link set lo up
+if ip -o link show | grep -v ': lo:' | grep -q .; then
+    echo "schemathesis.sh: the namespace has links other than lo" >&2
+    exit 2
+fi
+
+work="$(mktemp -d)"
+relay=""
+cleanup() {
+    if [ -n "$relay" ]; then
+        kill "$relay" 2>/dev/null || true
+        wait "$relay" 2>/dev/null || true
+    fi
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The namespace is empty, so fixed ports cannot be taken by anyone else.
+INGEST=127.0.0.1:18080
+ADMIN=127.0.0.1:18081
+printf '%s admin name=conformance\n' "$TOKEN" >"$work/admin.tokens"
+chmod 600 "$work/admin.tokens"
+cat >"$work/hookrelay.toml" <<EOF
+ingest.listen = ["$INGEST"]
+admin.listen = ["$ADMIN"]
+admin.tokens_file = "$work/admin.tokens"
+store.path = "$work/store"
+delivery.timeout = "2s"
+delivery.connect_timeout = "1s"
+delivery.shutdown_grace = "2s"
+
+# schemathesis makes endpoints for any address: the policy allows every
+# one it can, since nothing can leave the namespace anyway.
+egress.allow_private = true
+egress.allow = ["0.0.0.0/0", "::/0"]
+
+# Nothing listens at the target: the event's delivery waits and retries.
+[[routes]]
+name = "lms"
+path = "/lms/{event}"
+event = "{path.event}"
+
+  [[routes.targets]]
+  name = "lms-log"
+  url = "http://127.0.0.1:18082/hook"
+EOF
+
+./target/debug/hookrelay serve --config "$work/hookrelay.toml" 2>"$work/relay.log" &
+relay=$!
+for _ in $(seq 1 100); do
+    if curl -fsS "http://$ADMIN/readyz" >/dev/null 2>&1; then
+        break
+    fi
+    if ! kill -0 "$relay" 2>/dev/null; then
+        echo "hookrelay did not start:" >&2
+        cat "$work/relay.log" >&2
+        exit 1
+    fi
+    sleep 0.1
+done
+curl -fsS "http://$ADMIN/readyz" >/dev/null
+
+# An event, so the event and delivery operations have something to find.
+curl -fsS -X POST -H 'content-type: application/json' \
+    -d '{"user": "conformance"}' "http://$INGEST/lms/course_completed" >/dev/null
+
+status=0
+spec="$PWD/docs/openapi.json"
+config="$PWD/tests/conformance/schemathesis.toml"
+# schemathesis keeps a cache in its working directory: keep it out of the tree.
+cd "$work"
+schemathesis --config-file "$config" run "$spec" \
+    --url "http://$ADMIN" \
+    --header "Authorization: Bearer $TOKEN" \
+    --checks all \
+    --max-examples "$EXAMPLES" \
+    --seed "$SEED" \
+    --workers 2 \
+    --request-timeout 10 \
+    --report junit --report-dir "$work/report" \
+    ${SCHEMATHESIS_ARGS:-} \
+    || status=$?
+if [ "$status" -ne 0 ]; then
+    echo "== schemathesis failed ($status); the relay's log:" >&2
+    tail -n 50 "$work/relay.log" >&2
+fi
+exit "$status"
