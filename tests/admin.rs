@@ -625,6 +625,10 @@ async fn a_wrong_method_gets_405_with_the_allowed_ones_and_an_unknown_path_404()
             }
         }
     }
+    // The console's sign-in page on the same listener names its methods too.
+    let r = admin_as(&app, None, "PUT", "/ui/signin", None).await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.headers["allow"], "GET, POST");
     // Unknown paths are 404 whatever the method, with or without a token.
     for (method, path) in [
         ("GET", "/api"),

@@ -364,7 +364,10 @@ impl Console {
             return html(StatusCode::UNAUTHORIZED, body);
         }
         if req.method != Method::GET {
-            return plain(StatusCode::METHOD_NOT_ALLOWED, "Use GET or POST.");
+            let mut resp = plain(StatusCode::METHOD_NOT_ALLOWED, "Use GET or POST.");
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+            return resp;
         }
         let body = self.views.render(
             "signin.html",
