@@ -43,6 +43,15 @@ impl BodyTemplate {
     /// typo is found at load rather than at the first event.
     pub fn parse(source: &str, content_type: Option<&HeaderValue>) -> Result<BodyTemplate, String> {
         let json = content_type.is_none_or(is_json_type);
+        // Quotes around a value would now be doubled (`""Alice""`): a
+        // template written for raw values is refused at load, not left to
+        // dead-letter every delivery.
+        if json && (source.contains("\"{{") || source.contains("}}\"")) {
+            return Err(
+                "values are written as JSON, quotes included: write {{ payload.name }}, not \"{{ payload.name }}\" (join strings with ~)"
+                    .into(),
+            );
+        }
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
         env.set_fuel(Some(TEMPLATE_FUEL));

@@ -238,6 +238,16 @@ fn json_templates_escape_every_value_so_no_payload_breaks_the_body() {
             "{ct:?}"
         );
     }
+    // Quotes around a value, as templates for raw values had, are refused
+    // at load with the way to write it.
+    for src in [
+        r#"{"name": "{{ payload.name }}"}"#,
+        r#"{"n": "x{{ payload.n }}"}"#,
+    ] {
+        let e = BodyTemplate::parse(src, None).unwrap_err();
+        assert!(e.contains("not \"{{ payload.name }}\""), "{e}");
+        assert!(BodyTemplate::parse(src, Some(&HeaderValue::from_static("text/plain"))).is_ok());
+    }
     // A body that is not JSON is written as the template says.
     let out = shape(Some("text/plain")).apply(&ev).unwrap();
     assert!(std::str::from_utf8(&out.body)
