@@ -1,6 +1,8 @@
 //! docs/openapi.json against the real admin API: every documented
 //! operation is called, every answer's status must be documented for it,
-//! and every JSON answer must fit the documented schema.
+//! and every JSON answer must fit the documented schema; the document's
+//! patterns take exactly the values the relay takes. (The generated run is
+//! tests/conformance/schemathesis.sh.)
 
 mod common;
 

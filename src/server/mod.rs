@@ -5,8 +5,10 @@
 //! - [`serve`]: the accept loop and each connection's limits.
 //! - [`tls`]: listener certificates, client-certificate auth, SIGHUP reload.
 //!
-//! Invariants: every connection is bounded (at most `max_connections` at
-//! once, header read time, header count and bytes, idle time); a TLS
+//! Invariants: a connection from a source the listener's allowlist refuses
+//! is closed at accept, unread and without a slot; every connection is
+//! bounded (at most `max_connections` at once, header read time, header
+//! count and bytes, idle time); a TLS
 //! listener finishes its handshake within the header read time; at
 //! shutdown no new connection is accepted and open ones get the grace
 //! period to finish. Nothing here knows what the handlers do.
