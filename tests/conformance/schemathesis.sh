@@ -7,7 +7,8 @@
 # Nothing leaves loopback: schemathesis creates endpoints with whatever
 # target URLs the document allows and asks for Send Tests, so the relay and
 # schemathesis run in a network namespace of their own with only `lo` up
-# (`unshare --net`). That needs root (CI runs as root).
+# (`unshare --net`; for a user other than root, inside a user namespace,
+# `unshare --user --map-root-user --net`).
 #
 # Bounded: a fixed number of examples per operation (about a minute and a
 # half on two cores), a fixed seed (the same run every time), a timeout on
@@ -30,9 +31,11 @@ SEED="${SCHEMATHESIS_SEED:-20261201}"
 TOKEN="conformance-token-0123456789abcdef"
 
 if [ "${1:-}" != "--inside" ]; then
+    # As root, a network namespace of its own; otherwise inside a user
+    # namespace too, where this user is root.
+    unshare=(unshare --net)
     if [ "$(id -u)" -ne 0 ]; then
-        echo "schemathesis.sh: needs root for its own network namespace (unshare --net)" >&2
-        exit 2
+        unshare=(unshare --user --map-root-user --net)
     fi
     if ! command -v schemathesis >/dev/null 2>&1 \
         || [ "$(schemathesis --version 2>/dev/null | awk '{print $NF}')" != "$SCHEMATHESIS_VERSION" ]; then
@@ -41,11 +44,15 @@ if [ "${1:-}" != "--inside" ]; then
     fi
     if ! command -v ip >/dev/null 2>&1; then
         echo "== apt-get install iproute2 (ip, to bring up the namespace's loopback)"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iproute2
+        sudo=""
+        if [ "$(id -u)" -ne 0 ]; then
+            sudo="sudo"
+        fi
+        $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends iproute2
     fi
     echo "== cargo build (debug)"
     cargo build --quiet --bin hookrelay
-    exec timeout --kill-after=10 600 unshare --net -- "$self" --inside
+    exec timeout --kill-after=10 600 "${unshare[@]}" -- "$self" --inside
 fi
 
 # --- inside the namespace: only loopback exists -------------------------
