@@ -1,9 +1,9 @@
 //! The admin listener: endpoints (and their REST Hooks view), Send Test,
 //! the event catalog, the inbound log, deliveries and repair, health.
 //!
-//! Invariants: the listener closes a connection from outside `admin.allow`
-//! as soon as it is accepted (`allows_source`); a request on a connection
-//! accepted before a reload narrowed the list gets 403 before anything else;
+//! Invariants: a connection from outside `admin.allow` gets 403 as soon as
+//! it is accepted (`allows_source`, answered by the listener), and so does
+//! a request on a connection accepted before a reload narrowed the list;
 //! every route the table does not mark `Open` needs a bearer token from
 //! `admin.tokens_file`, compared in constant time, whose scope the route
 //! allows (403 otherwise). A subscriber token sees only the endpoints it

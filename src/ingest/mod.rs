@@ -1,9 +1,9 @@
 //! The ingest listener: where the LMS posts its webhooks.
 //!
-//! Order of checks: source allowlist (the listener closes a connection from
-//! outside `ingest.allow` right after accepting it, unread and counted;
-//! a request on a connection accepted before a reload narrowed the list
-//! gets 403), per-source rate (429), method (405), route (404), body size
+//! Order of checks: source allowlist (403: the listener answers a
+//! connection from outside `ingest.allow` right after accepting it, without
+//! reading the request, and counts it; a request on a connection accepted
+//! before a reload narrowed the list gets 403 here), per-source rate (429), method (405), route (404), body size
 //! (413), event template (400), store (503).
 //! Which targets get a delivery (their `events` and `filter`) is decided
 //! here, where the body's JSON is at hand; dispatch only sees the result.

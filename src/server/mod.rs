@@ -6,7 +6,8 @@
 //! - [`tls`]: listener certificates, client-certificate auth, SIGHUP reload.
 //!
 //! Invariants: a connection from a source the listener's allowlist refuses
-//! is closed at accept, unread and without a slot; every connection is
+//! gets a fixed 403 at accept, without a slot and without its request being
+//! parsed; every connection is
 //! bounded (at most `max_connections` at once, header read time, header
 //! count and bytes, idle time); a TLS
 //! listener finishes its handshake within the header read time; at

@@ -2,10 +2,13 @@
 //! TLS), optional TLS, bounds on every client resource, graceful shutdown.
 //!
 //! Invariants:
-//! - a connection from a source the listener does not admit is closed
-//!   right after `accept()`, before it takes a connection slot and before
-//!   anything is read from it, so refused sources cannot crowd out allowed
-//!   ones;
+//! - a connection from a source the listener does not admit never takes
+//!   a connection slot, so refused sources cannot crowd out allowed ones:
+//!   right after `accept()` it gets a fixed 403 `source_not_allowed` (no
+//!   request is parsed), what it sent is read and dropped for at most
+//!   `REFUSAL_TIME`, and it is closed; at most `MAX_REFUSALS` are answered
+//!   at once, and past that (or on a TLS listener, where an answer would
+//!   need a handshake) a refused connection is closed unanswered;
 //! - at most `max_connections` connections are served at once (a semaphore;
 //!   the rest wait in the kernel's accept queue);
 //! - a connection that sends nothing within `header_read_timeout` of being
@@ -32,8 +35,8 @@ use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio::time::{Instant, Sleep};
 
@@ -46,6 +49,18 @@ pub const MIN_HEADER_BYTES: usize = 8192;
 
 /// Most concurrent HTTP/2 streams on one connection.
 const MAX_H2_STREAMS: u32 = 64;
+
+/// Most refused connections being answered at once (each holds a socket
+/// for at most `REFUSAL_TIME`); past it, refused connections are closed
+/// unanswered.
+const MAX_REFUSALS: usize = 64;
+
+/// How long a refused connection is given to take its 403: the answer is
+/// written, then what the client sent is read and dropped (at most
+/// `REFUSAL_DRAIN` bytes), so that closing the socket does not reset the
+/// connection before the client has read the answer.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
+const REFUSAL_DRAIN: usize = 64 * 1024;
 
 /// Limits applied to every connection of a listener.
 #[derive(Debug, Clone, Copy)]
@@ -83,7 +98,8 @@ pub fn http_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 }
 
 /// Serves `handler` on `listener` until `shutdown` turns true. A
-/// connection whose peer address `admits` refuses is closed unread. With
+/// connection whose peer address `admits` refuses gets a fixed 403 and is
+/// closed, without a connection slot (see [`refuse`]). With
 /// `tls`, every connection starts with a TLS handshake using the
 /// configuration current when it was accepted.
 pub async fn serve<H, F, A>(
@@ -100,6 +116,7 @@ pub async fn serve<H, F, A>(
 {
     let builder = Arc::new(http_builder(&limits));
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS));
 
     loop {
         let (stream, peer) = tokio::select! {
@@ -115,8 +132,7 @@ pub async fn serve<H, F, A>(
             _ = stopped(&mut shutdown) => break,
         };
         if !admits(peer.ip()) {
-            // Dropping the stream closes it: no slot, no read, no answer.
-            drop(stream);
+            refuse(stream, peer, &refusals, tls.is_some());
             continue;
         }
         let permit = tokio::select! {
@@ -157,6 +173,47 @@ pub async fn serve<H, F, A>(
     {
         tracing::warn!("connections still open at the end of the grace period were closed");
     }
+}
+
+/// Answers a connection from a source the listener does not admit with a
+/// fixed 403 and closes it, in a task of its own that holds one of the
+/// `refusals` permits; when none is free, or on a TLS listener, the
+/// connection is closed at once, unanswered.
+fn refuse(stream: TcpStream, peer: SocketAddr, refusals: &Arc<Semaphore>, tls: bool) {
+    if tls {
+        return;
+    }
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(REFUSAL_TIME, answer_refused(stream, peer)).await;
+        drop(permit);
+    });
+}
+
+async fn answer_refused(mut stream: TcpStream, peer: SocketAddr) -> io::Result<()> {
+    let body = serde_json::json!({"error": {
+        "code": "source_not_allowed",
+        "message": format!("source {} may not use this listener", peer.ip()),
+    }})
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 403 Forbidden\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(answer.as_bytes()).await?;
+    stream.shutdown().await?;
+    let mut buf = [0u8; 4096];
+    let mut read = 0;
+    while read < REFUSAL_DRAIN {
+        match stream.read(&mut buf).await? {
+            0 => break,
+            n => read += n,
+        }
+    }
+    Ok(())
 }
 
 /// Serves one connection until the client closes it, a limit closes it, or
