@@ -289,11 +289,13 @@ fn deliveries(remote: &Remote, action: DeliveriesAction) -> anyhow::Result<(Valu
             target,
         } => {
             let state = state.context("give a delivery id or --state (e.g. --state dead)")?;
-            let v = remote.call(
-                "POST",
-                "/api/deliveries/retry",
-                Some(json!({"state": state, "target": target})),
-            )?;
+            // No target means every target: the key is left out, since
+            // the API refuses `"target": null`.
+            let mut body = json!({"state": state});
+            if let Some(target) = target {
+                body["target"] = json!(target);
+            }
+            let v = remote.call("POST", "/api/deliveries/retry", Some(body))?;
             let t = format!("re-queued {} deliveries\n", cell(&v["retried"]));
             (v, t)
         }
