@@ -23,44 +23,47 @@ impl Collector for ProcessCollector {
         if let Ok(stat) = me.stat() {
             let ticks = procfs::ticks_per_second() as f64;
             let cpu = ConstCounter::new((stat.utime + stat.stime) as f64 / ticks);
-            cpu.encode(encoder.encode_descriptor(
-                "process_cpu",
-                "User and system CPU time spent.",
-                Some(&Unit::Seconds),
-                cpu.metric_type(),
-            )?)?;
+            let help = "User and system CPU time spent.";
+            emit(&mut encoder, "process_cpu", help, Some(Unit::Seconds), cpu)?;
             let rss = ConstGauge::new(stat.rss * procfs::page_size());
-            rss.encode(encoder.encode_descriptor(
+            let help = "Resident memory size.";
+            emit(
+                &mut encoder,
                 "process_resident_memory",
-                "Resident memory size.",
-                Some(&Unit::Bytes),
-                rss.metric_type(),
-            )?)?;
+                help,
+                Some(Unit::Bytes),
+                rss,
+            )?;
             let virt = ConstGauge::new(stat.vsize);
-            virt.encode(encoder.encode_descriptor(
+            let help = "Virtual memory size.";
+            emit(
+                &mut encoder,
                 "process_virtual_memory",
-                "Virtual memory size.",
-                Some(&Unit::Bytes),
-                virt.metric_type(),
-            )?)?;
+                help,
+                Some(Unit::Bytes),
+                virt,
+            )?;
             if let Ok(boot) = procfs::boot_time_secs() {
                 let start = ConstGauge::new(boot as f64 + stat.starttime as f64 / ticks);
-                start.encode(encoder.encode_descriptor(
+                let help = "Start time of the process since the Unix epoch.";
+                emit(
+                    &mut encoder,
                     "process_start_time",
-                    "Start time of the process since the Unix epoch.",
-                    Some(&Unit::Seconds),
-                    start.metric_type(),
-                )?)?;
+                    help,
+                    Some(Unit::Seconds),
+                    start,
+                )?;
             }
         }
         if let Ok(n) = me.fd_count() {
             let open = ConstGauge::new(n as u64);
-            open.encode(encoder.encode_descriptor(
+            emit(
+                &mut encoder,
                 "process_open_fds",
                 "Open file descriptors.",
                 None,
-                open.metric_type(),
-            )?)?;
+                open,
+            )?;
         }
         if let Ok(limits) = me.limits() {
             // An unlimited soft limit is reported as the largest number, as
@@ -69,14 +72,27 @@ impl Collector for ProcessCollector {
                 LimitValue::Value(n) => n,
                 LimitValue::Unlimited => u64::MAX,
             };
-            let max = ConstGauge::new(max);
-            max.encode(encoder.encode_descriptor(
+            let help = "Most file descriptors the process may open.";
+            emit(
+                &mut encoder,
                 "process_max_fds",
-                "Most file descriptors the process may open.",
+                help,
                 None,
-                max.metric_type(),
-            )?)?;
+                ConstGauge::new(max),
+            )?;
         }
         Ok(())
     }
+}
+
+/// Encodes one metric with its descriptor.
+fn emit(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    metric: impl EncodeMetric,
+) -> Result<(), std::fmt::Error> {
+    let descriptor = encoder.encode_descriptor(name, help, unit.as_ref(), metric.metric_type())?;
+    metric.encode(descriptor)
 }
