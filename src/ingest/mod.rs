@@ -108,6 +108,11 @@ impl Settings {
             ),
         }
     }
+
+    /// Whether `source` (canonical) is inside `ingest.allow`.
+    fn allows(&self, source: IpAddr) -> bool {
+        self.allow.iter().any(|net| net.contains(&source))
+    }
 }
 
 /// The ingest service: shared by every connection of the ingest listener.
@@ -149,21 +154,17 @@ impl Ingest {
     }
 
     /// Whether a connection from `source` is served: inside `ingest.allow`.
-    /// The listener asks this right after `accept()` and closes a refused
-    /// connection unread; the refusal is counted as `source_not_allowed`.
+    /// The listener asks this right after `accept()` and answers a refused
+    /// connection with 403 unread; the refusal is counted as
+    /// `source_not_allowed`.
     pub fn admits(&self, source: IpAddr) -> bool {
         let source = source.to_canonical();
-        if self
-            .settings()
-            .allow
-            .iter()
-            .any(|net| net.contains(&source))
-        {
+        if self.settings().allows(source) {
             return true;
         }
         self.metrics.rejected("source_not_allowed");
         if let Some(suppressed) = self.refusal_log.admit() {
-            tracing::warn!(%source, suppressed, "ingest closed a connection from a source outside ingest.allow");
+            tracing::warn!(%source, suppressed, "ingest refused a connection from a source outside ingest.allow");
         }
         false
     }
@@ -238,7 +239,7 @@ impl Ingest {
     ) -> Result<Response<Full<Bytes>>, IngestError> {
         let settings = self.settings();
         let source = peer.ip().to_canonical();
-        if !settings.allow.iter().any(|net| net.contains(&source)) {
+        if !settings.allows(source) {
             return Err(IngestError::SourceNotAllowed(source));
         }
         if let Err(not_until) = settings.limiter.check_key(&source) {
