@@ -860,16 +860,19 @@ fn check_config_spells_out_the_live_events_schedule_and_warns_about_placeholders
     assert!(!out.contains("whsec_MfKQ"), "{out}");
 }
 
+/// A config with its listeners on ports `i` and `a` and its store at `store`.
+fn on_ports_with_store(i: u16, a: u16, store: &Path) -> String {
+    format!(
+        "ingest.listen = [\"127.0.0.1:{i}\"]\nadmin.listen = [\"127.0.0.1:{a}\"]\n\
+         store.path = {store:?}\n"
+    )
+}
+
 #[tokio::test]
 async fn a_store_locked_by_a_running_relay_is_said_in_one_line() {
     let mut relay = common::binary::Binary::new();
     let store = relay.dir().join("store");
-    let config = |i: u16, a: u16| {
-        format!(
-            "ingest.listen = [\"127.0.0.1:{i}\"]\nadmin.listen = [\"127.0.0.1:{a}\"]\n\
-             store.path = {store:?}\n"
-        )
-    };
+    let config = |i: u16, a: u16| on_ports_with_store(i, a, &store);
     relay.start(&config).await;
     let second = relay.dir().join("second.toml");
     let (i, a) = (common::binary::free_port(), common::binary::free_port());
@@ -1082,12 +1085,7 @@ async fn the_store_is_private_to_the_relay_user() {
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let mut relay = common::binary::Binary::new();
     let store = relay.dir().join("data/db");
-    let config = |i: u16, a: u16| {
-        format!(
-            "ingest.listen = [\"127.0.0.1:{i}\"]\nadmin.listen = [\"127.0.0.1:{a}\"]\n\
-             store.path = {store:?}\n"
-        )
-    };
+    let config = |i: u16, a: u16| on_ports_with_store(i, a, &store);
     // Whatever umask it was started with (this test's is usually 022).
     relay.start(&config).await;
     relay.wait_ready().await;
