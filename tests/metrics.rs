@@ -324,24 +324,18 @@ async fn removed_endpoints_take_their_series_with_them() {
     let route = "[[routes]]\nname = \"t\"\npath = \"/t/{event}\"\n";
     let app = spawn_app(&format!("{route}{}", targets(&["kept", "dropped"]))).await;
     let admin_addr = app.relay.admin_addrs()[0];
-    let endpoint = admin(
+    let endpoint = created(
         &app,
-        "POST",
         "/api/endpoints",
-        Some(json!({"name": "Deleted later", "url": rx.url("/in"), "events": ["*"]})),
+        json!({"name": "Deleted later", "url": rx.url("/in"), "events": ["*"]}),
     )
     .await;
-    assert_eq!(endpoint.status, 201, "{:?}", endpoint.body);
-    let endpoint = endpoint.json()["id"].as_str().unwrap().to_string();
-    let hook = admin(
+    let hook = created(
         &app,
-        "POST",
         "/api/hooks",
-        Some(json!({"target_url": rx.url("/in"), "event": "new_order"})),
+        json!({"target_url": rx.url("/in"), "event": "new_order"}),
     )
     .await;
-    assert_eq!(hook.status, 201, "{:?}", hook.body);
-    let hook = hook.json()["id"].as_str().unwrap().to_string();
 
     post_event(&app, "/t/new_order", "{}").await;
     rx.wait_for(4).await;
@@ -395,15 +389,12 @@ async fn a_subscription_answering_410_counts_its_deliveries_cancelled() {
     let gone = Receiver::start(Arc::new(|_| (410, Duration::ZERO))).await;
     let app = spawn_app("[[routes]]\nname = \"t\"\npath = \"/t/{event}\"\n").await;
     let admin_addr = app.relay.admin_addrs()[0];
-    let hook = admin(
+    let hook = created(
         &app,
-        "POST",
         "/api/hooks",
-        Some(json!({"target_url": gone.url("/zap"), "event": "new_order"})),
+        json!({"target_url": gone.url("/zap"), "event": "new_order"}),
     )
     .await;
-    assert_eq!(hook.status, 201, "{:?}", hook.body);
-    let hook = hook.json()["id"].as_str().unwrap().to_string();
     post_event(&app, "/t/new_order", "{}").await;
     gone.wait_for(1).await;
     let s = eventually_async("the delivery counted cancelled", async || {

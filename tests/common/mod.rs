@@ -539,6 +539,14 @@ pub async fn admin(
     admin_as(app, Some(TOKEN), method, path, body).await
 }
 
+/// Creates something through `POST path` with the test token (an endpoint,
+/// a hook) and returns its id; anything but 201 fails the test.
+pub async fn created(app: &TestApp, path: &str, body: serde_json::Value) -> String {
+    let r = admin(app, "POST", path, Some(body)).await;
+    assert_eq!(r.status, 201, "POST {path}: {:?}", r.body);
+    r.json()["id"].as_str().unwrap().to_string()
+}
+
 /// Calls the admin API with `token` (or none).
 pub async fn admin_as(
     app: &TestApp,
