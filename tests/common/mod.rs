@@ -4,6 +4,7 @@
 
 pub mod binary;
 pub mod browser;
+pub mod postgres;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
