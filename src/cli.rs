@@ -89,6 +89,14 @@ pub enum Command {
         #[arg(short = 'c', long)]
         config: Option<PathBuf>,
     },
+    /// Apply the PostgreSQL store's missing schema migrations
+    /// (store.backend = "postgres"); a relay does it at start unless
+    /// store.postgres.migrate = false.
+    Migrate {
+        /// Config file [default: $HOOKRELAY_CONFIG, then /etc/hookrelay/hookrelay.toml]
+        #[arg(short = 'c', long)]
+        config: Option<PathBuf>,
+    },
     /// REST Hooks subscriptions, through the admin API.
     Hooks {
         #[command(subcommand)]

@@ -135,10 +135,12 @@ impl Relay {
     /// manager passed) and starts the dispatcher. Listen addresses with port
     /// 0 get a free port; see [`Relay::ingest_addrs`].
     pub async fn start(config: Config) -> Result<Relay, StartError> {
-        let store = store::open(&config.store).map_err(|cause| StartError::Store {
-            path: config.store.path.display().to_string(),
-            cause,
-        })?;
+        let store = store::open(&config.store)
+            .await
+            .map_err(|cause| StartError::Store {
+                path: config.store.location(),
+                cause,
+            })?;
         let metrics = telemetry::Metrics::new(&*store);
         let catalog = catalog::Catalog::new(&config, store.clone())
             .await

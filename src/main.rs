@@ -14,6 +14,7 @@ use hookrelay::cli::{
     Cli, Command, DeliveriesAction, EndpointSettings, EndpointsAction, EventsAction, HooksAction,
 };
 use hookrelay::config::Config;
+use hookrelay::store::Backend;
 use hookrelay::{service, Relay};
 use serde_json::{json, Value};
 
@@ -98,6 +99,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(config),
+        Command::Migrate { config } => migrate(config),
         Command::Hooks { action, opts } => api(opts, Api::Hooks(action)),
         Command::Deliveries { action, opts } => api(opts, Api::Deliveries(action)),
         Command::Targets { opts } => api(opts, Api::Targets),
@@ -125,9 +127,43 @@ fn main() -> ExitCode {
 fn check_config(flag: Option<PathBuf>) -> anyhow::Result<()> {
     let path = config_path(flag)?;
     let config = Config::load(&path)?;
-    let store = hookrelay::store::sled::check_path(&config.store.path)?;
-    let warnings: Vec<String> = store.into_iter().collect();
+    let warnings: Vec<String> = match config.store.backend {
+        Backend::Sled => hookrelay::store::sled::check_path(&config.store.path)?
+            .into_iter()
+            .collect(),
+        Backend::Postgres => Vec::new(),
+    };
     print(&hookrelay::cli::summary(&config, &path, &warnings))
+}
+
+fn migrate(flag: Option<PathBuf>) -> anyhow::Result<()> {
+    let path = config_path(flag)?;
+    let config = Config::load(&path)?;
+    if config.store.backend != Backend::Postgres {
+        anyhow::bail!(
+            "{}: store.backend is \"sled\": the embedded store migrates itself when it opens; \
+             `hookrelay migrate` is for store.backend = \"postgres\"",
+            path.display()
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let pg = &config.store.postgres;
+    let applied = runtime
+        .block_on(hookrelay::store::postgres::schema::migrate(pg))
+        .with_context(|| format!("cannot migrate {}", pg.location()))?;
+    let mut out = String::new();
+    for (version, name) in &applied {
+        out.push_str(&format!("applied migration {version} ({name})\n"));
+    }
+    out.push_str(&format!(
+        "{} is at schema version {}\n",
+        pg.location(),
+        hookrelay::store::postgres::schema::VERSION
+    ));
+    print(&out)
 }
 
 enum Api {

@@ -23,7 +23,7 @@ use serde::Deserialize;
 use crate::deliver::egress::{EgressConfig, Policy};
 use crate::deliver::policy::DeliveryConfig;
 use crate::server::serve::MIN_HEADER_BYTES;
-use crate::store::StoreConfig;
+use crate::store::{Backend, StoreConfig};
 use crate::telemetry::log::LogConfig;
 
 pub mod endpoint;
@@ -37,6 +37,10 @@ pub mod values;
 pub use sections::{AdminConfig, IngestConfig};
 pub use targets::{BasicAuthConfig, Format, RouteConfig, TargetConfig, ORIGIN_TARGET};
 pub use values::{Environment, ProcessEnv, Secrets, ValueSource};
+
+/// How much longer than the longest delivery timeout a PostgreSQL claim's
+/// lease must be.
+const LEASE_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A configuration that could not be loaded: which file, which key, and why.
 #[derive(Debug, thiserror::Error)]
@@ -135,6 +139,21 @@ impl Config {
     /// target's outbound shape and headers.
     fn resolve(&mut self, path: &Path, env: &dyn Environment) -> Result<(), ConfigError> {
         let base = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        if self.store.backend == Backend::Postgres {
+            let key = "store.postgres.url";
+            let pg = &mut self.store.postgres;
+            let source = ValueSource::parse(&pg.url).map_err(|r| ConfigError::new(path, key, r))?;
+            pg.url = values::resolve_value(&source, &base, env)
+                .map_err(|r| ConfigError::new(path, key, r))?;
+            if let Err(e) = pg.url.parse::<tokio_postgres::Config>() {
+                // Its text may hold a password: say what is wrong, not what it is.
+                return Err(ConfigError::new(
+                    path,
+                    key,
+                    format!("not a PostgreSQL connection URL or key=value string: {e}"),
+                ));
+            }
+        }
         for (i, route) in self.routes.iter_mut().enumerate() {
             let at = format!("routes[{i}]");
             route.catalog = match &route.event_types_file {
@@ -234,6 +253,31 @@ impl Config {
         self.delivery
             .validate("delivery")
             .map_err(|(k, r)| ConfigError::new(path, k, r))?;
+        if self.store.backend == Backend::Postgres {
+            let pg = &self.store.postgres;
+            pg.check()
+                .map_err(|(k, r)| ConfigError::new(path, format!("store.postgres.{k}"), r))?;
+            // A lease must outlast an attempt (renewals keep it while the
+            // database answers; this is the margin when it does not).
+            let longest = self
+                .routes
+                .iter()
+                .flat_map(|r| &r.targets)
+                .map(|t| t.policy(&self.delivery).timeout)
+                .chain([self.delivery.timeout])
+                .max()
+                .unwrap_or_default();
+            if pg.lease < longest + LEASE_MARGIN {
+                return err(
+                    "store.postgres.lease",
+                    &format!(
+                        "must be longer than the longest delivery timeout ({}) plus {}",
+                        humantime::format_duration(longest),
+                        humantime::format_duration(LEASE_MARGIN)
+                    ),
+                );
+            }
+        }
 
         let mut route_names = HashSet::new();
         let mut target_ids = HashSet::new();

@@ -29,26 +29,33 @@ impl fmt::Debug for ValueSource {
     }
 }
 
-impl<'de> Deserialize<'de> for ValueSource {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+impl ValueSource {
+    /// `env:NAME`, `file:/path`, or the text itself.
+    pub fn parse(s: &str) -> Result<ValueSource, String> {
         if let Some(name) = s.strip_prefix("env:") {
             let valid =
                 !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !valid {
-                return Err(serde::de::Error::custom(format!(
+                return Err(format!(
                     "`env:{name}`: an environment variable name is letters, digits and '_'"
-                )));
+                ));
             }
             Ok(ValueSource::Env(name.to_string()))
         } else if let Some(path) = s.strip_prefix("file:") {
             if path.is_empty() {
-                return Err(serde::de::Error::custom("`file:` needs a path"));
+                return Err("`file:` needs a path".into());
             }
             Ok(ValueSource::File(PathBuf::from(path)))
         } else {
-            Ok(ValueSource::Literal(s))
+            Ok(ValueSource::Literal(s.to_string()))
         }
+    }
+}
+
+impl<'de> Deserialize<'de> for ValueSource {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        ValueSource::parse(&s).map_err(serde::de::Error::custom)
     }
 }
 

@@ -11,11 +11,12 @@
 //! many endpoints there are. A slow or failing target fills only its own
 //! lane.
 //!
-//! Invariants: a delivery is attempted only after `Store::claim` moved it to
-//! `in_flight`; every attempt is recorded by `Store::finish` with what follows
-//! (succeeded, retry at a time, dead). A crash between the two leaves it in
-//! flight, and the store puts it back to pending at the next start, so
-//! delivery is at least once.
+//! Invariants: a delivery is attempted only after `Store::claim_due` moved
+//! it to `in_flight`; every attempt is recorded by `Store::finish` with what
+//! follows (succeeded, retry at a time, dead). A crash between the two
+//! leaves it in flight, and the store puts it back to pending (the embedded
+//! store at the next start, a shared one when the claim's lease runs out),
+//! so delivery is at least once.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -250,12 +251,9 @@ impl Dispatcher {
                 continue;
             }
             let room = room.min(room_left);
-            let due = self.store.due_for(&key, now, room).await?;
-            let drained = due.len() < room;
-            for (at, id) in due {
-                let Some(delivery) = self.store.claim(&key, at, id).await? else {
-                    continue;
-                };
+            let claimed = self.store.claim_due(&key, now, room).await?;
+            let drained = claimed.looked < room;
+            for (at, id, delivery) in claimed.deliveries {
                 target.lane.claimed();
                 self.claimed.fetch_add(1, Ordering::Relaxed);
                 let job = Job {
@@ -337,8 +335,15 @@ impl Job {
             self.done(true);
             return;
         }
-        if let Err(e) = self.attempt(slot).await {
-            tracing::error!(delivery = %self.id, error = %e, "cannot record attempt; it is retried at the next start");
+        match self.attempt(slot).await {
+            Ok(()) => {}
+            // A shared store: another relay has it now and records its own.
+            Err(e @ StoreError::ClaimLost(_)) => {
+                tracing::warn!(delivery = %self.id, error = %e, "attempt not recorded")
+            }
+            Err(e) => {
+                tracing::error!(delivery = %self.id, error = %e, "cannot record attempt; it is retried at the next start")
+            }
         }
         drop(permit);
         self.done(false);

@@ -33,9 +33,11 @@ use prometheus_client::registry::Registry;
 use serde::Deserialize;
 use tokio::sync::Notify;
 
+pub mod postgres;
 mod records;
 pub mod sled;
 
+pub use self::postgres::{PostgresConfig, PostgresStore};
 pub use self::sled::SledStore;
 pub use records::*;
 
@@ -60,6 +62,10 @@ pub enum StoreError {
     Closed,
     #[error("store commit failed: {0}")]
     Commit(String),
+    #[error("the PostgreSQL schema is at version {found} and this hookrelay needs {known}: run `hookrelay migrate` (store.postgres.migrate is off)")]
+    Migrate { found: u8, known: u8 },
+    #[error("delivery {0} is no longer claimed by this relay: its lease ran out, or it was changed by hand")]
+    ClaimLost(String),
 }
 
 /// ` (pid N)` when the process holding a store's lock is known.
@@ -79,10 +85,23 @@ impl StoreError {
     }
 }
 
+/// Which backend keeps the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Embedded, on this host's disk (`store.path`).
+    #[default]
+    Sled,
+    /// A PostgreSQL database shared by a fleet of relays (`[store.postgres]`).
+    Postgres,
+}
+
 /// `[store]`: where and how long events are kept.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    /// `sled` (the default) or `postgres`.
+    pub backend: Backend,
     /// The sled directory; relative paths are taken from the working directory.
     pub path: PathBuf,
     /// How long finished events are kept.
@@ -96,16 +115,30 @@ pub struct StoreConfig {
     /// Most records the inbound log keeps (older ones go first; none is
     /// kept past `retention` either).
     pub inbound_log_entries: usize,
+    /// The PostgreSQL backend's settings.
+    pub postgres: PostgresConfig,
+}
+
+impl StoreConfig {
+    /// Where the store is, for messages (never with credentials).
+    pub fn location(&self) -> String {
+        match self.backend {
+            Backend::Sled => self.path.display().to_string(),
+            Backend::Postgres => self.postgres.location(),
+        }
+    }
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         StoreConfig {
+            backend: Backend::Sled,
             path: PathBuf::from("data"),
             retention: Duration::from_secs(7 * 24 * 3600),
             cache_bytes: 4 * 1024 * 1024,
             max_disk_bytes: 0,
             inbound_log_entries: 100_000,
+            postgres: PostgresConfig::default(),
         }
     }
 }
@@ -159,6 +192,31 @@ pub trait Store: Send + Sync + 'static {
         at_ms: u64,
         id: DeliveryId,
     ) -> Result<Option<Delivery>, StoreError>;
+
+    /// Claims up to `limit` of `target`'s deliveries due at or before
+    /// `now_ms`, earliest first. `looked` counts the due entries the claim
+    /// looked at (an index entry left stale by a crash is looked at but not
+    /// claimed), so fewer than `limit` looked at means none is left due.
+    /// By default `due_for`, then `claim` of each; a shared store claims
+    /// them in one step that skips what another relay is claiming.
+    async fn claim_due(
+        &self,
+        target: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Claimed, StoreError> {
+        let due = self.due_for(target, now_ms, limit).await?;
+        let mut claimed = Claimed {
+            deliveries: Vec::with_capacity(due.len()),
+            looked: due.len(),
+        };
+        for (at, id) in due {
+            if let Some(d) = self.claim(target, at, id).await? {
+                claimed.deliveries.push((at, id, d));
+            }
+        }
+        Ok(claimed)
+    }
 
     /// Records attempt number `attempts + 1` of an in-flight delivery and
     /// what follows it; returns the delivery as it now is.
@@ -343,6 +401,14 @@ pub trait Store: Send + Sync + 'static {
     async fn close(&self) -> Result<(), StoreError>;
 }
 
+/// What `claim_due` took in flight: (due at, id, delivery), and how many
+/// due entries it looked at.
+#[derive(Debug, Default)]
+pub struct Claimed {
+    pub deliveries: Vec<(u64, DeliveryId, Delivery)>,
+    pub looked: usize,
+}
+
 /// One retention step's outcome.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Purged {
@@ -375,6 +441,9 @@ impl Health {
 }
 
 /// Opens the store `config` describes.
-pub fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(SledStore::open(config)?))
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match config.backend {
+        Backend::Sled => Arc::new(SledStore::open(config)?),
+        Backend::Postgres => Arc::new(PostgresStore::open(config).await?),
+    })
 }

@@ -1,0 +1,582 @@
+//! Claims and the changes of a delivery's state.
+//!
+//! A claim is one `UPDATE` that takes pending rows (picked `FOR UPDATE
+//! SKIP LOCKED`, so relays claiming at once never wait on each other or
+//! take the same row) in flight, with this relay as owner, a fresh claim
+//! token and a lease. The token stays in memory with the relay; `finish`
+//! and `release` write only where it still matches, so once a lease has
+//! run out and another relay has the delivery, the old owner's outcome is
+//! refused ([`StoreError::ClaimLost`]) instead of overwriting the new one.
+//!
+//! Leases are renewed while held ([`renew`]); lapsed ones go back to
+//! pending, due now ([`reap`], from `maintain` and the poller).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::Row;
+
+use super::{col, delivery_row, state_code, to_json, Inner, DELIVERY};
+use crate::store::{now_ms, Attempt, Delivery, DeliveryId, Next, State, StoreError};
+
+/// Most lapsed leases taken back by one statement.
+const REAP_BATCH: i64 = 1000;
+/// Most deliveries one step of `cancel_all` cancels.
+const CANCEL_STEP: i64 = 1000;
+
+fn key(id: DeliveryId) -> Vec<u8> {
+    id.to_key().to_vec()
+}
+
+impl Inner {
+    fn lease_until(&self, now: u64) -> i64 {
+        (now + self.config.lease.as_millis() as u64) as i64
+    }
+
+    fn hold(&self, ids: impl IntoIterator<Item = DeliveryId>, token: i64) {
+        let mut claims = self.claims.lock().expect("lock poisoned");
+        for id in ids {
+            claims.insert(id, token);
+        }
+    }
+
+    fn token(&self, id: DeliveryId) -> Option<i64> {
+        self.claims.lock().expect("lock poisoned").remove(&id)
+    }
+
+    /// Tells the fleet (and this relay) that `targets` have work due now.
+    /// Best effort: the poller finds the work anyway.
+    pub(super) async fn announce(&self, targets: &[String]) {
+        if targets.is_empty() {
+            return;
+        }
+        self.wake(targets);
+        let payloads: Vec<String> = if targets.len() > 32 {
+            vec![format!("{}:*", self.instance)]
+        } else {
+            targets
+                .iter()
+                .map(|t| format!("{}:{t}", self.instance))
+                .collect()
+        };
+        if let Ok(c) = self.client().await {
+            let _ = c
+                .execute(
+                    "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+                    &[&self.channel, &payloads],
+                )
+                .await;
+        }
+    }
+}
+
+/// The distinct targets of the returned rows' first column.
+fn targets_of(rows: &[Row]) -> Result<Vec<String>, StoreError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    for row in rows {
+        let t: String = col(row, 0, "deliveries")?;
+        if seen.insert(t.clone()) {
+            out.push(t);
+        }
+    }
+    Ok(out)
+}
+
+// === the scheduler's reads ===
+
+/// Every target with pending deliveries and its earliest due time: one
+/// index probe per target (a loose index scan), not a read of every row.
+pub(super) async fn pending_targets(inner: &Inner) -> Result<Vec<(String, u64)>, StoreError> {
+    let c = inner.client().await?;
+    let rows = c
+        .query(
+            "WITH RECURSIVE t AS ( \
+               (SELECT target, next_at_ms FROM deliveries WHERE state = 0 \
+                ORDER BY target, next_at_ms LIMIT 1) \
+               UNION ALL \
+               SELECT n.target, n.next_at_ms FROM t CROSS JOIN LATERAL \
+                 (SELECT target, next_at_ms FROM deliveries \
+                  WHERE state = 0 AND target > t.target \
+                  ORDER BY target, next_at_ms LIMIT 1) n \
+             ) SELECT target, next_at_ms FROM t",
+            &[],
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                col(r, 0, "deliveries")?,
+                col::<i64>(r, 1, "deliveries")? as u64,
+            ))
+        })
+        .collect()
+}
+
+pub(super) async fn due_for(
+    inner: &Inner,
+    target: &str,
+    now: u64,
+    limit: usize,
+) -> Result<Vec<(u64, DeliveryId)>, StoreError> {
+    let c = inner.client().await?;
+    let rows = c
+        .query(
+            "SELECT next_at_ms, id FROM deliveries \
+             WHERE target = $1 AND state = 0 AND next_at_ms <= $2 \
+             ORDER BY next_at_ms, id LIMIT $3",
+            &[&target, &(now as i64), &(limit as i64)],
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    rows.iter()
+        .map(|r| {
+            let id = DeliveryId::from_key(col::<&[u8]>(r, 1, "deliveries")?)
+                .ok_or_else(|| super::corrupt("deliveries", "bad id"))?;
+            Ok((col::<i64>(r, 0, "deliveries")? as u64, id))
+        })
+        .collect()
+}
+
+pub(super) async fn next_due(inner: &Inner, target: &str) -> Result<Option<u64>, StoreError> {
+    let c = inner.client().await?;
+    let row = c
+        .query_one(
+            "SELECT min(next_at_ms) FROM deliveries WHERE target = $1 AND state = 0",
+            &[&target],
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    Ok(col::<Option<i64>>(&row, 0, "deliveries")?.map(|v| v as u64))
+}
+
+pub(super) async fn due_entries(
+    inner: &Inner,
+    limit: usize,
+) -> Result<Vec<(String, u64, DeliveryId)>, StoreError> {
+    let c = inner.client().await?;
+    let rows = c
+        .query(
+            "SELECT target, next_at_ms, id FROM deliveries WHERE state = 0 \
+             ORDER BY target, next_at_ms, id LIMIT $1",
+            &[&(limit as i64)],
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    rows.iter()
+        .map(|r| {
+            let id = DeliveryId::from_key(col::<&[u8]>(r, 2, "deliveries")?)
+                .ok_or_else(|| super::corrupt("deliveries", "bad id"))?;
+            Ok((
+                col(r, 0, "deliveries")?,
+                col::<i64>(r, 1, "deliveries")? as u64,
+                id,
+            ))
+        })
+        .collect()
+}
+
+// === claims ===
+
+pub(super) async fn claim(
+    inner: &Inner,
+    target: &str,
+    at: u64,
+    id: DeliveryId,
+) -> Result<Option<Delivery>, StoreError> {
+    let token = rand::random::<i64>();
+    let now = now_ms();
+    let c = inner.client().await?;
+    let row = c
+        .query_opt(
+            &format!(
+                "UPDATE deliveries SET state = 1, owner = $1, claim_token = $2, lease_until_ms = $3 \
+                 WHERE id = $4 AND target = $5 AND state = 0 AND next_at_ms = $6 \
+                 RETURNING {DELIVERY}"
+            ),
+            &[
+                &inner.instance,
+                &token,
+                &inner.lease_until(now),
+                &key(id),
+                &target,
+                &(at as i64),
+            ],
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let (_, d) = delivery_row(&row)?;
+    inner.hold([id], token);
+    inner.moved(Some(State::Pending), Some(State::InFlight), 1);
+    Ok(Some(d))
+}
+
+/// Claims up to `limit` of `target`'s due deliveries in one statement,
+/// skipping rows another relay is claiming at this moment.
+pub(super) async fn claim_due(
+    inner: &Inner,
+    target: &str,
+    now: u64,
+    limit: usize,
+) -> Result<Vec<(u64, DeliveryId, Delivery)>, StoreError> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let token = rand::random::<i64>();
+    let c = inner.client().await?;
+    let rows = c
+        .query(
+            &format!(
+                "UPDATE deliveries d SET state = 1, owner = $1, claim_token = $2, lease_until_ms = $3 \
+                 FROM (SELECT id FROM deliveries \
+                       WHERE target = $4 AND state = 0 AND next_at_ms <= $5 \
+                       ORDER BY next_at_ms LIMIT $6 FOR UPDATE SKIP LOCKED) c \
+                 WHERE d.id = c.id \
+                 RETURNING {}",
+                DELIVERY
+                    .split(", ")
+                    .map(|c| format!("d.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            &[
+                &inner.instance,
+                &token,
+                &inner.lease_until(now_ms()),
+                &target,
+                &(now as i64),
+                &(limit as i64),
+            ],
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let (id, d) = delivery_row(row)?;
+        out.push((d.next_at_ms, id, d));
+    }
+    out.sort_by_key(|(at, id, _)| (*at, *id));
+    inner.hold(out.iter().map(|(_, id, _)| *id), token);
+    inner.moved(
+        Some(State::Pending),
+        Some(State::InFlight),
+        out.len() as i64,
+    );
+    Ok(out)
+}
+
+pub(super) async fn finish(
+    inner: &Inner,
+    id: DeliveryId,
+    attempt: &Attempt,
+    next: Next,
+) -> Result<Delivery, StoreError> {
+    // Taken out now: if the write fails, the claim is not renewed, its
+    // lease runs out and the delivery is tried again.
+    let token = inner
+        .token(id)
+        .ok_or_else(|| StoreError::ClaimLost(id.to_string()))?;
+    let (state, at) = match next {
+        Next::Succeeded => (State::Succeeded, None),
+        Next::Dead => (State::Dead, None),
+        Next::RetryAt(at) => (State::Pending, Some(at as i64)),
+    };
+    let record = to_json(attempt);
+    let c = inner.client().await?;
+    let row = c
+        .query_opt(
+            &format!(
+                "WITH d AS ( \
+                   UPDATE deliveries SET state = $3, attempts = attempts + 1, \
+                     next_at_ms = coalesce($4, next_at_ms), last = $5, \
+                     owner = NULL, claim_token = NULL, lease_until_ms = NULL \
+                   WHERE id = $1 AND state = 1 AND claim_token = $2 \
+                   RETURNING {DELIVERY}), \
+                 a AS (INSERT INTO attempts (delivery, n, record) \
+                   SELECT id, attempts, $5 FROM d) \
+                 SELECT {DELIVERY} FROM d"
+            ),
+            &[&key(id), &token, &state_code(state), &at, &record],
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    let Some(row) = row else {
+        return Err(StoreError::ClaimLost(id.to_string()));
+    };
+    let (_, d) = delivery_row(&row)?;
+    inner.moved(Some(State::InFlight), Some(d.state), 1);
+    Ok(d)
+}
+
+pub(super) async fn release(inner: &Inner, id: DeliveryId, at: u64) -> Result<(), StoreError> {
+    let Some(token) = inner.token(id) else {
+        // Not held by this relay: nothing to give back.
+        return Ok(());
+    };
+    let c = inner.client().await?;
+    let rows = c
+        .query(
+            "UPDATE deliveries SET state = 0, next_at_ms = $3, \
+               owner = NULL, claim_token = NULL, lease_until_ms = NULL \
+             WHERE id = $1 AND state = 1 AND claim_token = $2 RETURNING target",
+            &[&key(id), &token, &(at as i64)],
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    drop(c);
+    inner.moved(
+        Some(State::InFlight),
+        Some(State::Pending),
+        rows.len() as i64,
+    );
+    inner.announce(&targets_of(&rows)?).await;
+    Ok(())
+}
+
+// === repair ===
+
+pub(super) async fn requeue(
+    inner: &Inner,
+    id: DeliveryId,
+    note: &str,
+) -> Result<Option<Delivery>, StoreError> {
+    let c = inner.client().await?;
+    let row = c
+        .query_opt(
+            &format!(
+                "UPDATE deliveries d SET state = 0, next_at_ms = $2, base = d.attempts, note = $3, \
+                   owner = NULL, claim_token = NULL, lease_until_ms = NULL \
+                 FROM (SELECT id, state AS was FROM deliveries WHERE id = $1 FOR UPDATE) o \
+                 WHERE d.id = o.id AND d.state <> 1 \
+                 RETURNING {}, o.was",
+                DELIVERY
+                    .split(", ")
+                    .map(|c| format!("d.{c}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            &[&key(id), &(now_ms() as i64), &note],
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    let Some(row) = row else {
+        // In flight (left alone) or unknown.
+        let row = c
+            .query_opt(
+                &format!("SELECT {DELIVERY} FROM deliveries WHERE id = $1"),
+                &[&key(id)],
+            )
+            .await
+            .map_err(|e| inner.db(e))?;
+        return row.map(|r| delivery_row(&r).map(|(_, d)| d)).transpose();
+    };
+    drop(c);
+    let (_, d) = delivery_row(&row)?;
+    let was = super::state_of(col(&row, 9, "deliveries")?)?;
+    inner.moved(Some(was), Some(State::Pending), 1);
+    inner.announce(std::slice::from_ref(&d.target)).await;
+    Ok(Some(d))
+}
+
+pub(super) async fn requeue_batch(
+    inner: &Inner,
+    state: State,
+    target: Option<&str>,
+    from: Option<DeliveryId>,
+    limit: usize,
+) -> Result<(usize, Option<DeliveryId>), StoreError> {
+    let from = from.map(key).unwrap_or_default();
+    let c = inner.client().await?;
+    let picked = c
+        .query(
+            "SELECT id FROM deliveries \
+             WHERE state = $1 AND ($2::text IS NULL OR target = $2) AND id > $3 \
+             ORDER BY id LIMIT $4",
+            &[&state_code(state), &target, &from, &(limit as i64)],
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    let ids: Vec<Vec<u8>> = picked
+        .iter()
+        .map(|r| col(r, 0, "deliveries"))
+        .collect::<Result<_, _>>()?;
+    let next = if ids.len() == limit {
+        ids.last().and_then(|k| DeliveryId::from_key(k))
+    } else {
+        None
+    };
+    let rows = c
+        .query(
+            "UPDATE deliveries SET state = 0, next_at_ms = $3, base = attempts, \
+               note = 're-queued in bulk' \
+             WHERE id = ANY($1) AND state = $2 AND state <> 1 RETURNING target",
+            &[&ids, &state_code(state), &(now_ms() as i64)],
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    drop(c);
+    inner.moved(Some(state), Some(State::Pending), rows.len() as i64);
+    inner.announce(&targets_of(&rows)?).await;
+    Ok((rows.len(), next))
+}
+
+pub(super) async fn cancel(
+    inner: &Inner,
+    id: DeliveryId,
+    reason: &str,
+) -> Result<bool, StoreError> {
+    let c = inner.client().await?;
+    let row = c
+        .query_opt(
+            "UPDATE deliveries d SET state = 4, note = $2, \
+               owner = NULL, claim_token = NULL, lease_until_ms = NULL \
+             FROM (SELECT id, state AS was FROM deliveries WHERE id = $1 FOR UPDATE) o \
+             WHERE d.id = o.id AND d.state IN (0, 1) RETURNING o.was",
+            &[&key(id), &reason],
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    let Some(row) = row else {
+        return Ok(false);
+    };
+    let was = super::state_of(col(&row, 0, "deliveries")?)?;
+    inner.token(id);
+    inner.moved(Some(was), Some(State::Cancelled), 1);
+    Ok(true)
+}
+
+pub(super) async fn cancel_all(
+    inner: &Inner,
+    target: &str,
+    reason: &str,
+) -> Result<usize, StoreError> {
+    let c = inner.client().await?;
+    let mut total = 0;
+    loop {
+        let n = c
+            .execute(
+                "UPDATE deliveries SET state = 4, note = $2 WHERE id IN \
+                 (SELECT id FROM deliveries WHERE target = $1 AND state = 0 LIMIT $3 \
+                  FOR UPDATE SKIP LOCKED)",
+                &[&target, &reason, &CANCEL_STEP],
+            )
+            .await
+            .map_err(|e| inner.db(e))?;
+        total += n as usize;
+        inner.moved(Some(State::Pending), Some(State::Cancelled), n as i64);
+        if (n as i64) < CANCEL_STEP {
+            return Ok(total);
+        }
+    }
+}
+
+// === leases ===
+
+/// Takes back deliveries whose lease has run out (their relay died or
+/// lost the database): pending again, due now, and the fleet is told.
+pub(super) async fn reap(inner: &Inner) -> Result<usize, StoreError> {
+    let now = now_ms() as i64;
+    let c = inner.client().await?;
+    let rows = c
+        .query(
+            "UPDATE deliveries SET state = 0, next_at_ms = $1, \
+               owner = NULL, claim_token = NULL, lease_until_ms = NULL \
+             WHERE id IN (SELECT id FROM deliveries WHERE state = 1 AND lease_until_ms < $1 \
+                          LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             RETURNING target",
+            &[&now, &REAP_BATCH],
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    drop(c);
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    tracing::warn!(
+        deliveries = rows.len(),
+        "deliveries whose claim lapsed are pending again"
+    );
+    inner.moved(
+        Some(State::InFlight),
+        Some(State::Pending),
+        rows.len() as i64,
+    );
+    inner.announce(&targets_of(&rows)?).await;
+    Ok(rows.len())
+}
+
+/// Renews the leases of the claims this relay holds, every quarter lease,
+/// until the store is dropped.
+pub(super) async fn renew(inner: Arc<Inner>) {
+    let every = (inner.config.lease / 4).max(Duration::from_millis(10));
+    let mut failing = false;
+    loop {
+        tokio::time::sleep(every).await;
+        let held: Vec<Vec<u8>> = inner
+            .claims
+            .lock()
+            .expect("lock poisoned")
+            .keys()
+            .map(|id| key(*id))
+            .collect();
+        if held.is_empty() {
+            continue;
+        }
+        let result = async {
+            let c = inner.client().await?;
+            c.execute(
+                "UPDATE deliveries SET lease_until_ms = $1 \
+                 WHERE id = ANY($2) AND owner = $3 AND state = 1",
+                &[&inner.lease_until(now_ms()), &held, &inner.instance],
+            )
+            .await
+            .map_err(|e| inner.db(e))
+        }
+        .await;
+        match result {
+            Err(e) if !failing => {
+                failing = true;
+                tracing::error!(error = %e, "cannot renew the leases of claimed deliveries");
+            }
+            Ok(_) => failing = false,
+            Err(_) => {}
+        }
+    }
+}
+
+/// Gives every claim this relay holds back to the fleet (at close).
+pub(super) async fn give_back_all(inner: &Inner) -> Result<usize, StoreError> {
+    let held: Vec<Vec<u8>> = inner
+        .claims
+        .lock()
+        .expect("lock poisoned")
+        .drain()
+        .map(|(id, _)| key(id))
+        .collect();
+    if held.is_empty() {
+        return Ok(0);
+    }
+    let c = inner.client().await?;
+    let rows = c
+        .query(
+            "UPDATE deliveries SET state = 0, next_at_ms = $1, \
+               owner = NULL, claim_token = NULL, lease_until_ms = NULL \
+             WHERE id = ANY($2) AND owner = $3 AND state = 1 RETURNING target",
+            &[&(now_ms() as i64), &held, &inner.instance],
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    drop(c);
+    inner.moved(
+        Some(State::InFlight),
+        Some(State::Pending),
+        rows.len() as i64,
+    );
+    inner.announce(&targets_of(&rows)?).await;
+    Ok(rows.len())
+}

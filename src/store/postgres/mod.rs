@@ -1,0 +1,759 @@
+//! The PostgreSQL backend: one database shared by a fleet of relays.
+//!
+//! Every relay of the fleet keeps nothing of its own but claims it holds:
+//! events, deliveries, attempts, endpoints, counters, dedup keys, the
+//! inbound log and the history all live in the database, so any relay
+//! answers for the fleet and any relay can deliver anything.
+//!
+//! Invariants:
+//! - `accept` answers `Ok` only after the transaction holding the event,
+//!   its deliveries, its dedup key and its inbound record has committed
+//!   with `synchronous_commit` on. Concurrent accepts share a transaction
+//!   (`commit.rs`): one commit per batch, not per event.
+//! - A delivery is taken in flight only by a claim (`claims.rs`): an
+//!   `UPDATE` of pending rows picked `FOR UPDATE SKIP LOCKED`, which sets
+//!   this relay as owner, a fresh claim token and a lease. Two relays never
+//!   hold one delivery at once. The HTTP attempt runs outside any
+//!   transaction; its outcome is written only while the token still
+//!   matches, so a relay whose lease ran out cannot overwrite the new
+//!   owner's work. Leases are renewed while held; a relay that dies stops
+//!   renewing, and the others take its deliveries back once the lease has
+//!   run out (at least once; the `webhook-id` is the event's, unchanged).
+//! - Work committed due now wakes the fleet by `NOTIFY` (delivered after
+//!   commit), and every relay also polls (`wake.rs`), so a lost
+//!   notification, or a pooler that cannot LISTEN, delays work by at most
+//!   `poll_interval`.
+//! - Retention, the dedup expiry and the inbound and history trims run in
+//!   bounded batches, by one relay at a time (a transaction-level advisory
+//!   lock): the others skip the step.
+//! - The delivery counts by state are kept in memory: this relay's own
+//!   changes at once, the fleet's on the next count (`maintain`).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, PoolError, RecyclingMethod};
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio_postgres::Row;
+
+use crate::store::{
+    now_ms, Accepted, Attempt, Claimed, Counters, Delivery, DeliveryId, EndpointRecord, Event,
+    EventId, Health, Inbound, InboundFilter, InboundId, InboundPage, NewEvent, Next, Page, Purged,
+    Resolution, StatRow, State, Store, StoreConfig, StoreError,
+};
+
+mod claims;
+mod commit;
+mod config;
+mod queries;
+pub mod schema;
+mod wake;
+
+pub use config::PostgresConfig;
+
+/// Accepted events waiting for a committer, at most.
+const QUEUE: usize = 4096;
+/// Transactions committing accepted events at once.
+const COMMITTERS: usize = 4;
+/// `maintain` counts the deliveries by state every this many calls.
+const COUNT_EVERY: u64 = 10;
+
+/// The PostgreSQL store. Dropping it stops its background tasks.
+pub struct PostgresStore {
+    inner: Arc<Inner>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// What the store and its background tasks share.
+pub(crate) struct Inner {
+    pool: Pool,
+    config: PostgresConfig,
+    /// `NOTIFY` channel of this schema's fleet.
+    channel: String,
+    retention_ms: u64,
+    max_disk_bytes: u64,
+    /// This relay among the fleet's: the owner of its claims, and the
+    /// sender of its notifications (which it ignores).
+    instance: i64,
+    /// The last id handed out (ids of one relay always increase).
+    ids: Mutex<u128>,
+    /// The claim token of each delivery this relay holds.
+    claims: Mutex<HashMap<DeliveryId, i64>>,
+    commits: Mutex<Option<mpsc::Sender<commit::Waiting>>>,
+    /// Committer tasks still running, and a wake-up when one stops.
+    committers: std::sync::atomic::AtomicUsize,
+    committers_stopped: Notify,
+    counts: [AtomicI64; 5],
+    woken: Mutex<Vec<String>>,
+    new_work: Arc<Notify>,
+    /// Wakes the poller at once (a notification that names no target).
+    poll_now: Notify,
+    health: Mutex<Health>,
+    closed: AtomicBool,
+    maintained: AtomicU64,
+    /// Where the next retention step starts (an event id).
+    purge_from: Mutex<Option<Vec<u8>>>,
+    commit_batch: Histogram,
+    commit_duration: Histogram,
+}
+
+// === errors ===
+
+/// A database error as the store reports it: the server's message (never
+/// the connection string), and whether the database is out of reach.
+pub(crate) fn db_error(e: &tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        let code = db.code().code();
+        if code == "53100" {
+            return StoreError::DiskFull { free: 0 };
+        }
+        // Connection exceptions, operator intervention (shutdown, a
+        // cancelled statement), insufficient resources.
+        if code.starts_with("08") || code.starts_with("57") || code.starts_with("53") {
+            return StoreError::Unavailable(format!("PostgreSQL: {} ({code})", db.message()));
+        }
+        return StoreError::Io(format!("PostgreSQL: {} ({code})", db.message()));
+    }
+    StoreError::Unavailable(format!("cannot reach PostgreSQL: {e}"))
+}
+
+fn pool_error(e: PoolError) -> StoreError {
+    match e {
+        PoolError::Backend(e) => db_error(&e),
+        PoolError::Timeout(_) => {
+            StoreError::Unavailable("no PostgreSQL connection within connect_timeout".into())
+        }
+        PoolError::Closed => StoreError::Closed,
+        other => StoreError::Unavailable(format!("PostgreSQL connection: {other}")),
+    }
+}
+
+/// Whether a transaction lost a conflict and may simply be run again.
+fn retryable(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error()
+        .is_some_and(|db| matches!(db.code().code(), "40P01" | "40001"))
+}
+
+fn corrupt(table: &'static str, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        tree: table,
+        reason: reason.into(),
+    }
+}
+
+/// Column `idx` of `row`, or a corrupt-record error naming `table`.
+fn col<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a Row,
+    idx: usize,
+    table: &'static str,
+) -> Result<T, StoreError> {
+    row.try_get(idx)
+        .map_err(|e| corrupt(table, format!("column {idx}: {e}")))
+}
+
+fn json<T: serde::de::DeserializeOwned>(
+    value: serde_json::Value,
+    table: &'static str,
+) -> Result<T, StoreError> {
+    serde_json::from_value(value).map_err(|e| corrupt(table, e.to_string()))
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
+    // Records are plain data (strings, numbers, maps with string keys):
+    // serializing them cannot fail.
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+// === rows ===
+
+fn state_code(s: State) -> i16 {
+    s.index() as i16
+}
+
+fn state_of(code: i16) -> Result<State, StoreError> {
+    State::ALL
+        .get(code as usize)
+        .copied()
+        .ok_or_else(|| corrupt("deliveries", format!("unknown state {code}")))
+}
+
+/// The columns a delivery is read from, in the order [`delivery_row`] takes.
+const DELIVERY: &str = "id, event, target, state, attempts, base, next_at_ms, last, note";
+
+fn delivery_row(row: &Row) -> Result<(DeliveryId, Delivery), StoreError> {
+    const T: &str = "deliveries";
+    let id = DeliveryId::from_key(col::<&[u8]>(row, 0, T)?).ok_or_else(|| corrupt(T, "bad id"))?;
+    let event =
+        EventId::from_key(col::<&[u8]>(row, 1, T)?).ok_or_else(|| corrupt(T, "bad event id"))?;
+    let last: Option<serde_json::Value> = col(row, 7, T)?;
+    Ok((
+        id,
+        Delivery {
+            event,
+            target: col(row, 2, T)?,
+            state: state_of(col(row, 3, T)?)?,
+            attempts: col::<i32>(row, 4, T)? as u32,
+            base: col::<i32>(row, 5, T)? as u32,
+            next_at_ms: col::<i64>(row, 6, T)? as u64,
+            last: last.map(|v| json(v, "attempts")).transpose()?,
+            note: col(row, 8, T)?,
+        },
+    ))
+}
+
+/// The smallest id of a ULID made at `ms`: ids below it are older.
+fn id_at(ms: u64) -> Vec<u8> {
+    ((ms as u128) << 80).to_be_bytes().to_vec()
+}
+
+// === impl PostgresStore ===
+
+impl PostgresStore {
+    /// Connects, brings the schema up to date (or refuses a newer one),
+    /// and starts the committers, the listener, the poller and the lease
+    /// renewal on the current runtime.
+    pub async fn open(config: &StoreConfig) -> Result<PostgresStore, StoreError> {
+        let pg = config.postgres.clone();
+        let pool = pool(&pg)?;
+        {
+            let mut client = pool.get().await.map_err(pool_error)?;
+            schema::prepare(&mut client, &pg).await?;
+        }
+        let (sender, receiver) = mpsc::channel(QUEUE);
+        let inner = Arc::new(Inner {
+            channel: format!("{}_work", pg.schema),
+            pool,
+            retention_ms: config.retention.as_millis() as u64,
+            max_disk_bytes: config.max_disk_bytes,
+            instance: rand::random::<i64>(),
+            ids: Mutex::new(0),
+            claims: Mutex::new(HashMap::new()),
+            commits: Mutex::new(Some(sender)),
+            committers: std::sync::atomic::AtomicUsize::new(COMMITTERS),
+            committers_stopped: Notify::new(),
+            counts: Default::default(),
+            woken: Mutex::new(Vec::new()),
+            new_work: Arc::new(Notify::new()),
+            poll_now: Notify::new(),
+            health: Mutex::new(Health {
+                refusing: None,
+                disk_bytes: 0,
+                free_bytes: u64::MAX,
+                checked_at_ms: now_ms(),
+            }),
+            closed: AtomicBool::new(false),
+            maintained: AtomicU64::new(0),
+            purge_from: Mutex::new(None),
+            commit_batch: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+            commit_duration: Histogram::new(exponential_buckets(0.0001, 2.0, 16)),
+            config: pg,
+        });
+        inner.count_states().await?;
+        inner.measure().await?;
+        let receiver = Arc::new(tokio::sync::Mutex::new(receiver));
+        let mut tasks: Vec<JoinHandle<()>> = (0..COMMITTERS)
+            .map(|_| tokio::spawn(commit::committer(inner.clone(), receiver.clone())))
+            .collect();
+        tasks.push(tokio::spawn(wake::poll(inner.clone())));
+        tasks.push(tokio::spawn(claims::renew(inner.clone())));
+        if inner.config.listen {
+            tasks.push(tokio::spawn(wake::listen(inner.clone())));
+        }
+        Ok(PostgresStore { inner, tasks })
+    }
+}
+
+impl Drop for PostgresStore {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// How every connection of this relay is made: in the schema, with the
+/// statement timeout set.
+fn connect_config(pg: &PostgresConfig) -> Result<tokio_postgres::Config, StoreError> {
+    let mut config: tokio_postgres::Config = pg
+        .url
+        .parse()
+        .map_err(|e| StoreError::Unavailable(format!("store.postgres.url: {e}")))?;
+    config
+        .application_name("hookrelay")
+        .connect_timeout(pg.connect_timeout)
+        .options(format!(
+            "-c search_path={} -c statement_timeout={}",
+            pg.schema,
+            pg.statement_timeout.as_millis()
+        ));
+    Ok(config)
+}
+
+/// The connection pool `pg` describes: every connection in the schema,
+/// with the statement timeout set.
+fn pool(pg: &PostgresConfig) -> Result<Pool, StoreError> {
+    let config = connect_config(pg)?;
+    let manager = Manager::from_config(
+        config,
+        tokio_postgres::NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(pg.pool_size)
+        .wait_timeout(Some(pg.connect_timeout))
+        .create_timeout(Some(pg.connect_timeout))
+        .recycle_timeout(Some(pg.connect_timeout))
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .build()
+        .map_err(|e| StoreError::Unavailable(format!("PostgreSQL pool: {e}")))
+}
+
+// === impl Inner ===
+
+impl Inner {
+    /// A connection from the pool; a failure says the database is away.
+    async fn client(&self) -> Result<Object, StoreError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(StoreError::Closed);
+        }
+        match self.pool.get().await {
+            Ok(c) => Ok(c),
+            Err(e) => Err(self.failed(pool_error(e))),
+        }
+    }
+
+    /// `e` from a statement: recorded in the health when the database is
+    /// out of reach or full, so `/readyz` and ingest say so at once.
+    fn db(&self, e: tokio_postgres::Error) -> StoreError {
+        self.failed(db_error(&e))
+    }
+
+    fn failed(&self, e: StoreError) -> StoreError {
+        if matches!(
+            e,
+            StoreError::Unavailable(_) | StoreError::DiskFull { .. } | StoreError::Full { .. }
+        ) {
+            let mut h = self.health.lock().expect("lock poisoned");
+            if h.refusing.is_none() {
+                tracing::error!(error = %e, "the store refuses new events");
+            }
+            h.refusing = Some((e.code().to_string(), e.to_string()));
+        }
+        e
+    }
+
+    /// The next `n + 1` ids: an event's, then its deliveries'.
+    fn next_ids(&self, n: usize) -> (EventId, Vec<DeliveryId>) {
+        let mut last = self.ids.lock().expect("lock poisoned");
+        let start = ulid::Ulid::new().0.max(*last + 1);
+        *last = start + n as u128;
+        let deliveries = (1..=n as u128)
+            .map(|i| DeliveryId(ulid::Ulid(start + i)))
+            .collect();
+        (EventId(ulid::Ulid(start)), deliveries)
+    }
+
+    fn moved(&self, from: Option<State>, to: Option<State>, n: i64) {
+        if let Some(s) = from {
+            self.counts[s.index()].fetch_sub(n, Ordering::Relaxed);
+        }
+        if let Some(s) = to {
+            self.counts[s.index()].fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Tells this relay's scheduler that `targets` have work due now.
+    fn wake<'a>(&self, targets: impl IntoIterator<Item = &'a String>) {
+        let mut woken = self.woken.lock().expect("lock poisoned");
+        let mut any = false;
+        for t in targets {
+            any = true;
+            if !woken.contains(t) {
+                woken.push(t.clone());
+            }
+        }
+        drop(woken);
+        if any {
+            self.new_work.notify_one();
+        }
+    }
+
+    /// Counts the fleet's deliveries by state.
+    async fn count_states(&self) -> Result<(), StoreError> {
+        let c = self.client().await?;
+        let rows = c
+            .query("SELECT state, count(*) FROM deliveries GROUP BY state", &[])
+            .await
+            .map_err(|e| self.db(e))?;
+        let mut counts = [0i64; 5];
+        for row in &rows {
+            let state = state_of(col(row, 0, "deliveries")?)?;
+            counts[state.index()] = col(row, 1, "deliveries")?;
+        }
+        for (slot, n) in self.counts.iter().zip(counts) {
+            slot.store(n, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The size of hookrelay's tables and their indexes.
+    async fn measure(&self) -> Result<u64, StoreError> {
+        let c = self.client().await?;
+        let row = c
+            .query_one(
+                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relkind = 'r'",
+                &[&self.config.schema],
+            )
+            .await
+            .map_err(|e| self.db(e))?;
+        let bytes = col::<i64>(&row, 0, "pg_class")?.max(0) as u64;
+        self.health.lock().expect("lock poisoned").disk_bytes = bytes;
+        Ok(bytes)
+    }
+
+    /// One round of `maintain`: reachable, within its size limit, lapsed
+    /// leases taken back, and now and then the counts.
+    async fn check(&self) -> Result<u64, StoreError> {
+        let bytes = self.measure().await?;
+        claims::reap(self).await?;
+        if self.maintained.fetch_add(1, Ordering::Relaxed) % COUNT_EVERY == COUNT_EVERY - 1 {
+            self.count_states().await?;
+        }
+        Ok(bytes)
+    }
+
+    /// Runs `f` in a transaction that holds this schema's advisory lock
+    /// for `what`, or returns `None` at once when another relay holds it.
+    async fn exclusively<T, F>(&self, what: &str, f: F) -> Result<Option<T>, StoreError>
+    where
+        F: for<'t> FnOnce(
+            &'t deadpool_postgres::Transaction<'t>,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<T, tokio_postgres::Error>> + Send + 't>,
+        >,
+    {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(|e| self.db(e))?;
+        let got: bool = tx
+            .query_one(
+                "SELECT pg_try_advisory_xact_lock(hashtext($1))",
+                &[&format!("hookrelay:{}:{what}", self.config.schema)],
+            )
+            .await
+            .map_err(|e| self.db(e))?
+            .try_get(0)
+            .map_err(|e| self.db(e))?;
+        if !got {
+            return Ok(None);
+        }
+        let out = f(&tx).await.map_err(|e| self.db(e))?;
+        tx.commit().await.map_err(|e| self.db(e))?;
+        Ok(Some(out))
+    }
+}
+
+// === impl Store ===
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn accept(&self, new: NewEvent) -> Result<Accepted, StoreError> {
+        commit::accept(&self.inner, new).await
+    }
+
+    async fn due_targets(&self) -> Result<Vec<String>, StoreError> {
+        Ok(claims::pending_targets(&self.inner)
+            .await?
+            .into_iter()
+            .map(|(t, _)| t)
+            .collect())
+    }
+
+    async fn due_for(
+        &self,
+        target: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, DeliveryId)>, StoreError> {
+        claims::due_for(&self.inner, target, now_ms, limit).await
+    }
+
+    async fn next_due(&self, target: &str) -> Result<Option<u64>, StoreError> {
+        claims::next_due(&self.inner, target).await
+    }
+
+    async fn due_entries(
+        &self,
+        limit: usize,
+    ) -> Result<Vec<(String, u64, DeliveryId)>, StoreError> {
+        claims::due_entries(&self.inner, limit).await
+    }
+
+    async fn claim(
+        &self,
+        target: &str,
+        at_ms: u64,
+        id: DeliveryId,
+    ) -> Result<Option<Delivery>, StoreError> {
+        claims::claim(&self.inner, target, at_ms, id).await
+    }
+
+    async fn claim_due(
+        &self,
+        target: &str,
+        now_ms: u64,
+        limit: usize,
+    ) -> Result<Claimed, StoreError> {
+        let deliveries = claims::claim_due(&self.inner, target, now_ms, limit).await?;
+        Ok(Claimed {
+            looked: deliveries.len(),
+            deliveries,
+        })
+    }
+
+    async fn finish(
+        &self,
+        id: DeliveryId,
+        attempt: &Attempt,
+        next: Next,
+    ) -> Result<Delivery, StoreError> {
+        claims::finish(&self.inner, id, attempt, next).await
+    }
+
+    async fn release(&self, id: DeliveryId, at_ms: u64) -> Result<(), StoreError> {
+        claims::release(&self.inner, id, at_ms).await
+    }
+
+    fn new_work(&self) -> Arc<Notify> {
+        self.inner.new_work.clone()
+    }
+
+    fn woken(&self) -> Vec<String> {
+        std::mem::take(&mut *self.inner.woken.lock().expect("lock poisoned"))
+    }
+
+    async fn requeue(&self, id: DeliveryId, note: &str) -> Result<Option<Delivery>, StoreError> {
+        claims::requeue(&self.inner, id, note).await
+    }
+
+    async fn requeue_batch(
+        &self,
+        state: State,
+        target: Option<&str>,
+        from: Option<DeliveryId>,
+        limit: usize,
+    ) -> Result<(usize, Option<DeliveryId>), StoreError> {
+        claims::requeue_batch(&self.inner, state, target, from, limit).await
+    }
+
+    async fn cancel(&self, id: DeliveryId, reason: &str) -> Result<bool, StoreError> {
+        claims::cancel(&self.inner, id, reason).await
+    }
+
+    async fn cancel_all(&self, target: &str, reason: &str) -> Result<usize, StoreError> {
+        claims::cancel_all(&self.inner, target, reason).await
+    }
+
+    async fn event(&self, id: EventId) -> Result<Option<Event>, StoreError> {
+        queries::event(&self.inner, id).await
+    }
+
+    async fn delivery(&self, id: DeliveryId) -> Result<Option<Delivery>, StoreError> {
+        queries::delivery(&self.inner, id).await
+    }
+
+    async fn deliveries_of(
+        &self,
+        event: EventId,
+    ) -> Result<Vec<(DeliveryId, Delivery)>, StoreError> {
+        queries::deliveries_of(&self.inner, event).await
+    }
+
+    async fn attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>, StoreError> {
+        queries::attempts(&self.inner, id).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        state: Option<State>,
+        target: Option<&str>,
+        after: Option<DeliveryId>,
+        limit: usize,
+        scan: usize,
+    ) -> Result<Page, StoreError> {
+        queries::list_deliveries(&self.inner, state, target, after, limit, scan).await
+    }
+
+    fn count(&self, state: State) -> i64 {
+        self.inner.counts[state.index()]
+            .load(Ordering::Relaxed)
+            .max(0)
+    }
+
+    async fn put_endpoint(&self, endpoint: &EndpointRecord) -> Result<(), StoreError> {
+        queries::put_endpoint(&self.inner, endpoint).await
+    }
+
+    async fn endpoints(&self) -> Result<Vec<EndpointRecord>, StoreError> {
+        queries::endpoints(&self.inner).await
+    }
+
+    async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError> {
+        queries::delete_endpoint(&self.inner, id).await
+    }
+
+    async fn counters(&self, target: &str) -> Result<Counters, StoreError> {
+        queries::counters(&self.inner, target).await
+    }
+
+    async fn save_counters(&self, target: &str, counters: &Counters) -> Result<(), StoreError> {
+        queries::save_counters(&self.inner, target, counters).await
+    }
+
+    async fn record_inbound(&self, record: &Inbound) -> Result<(), StoreError> {
+        queries::record_inbound(&self.inner, record).await
+    }
+
+    async fn inbound(
+        &self,
+        filter: &InboundFilter,
+        after: Option<InboundId>,
+        limit: usize,
+        scan: usize,
+    ) -> Result<InboundPage, StoreError> {
+        queries::inbound(&self.inner, filter, after, limit, scan).await
+    }
+
+    async fn purge_inbound(
+        &self,
+        cutoff_ms: u64,
+        keep: usize,
+        limit: usize,
+    ) -> Result<Purged, StoreError> {
+        queries::purge_inbound(&self.inner, cutoff_ms, keep, limit).await
+    }
+
+    async fn purge(&self, cutoff_ms: u64, limit: usize) -> Result<Purged, StoreError> {
+        queries::purge(&self.inner, cutoff_ms, limit).await
+    }
+
+    async fn purge_dedup(&self) -> Result<usize, StoreError> {
+        queries::purge_dedup(&self.inner).await
+    }
+
+    async fn add_stats(&self, rows: &[StatRow]) -> Result<(), StoreError> {
+        queries::add_stats(&self.inner, rows).await
+    }
+
+    async fn stats(
+        &self,
+        series: &str,
+        resolution: Resolution,
+        from_ms: u64,
+        to_ms: u64,
+    ) -> Result<Vec<StatRow>, StoreError> {
+        queries::stats(&self.inner, series, resolution, from_ms, to_ms).await
+    }
+
+    async fn purge_stats(
+        &self,
+        minutes_before_ms: u64,
+        hours_before_ms: u64,
+    ) -> Result<usize, StoreError> {
+        queries::purge_stats(&self.inner, minutes_before_ms, hours_before_ms).await
+    }
+
+    async fn maintain(&self) -> Health {
+        let inner = &self.inner;
+        if inner.closed.load(Ordering::Relaxed) {
+            return self.health();
+        }
+        let checked = inner.check().await;
+        let mut h = inner.health.lock().expect("lock poisoned");
+        h.checked_at_ms = now_ms();
+        let refusing = match checked {
+            Err(e) => Some(e),
+            Ok(bytes) if inner.max_disk_bytes > 0 && bytes >= inner.max_disk_bytes => {
+                Some(StoreError::Full {
+                    used: bytes,
+                    limit: inner.max_disk_bytes,
+                })
+            }
+            Ok(_) => None,
+        };
+        match (&h.refusing, refusing) {
+            (None, Some(e)) => {
+                tracing::error!(error = %e, "the store refuses new events");
+                h.refusing = Some((e.code().to_string(), e.to_string()));
+            }
+            (Some(_), Some(e)) => h.refusing = Some((e.code().to_string(), e.to_string())),
+            (Some(_), None) => {
+                tracing::warn!("the store takes new events again");
+                h.refusing = None;
+            }
+            (None, None) => {}
+        }
+        h.clone()
+    }
+
+    fn health(&self) -> Health {
+        let inner = &self.inner;
+        let mut h = inner.health.lock().expect("lock poisoned").clone();
+        if inner.closed.load(Ordering::Relaxed) {
+            h.refusing = Some((
+                StoreError::Closed.code().to_string(),
+                StoreError::Closed.to_string(),
+            ));
+        }
+        h
+    }
+
+    fn register_metrics(&self, registry: &mut Registry) {
+        registry.register(
+            "fsync_batch_events",
+            "Events made durable by one commit (group commit)",
+            self.inner.commit_batch.clone(),
+        );
+        registry.register_with_unit(
+            "fsync_duration",
+            "Time one commit of accepted events took",
+            Unit::Seconds,
+            self.inner.commit_duration.clone(),
+        );
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        let inner = &self.inner;
+        // No new events; the committers commit what is queued, then stop.
+        drop(inner.commits.lock().expect("lock poisoned").take());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let stopped = inner.committers_stopped.notified();
+            if inner.committers.load(Ordering::Relaxed) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, stopped).await.is_err() {
+                tracing::warn!("closing the store with commits still under way");
+                break;
+            }
+        }
+        // Claims this relay still holds go back to the fleet at once,
+        // instead of when their leases run out.
+        let given_back = claims::give_back_all(inner).await;
+        inner.closed.store(true, Ordering::Relaxed);
+        for t in &self.tasks {
+            t.abort();
+        }
+        inner.pool.close();
+        given_back.map(|_| ())
+    }
+}

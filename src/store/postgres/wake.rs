@@ -1,0 +1,135 @@
+//! How a relay learns of work it did not create: notifications, and a
+//! poll as the backstop.
+//!
+//! Committed work due now is announced on the schema's channel with
+//! `NOTIFY` (`<relay>:<target>`, or `<relay>:*` for many targets); the
+//! listener wakes this relay's scheduler for the target, or the poller
+//! for `*`. A relay ignores its own notifications: it woke itself when it
+//! committed. Notifications can be lost (the listener reconnecting, a
+//! pooler that cannot LISTEN), and retries another relay scheduled are
+//! never announced, so the poller also looks every `poll_interval` for
+//! targets with work due and for lapsed leases.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::AsyncMessage;
+
+use super::{claims, db_error, Inner};
+use crate::store::{now_ms, StoreError};
+
+/// The longest wait between two attempts to connect the listener.
+const MAX_RECONNECT: Duration = Duration::from_secs(5);
+
+/// Looks for due work every `poll_interval`, or at once when asked.
+pub(super) async fn poll(inner: Arc<Inner>) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(inner.config.poll_interval) => {}
+            _ = inner.poll_now.notified() => {}
+        }
+        if inner.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let round = async {
+            claims::reap(&inner).await?;
+            let now = now_ms();
+            let due: Vec<String> = claims::pending_targets(&inner)
+                .await?
+                .into_iter()
+                .filter(|(_, at)| *at <= now)
+                .map(|(t, _)| t)
+                .collect();
+            inner.wake(&due);
+            Ok::<_, StoreError>(())
+        }
+        .await;
+        match round {
+            Err(e) if !failing => {
+                failing = true;
+                tracing::error!(error = %e, "cannot look for due work in the store; trying again");
+            }
+            Ok(()) if failing => {
+                failing = false;
+                tracing::warn!("looking for due work in the store again");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Keeps a connection listening on the schema's channel, and connects it
+/// again whenever it drops.
+pub(super) async fn listen(inner: Arc<Inner>) {
+    let mut wait = Duration::from_millis(100);
+    let mut failing = false;
+    // The first time, the scheduler has just looked at every target; after
+    // a reconnect, something may have been announced unheard.
+    let mut catch_up = false;
+    loop {
+        let result = listen_once(&inner, catch_up).await;
+        catch_up = true;
+        match result {
+            Ok(()) => wait = Duration::from_millis(100),
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "not listening for the fleet's notifications; polling meanwhile");
+                }
+                failing = true;
+            }
+        }
+        if inner.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(MAX_RECONNECT);
+    }
+}
+
+/// One listening connection, until it fails.
+async fn listen_once(inner: &Inner, catch_up: bool) -> Result<(), StoreError> {
+    let config = super::connect_config(&inner.config)?;
+    let (client, mut connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| db_error(&e))?;
+    let listen_sql = format!("LISTEN {}", inner.channel);
+    let mut listening = std::pin::pin!(client.batch_execute(&listen_sql));
+    let mut started = false;
+    loop {
+        tokio::select! {
+            r = &mut listening, if !started => {
+                r.map_err(|e| db_error(&e))?;
+                started = true;
+                tracing::info!(channel = %inner.channel, "listening for the fleet's notifications");
+                if catch_up {
+                    // Whatever was announced while not listening.
+                    inner.poll_now.notify_one();
+                }
+            }
+            m = std::future::poll_fn(|cx| connection.poll_message(cx)) => match m {
+                Some(Ok(AsyncMessage::Notification(n))) => heard(inner, n.payload()),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(db_error(&e)),
+                None => return Ok(()),
+            }
+        }
+    }
+}
+
+/// A notification's payload: `<relay>:<target>` or `<relay>:*`.
+fn heard(inner: &Inner, payload: &str) {
+    let Some((from, target)) = payload.split_once(':') else {
+        return;
+    };
+    if from.parse::<i64>().ok() == Some(inner.instance) {
+        return;
+    }
+    if target == "*" {
+        inner.poll_now.notify_one();
+    } else {
+        inner.wake([&target.to_string()]);
+    }
+}
