@@ -1049,11 +1049,108 @@ impl Catalog {
         Ok(())
     }
 
-    /// Saves the counters that changed since the last save.
+    /// Takes the API endpoints as the store has them now: another relay
+    /// of a shared store made, changed or removed some. Endpoints this
+    /// relay already has, unchanged, keep their lanes; changed ones keep
+    /// their counters and circuit. Nothing is cancelled: the relay that
+    /// removed an endpoint did that. Returns how many changed.
+    pub async fn sync(&self) -> Result<usize, StoreError> {
+        let stored = self.store.endpoints().await?;
+        let current: HashMap<String, Arc<Target>> = self
+            .all()
+            .into_iter()
+            .filter(|t| t.spec.origin == Origin::Api)
+            .map(|t| (t.spec.key.clone(), t))
+            .collect();
+        // What tells two versions of one record apart.
+        let mark = |r: &EndpointRecord| {
+            (
+                r.updated_at_ms,
+                r.disabled_reason.clone(),
+                r.tests.first().map(|t| t.at_ms),
+            )
+        };
+        let wanted: Vec<EndpointRecord> = stored
+            .into_iter()
+            .filter(|r| r.origin == Origin::Api)
+            .collect();
+        let mut fresh_counters = HashMap::new();
+        for r in wanted.iter().filter(|r| !current.contains_key(&r.id)) {
+            fresh_counters.insert(r.id.clone(), self.store.counters(&r.id).await?);
+        }
+        let ids: HashSet<&str> = wanted.iter().map(|r| r.id.as_str()).collect();
+        let egress = self.egress.read().expect("lock poisoned");
+        let mut changes: Vec<Arc<Target>> = Vec::new();
+        for record in &wanted {
+            let old = current.get(&record.id);
+            if old.is_some_and(|t| mark(&t.record()) == mark(record)) {
+                continue;
+            }
+            let spec = match egress.compile(record) {
+                Ok(spec) => spec,
+                Err(e) => {
+                    tracing::error!(endpoint = %Escaped(&record.id), field = %e.field, error = %Escaped(&e.reason), "endpoint from the shared store is unusable here; skipped");
+                    continue;
+                }
+            };
+            changes.push(Arc::new(match old {
+                Some(t) => t.carried(spec, record.clone(), &egress),
+                None => {
+                    let c = fresh_counters.remove(&record.id).unwrap_or_default();
+                    Target::new(spec, record.clone(), &egress, c)
+                }
+            }));
+        }
+        drop(egress);
+        let gone = current.keys().filter(|k| !ids.contains(k.as_str())).count();
+        if changes.is_empty() && gone == 0 {
+            return Ok(0);
+        }
+        let n = changes.len() + gone;
+        self.edit(|targets| {
+            targets.retain(|t| t.spec.origin == Origin::Config || ids.contains(t.spec.key.as_str()));
+            for target in changes {
+                match targets.iter().position(|t| t.spec.key == target.spec.key) {
+                    Some(i) => targets[i] = target,
+                    None => {
+                        let at = targets.partition_point(|t| {
+                            t.spec.origin == Origin::Config || t.spec.key < target.spec.key
+                        });
+                        targets.insert(at, target);
+                    }
+                }
+            }
+        });
+        // Deliveries of an endpoint resumed elsewhere are due again.
+        self.store.new_work().notify_one();
+        Ok(n)
+    }
+
+    /// Adds what each endpoint counted since the last save to its saved
+    /// counters. On a shared store, every relay adds its own, so the saved
+    /// counters are the fleet's.
     pub async fn save_counters(&self) -> Result<(), StoreError> {
         for t in self.all() {
-            if let Some(c) = t.lane.take_dirty_counters() {
-                self.store.save_counters(&t.spec.key, &c).await?;
+            if let Some((delta, own)) = t.lane.take_unsaved() {
+                match self.store.add_counters(&t.spec.key, &delta).await {
+                    Ok(totals) => t.lane.saved(own, totals),
+                    Err(e) => {
+                        t.lane.unsaved();
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads what the other relays of a shared store counted, so every
+    /// relay shows the fleet's counters.
+    pub async fn refresh_counters(&self) -> Result<(), StoreError> {
+        let all = self.store.all_counters().await?;
+        for (key, totals) in all {
+            if let Some(t) = self.get(&key) {
+                t.lane.refresh(totals);
             }
         }
         Ok(())

@@ -67,6 +67,11 @@ pub use deliver::request::USER_AGENT;
 const EVICT_EVERY: Duration = Duration::from_secs(60);
 /// How often the store's size on disk is re-read and counters are saved.
 const EVERY_SECOND: Duration = Duration::from_secs(1);
+/// How often a relay on a shared store reads the endpoints and counters
+/// the other relays changed, when no notice told it sooner.
+const FLEET_SYNC_EVERY: Duration = Duration::from_secs(30);
+/// How often (in seconds) it reads the fleet's counters.
+const FLEET_COUNTERS_EVERY: u64 = 2;
 /// How often events past retention are removed, and how many are looked at
 /// in one step (the janitor yields between steps).
 const PURGE_EVERY: Duration = Duration::from_secs(60);
@@ -243,6 +248,9 @@ impl Relay {
         );
         tasks.push(tokio::spawn(dispatcher.run(rx.clone())));
         tasks.push(tokio::spawn(history.clone().run(rx.clone())));
+        if store.shared() {
+            tasks.push(tokio::spawn(fleet(catalog.clone(), store.clone(), rx.clone())));
+        }
         tasks.push(tokio::spawn(housekeeping(
             ingest.clone(),
             admin.clone(),
@@ -443,6 +451,35 @@ async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> 
     Ok(out)
 }
 
+/// A shared store: takes the endpoints other relays changed, when told
+/// (or every `FLEET_SYNC_EVERY`, for a notice that went missing).
+async fn fleet(
+    catalog: Arc<catalog::Catalog>,
+    store: Arc<dyn Store>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let changed = store.endpoints_changed();
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(FLEET_SYNC_EVERY) => {}
+            _ = stopped(&mut shutdown) => return,
+        }
+        match catalog.sync().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(endpoints = n, "took the endpoints other relays changed"),
+            Err(e) if !failing => {
+                failing = true;
+                tracing::error!(error = %e, "cannot read the fleet's endpoints; trying again");
+                continue;
+            }
+            Err(_) => continue,
+        }
+        failing = false;
+    }
+}
+
 /// Periodic chores: forget idle rate-limit keys, look after the store
 /// (room on disk, repair) and re-read the admin tokens file every second,
 /// save counters, and remove finished events and inbound records past
@@ -460,6 +497,7 @@ async fn housekeeping(
     let mut evict = tokio::time::interval(EVICT_EVERY);
     let mut every_second = tokio::time::interval(EVERY_SECOND);
     let mut purge = tokio::time::interval(PURGE_EVERY);
+    let mut seconds = 0u64;
     loop {
         tokio::select! {
             _ = evict.tick() => ingest.evict_idle_sources(),
@@ -470,6 +508,12 @@ async fn housekeeping(
                 }
                 if let Err(e) = catalog.save_counters().await {
                     tracing::debug!(error = %e, "cannot save counters");
+                }
+                seconds += 1;
+                if store.shared() && seconds % FLEET_COUNTERS_EVERY == 0 {
+                    if let Err(e) = catalog.refresh_counters().await {
+                        tracing::debug!(error = %e, "cannot read the fleet's counters");
+                    }
                 }
                 if health.refusing.as_ref().is_some_and(|(code, _)| code == "store_full") {
                     // Retention is what makes room.

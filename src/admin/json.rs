@@ -86,7 +86,7 @@ pub fn endpoint_json(t: &Target, detail: Detail) -> Value {
     let record = t.record();
     let events: Vec<String> = spec.events.iter().map(ToString::to_string).collect();
     let p = &spec.policy;
-    let counters = t.lane.counters();
+    let counters = t.lane.shown_counters();
     let c = spec.config.as_deref();
     let headers: serde_json::Map<String, Value> = spec
         .outbound
@@ -171,7 +171,7 @@ pub fn hook_json(t: &Target, detail: Detail) -> Value {
         "route": t.spec.route,
         "enabled": t.spec.enabled,
         "created_at": record.created_at_ms,
-        "counters": counters_json(&t.lane.counters(), detail),
+        "counters": counters_json(&t.lane.shown_counters(), detail),
         "circuit": t.lane.circuit_state(),
     })
 }
@@ -191,7 +191,7 @@ pub fn target_json(t: &Target) -> Value {
         "url": t.spec.url.to_string(),
         "events": events,
         "enabled": t.spec.enabled,
-        "counters": counters_json(&t.lane.counters(), Detail::Full),
+        "counters": counters_json(&t.lane.shown_counters(), Detail::Full),
         "circuit": t.lane.circuit_state(),
     })
 }

@@ -189,8 +189,13 @@ impl Dispatcher {
     }
 
     /// Pending deliveries whose target is in no configuration any more are
-    /// cancelled, with the reason recorded.
+    /// cancelled, with the reason recorded (not on a shared store: there,
+    /// the target may be in another relay's configuration).
     async fn cancel_orphans(&self) -> Result<(), StoreError> {
+        if self.store.shared() {
+            // Another relay's configuration may have the target.
+            return Ok(());
+        }
         for target in self.store.due_targets().await? {
             if self.catalog.get(&target).is_none() {
                 let total = self.store.cancel_all(&target, "target removed").await?;

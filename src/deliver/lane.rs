@@ -52,6 +52,15 @@ pub struct Lane {
     /// endpoint), so an attempt finishing on the old lane still counts.
     counters: Arc<Mutex<Counters>>,
     dirty: Arc<AtomicBool>,
+    /// The saved counters (on a shared store, what every relay counted) as
+    /// of the last save, and this relay's own counters at that moment.
+    saved: Arc<Mutex<Saved>>,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Saved {
+    totals: Counters,
+    own: Counters,
 }
 
 impl Lane {
@@ -72,6 +81,10 @@ impl Lane {
             breaker: policy.circuit,
             claimed: AtomicUsize::new(0),
             circuit: Mutex::new(Circuit::Closed { failures: 0 }),
+            saved: Arc::new(Mutex::new(Saved {
+                totals: counters.clone(),
+                own: counters.clone(),
+            })),
             counters: Arc::new(Mutex::new(counters)),
             dirty: Arc::new(AtomicBool::new(false)),
         }
@@ -84,6 +97,7 @@ impl Lane {
         let mut lane = Lane::new(key, policy, client, Counters::default());
         lane.counters = old.counters.clone();
         lane.dirty = old.dirty.clone();
+        lane.saved = old.saved.clone();
         lane.keep_circuit_of(old);
         lane
     }
@@ -193,15 +207,46 @@ impl Lane {
         self.dirty.store(true, Ordering::Relaxed);
     }
 
+    /// What this relay counted (since the counters it started from).
     pub fn counters(&self) -> Counters {
         self.counters.lock().expect("lock poisoned").clone()
     }
 
-    /// The counters, if they changed since the last call.
-    pub fn take_dirty_counters(&self) -> Option<Counters> {
-        self.dirty
-            .swap(false, Ordering::Relaxed)
-            .then(|| self.counters())
+    /// The counters to show: the saved ones (on a shared store, the
+    /// fleet's) and what this relay counted since it last saved.
+    pub fn shown_counters(&self) -> Counters {
+        let saved = self.saved.lock().expect("lock poisoned").clone();
+        let mut shown = saved.totals;
+        shown.add(&self.counters().since(&saved.own));
+        shown
+    }
+
+    /// What this relay counted since the last save, if anything, with its
+    /// own counters now (for [`Lane::saved`]).
+    pub fn take_unsaved(&self) -> Option<(Counters, Counters)> {
+        if !self.dirty.swap(false, Ordering::Relaxed) {
+            return None;
+        }
+        let own = self.counters();
+        let delta = own.since(&self.saved.lock().expect("lock poisoned").own);
+        Some((delta, own))
+    }
+
+    /// The save of what was counted up to `own` failed: try again later.
+    pub fn unsaved(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// What was counted up to `own` is saved; `totals` is what the store
+    /// holds now.
+    pub fn saved(&self, own: Counters, totals: Counters) {
+        *self.saved.lock().expect("lock poisoned") = Saved { totals, own };
+    }
+
+    /// The store's counters as another relay left them: shown from now on,
+    /// with what this relay counted since its last save.
+    pub fn refresh(&self, totals: Counters) {
+        self.saved.lock().expect("lock poisoned").totals = totals;
     }
 
     /// `closed`, `open` or `half_open`.

@@ -309,6 +309,30 @@ pub trait Store: Send + Sync + 'static {
 
     async fn save_counters(&self, target: &str, counters: &Counters) -> Result<(), StoreError>;
 
+    /// Adds `delta` to `target`'s saved counters (see [`Counters::add`])
+    /// and returns the sum: on a shared store, what every relay counted.
+    async fn add_counters(&self, target: &str, delta: &Counters) -> Result<Counters, StoreError> {
+        let mut c = self.counters(target).await?;
+        c.add(delta);
+        self.save_counters(target, &c).await?;
+        Ok(c)
+    }
+
+    /// Every target's saved counters (a shared store's relays read what
+    /// the others counted).
+    async fn all_counters(&self) -> Result<Vec<(String, Counters)>, StoreError>;
+
+    // === a fleet ===
+
+    /// Whether other relays share this store: counters are then added, not
+    /// replaced, and endpoints may change without this relay's API.
+    fn shared(&self) -> bool {
+        false
+    }
+
+    /// Woken when another relay changed the endpoints (a shared store).
+    fn endpoints_changed(&self) -> Arc<Notify>;
+
     // === the inbound log ===
 
     /// Records an ingest request that `accept` did not see (a refusal).

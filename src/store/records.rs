@@ -223,6 +223,39 @@ pub struct Counters {
     pub last_at_ms: Option<u64>,
 }
 
+impl Counters {
+    /// Adds `delta`'s counts; its `last_*` replace these if they are newer.
+    pub fn add(&mut self, delta: &Counters) {
+        self.calls += delta.calls;
+        self.succeeded += delta.succeeded;
+        self.failed += delta.failed;
+        self.dead += delta.dead;
+        self.tests += delta.tests;
+        self.duration_ms += delta.duration_ms;
+        if delta.last_at_ms.is_some() && delta.last_at_ms >= self.last_at_ms {
+            self.last_status = delta.last_status;
+            self.last_error = delta.last_error.clone();
+            self.last_at_ms = delta.last_at_ms;
+        }
+    }
+
+    /// What was counted since `earlier` (the same counters, before).
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        let newer = self.last_at_ms != earlier.last_at_ms;
+        Counters {
+            calls: self.calls.saturating_sub(earlier.calls),
+            succeeded: self.succeeded.saturating_sub(earlier.succeeded),
+            failed: self.failed.saturating_sub(earlier.failed),
+            dead: self.dead.saturating_sub(earlier.dead),
+            tests: self.tests.saturating_sub(earlier.tests),
+            duration_ms: self.duration_ms.saturating_sub(earlier.duration_ms),
+            last_status: if newer { self.last_status } else { None },
+            last_error: if newer { self.last_error.clone() } else { None },
+            last_at_ms: if newer { self.last_at_ms } else { None },
+        }
+    }
+}
+
 /// What `accept` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Accepted {

@@ -57,6 +57,10 @@ mod wake;
 
 pub use config::PostgresConfig;
 
+/// The target a notification names when the endpoints changed (no
+/// target's key starts with `!`).
+const ENDPOINTS: &str = "!endpoints";
+
 /// Accepted events waiting for a committer, at most.
 const QUEUE: usize = 4096;
 /// Transactions committing accepted events at once.
@@ -94,6 +98,10 @@ pub(crate) struct Inner {
     new_work: Arc<Notify>,
     /// Wakes the poller at once (a notification that names no target).
     poll_now: Notify,
+    /// Woken when another relay changed the endpoints.
+    endpoints_changed: Arc<Notify>,
+    /// The endpoints' generation this relay has seen (or made).
+    endpoints_seen: AtomicI64,
     health: Mutex<Health>,
     closed: AtomicBool,
     maintained: AtomicU64,
@@ -241,6 +249,8 @@ impl PostgresStore {
             woken: Mutex::new(Vec::new()),
             new_work: Arc::new(Notify::new()),
             poll_now: Notify::new(),
+            endpoints_changed: Arc::new(Notify::new()),
+            endpoints_seen: AtomicI64::new(0),
             health: Mutex::new(Health {
                 refusing: None,
                 disk_bytes: 0,
@@ -617,6 +627,22 @@ impl Store for PostgresStore {
 
     async fn save_counters(&self, target: &str, counters: &Counters) -> Result<(), StoreError> {
         queries::save_counters(&self.inner, target, counters).await
+    }
+
+    async fn add_counters(&self, target: &str, delta: &Counters) -> Result<Counters, StoreError> {
+        queries::add_counters(&self.inner, target, delta).await
+    }
+
+    async fn all_counters(&self) -> Result<Vec<(String, Counters)>, StoreError> {
+        queries::all_counters(&self.inner).await
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+
+    fn endpoints_changed(&self) -> Arc<Notify> {
+        self.inner.endpoints_changed.clone()
     }
 
     async fn record_inbound(&self, record: &Inbound) -> Result<(), StoreError> {

@@ -145,11 +145,41 @@ pub(super) async fn list_deliveries(
 // === endpoints and counters ===
 
 pub(super) async fn put_endpoint(inner: &Inner, e: &EndpointRecord) -> Result<(), StoreError> {
-    let c = inner.client().await?;
-    c.execute(
+    let mut c = inner.client().await?;
+    let tx = c.transaction().await.map_err(|e| inner.db(e))?;
+    tx.execute(
         "INSERT INTO endpoints (id, record) VALUES ($1, $2) \
          ON CONFLICT (id) DO UPDATE SET record = excluded.record",
         &[&e.id, &to_json(e)],
+    )
+    .await
+    .map_err(|e| inner.db(e))?;
+    endpoints_changed(inner, &tx).await?;
+    tx.commit().await.map_err(|e| inner.db(e))?;
+    Ok(())
+}
+
+/// Within a transaction that changed the endpoints: the fleet is told
+/// when it commits, and the generation that the poller compares moves.
+async fn endpoints_changed(
+    inner: &Inner,
+    tx: &deadpool_postgres::Transaction<'_>,
+) -> Result<(), StoreError> {
+    let row = tx
+        .query_one(
+            "INSERT INTO generations (name, value) VALUES ('endpoints', 1) \
+             ON CONFLICT (name) DO UPDATE SET value = generations.value + 1 RETURNING value",
+            &[],
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    let generation: i64 = col(&row, 0, "generations")?;
+    inner
+        .endpoints_seen
+        .fetch_max(generation, std::sync::atomic::Ordering::Relaxed);
+    tx.execute(
+        "SELECT pg_notify($1, $2)",
+        &[&inner.channel, &format!("{}:{}", inner.instance, super::ENDPOINTS)],
     )
     .await
     .map_err(|e| inner.db(e))?;
@@ -180,20 +210,119 @@ pub(super) async fn delete_endpoint(inner: &Inner, id: &str) -> Result<bool, Sto
     tx.execute("DELETE FROM stats WHERE series = $1", &[&id])
         .await
         .map_err(|e| inner.db(e))?;
+    if n > 0 {
+        endpoints_changed(inner, &tx).await?;
+    }
     tx.commit().await.map_err(|e| inner.db(e))?;
     Ok(n > 0)
+}
+
+/// The columns counters are read from, in the order [`counters_row`] takes.
+const COUNTERS: &str =
+    "calls, succeeded, failed, dead, tests, duration_ms, last_status, last_error, last_at_ms";
+
+fn counters_row(r: &tokio_postgres::Row, first: usize) -> Result<Counters, StoreError> {
+    const T: &str = "counters";
+    let n = |i: usize| col::<i64>(r, first + i, T).map(|v| v.max(0) as u64);
+    Ok(Counters {
+        calls: n(0)?,
+        succeeded: n(1)?,
+        failed: n(2)?,
+        dead: n(3)?,
+        tests: n(4)?,
+        duration_ms: n(5)?,
+        last_status: col::<Option<i32>>(r, first + 6, T)?.map(|s| s.clamp(0, 999) as u16),
+        last_error: col(r, first + 7, T)?,
+        last_at_ms: col::<Option<i64>>(r, first + 8, T)?.map(|v| v.max(0) as u64),
+    })
+}
+
+/// The parameters `$2`… of a counters row.
+fn counters_params(c: &Counters) -> [Box<dyn tokio_postgres::types::ToSql + Sync + Send>; 9] {
+    [
+        Box::new(c.calls as i64),
+        Box::new(c.succeeded as i64),
+        Box::new(c.failed as i64),
+        Box::new(c.dead as i64),
+        Box::new(c.tests as i64),
+        Box::new(c.duration_ms as i64),
+        Box::new(c.last_status.map(i32::from)),
+        Box::new(c.last_error.clone()),
+        Box::new(c.last_at_ms.map(|v| v as i64)),
+    ]
 }
 
 pub(super) async fn counters(inner: &Inner, target: &str) -> Result<Counters, StoreError> {
     let c = inner.client().await?;
     let row = c
-        .query_opt("SELECT record FROM counters WHERE target = $1", &[&target])
+        .query_opt(
+            &format!("SELECT {COUNTERS} FROM counters WHERE target = $1"),
+            &[&target],
+        )
         .await
         .map_err(|e| inner.db(e))?;
     match row {
-        Some(r) => json(col(&r, 0, "counters")?, "counters"),
+        Some(r) => counters_row(&r, 0),
         None => Ok(Counters::default()),
     }
+}
+
+pub(super) async fn all_counters(inner: &Inner) -> Result<Vec<(String, Counters)>, StoreError> {
+    let c = inner.client().await?;
+    let rows = c
+        .query(
+            &format!("SELECT target, {COUNTERS} FROM counters ORDER BY target"),
+            &[],
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    rows.iter()
+        .map(|r| Ok((col(r, 0, "counters")?, counters_row(r, 1)?)))
+        .collect()
+}
+
+/// Writes `counters` over the saved ones (`add`: adds to them instead);
+/// returns what is saved now.
+async fn write_counters(
+    inner: &Inner,
+    target: &str,
+    counters: &Counters,
+    add: bool,
+) -> Result<Counters, StoreError> {
+    let set = if add {
+        "calls = counters.calls + excluded.calls, \
+         succeeded = counters.succeeded + excluded.succeeded, \
+         failed = counters.failed + excluded.failed, \
+         dead = counters.dead + excluded.dead, \
+         tests = counters.tests + excluded.tests, \
+         duration_ms = counters.duration_ms + excluded.duration_ms, \
+         last_status = CASE WHEN excluded.last_at_ms >= coalesce(counters.last_at_ms, 0) \
+           THEN excluded.last_status ELSE counters.last_status END, \
+         last_error = CASE WHEN excluded.last_at_ms >= coalesce(counters.last_at_ms, 0) \
+           THEN excluded.last_error ELSE counters.last_error END, \
+         last_at_ms = greatest(counters.last_at_ms, excluded.last_at_ms)"
+    } else {
+        "calls = excluded.calls, succeeded = excluded.succeeded, failed = excluded.failed, \
+         dead = excluded.dead, tests = excluded.tests, duration_ms = excluded.duration_ms, \
+         last_status = excluded.last_status, last_error = excluded.last_error, \
+         last_at_ms = excluded.last_at_ms"
+    };
+    let boxed = counters_params(counters);
+    let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&target];
+    params.extend(boxed.iter().map(|b| &**b as &(dyn tokio_postgres::types::ToSql + Sync)));
+    let c = inner.client().await?;
+    let row = c
+        .query_one(
+            &format!(
+                "INSERT INTO counters (target, {COUNTERS}) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+                 ON CONFLICT (target) DO UPDATE SET {set} RETURNING {COUNTERS}"
+            ),
+            &params,
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    counters_row(&row, 0)
 }
 
 pub(super) async fn save_counters(
@@ -201,15 +330,15 @@ pub(super) async fn save_counters(
     target: &str,
     counters: &Counters,
 ) -> Result<(), StoreError> {
-    let c = inner.client().await?;
-    c.execute(
-        "INSERT INTO counters (target, record) VALUES ($1, $2) \
-         ON CONFLICT (target) DO UPDATE SET record = excluded.record",
-        &[&target, &to_json(counters)],
-    )
-    .await
-    .map_err(|e| inner.db(e))?;
-    Ok(())
+    write_counters(inner, target, counters, false).await.map(|_| ())
+}
+
+pub(super) async fn add_counters(
+    inner: &Inner,
+    target: &str,
+    delta: &Counters,
+) -> Result<Counters, StoreError> {
+    write_counters(inner, target, delta, true).await
 }
 
 // === the inbound log ===

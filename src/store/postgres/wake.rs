@@ -34,6 +34,7 @@ pub(super) async fn poll(inner: Arc<Inner>) {
             return;
         }
         let round = async {
+            endpoints_generation(&inner).await?;
             claims::reap(&inner).await?;
             let now = now_ms();
             let due: Vec<String> = claims::pending_targets(&inner)
@@ -129,7 +130,30 @@ fn heard(inner: &Inner, payload: &str) {
     }
     if target == "*" {
         inner.poll_now.notify_one();
+    } else if target == super::ENDPOINTS {
+        inner.endpoints_changed.notify_one();
     } else {
         inner.wake([&target.to_string()]);
     }
+}
+
+/// Wakes `endpoints_changed` when the endpoints' generation moved past
+/// what this relay has seen: a change whose notification was missed.
+async fn endpoints_generation(inner: &Inner) -> Result<(), StoreError> {
+    let c = inner.client().await?;
+    let row = c
+        .query_opt(
+            "SELECT value FROM generations WHERE name = 'endpoints'",
+            &[],
+        )
+        .await
+        .map_err(|e| inner.db(e))?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let generation: i64 = super::col(&row, 0, "generations")?;
+    if inner.endpoints_seen.fetch_max(generation, Ordering::Relaxed) < generation {
+        inner.endpoints_changed.notify_one();
+    }
+    Ok(())
 }

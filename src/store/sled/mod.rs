@@ -113,6 +113,8 @@ struct Shared {
     checked_at_ms: AtomicU64,
     /// Targets that got work due now since the scheduler last asked.
     woken: Mutex<std::collections::HashSet<String>>,
+    /// Never woken: only this relay's API changes endpoints here.
+    endpoints_changed: Arc<Notify>,
 }
 
 impl Shared {
@@ -137,6 +139,7 @@ impl Shared {
             closed: AtomicBool::new(false),
             checked_at_ms: AtomicU64::new(now_ms()),
             woken: Mutex::new(std::collections::HashSet::new()),
+            endpoints_changed: Arc::new(Notify::new()),
         })
     }
 }
@@ -1007,6 +1010,14 @@ impl Store for SledStore {
 
     async fn save_counters(&self, target: &str, counters: &Counters) -> Result<(), StoreError> {
         self.sled()?.save_counters(target, counters)
+    }
+
+    async fn all_counters(&self) -> Result<Vec<(String, Counters)>, StoreError> {
+        self.blocking(|s| s.all_counters()).await
+    }
+
+    fn endpoints_changed(&self) -> Arc<Notify> {
+        self.0.shared.endpoints_changed.clone()
     }
 
     async fn purge(&self, cutoff_ms: u64, limit: usize) -> Result<Purged, StoreError> {

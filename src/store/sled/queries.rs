@@ -354,6 +354,17 @@ impl Sled {
         }
     }
 
+    pub fn all_counters(&self) -> Result<Vec<(String, Counters)>, StoreError> {
+        self.meta
+            .scan_prefix(COUNTERS_PREFIX)
+            .map(|item| {
+                let (k, v) = item?;
+                let target = String::from_utf8_lossy(&k[COUNTERS_PREFIX.len()..]).into_owned();
+                Ok((target, decode("meta", &v)?))
+            })
+            .collect()
+    }
+
     pub fn save_counters(&self, target: &str, counters: &Counters) -> Result<(), StoreError> {
         self.meta
             .insert(format!("{COUNTERS_PREFIX}{target}"), encode(counters))?;

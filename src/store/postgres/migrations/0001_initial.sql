@@ -60,9 +60,25 @@ CREATE TABLE endpoints (
     record jsonb NOT NULL
 );
 
+-- A target's counters, added to by every relay of the fleet.
 CREATE TABLE counters (
-    target text  PRIMARY KEY,
-    record jsonb NOT NULL
+    target      text    PRIMARY KEY,
+    calls       bigint  NOT NULL DEFAULT 0,
+    succeeded   bigint  NOT NULL DEFAULT 0,
+    failed      bigint  NOT NULL DEFAULT 0,
+    dead        bigint  NOT NULL DEFAULT 0,
+    tests       bigint  NOT NULL DEFAULT 0,
+    duration_ms bigint  NOT NULL DEFAULT 0,
+    last_status integer,
+    last_error  text,
+    last_at_ms  bigint
+);
+
+-- Bumped with every change of its kind (`endpoints`), so a relay can
+-- tell with one read whether to read the endpoints again.
+CREATE TABLE generations (
+    name  text   PRIMARY KEY,
+    value bigint NOT NULL
 );
 
 CREATE TABLE inbound (
