@@ -1108,7 +1108,8 @@ impl Catalog {
         }
         let n = changes.len() + gone;
         self.edit(|targets| {
-            targets.retain(|t| t.spec.origin == Origin::Config || ids.contains(t.spec.key.as_str()));
+            targets
+                .retain(|t| t.spec.origin == Origin::Config || ids.contains(t.spec.key.as_str()));
             for target in changes {
                 match targets.iter().position(|t| t.spec.key == target.spec.key) {
                     Some(i) => targets[i] = target,
@@ -1145,13 +1146,18 @@ impl Catalog {
     }
 
     /// Reads what the other relays of a shared store counted, so every
-    /// relay shows the fleet's counters.
+    /// relay shows the fleet's counters, and which circuits they opened.
     pub async fn refresh_counters(&self) -> Result<(), StoreError> {
         let all = self.store.all_counters().await?;
         for (key, totals) in all {
             if let Some(t) = self.get(&key) {
                 t.lane.refresh(totals);
             }
+        }
+        // And the circuits other relays opened or closed.
+        let open: HashMap<String, u64> = self.store.circuits().await?.into_iter().collect();
+        for t in self.all() {
+            t.lane.fleet_circuit(open.get(&t.spec.key).copied());
         }
         Ok(())
     }

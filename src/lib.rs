@@ -249,7 +249,11 @@ impl Relay {
         tasks.push(tokio::spawn(dispatcher.run(rx.clone())));
         tasks.push(tokio::spawn(history.clone().run(rx.clone())));
         if store.shared() {
-            tasks.push(tokio::spawn(fleet(catalog.clone(), store.clone(), rx.clone())));
+            tasks.push(tokio::spawn(fleet(
+                catalog.clone(),
+                store.clone(),
+                rx.clone(),
+            )));
         }
         tasks.push(tokio::spawn(housekeeping(
             ingest.clone(),

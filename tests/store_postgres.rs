@@ -140,7 +140,7 @@ async fn two_relays_claiming_the_same_work_never_take_one_delivery_twice() {
             while idle < 3 {
                 let mut got = 0;
                 for t in ["r/x", "r/y", "r/z"] {
-                    let c = store.claim_due(t, now_ms(), 7).await.unwrap();
+                    let c = store.claim_due(t, now_ms(), 7, 1000).await.unwrap();
                     got += c.deliveries.len();
                     for (_, id, d) in c.deliveries {
                         assert_eq!(d.state, State::InFlight);
@@ -186,10 +186,10 @@ async fn a_lapsed_claim_goes_to_another_relay_and_the_old_owner_cannot_overwrite
         open(&config(&url, DAY)).await,
     );
     a.accept(new_event(&["r/x"])).await.unwrap();
-    let claimed = a.claim_due("r/x", now_ms(), 10).await.unwrap();
+    let claimed = a.claim_due("r/x", now_ms(), 10, 1000).await.unwrap();
     let (_, id, _) = claimed.deliveries[0];
     assert!(b
-        .claim_due("r/x", now_ms(), 10)
+        .claim_due("r/x", now_ms(), 10, 1000)
         .await
         .unwrap()
         .deliveries
@@ -211,7 +211,7 @@ async fn a_lapsed_claim_goes_to_another_relay_and_the_old_owner_cannot_overwrite
         b.delivery(id).await.unwrap().unwrap().state == State::Pending
     })
     .await;
-    let again = b.claim_due("r/x", now_ms(), 10).await.unwrap();
+    let again = b.claim_due("r/x", now_ms(), 10, 1000).await.unwrap();
     assert_eq!(again.deliveries.len(), 1);
     assert_eq!(
         again.deliveries[0].1, id,
@@ -241,7 +241,7 @@ async fn the_claims_of_a_relay_that_died_are_taken_by_another_once_their_lease_r
         let dying = open(&config(&url, DAY)).await;
         dying.accept(new_event(&["r/x"])).await.unwrap();
         let (_, id, _) = dying
-            .claim_due("r/x", now_ms(), 1)
+            .claim_due("r/x", now_ms(), 1, 1000)
             .await
             .unwrap()
             .deliveries[0];
@@ -256,7 +256,7 @@ async fn the_claims_of_a_relay_that_died_are_taken_by_another_once_their_lease_r
     );
     maintained_until(&*survivor, "the dead relay's claim came back", async || {
         !survivor
-            .claim_due("r/x", now_ms(), 1)
+            .claim_due("r/x", now_ms(), 1, 1000)
             .await
             .unwrap()
             .deliveries
@@ -397,4 +397,75 @@ async fn while_the_database_is_away_accepts_are_refused_and_they_resume_when_it_
     assert!(store.event(kept.id).await.unwrap().is_some());
     assert!(store.event(after.id).await.unwrap().is_some());
     assert_eq!(store.due_for("r/x", now_ms(), 10).await.unwrap().len(), 2);
+}
+
+// === fleet-wide limits ===
+
+#[tokio::test]
+async fn a_targets_concurrency_holds_across_relays() {
+    let url = server().await.database().await;
+    let (a, b) = (
+        open(&config(&url, DAY)).await,
+        open(&config(&url, DAY)).await,
+    );
+    for _ in 0..10 {
+        a.accept(new_event(&["r/x"])).await.unwrap();
+    }
+    let first = a.claim_due("r/x", now_ms(), 10, 3).await.unwrap();
+    assert_eq!(first.deliveries.len(), 3, "up to the concurrency");
+    let second = b.claim_due("r/x", now_ms(), 10, 3).await.unwrap();
+    assert!(
+        second.deliveries.is_empty(),
+        "the fleet has 3 in flight already"
+    );
+    let (_, id, _) = first.deliveries[0];
+    a.finish(id, &attempt(200), Next::Succeeded).await.unwrap();
+    let third = b.claim_due("r/x", now_ms(), 10, 3).await.unwrap();
+    assert_eq!(third.deliveries.len(), 1, "one slot came free");
+}
+
+#[tokio::test]
+async fn a_targets_rate_is_one_bucket_for_the_fleet() {
+    let url = server().await.database().await;
+    let (a, b) = (
+        open(&config(&url, DAY)).await,
+        open(&config(&url, DAY)).await,
+    );
+    // 10/s, burst 5: both relays together get the burst, then about ten a
+    // second, however they ask.
+    let started = std::time::Instant::now();
+    let mut granted = 0u32;
+    while started.elapsed() < Duration::from_millis(1000) {
+        for store in [&a, &b] {
+            let t = store.take_tokens("r/x", 10, 5, 3).await.unwrap();
+            granted += t.granted;
+            if t.granted == 0 {
+                assert!(t.next_in_ms > 0 && t.next_in_ms <= 100, "{t:?}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let most = 5.0 + 10.0 * elapsed + 1.0;
+    assert!(
+        (granted as f64) <= most && granted >= 10,
+        "{granted} tokens in {elapsed:.2}s (at most {most:.1})"
+    );
+    // Another target has its own bucket.
+    assert_eq!(a.take_tokens("r/y", 10, 5, 5).await.unwrap().granted, 5);
+}
+
+#[tokio::test]
+async fn a_circuit_one_relay_opens_is_open_for_the_fleet() {
+    let url = server().await.database().await;
+    let (a, b) = (
+        open(&config(&url, DAY)).await,
+        open(&config(&url, DAY)).await,
+    );
+    assert!(b.circuits().await.unwrap().is_empty());
+    let until = now_ms() + 30_000;
+    a.set_circuit("r/x", until).await.unwrap();
+    assert_eq!(b.circuits().await.unwrap(), [("r/x".to_string(), until)]);
+    b.set_circuit("r/x", 0).await.unwrap();
+    assert!(a.circuits().await.unwrap().is_empty(), "closed for all");
 }

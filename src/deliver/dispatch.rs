@@ -28,6 +28,7 @@ use tokio::task::JoinSet;
 
 use crate::catalog::{Catalog, Origin, Target};
 use crate::deliver::egress::pool::RequestSlot;
+use crate::deliver::lane::CircuitChange;
 use crate::service::Heartbeat;
 use crate::shutdown::stopped;
 use crate::store::{now_ms, Attempt, Delivery, DeliveryId, Next, State, Store, StoreError};
@@ -256,7 +257,10 @@ impl Dispatcher {
                 continue;
             }
             let room = room.min(room_left);
-            let claimed = self.store.claim_due(&key, now, room).await?;
+            let claimed = self
+                .store
+                .claim_due(&key, now, room, target.spec.policy.concurrency)
+                .await?;
             let drained = claimed.looked < room;
             for (at, id, delivery) in claimed.deliveries {
                 target.lane.claimed();
@@ -308,7 +312,7 @@ impl Job {
         // back untouched instead of starting it.
         let ready = async {
             let permit = self.target.lane.slots.acquire().await;
-            self.target.lane.limiter.until_ready().await;
+            self.target.lane.pace(&*self.store).await;
             // And a connection slot, before the event is read and shaped:
             // deliveries waiting on a busy receiver hold only their record.
             // (A proxy route's target learns its origin from the event.)
@@ -388,7 +392,8 @@ impl Job {
                 // Shaping is deterministic: another attempt would fail the same way.
                 let attempt = Attempt::failed(e.to_string());
                 self.store.finish(self.id, &attempt, Next::Dead).await?;
-                target.lane.record(&attempt, false, true);
+                self.circuit_moved(target.lane.record(&attempt, false, true))
+                    .await;
                 self.metrics.finished(&target.spec.key, Finished::Dead, 1);
                 tracing::error!(
                     event = %event_id,
@@ -436,11 +441,12 @@ impl Job {
                 }
             }
         }
-        target.lane.record(
+        let moved = target.lane.record(
             &attempt,
             d.state == State::Succeeded,
             d.state == State::Dead,
         );
+        self.circuit_moved(moved).await;
         let outcome = match d.state {
             State::Succeeded => "succeeded",
             State::Dead => "dead",
@@ -483,6 +489,24 @@ impl Job {
             _ => attempt_line!(tracing::Level::WARN),
         }
         Ok(())
+    }
+
+    /// Tells the fleet (a shared store) that this target's circuit opened
+    /// or closed, so the other relays hold or resume its deliveries too.
+    async fn circuit_moved(&self, change: Option<CircuitChange>) {
+        let Some(change) = change else {
+            return;
+        };
+        if !self.store.shared() {
+            return;
+        }
+        let until = match change {
+            CircuitChange::Opened { until_ms } => until_ms,
+            CircuitChange::Closed => 0,
+        };
+        if let Err(e) = self.store.set_circuit(&self.target.spec.key, until).await {
+            tracing::warn!(target = %Escaped(&self.target.spec.key), error = %e, "cannot tell the fleet of a circuit change");
+        }
     }
 
     /// What follows attempt number `n` of this delivery.

@@ -8,18 +8,27 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 use tokio::sync::Semaphore;
 
 use crate::deliver::egress::EgressClient;
 use crate::deliver::policy::{CircuitConfig, DeliveryConfig};
-use crate::store::{now_ms, Attempt, Counters};
+use crate::rate::Rate;
+use crate::store::{now_ms, Attempt, Counters, Store};
 use crate::telemetry::log::Escaped;
 
 /// A lane holds at most this many deliveries per unit of concurrency claimed
 /// at once (in flight or waiting on its rate limit).
 const CLAIMED_PER_SLOT: usize = 2;
+
+/// A change of a circuit's state that the other relays of a fleet hear of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitChange {
+    Opened { until_ms: u64 },
+    Closed,
+}
 
 /// A circuit breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,6 +53,11 @@ pub struct Lane {
     pub client: EgressClient,
     pub slots: Semaphore,
     pub limiter: DefaultDirectRateLimiter,
+    rate: Rate,
+    /// Tokens of the fleet's bucket reserved and not used yet, and the
+    /// lock one reservation at a time holds.
+    allowance: Mutex<u32>,
+    reserving: tokio::sync::Mutex<()>,
     concurrency: usize,
     breaker: CircuitConfig,
     claimed: AtomicUsize,
@@ -77,6 +91,9 @@ impl Lane {
             client,
             slots: Semaphore::new(policy.concurrency),
             limiter: RateLimiter::direct(policy.rate.quota()),
+            rate: policy.rate,
+            allowance: Mutex::new(0),
+            reserving: tokio::sync::Mutex::new(()),
             concurrency: policy.concurrency,
             breaker: policy.circuit,
             claimed: AtomicUsize::new(0),
@@ -152,8 +169,9 @@ impl Lane {
         }
     }
 
-    /// Counts an attempt and moves the circuit.
-    pub fn record(&self, attempt: &Attempt, succeeded: bool, dead: bool) {
+    /// Counts an attempt and moves the circuit; says whether the circuit
+    /// opened (until when) or closed, for the fleet to hear of.
+    pub fn record(&self, attempt: &Attempt, succeeded: bool, dead: bool) -> Option<CircuitChange> {
         {
             let mut c = self.counters.lock().expect("lock poisoned");
             c.calls += 1;
@@ -174,6 +192,7 @@ impl Lane {
 
         let threshold = self.breaker.failures;
         let mut circuit = self.circuit.lock().expect("lock poisoned");
+        let before = *circuit;
         *circuit = match (*circuit, succeeded) {
             (Circuit::Closed { .. }, true) => Circuit::Closed { failures: 0 },
             (_, true) => {
@@ -191,6 +210,83 @@ impl Lane {
                 Circuit::Open { until_ms }
             }
         };
+        match (before, *circuit) {
+            (Circuit::Open { .. }, Circuit::Open { .. }) => None,
+            (_, Circuit::Open { until_ms }) => Some(CircuitChange::Opened { until_ms }),
+            (Circuit::Closed { .. }, _) => None,
+            (_, Circuit::Closed { .. }) => Some(CircuitChange::Closed),
+            _ => None,
+        }
+    }
+
+    /// What the fleet says of this target's circuit: open until a time
+    /// (another relay opened it), or not open. A circuit this relay opened
+    /// and the fleet no longer has open (another relay's probe went
+    /// through) is closed.
+    pub fn fleet_circuit(&self, open_until_ms: Option<u64>) {
+        let now = now_ms();
+        let mut circuit = self.circuit.lock().expect("lock poisoned");
+        match (open_until_ms.filter(|&u| u > now), *circuit) {
+            (Some(until_ms), Circuit::Closed { .. } | Circuit::HalfOpen { probing: false }) => {
+                tracing::warn!(target = %Escaped(&self.key), "circuit open by another relay: deliveries wait");
+                *circuit = Circuit::Open { until_ms };
+            }
+            (None, Circuit::Open { until_ms }) if until_ms > now => {
+                tracing::info!(target = %Escaped(&self.key), "circuit closed by another relay: the target answers again");
+                *circuit = Circuit::Closed { failures: 0 };
+            }
+            _ => {}
+        }
+    }
+
+    /// Waits for the target's rate to let one more delivery go: this
+    /// relay's limiter, or on a shared store the fleet's bucket, from which
+    /// a tenth of a second's worth of tokens is reserved at a time.
+    pub async fn pace(&self, store: &dyn Store) {
+        if !store.shared() {
+            self.limiter.until_ready().await;
+            return;
+        }
+        loop {
+            if self.take_allowance() {
+                return;
+            }
+            let wait = {
+                let _reserving = self.reserving.lock().await;
+                if self.take_allowance() {
+                    return;
+                }
+                let batch = (self.rate.per_second.get() / 10).clamp(1, self.rate.burst.get());
+                match store
+                    .take_tokens(
+                        &self.key,
+                        self.rate.per_second.get(),
+                        self.rate.burst.get(),
+                        batch,
+                    )
+                    .await
+                {
+                    Ok(t) if t.granted > 0 => {
+                        *self.allowance.lock().expect("lock poisoned") += t.granted - 1;
+                        return;
+                    }
+                    Ok(t) => Duration::from_millis(t.next_in_ms.clamp(1, 1000)),
+                    // The database is away: nothing could be recorded anyway.
+                    Err(_) => Duration::from_secs(1),
+                }
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn take_allowance(&self) -> bool {
+        let mut a = self.allowance.lock().expect("lock poisoned");
+        if *a > 0 {
+            *a -= 1;
+            true
+        } else {
+            false
+        }
     }
 
     /// Counts a test send: a call, and neither a success nor a failure; the

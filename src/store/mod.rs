@@ -194,7 +194,8 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Delivery>, StoreError>;
 
     /// Claims up to `limit` of `target`'s deliveries due at or before
-    /// `now_ms`, earliest first. `looked` counts the due entries the claim
+    /// `now_ms`, earliest first; on a shared store, never so many that more
+    /// than `concurrency` of the target's are in flight across the fleet. `looked` counts the due entries the claim
     /// looked at (an index entry left stale by a crash is looked at but not
     /// claimed), so fewer than `limit` looked at means none is left due.
     /// By default `due_for`, then `claim` of each; a shared store claims
@@ -204,7 +205,10 @@ pub trait Store: Send + Sync + 'static {
         target: &str,
         now_ms: u64,
         limit: usize,
+        concurrency: usize,
     ) -> Result<Claimed, StoreError> {
+        // One relay: its lane's own bounds are the fleet's.
+        let _ = concurrency;
         let due = self.due_for(target, now_ms, limit).await?;
         let mut claimed = Claimed {
             deliveries: Vec::with_capacity(due.len()),
@@ -333,6 +337,35 @@ pub trait Store: Send + Sync + 'static {
     /// Woken when another relay changed the endpoints (a shared store).
     fn endpoints_changed(&self) -> Arc<Notify>;
 
+    /// Takes up to `want` tokens from `target`'s bucket for the fleet
+    /// (`per_second` sustained, `burst` at most), as [`Tokens`]. One relay
+    /// alone: its own limiter is the whole rate, so every token is granted.
+    async fn take_tokens(
+        &self,
+        target: &str,
+        per_second: u32,
+        burst: u32,
+        want: u32,
+    ) -> Result<Tokens, StoreError> {
+        let _ = (target, per_second, burst);
+        Ok(Tokens {
+            granted: want,
+            next_in_ms: 0,
+        })
+    }
+
+    /// Notes for the fleet that `target`'s circuit is open until
+    /// `open_until_ms` (0: closed). One relay alone: nothing to tell.
+    async fn set_circuit(&self, target: &str, open_until_ms: u64) -> Result<(), StoreError> {
+        let _ = (target, open_until_ms);
+        Ok(())
+    }
+
+    /// The targets whose circuit a relay opened, with until when.
+    async fn circuits(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        Ok(Vec::new())
+    }
+
     // === the inbound log ===
 
     /// Records an ingest request that `accept` did not see (a refusal).
@@ -423,6 +456,13 @@ pub trait Store: Send + Sync + 'static {
     /// Makes everything durable and stops taking writes; later calls that
     /// write fail with [`StoreError::Closed`].
     async fn close(&self) -> Result<(), StoreError>;
+}
+
+/// What `take_tokens` granted; with none, when the next token comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tokens {
+    pub granted: u32,
+    pub next_in_ms: u64,
 }
 
 /// What `claim_due` took in flight: (due at, id, delivery), and how many

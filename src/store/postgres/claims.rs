@@ -216,33 +216,44 @@ pub(super) async fn claim(
     Ok(Some(d))
 }
 
-/// Claims up to `limit` of `target`'s due deliveries in one statement,
-/// skipping rows another relay is claiming at this moment.
+/// Claims up to `limit` of `target`'s due deliveries, skipping rows
+/// another relay is claiming at this moment, and no more than leave
+/// `concurrency` of the target's in flight across the fleet. The count and
+/// the claim run under the target's advisory lock, in statements after it
+/// (a statement's snapshot is taken when it starts), so two relays cannot
+/// both count the same room.
 pub(super) async fn claim_due(
     inner: &Inner,
     target: &str,
     now: u64,
     limit: usize,
+    concurrency: usize,
 ) -> Result<Vec<(u64, DeliveryId, Delivery)>, StoreError> {
     if limit == 0 {
         return Ok(Vec::new());
     }
     let token = rand::random::<i64>();
-    let c = inner.client().await?;
-    let rows = c
+    let mut c = inner.client().await?;
+    let tx = c.transaction().await.map_err(|e| inner.db(e))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext($1))",
+        &[&format!("hookrelay:{}:claim:{target}", inner.config.schema)],
+    )
+    .await
+    .map_err(|e| inner.db(e))?;
+    let rows = tx
         .query(
             &format!(
-                "UPDATE deliveries d SET state = 1, owner = $1, claim_token = $2, lease_until_ms = $3 \
-                 FROM (SELECT id FROM deliveries \
-                       WHERE target = $4 AND state = 0 AND next_at_ms <= $5 \
-                       ORDER BY next_at_ms LIMIT $6 FOR UPDATE SKIP LOCKED) c \
-                 WHERE d.id = c.id \
+                "WITH room AS ( \
+                   SELECT greatest(0, least($6, $7 - (SELECT count(*) FROM deliveries \
+                     WHERE target = $4 AND state = 1))) AS n), \
+                 c AS (SELECT id FROM deliveries \
+                   WHERE target = $4 AND state = 0 AND next_at_ms <= $5 \
+                   ORDER BY next_at_ms LIMIT (SELECT n FROM room) FOR UPDATE SKIP LOCKED) \
+                 UPDATE deliveries d SET state = 1, owner = $1, claim_token = $2, lease_until_ms = $3 \
+                 FROM c WHERE d.id = c.id \
                  RETURNING {}",
-                DELIVERY
-                    .split(", ")
-                    .map(|c| format!("d.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                prefixed("d")
             ),
             &[
                 &inner.instance,
@@ -251,10 +262,12 @@ pub(super) async fn claim_due(
                 &target,
                 &(now as i64),
                 &(limit as i64),
+                &(concurrency.min(i64::MAX as usize) as i64),
             ],
         )
         .await
         .map_err(|e| inner.db(e))?;
+    tx.commit().await.map_err(|e| inner.db(e))?;
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
         let (id, d) = delivery_row(row)?;
@@ -268,6 +281,15 @@ pub(super) async fn claim_due(
         out.len() as i64,
     );
     Ok(out)
+}
+
+/// [`DELIVERY`]'s columns of the table called `alias`.
+fn prefixed(alias: &str) -> String {
+    DELIVERY
+        .split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub(super) async fn finish(
@@ -354,11 +376,7 @@ pub(super) async fn requeue(
                  FROM (SELECT id, state AS was FROM deliveries WHERE id = $1 FOR UPDATE) o \
                  WHERE d.id = o.id AND d.state <> 1 \
                  RETURNING {}, o.was",
-                DELIVERY
-                    .split(", ")
-                    .map(|c| format!("d.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                prefixed("d")
             ),
             &[&key(id), &(now_ms() as i64), &note],
         )
@@ -579,4 +597,100 @@ pub(super) async fn give_back_all(inner: &Inner) -> Result<usize, StoreError> {
     );
     inner.announce(&targets_of(&rows)?).await;
     Ok(rows.len())
+}
+
+// === fleet-wide limits ===
+
+/// Takes up to `want` tokens of `target`'s bucket. The bucket fills at
+/// `per_second` up to `burst`, by the database's clock (one clock for the
+/// whole fleet); a new bucket starts full.
+pub(super) async fn take_tokens(
+    inner: &Inner,
+    target: &str,
+    per_second: u32,
+    burst: u32,
+    want: u32,
+) -> Result<crate::store::Tokens, StoreError> {
+    const NOW: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+    let c = inner.client().await?;
+    let (rate, burst, want) = (per_second as f64, burst as f64, want as f64);
+    for _ in 0..2 {
+        let row = c
+            .query_opt(
+                &format!(
+                    "WITH b AS ( \
+                       SELECT least($2::float8, tokens + greatest(0, {NOW} - updated_at_ms) \
+                         * $3::float8 / 1000.0) AS avail \
+                       FROM buckets WHERE target = $1 FOR UPDATE) \
+                     UPDATE buckets SET tokens = b.avail - least(floor(b.avail), $4::float8), \
+                       updated_at_ms = {NOW} \
+                     FROM b WHERE buckets.target = $1 \
+                     RETURNING least(floor(b.avail), $4::float8), b.avail"
+                ),
+                &[&target, &burst, &rate, &want],
+            )
+            .await
+            .map_err(|e| inner.db(e))?;
+        let Some(row) = row else {
+            c.execute(
+                &format!(
+                    "INSERT INTO buckets (target, tokens, updated_at_ms) VALUES ($1, $2, {NOW}) \
+                     ON CONFLICT (target) DO NOTHING"
+                ),
+                &[&target, &burst],
+            )
+            .await
+            .map_err(|e| inner.db(e))?;
+            continue;
+        };
+        let granted: f64 = col(&row, 0, "buckets")?;
+        let avail: f64 = col(&row, 1, "buckets")?;
+        let next_in_ms = if granted >= 1.0 {
+            0
+        } else {
+            (((1.0 - avail).max(0.0) / rate.max(1e-3)) * 1000.0).ceil() as u64
+        };
+        return Ok(crate::store::Tokens {
+            granted: granted.max(0.0) as u32,
+            next_in_ms,
+        });
+    }
+    Err(StoreError::Io(format!("no token bucket for {target}")))
+}
+
+pub(super) async fn set_circuit(
+    inner: &Inner,
+    target: &str,
+    open_until_ms: u64,
+) -> Result<(), StoreError> {
+    let c = inner.client().await?;
+    if open_until_ms == 0 {
+        c.execute("DELETE FROM circuits WHERE target = $1", &[&target])
+            .await
+    } else {
+        c.execute(
+            "INSERT INTO circuits (target, open_until_ms) VALUES ($1, $2) \
+             ON CONFLICT (target) DO UPDATE SET open_until_ms = excluded.open_until_ms",
+            &[&target, &(open_until_ms as i64)],
+        )
+        .await
+    }
+    .map_err(|e| inner.db(e))?;
+    Ok(())
+}
+
+pub(super) async fn circuits(inner: &Inner) -> Result<Vec<(String, u64)>, StoreError> {
+    let c = inner.client().await?;
+    let rows = c
+        .query("SELECT target, open_until_ms FROM circuits", &[])
+        .await
+        .map_err(|e| inner.db(e))?;
+    rows.iter()
+        .map(|r| {
+            Ok((
+                col(r, 0, "circuits")?,
+                col::<i64>(r, 1, "circuits")?.max(0) as u64,
+            ))
+        })
+        .collect()
 }

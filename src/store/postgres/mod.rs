@@ -45,7 +45,7 @@ use tokio_postgres::Row;
 use crate::store::{
     now_ms, Accepted, Attempt, Claimed, Counters, Delivery, DeliveryId, EndpointRecord, Event,
     EventId, Health, Inbound, InboundFilter, InboundId, InboundPage, NewEvent, Next, Page, Purged,
-    Resolution, StatRow, State, Store, StoreConfig, StoreError,
+    Resolution, StatRow, State, Store, StoreConfig, StoreError, Tokens,
 };
 
 mod claims;
@@ -522,8 +522,9 @@ impl Store for PostgresStore {
         target: &str,
         now_ms: u64,
         limit: usize,
+        concurrency: usize,
     ) -> Result<Claimed, StoreError> {
-        let deliveries = claims::claim_due(&self.inner, target, now_ms, limit).await?;
+        let deliveries = claims::claim_due(&self.inner, target, now_ms, limit, concurrency).await?;
         Ok(Claimed {
             looked: deliveries.len(),
             deliveries,
@@ -639,6 +640,24 @@ impl Store for PostgresStore {
 
     fn shared(&self) -> bool {
         true
+    }
+
+    async fn take_tokens(
+        &self,
+        target: &str,
+        per_second: u32,
+        burst: u32,
+        want: u32,
+    ) -> Result<Tokens, StoreError> {
+        claims::take_tokens(&self.inner, target, per_second, burst, want).await
+    }
+
+    async fn set_circuit(&self, target: &str, open_until_ms: u64) -> Result<(), StoreError> {
+        claims::set_circuit(&self.inner, target, open_until_ms).await
+    }
+
+    async fn circuits(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        claims::circuits(&self.inner).await
     }
 
     fn endpoints_changed(&self) -> Arc<Notify> {

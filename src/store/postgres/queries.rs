@@ -179,7 +179,10 @@ async fn endpoints_changed(
         .fetch_max(generation, std::sync::atomic::Ordering::Relaxed);
     tx.execute(
         "SELECT pg_notify($1, $2)",
-        &[&inner.channel, &format!("{}:{}", inner.instance, super::ENDPOINTS)],
+        &[
+            &inner.channel,
+            &format!("{}:{}", inner.instance, super::ENDPOINTS),
+        ],
     )
     .await
     .map_err(|e| inner.db(e))?;
@@ -309,7 +312,11 @@ async fn write_counters(
     };
     let boxed = counters_params(counters);
     let mut params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = vec![&target];
-    params.extend(boxed.iter().map(|b| &**b as &(dyn tokio_postgres::types::ToSql + Sync)));
+    params.extend(
+        boxed
+            .iter()
+            .map(|b| &**b as &(dyn tokio_postgres::types::ToSql + Sync)),
+    );
     let c = inner.client().await?;
     let row = c
         .query_one(
@@ -330,7 +337,9 @@ pub(super) async fn save_counters(
     target: &str,
     counters: &Counters,
 ) -> Result<(), StoreError> {
-    write_counters(inner, target, counters, false).await.map(|_| ())
+    write_counters(inner, target, counters, false)
+        .await
+        .map(|_| ())
 }
 
 pub(super) async fn add_counters(

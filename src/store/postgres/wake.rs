@@ -152,7 +152,11 @@ async fn endpoints_generation(inner: &Inner) -> Result<(), StoreError> {
         return Ok(());
     };
     let generation: i64 = super::col(&row, 0, "generations")?;
-    if inner.endpoints_seen.fetch_max(generation, Ordering::Relaxed) < generation {
+    if inner
+        .endpoints_seen
+        .fetch_max(generation, Ordering::Relaxed)
+        < generation
+    {
         inner.endpoints_changed.notify_one();
     }
     Ok(())

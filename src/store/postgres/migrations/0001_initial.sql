@@ -37,6 +37,8 @@ CREATE INDEX deliveries_leases ON deliveries (lease_until_ms) WHERE state = 1;
 CREATE INDEX deliveries_event ON deliveries (event);
 -- Bulk re-queue and the delivery log by state.
 CREATE INDEX deliveries_state ON deliveries (state, id);
+-- A target's deliveries in flight across the fleet (its concurrency).
+CREATE INDEX deliveries_in_flight ON deliveries (target) WHERE state = 1;
 
 CREATE TABLE attempts (
     delivery bytea   NOT NULL,
@@ -72,6 +74,19 @@ CREATE TABLE counters (
     last_status integer,
     last_error  text,
     last_at_ms  bigint
+);
+
+-- A target's rate for the fleet: a token bucket relays reserve from.
+CREATE TABLE buckets (
+    target        text             PRIMARY KEY,
+    tokens        double precision NOT NULL,
+    updated_at_ms bigint           NOT NULL
+);
+
+-- Targets whose circuit a relay opened, for the whole fleet.
+CREATE TABLE circuits (
+    target        text   PRIMARY KEY,
+    open_until_ms bigint NOT NULL
 );
 
 -- Bumped with every change of its kind (`endpoints`), so a relay can
