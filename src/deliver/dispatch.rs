@@ -35,6 +35,10 @@ use crate::store::{now_ms, Attempt, Delivery, DeliveryId, Next, State, Store, St
 use crate::telemetry::log::{escaped, Escaped};
 use crate::telemetry::{Finished, Metrics};
 
+/// How long a delivery whose attempt could not be made or recorded (the
+/// store failed) waits before it is tried again.
+const RETRY_AFTER_ERROR_MS: u64 = 1000;
+
 /// Deliveries claimed at once, over all targets, per outbound connection
 /// the budget allows.
 const CLAIMED_PER_CONNECTION: usize = 2;
@@ -351,7 +355,16 @@ impl Job {
                 tracing::warn!(delivery = %self.id, error = %e, "attempt not recorded")
             }
             Err(e) => {
-                tracing::error!(delivery = %self.id, error = %e, "cannot record attempt; it is retried at the next start")
+                tracing::error!(delivery = %self.id, error = %e, "cannot attempt or record the delivery; it is tried again");
+                // Given back, not left claimed: a shared store would renew
+                // the claim for as long as this relay lives.
+                if let Err(e) = self
+                    .store
+                    .release(self.id, now_ms() + RETRY_AFTER_ERROR_MS)
+                    .await
+                {
+                    tracing::debug!(delivery = %self.id, error = %e, "cannot give the delivery back; its claim lapses");
+                }
             }
         }
         drop(permit);
