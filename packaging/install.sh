@@ -17,7 +17,7 @@
 #   $SYSCONFDIR/hookrelay/hookrelay.toml   only if absent; else hookrelay.toml.new
 #   $SYSCONFDIR/hookrelay/admin.tokens     no tokens yet (comments only), mode 0600,
 #                                          only if absent
-#   $PREFIX/share/doc/hookrelay/           SERVICE.md, CONFIG.md, the low-port drop-in
+#   $PREFIX/share/doc/hookrelay/           SERVICE.md, CONFIG.md, FLEET.md, the low-port drop-in
 #   $PREFIX/share/man/man1/hookrelay*.1    the man pages (`man hookrelay`)
 #
 # It starts nothing: the next steps are printed at the end.
@@ -84,6 +84,7 @@ echo "   $UNITDIR/hookrelay.socket"
 install -m 0644 "$src/systemd/hookrelay-lowport.conf" "$DESTDIR$docdir/hookrelay-lowport.conf"
 install -m 0644 "$src/docs/SERVICE.md" "$DESTDIR$docdir/SERVICE.md"
 install -m 0644 "$src/docs/CONFIG.md" "$DESTDIR$docdir/CONFIG.md"
+install -m 0644 "$src/docs/FLEET.md" "$DESTDIR$docdir/FLEET.md"
 echo "   $docdir/"
 mandir="$PREFIX/share/man/man1"
 install -d -m 0755 "$DESTDIR$mandir"

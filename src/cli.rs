@@ -393,7 +393,13 @@ pub fn summary(config: &Config, path: &Path, warnings: &[String]) -> String {
             config.admin.tokens_path(&config.base_dir).display()
         ));
     }
-    line(format!("  store    {} (sled)", config.store.path.display()));
+    line(match config.store.backend {
+        crate::store::Backend::Sled => format!("  store    {} (sled)", config.store.path.display()),
+        crate::store::Backend::Postgres => format!(
+            "  store    {} (postgres, shared by the fleet; not contacted by this check)",
+            config.store.postgres.location()
+        ),
+    });
     for route in &config.routes {
         let host = match &route.host {
             Some(h) => format!(" for host {}", h.host),

@@ -10,8 +10,8 @@
 //!
 //! - [`ingest`]: the LMS-facing handler: guard, route, filters, store, 202;
 //!   proxy-mode tunnels.
-//! - [`store`]: the [`store::Store`] interface, its records, and the sled
-//!   backend behind it.
+//! - [`store`]: the [`store::Store`] interface, its records, and its two
+//!   backends: sled (embedded, one host) and PostgreSQL (a fleet).
 //! - [`deliver`]: the scheduler and per-target lanes, delivery policy,
 //!   shaping, signing, and the egress client and guard.
 //! - [`catalog`]: every receiver (configured targets and subscriptions),
@@ -41,6 +41,7 @@ pub mod deliver;
 pub mod history;
 pub mod ingest;
 pub mod rate;
+pub mod roots;
 pub mod server;
 pub mod service;
 pub mod shutdown;
@@ -382,6 +383,9 @@ impl Relay {
             }
             if running.store.path != config.store.path
                 || running.store.cache_bytes != config.store.cache_bytes
+                || running.store.backend != config.store.backend
+                || format!("{:?}", running.store.postgres) != format!("{:?}", config.store.postgres)
+                || running.store.postgres.url != config.store.postgres.url
             {
                 keys.push("store");
             }

@@ -469,3 +469,69 @@ async fn a_circuit_one_relay_opens_is_open_for_the_fleet() {
     b.set_circuit("r/x", 0).await.unwrap();
     assert!(a.circuits().await.unwrap().is_empty(), "closed for all");
 }
+
+#[tokio::test]
+async fn past_max_disk_bytes_new_events_are_refused_as_store_full() {
+    let url = server().await.database().await;
+    let mut small = config(&url, DAY);
+    small.max_disk_bytes = 64 * 1024;
+    let store = open(&small).await;
+    let health = store.maintain().await;
+    assert!(health.disk_bytes > 0, "{health:?}");
+    // The schema's tables and indexes alone take more than 64 KiB.
+    let (code, reason) = health.refusing.expect("refusing");
+    assert_eq!(code, "store_full", "{reason}");
+    assert!(reason.contains("max_disk_bytes"), "{reason}");
+    let e = store.accept(new_event(&["r/x"])).await.unwrap_err();
+    assert_eq!(e.code(), "store_full", "{e}");
+
+    // With room, the same store takes events again without a restart.
+    let roomy = open(&config(&url, DAY)).await;
+    assert!(roomy.maintain().await.accepting());
+    roomy.accept(new_event(&["r/x"])).await.unwrap();
+}
+
+// === `hookrelay migrate` ===
+
+#[tokio::test]
+async fn hookrelay_migrate_applies_the_schema_once_and_says_so() {
+    let url = server().await.database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("hookrelay.toml");
+    std::fs::write(
+        &config,
+        "store.backend = \"postgres\"\nstore.postgres.url = \"env:HOOKRELAY_PG_URL\"\n",
+    )
+    .unwrap();
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hookrelay"))
+            .args(["migrate", "--config"])
+            .arg(&config)
+            .env("HOOKRELAY_PG_URL", &url)
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    let out = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        first.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(out.contains("applied migration 1 (initial)"), "{out}");
+    assert!(
+        out.contains("(schema hookrelay) is at schema version 1"),
+        "{out}"
+    );
+    let again = run();
+    let out = String::from_utf8_lossy(&again.stdout);
+    assert!(again.status.success());
+    assert!(!out.contains("applied"), "nothing left to apply: {out}");
+
+    // On the embedded store there is nothing to migrate by hand.
+    std::fs::write(&config, "store.path = \"data\"\n").unwrap();
+    let sled = run();
+    assert!(!sled.status.success());
+    let err = String::from_utf8_lossy(&sled.stderr);
+    assert!(err.contains("store.backend is \"sled\""), "{err}");
+}

@@ -335,7 +335,8 @@ impl Admin {
                     "code": code,
                     "reason": reason,
                     "store_bytes": health.disk_bytes,
-                    "free_bytes": health.free_bytes,
+                    // Unknown (null) for a database on another host.
+                    "free_bytes": (health.free_bytes != u64::MAX).then_some(health.free_bytes),
                 }),
             ),
         }

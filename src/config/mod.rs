@@ -257,6 +257,10 @@ impl Config {
             let pg = &self.store.postgres;
             pg.check()
                 .map_err(|(k, r)| ConfigError::new(path, format!("store.postgres.{k}"), r))?;
+            if let Some(ca) = &pg.ca_file {
+                crate::roots::load_ca_file(ca)
+                    .map_err(|r| ConfigError::new(path, "store.postgres.ca_file", r))?;
+            }
             // A lease must outlast an attempt (renewals keep it while the
             // database answers; this is the margin when it does not).
             let longest = self
@@ -267,7 +271,7 @@ impl Config {
                 .chain([self.delivery.timeout])
                 .max()
                 .unwrap_or_default();
-            if pg.lease < longest + LEASE_MARGIN {
+            if pg.lease <= longest + LEASE_MARGIN {
                 return err(
                     "store.postgres.lease",
                     &format!(

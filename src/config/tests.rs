@@ -331,3 +331,95 @@ fn placeholders_and_the_example_secret_are_warned_about() {
                url = \"https://crm.example.com/h\"\nsecret = \"whsec_dGhpcyBpcyBhIHJlYWwgc2VjcmV0ISEh\"\n";
     assert_eq!(parse(own).unwrap().warnings(), Vec::<String>::new());
 }
+
+#[test]
+fn a_postgres_store_reads_its_url_from_the_environment_or_a_file_and_never_shows_it() {
+    let text =
+        "[store]\nbackend = \"postgres\"\n[store.postgres]\nurl = \"env:HOOKRELAY_PG_URL\"\n";
+    let url = "postgres://relay:s3cret-pw@db.internal:5433/lms";
+    let c = parse_env(text, &[("HOOKRELAY_PG_URL", url)]).unwrap();
+    assert_eq!(c.store.backend, crate::store::Backend::Postgres);
+    assert_eq!(c.store.postgres.url, url);
+    assert_eq!(
+        c.store.location(),
+        "postgres://db.internal:5433/lms (schema hookrelay)"
+    );
+    let debug = format!("{c:?}");
+    assert!(!debug.contains("s3cret-pw"), "{debug}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pg-url");
+    std::fs::write(&file, format!("{url}\n")).unwrap();
+    let c = parse(&format!(
+        "store.backend = \"postgres\"\nstore.postgres.url = \"file:{}\"\n",
+        file.display()
+    ))
+    .unwrap();
+    assert_eq!(c.store.postgres.url, url, "read, trailing newline trimmed");
+
+    // Unset, missing or malformed: the key and why, never the value.
+    let e = parse_env(text, &[]).unwrap_err();
+    assert_eq!(e.key, "store.postgres.url");
+    assert!(e.reason.contains("HOOKRELAY_PG_URL"), "{e}");
+    let e = parse("store.backend = \"postgres\"\n").unwrap_err();
+    assert_eq!(e.key, "store.postgres.url");
+    assert!(e.reason.contains("required"), "{e}");
+    let e = parse_env(
+        text,
+        &[(
+            "HOOKRELAY_PG_URL",
+            "postgres://relay:s3cret-pw@db:notaport/x",
+        )],
+    )
+    .unwrap_err();
+    assert_eq!(e.key, "store.postgres.url");
+    assert!(!e.reason.contains("s3cret-pw"), "{e}");
+    // The sled store ignores the section.
+    assert!(parse("[store.postgres]\nschema = \"x\"\n").is_ok());
+}
+
+#[test]
+fn postgres_settings_are_checked_at_load() {
+    let pg = |extra: &str| {
+        parse(&format!(
+            "store.backend = \"postgres\"\nstore.postgres.url = \"postgres://h/db\"\n{extra}"
+        ))
+    };
+    let c = pg("").unwrap();
+    assert_eq!(c.store.postgres.schema, "hookrelay");
+    assert_eq!(c.store.postgres.lease, Duration::from_secs(60));
+    for (extra, key) in [
+        (
+            "store.postgres.schema = \"Hook-Relay\"\n",
+            "store.postgres.schema",
+        ),
+        ("store.postgres.schema = \"1x\"\n", "store.postgres.schema"),
+        ("store.postgres.pool_size = 0\n", "store.postgres.pool_size"),
+        (
+            "store.postgres.poll_interval = \"1ms\"\n",
+            "store.postgres.poll_interval",
+        ),
+        (
+            "store.postgres.statement_timeout = \"0s\"\n",
+            "store.postgres.statement_timeout",
+        ),
+        // Not longer than the delivery timeout (15 s) plus 5 s.
+        ("store.postgres.lease = \"20s\"\n", "store.postgres.lease"),
+        (
+            "store.postgres.ca_file = \"/nonexistent/ca.pem\"\n",
+            "store.postgres.ca_file",
+        ),
+    ] {
+        let e = pg(extra).unwrap_err();
+        assert_eq!(e.key, key, "{extra}: {e}");
+    }
+    // A target's own, longer timeout counts too.
+    let e = pg(&format!(
+        "store.postgres.lease = \"30s\"\n{}",
+        target("timeout = \"40s\"")
+    ))
+    .unwrap_err();
+    assert_eq!(e.key, "store.postgres.lease");
+    assert!(e.reason.contains("40s"), "{e}");
+    assert!(pg("store.postgres.lease = \"21s\"\n").is_ok());
+}

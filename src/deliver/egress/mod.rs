@@ -20,7 +20,8 @@ pub mod guard;
 pub mod pool;
 pub mod redact;
 
-pub use client::{load_ca_file, tls_config, Connector, EgressClient, Reply};
+pub use crate::roots::{client_config as tls_config, load_ca_file};
+pub use client::{Connector, EgressClient, Reply};
 pub use guard::{classify, noncanonical, BindAddr, EgressConfig, Kind, Policy};
 pub use pool::{Budget, PoolSettings};
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio_postgres::Row;
 
-use super::{col, delivery_row, state_code, to_json, Inner, DELIVERY};
+use super::{col, delivery_row, state_code, to_json, Cached, Inner, DELIVERY};
 use crate::store::{now_ms, Attempt, Delivery, DeliveryId, Next, State, StoreError};
 
 /// Most lapsed leases taken back by one statement.
@@ -52,6 +52,9 @@ impl Inner {
             return;
         }
         self.wake(targets);
+        if !self.config.listen {
+            return;
+        }
         let payloads: Vec<String> = if targets.len() > 32 {
             vec![format!("{}:*", self.instance)]
         } else {
@@ -62,7 +65,7 @@ impl Inner {
         };
         if let Ok(c) = self.client().await {
             let _ = c
-                .execute(
+                .exec(
                     "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
                     &[&self.channel, &payloads],
                 )
@@ -91,7 +94,7 @@ fn targets_of(rows: &[Row]) -> Result<Vec<String>, StoreError> {
 pub(super) async fn pending_targets(inner: &Inner) -> Result<Vec<(String, u64)>, StoreError> {
     let c = inner.client().await?;
     let rows = c
-        .query(
+        .rows(
             "WITH RECURSIVE t AS ( \
                (SELECT target, next_at_ms FROM deliveries WHERE state = 0 \
                 ORDER BY target, next_at_ms LIMIT 1) \
@@ -123,7 +126,7 @@ pub(super) async fn due_for(
 ) -> Result<Vec<(u64, DeliveryId)>, StoreError> {
     let c = inner.client().await?;
     let rows = c
-        .query(
+        .rows(
             "SELECT next_at_ms, id FROM deliveries \
              WHERE target = $1 AND state = 0 AND next_at_ms <= $2 \
              ORDER BY next_at_ms, id LIMIT $3",
@@ -143,7 +146,7 @@ pub(super) async fn due_for(
 pub(super) async fn next_due(inner: &Inner, target: &str) -> Result<Option<u64>, StoreError> {
     let c = inner.client().await?;
     let row = c
-        .query_one(
+        .row(
             "SELECT min(next_at_ms) FROM deliveries WHERE target = $1 AND state = 0",
             &[&target],
         )
@@ -158,7 +161,7 @@ pub(super) async fn due_entries(
 ) -> Result<Vec<(String, u64, DeliveryId)>, StoreError> {
     let c = inner.client().await?;
     let rows = c
-        .query(
+        .rows(
             "SELECT target, next_at_ms, id FROM deliveries WHERE state = 0 \
              ORDER BY target, next_at_ms, id LIMIT $1",
             &[&(limit as i64)],
@@ -190,7 +193,7 @@ pub(super) async fn claim(
     let now = now_ms();
     let c = inner.client().await?;
     let row = c
-        .query_opt(
+        .row_opt(
             &format!(
                 "UPDATE deliveries SET state = 1, owner = $1, claim_token = $2, lease_until_ms = $3 \
                  WHERE id = $4 AND target = $5 AND state = 0 AND next_at_ms = $6 \
@@ -235,14 +238,14 @@ pub(super) async fn claim_due(
     let token = rand::random::<i64>();
     let mut c = inner.client().await?;
     let tx = c.transaction().await.map_err(|e| inner.db(e))?;
-    tx.execute(
+    tx.exec(
         "SELECT pg_advisory_xact_lock(hashtext($1))",
         &[&format!("hookrelay:{}:claim:{target}", inner.config.schema)],
     )
     .await
     .map_err(|e| inner.db(e))?;
     let rows = tx
-        .query(
+        .rows(
             &format!(
                 "WITH room AS ( \
                    SELECT greatest(0, least($6, $7 - (SELECT count(*) FROM deliveries \
@@ -311,7 +314,7 @@ pub(super) async fn finish(
     let record = to_json(attempt);
     let c = inner.client().await?;
     let row = c
-        .query_opt(
+        .row_opt(
             &format!(
                 "WITH d AS ( \
                    UPDATE deliveries SET state = $3, attempts = attempts + 1, \
@@ -342,7 +345,7 @@ pub(super) async fn release(inner: &Inner, id: DeliveryId, at: u64) -> Result<()
     };
     let c = inner.client().await?;
     let rows = c
-        .query(
+        .rows(
             "UPDATE deliveries SET state = 0, next_at_ms = $3, \
                owner = NULL, claim_token = NULL, lease_until_ms = NULL \
              WHERE id = $1 AND state = 1 AND claim_token = $2 RETURNING target",
@@ -369,7 +372,7 @@ pub(super) async fn requeue(
 ) -> Result<Option<Delivery>, StoreError> {
     let c = inner.client().await?;
     let row = c
-        .query_opt(
+        .row_opt(
             &format!(
                 "UPDATE deliveries d SET state = 0, next_at_ms = $2, base = d.attempts, note = $3, \
                    owner = NULL, claim_token = NULL, lease_until_ms = NULL \
@@ -385,7 +388,7 @@ pub(super) async fn requeue(
     let Some(row) = row else {
         // In flight (left alone) or unknown.
         let row = c
-            .query_opt(
+            .row_opt(
                 &format!("SELECT {DELIVERY} FROM deliveries WHERE id = $1"),
                 &[&key(id)],
             )
@@ -411,7 +414,7 @@ pub(super) async fn requeue_batch(
     let from = from.map(key).unwrap_or_default();
     let c = inner.client().await?;
     let picked = c
-        .query(
+        .rows(
             "SELECT id FROM deliveries \
              WHERE state = $1 AND ($2::text IS NULL OR target = $2) AND id > $3 \
              ORDER BY id LIMIT $4",
@@ -429,7 +432,7 @@ pub(super) async fn requeue_batch(
         None
     };
     let rows = c
-        .query(
+        .rows(
             "UPDATE deliveries SET state = 0, next_at_ms = $3, base = attempts, \
                note = 're-queued in bulk' \
              WHERE id = ANY($1) AND state = $2 AND state <> 1 RETURNING target",
@@ -450,7 +453,7 @@ pub(super) async fn cancel(
 ) -> Result<bool, StoreError> {
     let c = inner.client().await?;
     let row = c
-        .query_opt(
+        .row_opt(
             "UPDATE deliveries d SET state = 4, note = $2, \
                owner = NULL, claim_token = NULL, lease_until_ms = NULL \
              FROM (SELECT id, state AS was FROM deliveries WHERE id = $1 FOR UPDATE) o \
@@ -477,7 +480,7 @@ pub(super) async fn cancel_all(
     let mut total = 0;
     loop {
         let n = c
-            .execute(
+            .exec(
                 "UPDATE deliveries SET state = 4, note = $2 WHERE id IN \
                  (SELECT id FROM deliveries WHERE target = $1 AND state = 0 LIMIT $3 \
                   FOR UPDATE SKIP LOCKED)",
@@ -501,7 +504,7 @@ pub(super) async fn reap(inner: &Inner) -> Result<usize, StoreError> {
     let now = now_ms() as i64;
     let c = inner.client().await?;
     let rows = c
-        .query(
+        .rows(
             "UPDATE deliveries SET state = 0, next_at_ms = $1, \
                owner = NULL, claim_token = NULL, lease_until_ms = NULL \
              WHERE id IN (SELECT id FROM deliveries WHERE state = 1 AND lease_until_ms < $1 \
@@ -547,7 +550,7 @@ pub(super) async fn renew(inner: Arc<Inner>) {
         }
         let result = async {
             let c = inner.client().await?;
-            c.execute(
+            c.exec(
                 "UPDATE deliveries SET lease_until_ms = $1 \
                  WHERE id = ANY($2) AND owner = $3 AND state = 1",
                 &[&inner.lease_until(now_ms()), &held, &inner.instance],
@@ -581,7 +584,7 @@ pub(super) async fn give_back_all(inner: &Inner) -> Result<usize, StoreError> {
     }
     let c = inner.client().await?;
     let rows = c
-        .query(
+        .rows(
             "UPDATE deliveries SET state = 0, next_at_ms = $1, \
                owner = NULL, claim_token = NULL, lease_until_ms = NULL \
              WHERE id = ANY($2) AND owner = $3 AND state = 1 RETURNING target",
@@ -616,7 +619,7 @@ pub(super) async fn take_tokens(
     let (rate, burst, want) = (per_second as f64, burst as f64, want as f64);
     for _ in 0..2 {
         let row = c
-            .query_opt(
+            .row_opt(
                 &format!(
                     "WITH b AS ( \
                        SELECT least($2::float8, tokens + greatest(0, {NOW} - updated_at_ms) \
@@ -632,7 +635,7 @@ pub(super) async fn take_tokens(
             .await
             .map_err(|e| inner.db(e))?;
         let Some(row) = row else {
-            c.execute(
+            c.exec(
                 &format!(
                     "INSERT INTO buckets (target, tokens, updated_at_ms) VALUES ($1, $2, {NOW}) \
                      ON CONFLICT (target) DO NOTHING"
@@ -665,10 +668,10 @@ pub(super) async fn set_circuit(
 ) -> Result<(), StoreError> {
     let c = inner.client().await?;
     if open_until_ms == 0 {
-        c.execute("DELETE FROM circuits WHERE target = $1", &[&target])
+        c.exec("DELETE FROM circuits WHERE target = $1", &[&target])
             .await
     } else {
-        c.execute(
+        c.exec(
             "INSERT INTO circuits (target, open_until_ms) VALUES ($1, $2) \
              ON CONFLICT (target) DO UPDATE SET open_until_ms = excluded.open_until_ms",
             &[&target, &(open_until_ms as i64)],
@@ -682,7 +685,7 @@ pub(super) async fn set_circuit(
 pub(super) async fn circuits(inner: &Inner) -> Result<Vec<(String, u64)>, StoreError> {
     let c = inner.client().await?;
     let rows = c
-        .query("SELECT target, open_until_ms FROM circuits", &[])
+        .rows("SELECT target, open_until_ms FROM circuits", &[])
         .await
         .map_err(|e| inner.db(e))?;
     rows.iter()

@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::{db_error, retryable, to_json, Inner};
+use super::{db_error, retryable, to_json, Cached, Inner};
 use crate::store::{
     now_ms, Accepted, DeliveryId, EventId, Inbound, NewEvent, Outcome, State, StoreError,
 };
@@ -40,10 +40,11 @@ pub(super) async fn accept(inner: &Inner, new: NewEvent) -> Result<Accepted, Sto
     }
     // While the database is out of reach (or the store is full), refuse at
     // once: `maintain` looks every second and lifts the refusal.
-    if let Some((code, reason)) = inner.health.lock().expect("lock poisoned").refusing.clone() {
+    let health = inner.health.lock().expect("lock poisoned").clone();
+    if let Some((code, reason)) = health.refusing {
         return Err(match code.as_str() {
             "store_full" => StoreError::Full {
-                used: inner.health.lock().map(|h| h.disk_bytes).unwrap_or(0),
+                used: health.disk_bytes,
                 limit: inner.max_disk_bytes,
             },
             _ => StoreError::Unavailable(reason),
@@ -86,11 +87,11 @@ pub(super) async fn committer(
         };
         let started = Instant::now();
         let news: Vec<&NewEvent> = batch.iter().map(|w| &w.new).collect();
-        let mut result = commit(&inner, &news).await;
+        let mut result = bounded(&inner, &news).await;
         if matches!(&result, Err(Failure::Conflict)) {
             // Lost a deadlock to another relay's batch: nothing was kept;
             // once more.
-            result = commit(&inner, &news).await;
+            result = bounded(&inner, &news).await;
         }
         inner
             .commit_duration
@@ -157,6 +158,22 @@ enum Fate {
     Stored(EventId),
 }
 
+/// [`commit`] within twice the statement timeout: a commit that waits
+/// longer (for a synchronous standby that is gone, which no statement
+/// timeout cuts short) is answered as failed. It may still commit later;
+/// its events are then delivered without having been acknowledged, which
+/// is allowed (a sender retries what got no 202).
+async fn bounded(inner: &Inner, batch: &[&NewEvent]) -> Result<Vec<Accepted>, Failure> {
+    let limit = inner.config.statement_timeout * 2;
+    match tokio::time::timeout(limit, commit(inner, batch)).await {
+        Ok(result) => result,
+        Err(_) => Err(Failure::Store(StoreError::Unavailable(format!(
+            "PostgreSQL did not commit within {}",
+            humantime::format_duration(limit)
+        )))),
+    }
+}
+
 /// Writes and commits one batch; the answers in the batch's order.
 async fn commit(inner: &Inner, batch: &[&NewEvent]) -> Result<Vec<Accepted>, Failure> {
     let now = now_ms();
@@ -181,9 +198,8 @@ async fn commit(inner: &Inner, batch: &[&NewEvent]) -> Result<Vec<Accepted>, Fai
     }
 
     let mut client = inner.client().await.map_err(Failure::Store)?;
+    // synchronous_commit is on for every connection (`connect_config`).
     let tx = client.transaction().await?;
-    tx.batch_execute("SET LOCAL synchronous_commit TO on")
-        .await?;
 
     // Dedup keys: a key is ours if it is new or has expired; otherwise the
     // event is a duplicate of the one the key names.
@@ -196,7 +212,7 @@ async fn commit(inner: &Inner, batch: &[&NewEvent]) -> Result<Vec<Accepted>, Fai
         let keys: Vec<&str> = keyed.iter().map(|k| k.1).collect();
         let events: Vec<Vec<u8>> = keyed.iter().map(|k| ids[k.2].0.to_key().to_vec()).collect();
         let won = tx
-            .query(
+            .rows(
                 "INSERT INTO dedup (route, key, event, expires_at_ms) \
                  SELECT r, k, e, $4 FROM unnest($1::text[], $2::text[], $3::bytea[]) AS u(r, k, e) \
                  ORDER BY r, k \
@@ -219,7 +235,7 @@ async fn commit(inner: &Inner, batch: &[&NewEvent]) -> Result<Vec<Accepted>, Fai
             let routes: Vec<&str> = lost.iter().map(|k| k.0).collect();
             let keys: Vec<&str> = lost.iter().map(|k| k.1).collect();
             let rows = tx
-                .query(
+                .rows(
                     "SELECT d.route, d.key, d.event FROM dedup d \
                      JOIN unnest($1::text[], $2::text[]) AS u(r, k) ON d.route = u.r AND d.key = u.k",
                     &[&routes, &keys],
@@ -275,7 +291,7 @@ async fn commit(inner: &Inner, batch: &[&NewEvent]) -> Result<Vec<Accepted>, Fai
         let metas: Vec<serde_json::Value> =
             fresh.iter().map(|&i| to_json(&batch[i].meta)).collect();
         let bodies: Vec<&[u8]> = fresh.iter().map(|&i| &batch[i].body[..]).collect();
-        tx.execute(
+        tx.exec(
             "INSERT INTO events (id, received_at_ms, meta, body) \
              SELECT * FROM unnest($1::bytea[], $2::int8[], $3::jsonb[], $4::bytea[])",
             &[&ev_ids, &received, &metas, &bodies],
@@ -296,7 +312,7 @@ async fn commit(inner: &Inner, batch: &[&NewEvent]) -> Result<Vec<Accepted>, Fai
             }
         }
         if !d_ids.is_empty() {
-            tx.execute(
+            tx.exec(
                 "INSERT INTO deliveries (id, event, target, state, next_at_ms) \
                  SELECT i, e, t, 0, $4 FROM unnest($1::bytea[], $2::bytea[], $3::text[]) AS u(i, e, t)",
                 &[&d_ids, &d_events, &d_targets, &(now as i64)],
@@ -314,14 +330,21 @@ async fn commit(inner: &Inner, batch: &[&NewEvent]) -> Result<Vec<Accepted>, Fai
         .zip(&answers)
         .map(|(n, a)| to_json(&inbound(n, a)))
         .collect();
-    tx.execute(
+    tx.exec(
         "INSERT INTO inbound (id, record) SELECT * FROM unnest($1::bytea[], $2::jsonb[])",
         &[&in_ids, &records],
     )
     .await?;
 
-    // Wake the fleet once this is durable.
-    if !woken.is_empty() {
+    tx.commit().await?;
+
+    let delivered: usize = fresh.iter().map(|&i| ids[i].1.len()).sum();
+    inner.moved(None, Some(State::Pending), delivered as i64);
+    inner.wake(woken.iter().copied());
+    // The fleet is told after the commit, in a statement of its own: a
+    // transaction that notifies holds the server's notify lock through its
+    // commit, which would make every relay's commits wait on each other.
+    if inner.config.listen && !woken.is_empty() {
         let payloads: Vec<String> = if woken.len() > MAX_NOTIFY_TARGETS {
             vec![format!("{}:*", inner.instance)]
         } else {
@@ -330,17 +353,13 @@ async fn commit(inner: &Inner, batch: &[&NewEvent]) -> Result<Vec<Accepted>, Fai
                 .map(|t| format!("{}:{t}", inner.instance))
                 .collect()
         };
-        tx.execute(
-            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
-            &[&inner.channel, &payloads],
-        )
-        .await?;
+        let _ = client
+            .exec(
+                "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+                &[&inner.channel, &payloads],
+            )
+            .await;
     }
-    tx.commit().await?;
-
-    let delivered: usize = fresh.iter().map(|&i| ids[i].1.len()).sum();
-    inner.moved(None, Some(State::Pending), delivered as i64);
-    inner.wake(woken);
     Ok(answers)
 }
 

@@ -40,6 +40,12 @@ pub struct PostgresConfig {
     /// off behind a pooler that cannot LISTEN (pgbouncer in transaction
     /// mode): relays then poll every `poll_interval`.
     pub listen: bool,
+    /// PEM certificates to trust for the database's TLS certificate, as
+    /// well as the built-in web roots. TLS is used as the URL's `sslmode`
+    /// says (`prefer`, the default, uses it when the server offers it;
+    /// `require` insists; `disable` never); the certificate and the host
+    /// name are always checked when it is used.
+    pub ca_file: Option<std::path::PathBuf>,
     /// Apply missing schema migrations at start. With `false`, a relay
     /// whose schema is behind refuses to start until `hookrelay migrate`
     /// has run.
@@ -57,6 +63,7 @@ impl Default for PostgresConfig {
             lease: Duration::from_secs(60),
             poll_interval: Duration::from_secs(1),
             listen: true,
+            ca_file: None,
             migrate: true,
         }
     }
@@ -69,9 +76,11 @@ impl std::fmt::Debug for PostgresConfig {
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
             .field("statement_timeout", &self.statement_timeout)
+            .field("connect_timeout", &self.connect_timeout)
             .field("lease", &self.lease)
             .field("poll_interval", &self.poll_interval)
             .field("listen", &self.listen)
+            .field("ca_file", &self.ca_file)
             .field("migrate", &self.migrate)
             .finish()
     }

@@ -76,6 +76,7 @@ pub struct PostgresStore {
 
 /// What the store and its background tasks share.
 pub(crate) struct Inner {
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
     pool: Pool,
     config: PostgresConfig,
     /// `NOTIFY` channel of this schema's fleet.
@@ -111,6 +112,52 @@ pub(crate) struct Inner {
     commit_duration: Histogram,
 }
 
+// === statements ===
+
+/// Statements prepared once per connection (the pool keeps them): the
+/// server parses and plans each query once, and every later run is one
+/// round trip instead of two.
+#[async_trait]
+pub(crate) trait Cached: deadpool_postgres::GenericClient {
+    async fn rows(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.query(&statement, params).await
+    }
+
+    async fn row(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Row, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.query_one(&statement, params).await
+    }
+
+    async fn row_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<Option<Row>, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.query_opt(&statement, params).await
+    }
+
+    async fn exec(
+        &self,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<u64, tokio_postgres::Error> {
+        let statement = self.prepare_cached(sql).await?;
+        self.execute(&statement, params).await
+    }
+}
+
+impl<T: deadpool_postgres::GenericClient + ?Sized> Cached for T {}
+
 // === errors ===
 
 /// A database error as the store reports it: the server's message (never
@@ -120,6 +167,11 @@ pub(crate) fn db_error(e: &tokio_postgres::Error) -> StoreError {
         let code = db.code().code();
         if code == "53100" {
             return StoreError::DiskFull { free: 0 };
+        }
+        if code == "57014" {
+            // One statement ran past statement_timeout: this request fails
+            // (503), the database is not out of reach.
+            return StoreError::Io(format!("PostgreSQL: {} ({code})", db.message()));
         }
         // Connection exceptions, operator intervention (shutdown, a
         // cancelled statement), insufficient resources.
@@ -134,6 +186,10 @@ pub(crate) fn db_error(e: &tokio_postgres::Error) -> StoreError {
 fn pool_error(e: PoolError) -> StoreError {
     match e {
         PoolError::Backend(e) => db_error(&e),
+        // Every connection busy: this request fails, the database is fine.
+        PoolError::Timeout(deadpool_postgres::TimeoutType::Wait) => StoreError::Io(
+            "every PostgreSQL connection of the pool stayed busy for connect_timeout (store.postgres.pool_size)".into(),
+        ),
         PoolError::Timeout(_) => {
             StoreError::Unavailable("no PostgreSQL connection within connect_timeout".into())
         }
@@ -215,6 +271,21 @@ fn delivery_row(row: &Row) -> Result<(DeliveryId, Delivery), StoreError> {
     ))
 }
 
+/// The share of a table's files its live rows fill: from the rows' width
+/// when the statistics know it (a tuple header is about 28 bytes), else
+/// from the count of live and dead rows; never more than all of it.
+fn live_share(table_bytes: f64, live: f64, dead: f64, width: Option<f64>) -> f64 {
+    if table_bytes <= 0.0 {
+        return 1.0;
+    }
+    let share = match width {
+        Some(w) if live > 0.0 => live * (w + 28.0) / table_bytes,
+        _ if live + dead > 0.0 => live / (live + dead),
+        _ => 1.0,
+    };
+    share.clamp(0.0, 1.0)
+}
+
 /// The smallest id of a ULID made at `ms`: ids below it are older.
 fn id_at(ms: u64) -> Vec<u8> {
     ((ms as u128) << 80).to_be_bytes().to_vec()
@@ -235,6 +306,7 @@ impl PostgresStore {
         }
         let (sender, receiver) = mpsc::channel(QUEUE);
         let inner = Arc::new(Inner {
+            tls: tls(&pg)?,
             channel: format!("{}_work", pg.schema),
             pool,
             retention_ms: config.retention.as_millis() as u64,
@@ -288,7 +360,7 @@ impl Drop for PostgresStore {
 }
 
 /// How every connection of this relay is made: in the schema, with the
-/// statement timeout set.
+/// statement timeout set and synchronous commits.
 fn connect_config(pg: &PostgresConfig) -> Result<tokio_postgres::Config, StoreError> {
     let mut config: tokio_postgres::Config = pg
         .url
@@ -297,12 +369,23 @@ fn connect_config(pg: &PostgresConfig) -> Result<tokio_postgres::Config, StoreEr
     config
         .application_name("hookrelay")
         .connect_timeout(pg.connect_timeout)
+        // synchronous_commit on for every session, whatever the server's
+        // default: a commit returns once it is durable.
         .options(format!(
-            "-c search_path={} -c statement_timeout={}",
+            "-c search_path={} -c statement_timeout={} -c synchronous_commit=on",
             pg.schema,
             pg.statement_timeout.as_millis()
         ));
     Ok(config)
+}
+
+/// TLS to the database: the built-in roots and `ca_file`.
+fn tls(pg: &PostgresConfig) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let config = crate::roots::client_config(pg.ca_file.as_deref())
+        .map_err(|e| StoreError::Unavailable(format!("store.postgres.ca_file: {e}")))?;
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(
+        Arc::unwrap_or_clone(config),
+    ))
 }
 
 /// The connection pool `pg` describes: every connection in the schema,
@@ -311,7 +394,7 @@ fn pool(pg: &PostgresConfig) -> Result<Pool, StoreError> {
     let config = connect_config(pg)?;
     let manager = Manager::from_config(
         config,
-        tokio_postgres::NoTls,
+        tls(pg)?,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -400,7 +483,7 @@ impl Inner {
     async fn count_states(&self) -> Result<(), StoreError> {
         let c = self.client().await?;
         let rows = c
-            .query("SELECT state, count(*) FROM deliveries GROUP BY state", &[])
+            .rows("SELECT state, count(*) FROM deliveries GROUP BY state", &[])
             .await
             .map_err(|e| self.db(e))?;
         let mut counts = [0i64; 5];
@@ -414,19 +497,39 @@ impl Inner {
         Ok(())
     }
 
-    /// The size of hookrelay's tables and their indexes.
+    /// What hookrelay's data takes: each table's size on disk (with its
+    /// indexes and TOAST) times the share of it that live rows fill. A
+    /// table's files do not shrink when rows are deleted, but PostgreSQL
+    /// reuses the room once vacuumed, so the room a purge made counts as
+    /// free, as it does for sled: `store_full` lifts once retention has
+    /// run. The share is estimated from the table statistics (live and
+    /// dead rows, average row width), which autovacuum keeps current.
     async fn measure(&self) -> Result<u64, StoreError> {
         let c = self.client().await?;
-        let row = c
-            .query_one(
-                "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint \
+        let rows = c
+            .rows(
+                "SELECT pg_total_relation_size(c.oid)::float8, pg_table_size(c.oid)::float8, \
+                   coalesce(s.n_live_tup, 0)::float8, coalesce(s.n_dead_tup, 0)::float8, \
+                   (SELECT sum(p.avg_width) FROM pg_stats p \
+                    WHERE p.schemaname = n.nspname AND p.tablename = c.relname)::float8 \
                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid \
                  WHERE n.nspname = $1 AND c.relkind = 'r'",
                 &[&self.config.schema],
             )
             .await
             .map_err(|e| self.db(e))?;
-        let bytes = col::<i64>(&row, 0, "pg_class")?.max(0) as u64;
+        let mut bytes = 0.0;
+        for row in &rows {
+            const T: &str = "pg_class";
+            let total: f64 = col(row, 0, T)?;
+            let table: f64 = col(row, 1, T)?;
+            let live: f64 = col(row, 2, T)?;
+            let dead: f64 = col(row, 3, T)?;
+            let width: Option<f64> = col(row, 4, T)?;
+            bytes += total * live_share(table, live, dead, width);
+        }
+        let bytes = bytes.max(0.0) as u64;
         self.health.lock().expect("lock poisoned").disk_bytes = bytes;
         Ok(bytes)
     }
@@ -455,7 +558,7 @@ impl Inner {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(|e| self.db(e))?;
         let got: bool = tx
-            .query_one(
+            .row(
                 "SELECT pg_try_advisory_xact_lock(hashtext($1))",
                 &[&format!("hookrelay:{}:{what}", self.config.schema)],
             )

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use super::{col, corrupt, delivery_row, id_at, json, to_json, Inner, DELIVERY};
+use super::{col, corrupt, delivery_row, id_at, json, to_json, Cached, Inner, DELIVERY};
 use crate::store::{
     now_ms, Attempt, Counters, Delivery, DeliveryId, EndpointRecord, Event, EventId, Gauges,
     Inbound, InboundFilter, InboundId, InboundPage, Page, Purged, Resolution, StatRow, StatValues,
@@ -20,6 +20,8 @@ use crate::store::{
 
 /// Most expired dedup keys removed by one step.
 const DEDUP_STEP: i64 = 10_000;
+/// Most history rows removed by one call (the next call goes on).
+const STATS_STEP: i64 = 50_000;
 
 fn resolution_code(r: Resolution) -> i16 {
     match r {
@@ -33,7 +35,7 @@ fn resolution_code(r: Resolution) -> i16 {
 pub(super) async fn event(inner: &Inner, id: EventId) -> Result<Option<Event>, StoreError> {
     let c = inner.client().await?;
     let row = c
-        .query_opt(
+        .row_opt(
             "SELECT meta, body FROM events WHERE id = $1",
             &[&id.to_key().as_slice()],
         )
@@ -55,7 +57,7 @@ pub(super) async fn delivery(
 ) -> Result<Option<Delivery>, StoreError> {
     let c = inner.client().await?;
     let row = c
-        .query_opt(
+        .row_opt(
             &format!("SELECT {DELIVERY} FROM deliveries WHERE id = $1"),
             &[&id.to_key().as_slice()],
         )
@@ -70,7 +72,7 @@ pub(super) async fn deliveries_of(
 ) -> Result<Vec<(DeliveryId, Delivery)>, StoreError> {
     let c = inner.client().await?;
     let rows = c
-        .query(
+        .rows(
             &format!("SELECT {DELIVERY} FROM deliveries WHERE event = $1 ORDER BY id"),
             &[&event.to_key().as_slice()],
         )
@@ -82,7 +84,7 @@ pub(super) async fn deliveries_of(
 pub(super) async fn attempts(inner: &Inner, id: DeliveryId) -> Result<Vec<Attempt>, StoreError> {
     let c = inner.client().await?;
     let rows = c
-        .query(
+        .rows(
             "SELECT record FROM attempts WHERE delivery = $1 ORDER BY n",
             &[&id.to_key().as_slice()],
         )
@@ -105,7 +107,7 @@ pub(super) async fn list_deliveries(
     let c = inner.client().await?;
     // One row past the scan bound tells whether the scan stopped early.
     let rows = c
-        .query(
+        .rows(
             &format!(
                 "SELECT {DELIVERY} FROM deliveries WHERE ($1::bytea IS NULL OR id < $1) \
                  ORDER BY id DESC LIMIT $2"
@@ -147,7 +149,7 @@ pub(super) async fn list_deliveries(
 pub(super) async fn put_endpoint(inner: &Inner, e: &EndpointRecord) -> Result<(), StoreError> {
     let mut c = inner.client().await?;
     let tx = c.transaction().await.map_err(|e| inner.db(e))?;
-    tx.execute(
+    tx.exec(
         "INSERT INTO endpoints (id, record) VALUES ($1, $2) \
          ON CONFLICT (id) DO UPDATE SET record = excluded.record",
         &[&e.id, &to_json(e)],
@@ -166,7 +168,7 @@ async fn endpoints_changed(
     tx: &deadpool_postgres::Transaction<'_>,
 ) -> Result<(), StoreError> {
     let row = tx
-        .query_one(
+        .row(
             "INSERT INTO generations (name, value) VALUES ('endpoints', 1) \
              ON CONFLICT (name) DO UPDATE SET value = generations.value + 1 RETURNING value",
             &[],
@@ -177,7 +179,7 @@ async fn endpoints_changed(
     inner
         .endpoints_seen
         .fetch_max(generation, std::sync::atomic::Ordering::Relaxed);
-    tx.execute(
+    tx.exec(
         "SELECT pg_notify($1, $2)",
         &[
             &inner.channel,
@@ -192,7 +194,7 @@ async fn endpoints_changed(
 pub(super) async fn endpoints(inner: &Inner) -> Result<Vec<EndpointRecord>, StoreError> {
     let c = inner.client().await?;
     let rows = c
-        .query("SELECT record FROM endpoints ORDER BY id", &[])
+        .rows("SELECT record FROM endpoints ORDER BY id", &[])
         .await
         .map_err(|e| inner.db(e))?;
     rows.iter()
@@ -204,13 +206,13 @@ pub(super) async fn delete_endpoint(inner: &Inner, id: &str) -> Result<bool, Sto
     let mut c = inner.client().await?;
     let tx = c.transaction().await.map_err(|e| inner.db(e))?;
     let n = tx
-        .execute("DELETE FROM endpoints WHERE id = $1", &[&id])
+        .exec("DELETE FROM endpoints WHERE id = $1", &[&id])
         .await
         .map_err(|e| inner.db(e))?;
-    tx.execute("DELETE FROM counters WHERE target = $1", &[&id])
+    tx.exec("DELETE FROM counters WHERE target = $1", &[&id])
         .await
         .map_err(|e| inner.db(e))?;
-    tx.execute("DELETE FROM stats WHERE series = $1", &[&id])
+    tx.exec("DELETE FROM stats WHERE series = $1", &[&id])
         .await
         .map_err(|e| inner.db(e))?;
     if n > 0 {
@@ -258,7 +260,7 @@ fn counters_params(c: &Counters) -> [Box<dyn tokio_postgres::types::ToSql + Sync
 pub(super) async fn counters(inner: &Inner, target: &str) -> Result<Counters, StoreError> {
     let c = inner.client().await?;
     let row = c
-        .query_opt(
+        .row_opt(
             &format!("SELECT {COUNTERS} FROM counters WHERE target = $1"),
             &[&target],
         )
@@ -273,7 +275,7 @@ pub(super) async fn counters(inner: &Inner, target: &str) -> Result<Counters, St
 pub(super) async fn all_counters(inner: &Inner) -> Result<Vec<(String, Counters)>, StoreError> {
     let c = inner.client().await?;
     let rows = c
-        .query(
+        .rows(
             &format!("SELECT target, {COUNTERS} FROM counters ORDER BY target"),
             &[],
         )
@@ -319,7 +321,7 @@ async fn write_counters(
     );
     let c = inner.client().await?;
     let row = c
-        .query_one(
+        .row(
             &format!(
                 "INSERT INTO counters (target, {COUNTERS}) \
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
@@ -355,7 +357,7 @@ pub(super) async fn add_counters(
 pub(super) async fn record_inbound(inner: &Inner, r: &Inbound) -> Result<(), StoreError> {
     let id = inner.next_ids(0).0;
     let c = inner.client().await?;
-    c.execute(
+    c.exec(
         "INSERT INTO inbound (id, record) VALUES ($1, $2)",
         &[&id.to_key().as_slice(), &to_json(r)],
     )
@@ -374,7 +376,7 @@ pub(super) async fn inbound(
     let after = after.map(|a| a.to_key().to_vec());
     let c = inner.client().await?;
     let rows = c
-        .query(
+        .rows(
             "SELECT id, record FROM inbound WHERE ($1::bytea IS NULL OR id < $1) \
              ORDER BY id DESC LIMIT $2",
             &[&after, &(scan as i64)],
@@ -423,12 +425,12 @@ pub(super) async fn purge_inbound(
         .exclusively("inbound", move |tx| {
             Box::pin(async move {
                 let total: i64 = tx
-                    .query_one("SELECT count(*) FROM inbound", &[])
+                    .row("SELECT count(*) FROM inbound", &[])
                     .await?
                     .try_get(0)?;
                 let mut over = (total as usize).saturating_sub(keep);
                 let rows = tx
-                    .query(
+                    .rows(
                         "SELECT id FROM inbound ORDER BY id LIMIT $1",
                         &[&(limit as i64 + 1)],
                     )
@@ -448,7 +450,7 @@ pub(super) async fn purge_inbound(
                     over = over.saturating_sub(1);
                     doomed.push(id);
                 }
-                tx.execute("DELETE FROM inbound WHERE id = ANY($1)", &[&doomed])
+                tx.exec("DELETE FROM inbound WHERE id = ANY($1)", &[&doomed])
                     .await?;
                 Ok(Purged {
                     removed: doomed.len(),
@@ -481,7 +483,7 @@ pub(super) async fn purge(
         .exclusively("retention", move |tx| {
             Box::pin(async move {
                 let looked = tx
-                    .query(
+                    .rows(
                         "SELECT id FROM events WHERE id > $1 AND id < $2 ORDER BY id LIMIT $3",
                         &[&from, &cutoff, &(limit as i64)],
                     )
@@ -492,7 +494,7 @@ pub(super) async fn purge(
                     .collect::<Result<_, _>>()?;
                 let last = ids.last().cloned();
                 let doomed: Vec<Vec<u8>> = tx
-                    .query(
+                    .rows(
                         "SELECT e.id FROM events e WHERE e.id = ANY($1) AND NOT EXISTS \
                          (SELECT 1 FROM deliveries d WHERE d.event = e.id AND d.state IN (0, 1))",
                         &[&ids],
@@ -504,7 +506,7 @@ pub(super) async fn purge(
                 // Only finished deliveries go; one re-queued meanwhile keeps
                 // its event.
                 let gone = tx
-                    .query(
+                    .rows(
                         "DELETE FROM deliveries WHERE event = ANY($1) AND state IN (2, 3, 4) \
                          RETURNING id, state",
                         &[&doomed],
@@ -518,13 +520,13 @@ pub(super) async fn purge(
                 for r in &gone {
                     *by_state.entry(r.try_get(1)?).or_default() += 1;
                 }
-                tx.execute(
+                tx.exec(
                     "DELETE FROM attempts WHERE delivery = ANY($1)",
                     &[&gone_ids],
                 )
                 .await?;
                 let removed = tx
-                    .execute(
+                    .exec(
                         "DELETE FROM events e WHERE e.id = ANY($1) AND NOT EXISTS \
                          (SELECT 1 FROM deliveries d WHERE d.event = e.id)",
                         &[&doomed],
@@ -550,7 +552,7 @@ pub(super) async fn purge_dedup(inner: &Inner) -> Result<usize, StoreError> {
     let n = inner
         .exclusively("dedup", move |tx| {
             Box::pin(async move {
-                tx.execute(
+                tx.exec(
                     "DELETE FROM dedup WHERE ctid = ANY(ARRAY( \
                        SELECT ctid FROM dedup WHERE expires_at_ms <= $1 LIMIT $2))",
                     &[&now, &DEDUP_STEP],
@@ -595,7 +597,7 @@ pub(super) async fn add_stats(inner: &Inner, rows: &[StatRow]) -> Result<(), Sto
         .map(|r| r.values.gauges.as_ref().map(to_json))
         .collect();
     let c = inner.client().await?;
-    c.execute(
+    c.exec(
         "INSERT INTO stats (series, resolution, start_ms, events, duplicates, rejected, \
            succeeded, failed, dead, attempts, duration_ms, gauges) \
          SELECT * FROM unnest($1::text[], $2::int2[], $3::int8[], $4::int8[], $5::int8[], \
@@ -639,7 +641,7 @@ pub(super) async fn stats(
 ) -> Result<Vec<StatRow>, StoreError> {
     let c = inner.client().await?;
     let rows = c
-        .query(
+        .rows(
             "SELECT start_ms, events, duplicates, rejected, succeeded, failed, dead, attempts, \
                duration_ms, gauges FROM stats \
              WHERE series = $1 AND resolution = $2 AND start_ms >= $3 AND start_ms < $4 \
@@ -690,10 +692,11 @@ pub(super) async fn purge_stats(
     let n = inner
         .exclusively("stats", move |tx| {
             Box::pin(async move {
-                tx.execute(
-                    "DELETE FROM stats WHERE (resolution = 0 AND start_ms < $1) \
-                     OR (resolution = 1 AND start_ms < $2)",
-                    &[&m, &h],
+                tx.exec(
+                    "DELETE FROM stats WHERE ctid = ANY(ARRAY( \
+                       SELECT ctid FROM stats WHERE (resolution = 0 AND start_ms < $1) \
+                       OR (resolution = 1 AND start_ms < $2) LIMIT $3))",
+                    &[&m, &h, &STATS_STEP],
                 )
                 .await
             })

@@ -94,10 +94,26 @@ async fn apply(
     )
     .await
     .map_err(|e| db_error(&e))?;
-    // The schema name was checked at load: letters, digits and '_'.
+    // Created only when missing: CREATE SCHEMA needs the CREATE privilege
+    // on the database even when the schema exists, and a DBA may have made
+    // it for the relay's role.
+    let exists = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)",
+            &[schema],
+        )
+        .await
+        .map_err(|e| db_error(&e))?
+        .try_get::<_, bool>(0)
+        .map_err(|e| db_error(&e))?;
+    if !exists {
+        // The schema name was checked at load: letters, digits and '_'.
+        tx.batch_execute(&format!("CREATE SCHEMA {schema}"))
+            .await
+            .map_err(|e| db_error(&e))?;
+    }
     tx.batch_execute(&format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema}; \
-         CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ( \
+        "CREATE TABLE IF NOT EXISTS {schema}.schema_migrations ( \
            version integer PRIMARY KEY, \
            name text NOT NULL, \
            applied_at timestamptz NOT NULL DEFAULT now()); \

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use tokio_postgres::AsyncMessage;
 
-use super::{claims, db_error, Inner};
+use super::{claims, db_error, Cached, Inner};
 use crate::store::{now_ms, StoreError};
 
 /// The longest wait between two attempts to connect the listener.
@@ -93,7 +93,7 @@ pub(super) async fn listen(inner: Arc<Inner>) {
 async fn listen_once(inner: &Inner, catch_up: bool) -> Result<(), StoreError> {
     let config = super::connect_config(&inner.config)?;
     let (client, mut connection) = config
-        .connect(tokio_postgres::NoTls)
+        .connect(inner.tls.clone())
         .await
         .map_err(|e| db_error(&e))?;
     let listen_sql = format!("LISTEN {}", inner.channel);
@@ -142,7 +142,7 @@ fn heard(inner: &Inner, payload: &str) {
 async fn endpoints_generation(inner: &Inner) -> Result<(), StoreError> {
     let c = inner.client().await?;
     let row = c
-        .query_opt(
+        .row_opt(
             "SELECT value FROM generations WHERE name = 'endpoints'",
             &[],
         )

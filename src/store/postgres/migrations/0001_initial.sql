@@ -31,11 +31,11 @@ CREATE TABLE deliveries (
 );
 -- Claims and the scheduler: a target's pending deliveries by due time.
 CREATE INDEX deliveries_due ON deliveries (target, next_at_ms) WHERE state = 0;
--- Lapsed leases, and the renewal of a relay's own claims.
+-- Lapsed leases (a dead relay's claims taken back).
 CREATE INDEX deliveries_leases ON deliveries (lease_until_ms) WHERE state = 1;
 -- An event's deliveries (the API, retention).
 CREATE INDEX deliveries_event ON deliveries (event);
--- Bulk re-queue and the delivery log by state.
+-- Bulk re-queue by state (the delivery log pages by id, the key).
 CREATE INDEX deliveries_state ON deliveries (state, id);
 -- A target's deliveries in flight across the fleet (its concurrency).
 CREATE INDEX deliveries_in_flight ON deliveries (target) WHERE state = 1;
