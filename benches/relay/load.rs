@@ -110,46 +110,66 @@ async fn post(
     }
 }
 
-/// Counts of one closed-loop run, inside the counted window only.
+/// Counts of one closed-loop run, inside the counted window only; and
+/// every answer with the wanted status, warm-up included.
 #[derive(Default)]
 pub(crate) struct Throughput {
     pub(crate) ok: u64,
     pub(crate) other_status: u64,
     pub(crate) errors: u64,
+    pub(crate) ok_all: u64,
 }
 
 impl Throughput {
     pub(crate) fn per_sec(&self) -> f64 {
         self.ok as f64 / MEASURE.as_secs_f64()
     }
+
+    fn add(&mut self, t: &Throughput) {
+        self.ok += t.ok;
+        self.other_status += t.other_status;
+        self.errors += t.errors;
+        self.ok_all += t.ok_all;
+    }
+
+    /// The sum of several runs' counts.
+    pub(crate) fn sum<'a>(runs: impl IntoIterator<Item = &'a Throughput>) -> Throughput {
+        let mut total = Throughput::default();
+        for t in runs {
+            total.add(t);
+        }
+        total
+    }
 }
 
 /// `CONNECTIONS` keep-alive connections sending back to back for
 /// `WARMUP + MEASURE`; answers with status `want` inside the window count.
 pub(crate) async fn closed_loop(addr: SocketAddr, path: &'static str, want: u16) -> Throughput {
+    Throughput::sum(&closed_loop_on(&[addr], path, want).await)
+}
+
+/// `closed_loop` with its connections dealt over `addrs` in turn (the
+/// servers of a fleet); the counts per address, in `addrs`' order.
+pub(crate) async fn closed_loop_on(
+    addrs: &[SocketAddr],
+    path: &'static str,
+    want: u16,
+) -> Vec<Throughput> {
     let from = Instant::now() + WARMUP;
     let until = from + MEASURE;
     let payload = body(9_999_999_999);
     let tasks: Vec<_> = (0..CONNECTIONS)
-        .map(|_| {
-            tokio::spawn(one_connection(
-                addr,
-                path,
-                payload.clone(),
-                want,
-                from,
-                until,
-            ))
+        .map(|i| {
+            let addr = addrs[i % addrs.len()];
+            let task = one_connection(addr, path, payload.clone(), want, from, until);
+            (i % addrs.len(), tokio::spawn(task))
         })
         .collect();
-    let mut total = Throughput::default();
-    for t in tasks {
-        let t = t.await.expect("load task");
-        total.ok += t.ok;
-        total.other_status += t.other_status;
-        total.errors += t.errors;
+    let mut per_addr: Vec<Throughput> = addrs.iter().map(|_| Throughput::default()).collect();
+    for (i, t) in tasks {
+        per_addr[i].add(&t.await.expect("load task"));
     }
-    total
+    per_addr
 }
 
 async fn one_connection(
@@ -173,7 +193,10 @@ async fn one_connection(
         let now = Instant::now();
         let counted = now >= from && now < until;
         match result {
-            Ok(s) if s == want => counts.ok += u64::from(counted),
+            Ok(s) if s == want => {
+                counts.ok += u64::from(counted);
+                counts.ok_all += 1;
+            }
             Ok(_) => counts.other_status += u64::from(counted),
             Err(_) => {
                 counts.errors += 1;
@@ -206,6 +229,8 @@ pub(crate) struct Latency {
     pub(crate) ack_us: Vec<u64>,
     pub(crate) refused: u64,
     pub(crate) duplicates: u64,
+    /// Events answered 202 whose delivery did not arrive within `DRAIN`.
+    pub(crate) missing: usize,
 }
 
 /// What an open-loop send stamped, per sequence number: the scheduled send
@@ -243,6 +268,17 @@ pub(crate) async fn send_paced(
     path: &'static str,
     timeout: Duration,
 ) -> Sent {
+    send_paced_on(&[addr], pace, path, timeout).await
+}
+
+/// `send_paced` with its connections dealt over `addrs` in turn (the
+/// servers of a fleet), so each gets every `addrs.len()`-th event.
+pub(crate) async fn send_paced_on(
+    addrs: &[SocketAddr],
+    pace: Pace,
+    path: &'static str,
+    timeout: Duration,
+) -> Sent {
     let events = pace.events();
     let sent: Vec<AtomicU64> = (0..events).map(|_| AtomicU64::new(0)).collect();
     let acked: Arc<Vec<AtomicU64>> = Arc::new((0..events).map(|_| AtomicU64::new(0)).collect());
@@ -250,7 +286,8 @@ pub(crate) async fn send_paced(
     let failed = Arc::new(AtomicU64::new(0));
     let mut queues = Vec::new();
     let mut workers = Vec::new();
-    for _ in 0..pace.connections {
+    for i in 0..pace.connections {
+        let addr = addrs[i % addrs.len()];
         let (tx, mut rx_seq) = mpsc::unbounded_channel::<usize>();
         queues.push(tx);
         let mut conn = connect(addr).await.expect("connect to relay");
@@ -294,7 +331,12 @@ pub(crate) async fn send_paced(
 /// (c): sends on `pace`, then waits up to `DRAIN` for the deliveries still
 /// on their way to `rx`.
 pub(crate) async fn paced(addr: SocketAddr, rx: &Receiver, pace: Pace) -> Latency {
-    let s = send_paced(addr, pace, "/bench/new_order", REQUEST_TIMEOUT).await;
+    paced_on(&[addr], rx, pace).await
+}
+
+/// `paced` with the connections dealt over `addrs` (the fleet of (h)).
+pub(crate) async fn paced_on(addrs: &[SocketAddr], rx: &Receiver, pace: Pace) -> Latency {
+    let s = send_paced_on(addrs, pace, "/bench/new_order", REQUEST_TIMEOUT).await;
     let deadline = Instant::now() + DRAIN;
     let acks = s.acks();
     while Instant::now() < deadline && rx.unique_arrivals() < acks {
@@ -306,6 +348,12 @@ pub(crate) async fn paced(addr: SocketAddr, rx: &Receiver, pace: Pace) -> Latenc
         ack_us: s.ack_us(),
         refused: s.refused + s.failed,
         duplicates: rx.duplicates.load(Ordering::Relaxed),
+        missing: s
+            .acked
+            .iter()
+            .zip(rx.arrived.iter())
+            .filter(|(a, r)| a.load(Ordering::Relaxed) > 0 && r.load(Ordering::Relaxed) == 0)
+            .count(),
     }
 }
 

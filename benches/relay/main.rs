@@ -26,7 +26,17 @@
 //!   (`backlog.rs`);
 //! - (g) file descriptors: 2,000 targets on 50 keep-alive receiver ports,
 //!   the relay's open fds at peak and 5 s, 35 s and 65 s after the load
-//!   (`fds.rs`).
+//!   (`fds.rs`);
+//! - (h) a fleet: two relays with `store.backend = "postgres"` on one
+//!   database of a throwaway local PostgreSQL 15 (fsync on), the loads of
+//!   (b) and (c) dealt over the two, and what the server did per event
+//!   (`fleet.rs`; the server is the tests' harness, `pg.rs`). Skipped,
+//!   saying why, where PostgreSQL is not installed; with `CI` set, that
+//!   fails the run instead.
+//!
+//! `HOOKRELAY_BENCH_ONLY=fleet` runs (a), (b) and (h) only: the fleet, the
+//! ceiling its ratio is taken against and the embedded store it is
+//! compared with, all in the same run (about a minute once built).
 //!
 //! `HOOKRELAY_BENCH_QUICK=1` shrinks (e), (f) and (g)'s load so the whole
 //! run takes about four minutes, most of it fixed waits (the janitor's
@@ -47,7 +57,9 @@
 mod backlog;
 mod fanout;
 mod fds;
+mod fleet;
 mod load;
+mod pg;
 mod procs;
 mod report;
 mod server;
@@ -62,7 +74,7 @@ use procs::{
     cpu_secs, flushes, machine_info, memory, relay_binary, start_plain_server, start_relay,
     Flushes, Memory,
 };
-use report::print_report;
+use report::{print_fleet_report, print_report};
 use server::{plain_server_main, Receiver};
 
 const ROLE_VAR: &str = "HOOKRELAY_BENCH_ROLE";
@@ -106,6 +118,26 @@ const GOAL_FANOUT_P99_RATIO: f64 = 2.0;
 const QUICK_VAR: &str = "HOOKRELAY_BENCH_QUICK";
 const BACKLOG_VAR: &str = "HOOKRELAY_BENCH_BACKLOG";
 const EGRESS_KEYS_VAR: &str = "HOOKRELAY_BENCH_EGRESS_KEYS";
+/// Environment: run only some sections (`fleet`: (a), (b) and (h)).
+const ONLY_VAR: &str = "HOOKRELAY_BENCH_ONLY";
+
+/// Which sections run.
+#[derive(Clone, Copy, PartialEq)]
+enum Only {
+    All,
+    /// (a), (b) and (h).
+    Fleet,
+}
+
+/// `HOOKRELAY_BENCH_ONLY`: unset or empty for every section, `fleet` for
+/// (a), (b) and (h); anything else stops the run before it starts.
+fn only() -> Only {
+    match std::env::var(ONLY_VAR).as_deref() {
+        Err(_) | Ok("") => Only::All,
+        Ok("fleet") => Only::Fleet,
+        Ok(other) => panic!("{ONLY_VAR}={other:?}: the sections that run alone are: fleet"),
+    }
+}
 
 /// `HOOKRELAY_BENCH_QUICK=1`: (e) up to 1,000 targets, (f) 20,000 events.
 fn quick() -> bool {
@@ -121,13 +153,16 @@ fn main() {
     if std::env::var(ROLE_VAR).as_deref() == Ok("plain") {
         plain_server_main();
     }
+    let only = only();
     base();
     println!("{}", machine_info());
     let quick = quick();
     let backlog_events = backlog::events(quick);
     println!(
         "mode: {}",
-        if quick {
+        if only == Only::Fleet {
+            format!("{ONLY_VAR}=fleet: (a), (b) and (h) only")
+        } else if quick {
             format!("quick ({QUICK_VAR}=1): (e) 1/100/1000 targets, (f) {backlog_events} events")
         } else {
             format!("full: (e) 1/100/10000 targets, (f) {backlog_events} events ({QUICK_VAR}=1 for a quick run)")
@@ -139,6 +174,12 @@ fn main() {
     let bin = relay_binary();
     progress("(b) durable ingest");
     let ingest = measure_ingest(&rt, &bin);
+    if only == Only::Fleet {
+        let fleet = fleet::measure(&rt, &bin);
+        progress("done");
+        print_fleet_report(&ceiling, &ingest, &fleet);
+        return;
+    }
     progress("(c) end-to-end at 1000/s");
     let end_to_end = measure_end_to_end(&rt, &bin, PACED);
     progress("(c) end-to-end at 5000/s");
@@ -146,6 +187,7 @@ fn main() {
     let fanout = fanout::measure(&rt, &bin, quick);
     let backlog = backlog::measure(&rt, &bin, backlog_events);
     let fds = fds::measure(&rt, &bin, quick);
+    let fleet = fleet::measure(&rt, &bin);
     progress("done");
     print_report(
         &ceiling,
@@ -154,6 +196,7 @@ fn main() {
         &fanout,
         &backlog,
         &fds,
+        &fleet,
     );
 }
 

@@ -94,7 +94,7 @@ pub(crate) fn relay_binary() -> PathBuf {
 }
 
 /// A free loopback port: bound, then released for the relay to take.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     let l = StdListener::bind("127.0.0.1:0").expect("bind");
     l.local_addr().expect("bound").port()
 }
@@ -707,18 +707,53 @@ impl Sampler {
     }
 }
 
-/// User + system CPU seconds `pid` has used (USER_HZ is 100 on Linux).
-pub(crate) fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+/// The fields of `/proc/<pid>/stat` after the command name, as numbers
+/// (the state letter reads as 0): ppid is `[1]`, utime `[11]`, stime
+/// `[12]`, cutime and cstime (reaped children) `[13]` and `[14]`.
+fn stat_fields(pid: u32) -> Option<Vec<f64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
     let f: Vec<f64> = rest
         .split_whitespace()
         .map(|x| x.parse().unwrap_or(0.0))
         .collect();
-    if f.len() < 13 {
+    (f.len() >= 15).then_some(f)
+}
+
+/// User + system CPU seconds `pid` has used (USER_HZ is 100 on Linux).
+pub(crate) fn cpu_secs(pid: u32) -> f64 {
+    stat_fields(pid).map_or(f64::NAN, |f| (f[11] + f[12]) / 100.0)
+}
+
+/// CPU seconds of `pid`, its children now running, and those it has
+/// reaped: a server that forks a process per connection (PostgreSQL's
+/// backends, which exit with their connection), counted whole.
+pub(crate) fn tree_cpu_secs(pid: u32) -> f64 {
+    let Some(own) = stat_fields(pid) else {
         return f64::NAN;
-    }
-    (f[11] + f[12]) / 100.0
+    };
+    let children: f64 = std::fs::read_dir("/proc")
+        .map(|dir| {
+            dir.flatten()
+                .take(100_000)
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(stat_fields)
+                .filter(|f| f[1] == f64::from(pid))
+                .map(|f| f[11] + f[12])
+                .sum()
+        })
+        .unwrap_or(0.0);
+    (own[11] + own[12] + own[13] + own[14] + children) / 100.0
+}
+
+/// The 1, 5 and 15 minute load averages, as /proc/loadavg has them.
+pub(crate) fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 pub(crate) fn machine_info() -> String {
@@ -735,29 +770,26 @@ pub(crate) fn machine_info() -> String {
         .find_map(|l| l.strip_prefix("MemTotal:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(f64::NAN, |k| k / 1024.0 / 1024.0);
-    let load = read("/proc/loadavg");
-    let load = load
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ");
+    let load = load_average();
     format!(
         "machine: {nproc} CPUs, {model}, Linux {}, {mem_gib:.1} GiB RAM\n\
-         before the run: load average {load}, rustc processes running: {}",
+         before the run: load average {load}, compiler processes running: {}",
         read("/proc/sys/kernel/osrelease").trim(),
-        rustc_processes()
+        compiler_processes()
     )
 }
 
-/// How many `rustc` processes run now: a concurrent build skews the figures.
-fn rustc_processes() -> usize {
+/// How many compiler processes (`rustc`, and `clippy-driver`, which
+/// compiles too) run now: a concurrent build skews the figures.
+pub(crate) fn compiler_processes() -> usize {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return 0;
     };
     dir.flatten()
         .take(100_000)
         .filter(|e| {
-            std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == "rustc")
+            std::fs::read_to_string(e.path().join("comm"))
+                .is_ok_and(|c| matches!(c.trim(), "rustc" | "clippy-driver"))
         })
         .count()
 }

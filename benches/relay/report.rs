@@ -1,4 +1,4 @@
-//! The report: the figures of (a) to (g) as tables, and the goals they are
+//! The report: the figures of (a) to (h) as tables, and the goals they are
 //! checked against.
 
 use std::time::Duration;
@@ -6,8 +6,9 @@ use std::time::Duration;
 use crate::backlog::{self, Backlog, End, RSS_CAP_MIB};
 use crate::fanout::{self, Case};
 use crate::fds::{self, Fds};
-use crate::load::{pct_ms, Latency, Throughput};
-use crate::procs::{unit_fd_limit, Flushes, LogSummary, Memory};
+use crate::fleet::{self, DrainEnd, Fleet, LatencyRun, Readings};
+use crate::load::{pct_ms, Latency, Pace, Throughput};
+use crate::procs::{compiler_processes, load_average, unit_fd_limit, Flushes, LogSummary, Memory};
 use crate::{
     Ceiling, EndToEnd, Ingest, BODY_BYTES, CONNECTIONS, DRAIN, EGRESS_KEYS_VAR,
     GOAL_FANOUT_P99_RATIO, GOAL_INGEST_RATIO, GOAL_P99_MS, GOAL_RSS_MIB, MEASURE, WARMUP,
@@ -30,13 +31,9 @@ pub(crate) fn print_report(
     fanout: &[Case],
     backlog: &Backlog,
     fds: &Fds,
+    fleet: &Fleet,
 ) {
-    println!(
-        "\nload (a), (b): {CONNECTIONS} keep-alive HTTP/1.1 connections, {BODY_BYTES} B JSON POSTs, \
-         {}s warm-up + {}s counted\n{RULE}",
-        WARMUP.as_secs(),
-        MEASURE.as_secs()
-    );
+    print_load_header();
     print_throughput(ceiling, ingest);
     for run in e2e {
         println!("{RULE}");
@@ -52,7 +49,38 @@ pub(crate) fn print_report(
     println!("{RULE}");
     print_fds(fds, ceiling_rate);
     println!("{RULE}");
+    print_fleet(fleet, ceiling, ingest);
+    println!("{RULE}");
     print_goals(ceiling, ingest, e2e, fanout);
+    print_load_after();
+}
+
+/// `HOOKRELAY_BENCH_ONLY=fleet`: (a), (b) and (h).
+pub(crate) fn print_fleet_report(ceiling: &Ceiling, ingest: &Ingest, fleet: &Fleet) {
+    print_load_header();
+    print_throughput(ceiling, ingest);
+    println!("{RULE}");
+    print_fleet(fleet, ceiling, ingest);
+    println!("{RULE}");
+    print_load_after();
+}
+
+fn print_load_header() {
+    println!(
+        "\nload (a), (b): {CONNECTIONS} keep-alive HTTP/1.1 connections, {BODY_BYTES} B JSON POSTs, \
+         {}s warm-up + {}s counted\n{RULE}",
+        WARMUP.as_secs(),
+        MEASURE.as_secs()
+    );
+}
+
+/// Other work on the machine skews the figures: say how busy it was.
+fn print_load_after() {
+    println!(
+        "after the run: load average {}, compiler processes running: {}",
+        load_average(),
+        compiler_processes()
+    );
 }
 
 /// Server CPU µs per counted request, over the whole run (warm-up included).
@@ -611,4 +639,283 @@ fn print_fds(f: &Fds, ceiling: f64) {
         r.mem_after.rss_mib
     );
     print_log("relay", &r.log);
+}
+
+// === (h) ===
+
+fn print_fleet(f: &Fleet, ceiling: &Ceiling, sled: &Ingest) {
+    println!(
+        "(h) fleet: {} relays with store.backend = \"postgres\" on one database of a local PostgreSQL \
+         (store.postgres: url set, the rest at its defaults); route, target and [delivery] as (b)",
+        fleet::RELAYS
+    );
+    let ran = match f {
+        Fleet::Skipped(why) => {
+            println!("    SKIPPED: {why}");
+            return;
+        }
+        Fleet::Ran(ran) => ran,
+    };
+    if let Some(keys) = &ran.extra_keys {
+        println!(
+            "    [store.postgres] also: {} ({})",
+            keys.lines().collect::<Vec<_>>().join("; "),
+            fleet::PG_KEYS_VAR
+        );
+    }
+    let settings: Vec<String> = ran
+        .settings
+        .iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect();
+    println!("    server: {}", settings.join(", "));
+    if let Err(why) = &ran.statements {
+        println!("    statement counts: not measured ({why})");
+    }
+    let ceiling_rate = ceiling.load.per_sec();
+    match &ran.ingest {
+        Ok(run) => {
+            let total = Throughput::sum(&run.load);
+            println!(
+                "    load: as (b), its {CONNECTIONS} connections dealt over the {} relays in turn",
+                fleet::RELAYS
+            );
+            println!(
+                "{:<40}{:>12}{:>10}{:>14}",
+                "", "req/s", "vs (a)", "vs (b) sled"
+            );
+            println!(
+                "{:<40}{:>12.0}{:>10.3}{:>14.2}",
+                "(h) fleet durable ingest, 202",
+                total.per_sec(),
+                total.per_sec() / ceiling_rate,
+                total.per_sec() / sled.load.per_sec()
+            );
+            let per: Vec<String> = run
+                .load
+                .iter()
+                .enumerate()
+                .map(|(i, t)| format!("relay {} {:.0} req/s", i + 1, t.per_sec()))
+                .collect();
+            println!(
+                "    {}; other statuses {}, errors {}",
+                per.join(", "),
+                total.other_status,
+                total.errors
+            );
+            let window = (WARMUP + MEASURE).as_secs_f64();
+            println!(
+                "    deliveries received during the load: {:.0}/s; 202s of the load (warm-up included) {}, not yet delivered at its end {}",
+                run.delivered_during as f64 / window,
+                run.drain.owed,
+                run.drain.owed.saturating_sub(run.delivered_during)
+            );
+            let d = &run.drain;
+            println!(
+                "    after the load: {} of {} delivered (duplicates included) {} after it{}",
+                d.delivered,
+                d.owed,
+                secs(d.took),
+                match d.end {
+                    DrainEnd::Done => String::new(),
+                    DrainEnd::Stalled => " — STALLED, nothing more came".into(),
+                    DrainEnd::Deadline => format!(
+                        " — DEADLINE, gave up {}s after the load",
+                        fleet::DRAIN_LIMIT.as_secs()
+                    ),
+                }
+            );
+            print_readings(&run.readings, d.owed);
+        }
+        Err(e) => println!("    ingest: not measured: {e}"),
+    }
+    for (pace, run) in &ran.latency {
+        println!("{RULE}");
+        print_fleet_latency(*pace, run);
+    }
+}
+
+fn print_fleet_latency(pace: Pace, run: &Result<LatencyRun, String>) {
+    match run {
+        Ok(run) => {
+            let l = &run.latency;
+            let p = l.pace;
+            println!(
+                "(h) fleet end to end: {} events/s for {}s over {} connections dealt over the {} relays (open loop)",
+                p.rate,
+                p.secs,
+                p.connections,
+                fleet::RELAYS
+            );
+            println!(
+                "{:<40}{:>10}{:>10}{:>10}{:>8}",
+                "", "p50 ms", "p99 ms", "max ms", "n"
+            );
+            for (name, v) in [
+                ("    POST sent -> delivery received", &l.end_to_end_us),
+                ("    POST sent -> 202 received", &l.ack_us),
+            ] {
+                println!(
+                    "{name:<40}{:>10.2}{:>10.2}{:>10.2}{:>8}",
+                    pct_ms(v, 50.0),
+                    pct_ms(v, 99.0),
+                    pct_ms(v, 100.0),
+                    v.len()
+                );
+            }
+            println!(
+                "    202s {} of {}; refused or failed {}; missing (202 but no delivery within {}s) {}; duplicate deliveries {}",
+                l.ack_us.len(),
+                p.events(),
+                l.refused,
+                DRAIN.as_secs(),
+                l.missing,
+                l.duplicates
+            );
+            print_readings(&run.readings, l.ack_us.len() as u64);
+        }
+        Err(e) => println!("(h) fleet end to end at {}/s: not measured: {e}", pace.rate),
+    }
+}
+
+/// A fleet run's costs, `events` (the run's 202s) the denominator.
+fn print_readings(r: &Readings, events: u64) {
+    let n = events.max(1) as f64;
+    for (i, relay) in r.relays.iter().enumerate() {
+        match relay.flushes {
+            Some(f) => println!(
+                "    relay {} commits of accepted events: {:.0}, {:.1} events and {:.2} ms each (its /metrics)",
+                i + 1,
+                f.count,
+                f.events_per_flush,
+                f.ms_per_flush
+            ),
+            None => println!("    relay {} commits: not reported (no /metrics)", i + 1),
+        }
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let wall = r.elapsed.as_secs_f64();
+    let relays: Vec<String> = r
+        .relays
+        .iter()
+        .map(|x| format!("{:.2}", x.cpu_secs))
+        .collect();
+    println!(
+        "    CPU s from the relays' start to their stop ({:.1}s, {:.1} CPU-s on {cpus:.0} CPUs): relays {} , PostgreSQL {:.2}, bench (load + receiver) {:.2}",
+        wall,
+        wall * cpus,
+        relays.join(" + "),
+        r.postgres_cpu,
+        r.bench_cpu
+    );
+    println!(
+        "    CPU per 202 ({events} of them): relays {:.0} µs, PostgreSQL {:.0} µs, bench {:.0} µs",
+        r.relays_cpu() * 1e6 / n,
+        r.postgres_cpu * 1e6 / n,
+        r.bench_cpu * 1e6 / n
+    );
+    match &r.activity {
+        Ok(a) => {
+            let sessions: u64 = a.seen.iter().map(|(_, n)| n).sum();
+            println!(
+                "    the relays' sessions while the load ran ({} samples of pg_stat_activity, {:.0} ms apart): {:.1} on average",
+                a.samples,
+                fleet::SAMPLE_EVERY.as_millis(),
+                sessions as f64 / a.samples.max(1) as f64
+            );
+            for (what, n) in a.seen.iter().take(fleet::TOP_WAITS) {
+                println!("    {:>9.2} {what}", *n as f64 / a.samples.max(1) as f64);
+            }
+            println!("    locks waited for (pg_locks, not granted), waiters on average:");
+            for (what, n) in a.lock_waits.iter().take(fleet::TOP_WAITS) {
+                println!("    {:>9.2} {what}", *n as f64 / a.samples.max(1) as f64);
+            }
+        }
+        Err(e) => println!("    sessions: not sampled: {e}"),
+    }
+    match &r.server {
+        Ok(s) => {
+            println!(
+                "    server per 202: {:.2} write transactions, {:.2} commits ({} rolled back in all), {:.2} WAL syncs, {:.2} WAL writes, {:.0} WAL bytes in {:.1} records",
+                s.write_xacts as f64 / n,
+                s.xact_commit as f64 / n,
+                s.xact_rollback,
+                s.wal_sync as f64 / n,
+                s.wal_write as f64 / n,
+                s.wal_bytes as f64 / n,
+                s.wal_records as f64 / n
+            );
+            println!(
+                "    rows per 202: {:.2} inserted, {:.2} updated, {:.2} deleted",
+                s.tup_inserted as f64 / n,
+                s.tup_updated as f64 / n,
+                s.tup_deleted as f64 / n
+            );
+        }
+        Err(e) => println!("    server counters: not read: {e}"),
+    }
+    match &r.statements {
+        Ok(list) => {
+            let calls: i64 = list.iter().map(|s| s.calls).sum();
+            let ms: f64 = list.iter().map(|s| s.total_ms).sum();
+            println!(
+                "    statements (pg_stat_statements): {calls} in all, {:.2} per 202, {:.0} µs of execution per 202; most called:",
+                calls as f64 / n,
+                ms * 1000.0 / n
+            );
+            println!(
+                "    {:>9}{:>10}{:>9}  statement",
+                "per 202", "rows/call", "µs/call"
+            );
+            for st in list.iter().take(fleet::TOP_STATEMENTS) {
+                let q: String = st.query.chars().take(96).collect();
+                println!(
+                    "    {:>9.3}{:>10.1}{:>9.0}  {q}",
+                    st.calls as f64 / n,
+                    st.rows as f64 / st.calls.max(1) as f64,
+                    st.total_ms * 1000.0 / st.calls.max(1) as f64
+                );
+            }
+        }
+        Err(e) => println!("    statements: not counted: {e}"),
+    }
+    match &r.tables {
+        Ok(t) => {
+            const STATES: [&str; 5] = ["pending", "in flight", "succeeded", "dead", "cancelled"];
+            let states: Vec<String> = t
+                .by_state
+                .iter()
+                .map(|(s, count)| {
+                    let name = STATES.get(*s as usize).copied().unwrap_or("unknown");
+                    format!("{name} {count}")
+                })
+                .collect();
+            println!(
+                "    in the database at the end: events {}, attempts {}, deliveries: {}",
+                t.events,
+                t.attempts,
+                states.join(", ")
+            );
+            let updates: Vec<String> = t
+                .updates
+                .iter()
+                .map(|(table, n, hot)| format!("{table} {n} ({hot} HOT)"))
+                .collect();
+            println!(
+                "    rows updated (pg_stat_user_tables; HOT: no index entry written): {}",
+                updates.join(", ")
+            );
+        }
+        Err(e) => println!("    tables: not read: {e}"),
+    }
+    for (i, relay) in r.relays.iter().enumerate() {
+        println!(
+            "    relay {} at its stop: VmRSS {:.1} MiB (VmHWM {:.1}), {:.0} threads",
+            i + 1,
+            relay.mem.rss_mib,
+            relay.mem.hwm_mib,
+            relay.mem.threads
+        );
+        print_log(&format!("relay {}", i + 1), &relay.log);
+    }
 }
