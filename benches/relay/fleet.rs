@@ -47,8 +47,8 @@ use tokio_postgres::{Client, NoTls, Row};
 use crate::load::{closed_loop_on, paced_on, Latency, Pace, Throughput};
 use crate::pg::Postgres;
 use crate::procs::{
-    cpu_secs, flushes, log_summary, memory, tree_cpu_secs, Flushes, LogSummary, Memory,
-    RelayConfig, RelayDir, Spawned,
+    children_cpu, cpu_secs, flushes, log_summary, memory, tree_cpu_secs, Flushes, LogSummary,
+    Memory, RelayConfig, RelayDir, Spawned,
 };
 use crate::server::Receiver;
 use crate::{progress, PACED, STARTUP};
@@ -157,6 +157,11 @@ pub(crate) struct Readings {
     /// CPU seconds of PostgreSQL (every process of the server) and of
     /// this bench process (load generator and receiver).
     pub(crate) postgres_cpu: f64,
+    /// Of `postgres_cpu`: the relays' sessions; and each of the server's
+    /// own processes (checkpointer, WAL writer, autovacuum...) by name.
+    /// The rest is the bench's sessions and processes that exited.
+    pub(crate) postgres_sessions_cpu: f64,
+    pub(crate) postgres_own_cpu: Vec<(String, f64)>,
     pub(crate) bench_cpu: f64,
     pub(crate) server: Result<ServerDelta, String>,
     pub(crate) statements: Result<Vec<Statement>, String>,
@@ -375,6 +380,8 @@ struct Pair {
     activity: Result<Activity, String>,
     before: Result<ServerStats, String>,
     postgres_cpu: f64,
+    /// The server's processes and their CPU seconds at the start.
+    postgres_children: HashMap<u32, f64>,
     bench_cpu: f64,
     postmaster: Option<u32>,
     started: Instant,
@@ -400,6 +407,12 @@ impl Pair {
         let mut pair = Pair {
             before: rt.block_on(monitor.stats(&db)),
             postgres_cpu: postmaster.map_or(f64::NAN, tree_cpu_secs),
+            postgres_children: postmaster
+                .map(children_cpu)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(pid, _, cpu)| (pid, cpu))
+                .collect(),
             bench_cpu: cpu_secs(std::process::id()),
             postmaster,
             db,
@@ -428,6 +441,19 @@ impl Pair {
     /// Reads each relay, stops it (`kill -9`), waits for its sessions to
     /// leave the server, then reads the server.
     fn stop(self, rt: &tokio::runtime::Runtime, monitor: &Monitor, tracked: bool) -> Readings {
+        // What each of the server's processes did, while the relays'
+        // sessions are still there to be read.
+        let (mut sessions_cpu, mut own) = (0.0, HashMap::<String, f64>::new());
+        for (pid, cmdline, cpu) in self.postmaster.map(children_cpu).unwrap_or_default() {
+            let used = cpu - self.postgres_children.get(&pid).copied().unwrap_or(0.0);
+            if cmdline.contains(&format!(" {} ", self.db)) {
+                sessions_cpu += used;
+            } else if let Some(name) = server_process(&cmdline) {
+                *own.entry(name).or_default() += used;
+            }
+        }
+        let mut own: Vec<(String, f64)> = own.into_iter().collect();
+        own.sort_by(|a, b| b.1.total_cmp(&a.1));
         let mut relays = Vec::new();
         // Each dir (and its log) goes once its relay has been read.
         for (dir, spawned) in self.relays {
@@ -462,12 +488,33 @@ impl Pair {
             activity: self.activity,
             relays,
             postgres_cpu: self.postmaster.map_or(f64::NAN, tree_cpu_secs) - self.postgres_cpu,
+            postgres_sessions_cpu: sessions_cpu,
+            postgres_own_cpu: own,
             bench_cpu: cpu_secs(std::process::id()) - self.bench_cpu,
             server,
             statements,
             tables,
         }
     }
+}
+
+/// The name of one of the server's own processes from its title
+/// (`postgres: checkpointer`, `postgres: autovacuum worker`), or `None`
+/// for a session (`postgres: <user> <database> <client> <state>`).
+fn server_process(cmdline: &str) -> Option<String> {
+    const OWN: &[&str] = &[
+        "checkpointer",
+        "background writer",
+        "walwriter",
+        "autovacuum",
+        "logical replication",
+        "archiver",
+        "stats",
+    ];
+    let title = cmdline.strip_prefix("postgres: ")?;
+    OWN.iter()
+        .any(|p| title.starts_with(p))
+        .then(|| title.to_string())
 }
 
 /// The postmaster's pid: the first line of `postmaster.pid` in the data

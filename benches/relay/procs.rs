@@ -746,6 +746,30 @@ pub(crate) fn tree_cpu_secs(pid: u32) -> f64 {
     (own[11] + own[12] + own[13] + own[14] + children) / 100.0
 }
 
+/// The children of `pid` now running: pid, command line (a server such
+/// as PostgreSQL shows there what each process is), CPU seconds.
+pub(crate) fn children_cpu(pid: u32) -> Vec<(u32, String, f64)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .take(100_000)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|child| {
+            let f = stat_fields(child)?;
+            if f[1] != f64::from(pid) {
+                return None;
+            }
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline)
+                .replace('\0', " ")
+                .trim()
+                .to_string();
+            Some((child, cmdline, (f[11] + f[12]) / 100.0))
+        })
+        .collect()
+}
+
 /// The 1, 5 and 15 minute load averages, as /proc/loadavg has them.
 pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")

@@ -808,6 +808,20 @@ fn print_readings(r: &Readings, events: u64) {
         r.postgres_cpu,
         r.bench_cpu
     );
+    let own: Vec<String> = r
+        .postgres_own_cpu
+        .iter()
+        .filter(|(_, cpu)| *cpu >= 0.005)
+        .map(|(name, cpu)| format!("{name} {cpu:.2}"))
+        .collect();
+    let own_total: f64 = r.postgres_own_cpu.iter().map(|(_, cpu)| cpu).sum();
+    println!(
+        "    of PostgreSQL's: the relays' sessions {:.2}, the server's own processes {:.2} ({}), the rest (the bench's sessions, processes that exited) {:.2}",
+        r.postgres_sessions_cpu,
+        own_total,
+        if own.is_empty() { "none above 0.005".into() } else { own.join(", ") },
+        r.postgres_cpu - r.postgres_sessions_cpu - own_total
+    );
     println!(
         "    CPU per 202 ({events} of them): relays {:.0} µs, PostgreSQL {:.0} µs, bench {:.0} µs",
         r.relays_cpu() * 1e6 / n,
