@@ -51,7 +51,7 @@ use crate::procs::{
     Memory, RelayConfig, RelayDir, Spawned,
 };
 use crate::server::Receiver;
-use crate::{progress, PACED, STARTUP};
+use crate::{progress, PACED, PG_KEYS_VAR, STARTUP};
 
 /// The second end-to-end run: a rate the fleet keeps up with here.
 pub(crate) const SUSTAINED: Pace = Pace {
@@ -61,8 +61,6 @@ pub(crate) const SUSTAINED: Pace = Pace {
 };
 /// Relays in the fleet.
 pub(crate) const RELAYS: usize = 2;
-/// Environment: lines added to the relays' `[store.postgres]`.
-pub(crate) const PG_KEYS_VAR: &str = "HOOKRELAY_BENCH_PG_KEYS";
 /// How often the sampler reads `pg_stat_activity`, and at most how many
 /// times in one load.
 pub(crate) const SAMPLE_EVERY: Duration = Duration::from_millis(50);

@@ -118,8 +118,10 @@ const GOAL_FANOUT_P99_RATIO: f64 = 2.0;
 const QUICK_VAR: &str = "HOOKRELAY_BENCH_QUICK";
 const BACKLOG_VAR: &str = "HOOKRELAY_BENCH_BACKLOG";
 const EGRESS_KEYS_VAR: &str = "HOOKRELAY_BENCH_EGRESS_KEYS";
-/// Environment: run only some sections (`fleet`: (a), (b) and (h)).
+/// Environment: run only some sections (`fleet`: (a), (b) and (h)); lines
+/// added to the fleet's `[store.postgres]`.
 const ONLY_VAR: &str = "HOOKRELAY_BENCH_ONLY";
+const PG_KEYS_VAR: &str = "HOOKRELAY_BENCH_PG_KEYS";
 
 /// Which sections run.
 #[derive(Clone, Copy, PartialEq)]

@@ -11,7 +11,8 @@ use crate::load::{pct_ms, Latency, Pace, Throughput};
 use crate::procs::{compiler_processes, load_average, unit_fd_limit, Flushes, LogSummary, Memory};
 use crate::{
     Ceiling, EndToEnd, Ingest, BODY_BYTES, CONNECTIONS, DRAIN, EGRESS_KEYS_VAR,
-    GOAL_FANOUT_P99_RATIO, GOAL_INGEST_RATIO, GOAL_P99_MS, GOAL_RSS_MIB, MEASURE, WARMUP,
+    GOAL_FANOUT_P99_RATIO, GOAL_INGEST_RATIO, GOAL_P99_MS, GOAL_RSS_MIB, MEASURE, PG_KEYS_VAR,
+    WARMUP,
 };
 
 fn verdict(met: bool) -> &'static str {
@@ -660,7 +661,7 @@ fn print_fleet(f: &Fleet, ceiling: &Ceiling, sled: &Ingest) {
         println!(
             "    [store.postgres] also: {} ({})",
             keys.lines().collect::<Vec<_>>().join("; "),
-            fleet::PG_KEYS_VAR
+            PG_KEYS_VAR
         );
     }
     let settings: Vec<String> = ran
