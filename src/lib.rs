@@ -384,8 +384,7 @@ impl Relay {
             if running.store.path != config.store.path
                 || running.store.cache_bytes != config.store.cache_bytes
                 || running.store.backend != config.store.backend
-                || format!("{:?}", running.store.postgres) != format!("{:?}", config.store.postgres)
-                || running.store.postgres.url != config.store.postgres.url
+                || running.store.postgres != config.store.postgres
             {
                 keys.push("store");
             }

@@ -42,7 +42,7 @@ pub use self::sled::SledStore;
 pub use records::*;
 
 /// Why the store could not do what was asked.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("store I/O error: {0}")]
     Io(String),

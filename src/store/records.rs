@@ -272,6 +272,47 @@ pub struct Page {
     pub next: Option<DeliveryId>,
 }
 
+impl Page {
+    /// One page from `rows`, newest first: those matching `state` and
+    /// `target`, up to `limit`, looking at no more than `scan` rows; `next`
+    /// says where the next page starts when it stopped early. Both backends
+    /// page this way, so a cursor means the same on either.
+    pub fn collect(
+        rows: impl IntoIterator<Item = Result<(DeliveryId, Delivery), super::StoreError>>,
+        state: Option<State>,
+        target: Option<&str>,
+        limit: usize,
+        scan: usize,
+    ) -> Result<Page, super::StoreError> {
+        let mut deliveries = Vec::new();
+        let mut last = None;
+        for (n, row) in rows.into_iter().enumerate() {
+            let (id, d) = row?;
+            if n >= scan {
+                return Ok(Page {
+                    deliveries,
+                    next: last,
+                });
+            }
+            last = Some(id);
+            if state.is_some_and(|s| s != d.state) || target.is_some_and(|t| t != d.target) {
+                continue;
+            }
+            deliveries.push((id, d));
+            if deliveries.len() == limit {
+                return Ok(Page {
+                    deliveries,
+                    next: Some(id),
+                });
+            }
+        }
+        Ok(Page {
+            deliveries,
+            next: None,
+        })
+    }
+}
+
 /// Where an endpoint comes from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -384,6 +425,31 @@ pub struct Inbound {
     pub event: Option<EventId>,
 }
 
+impl Inbound {
+    /// The inbound log's record of a request `accept` took, as `a` says:
+    /// accepted, or a duplicate of the first event.
+    pub fn accepted(new: &NewEvent, a: &Accepted) -> Inbound {
+        Inbound {
+            at_ms: new.meta.received_at_ms,
+            source: new.meta.source.clone(),
+            method: "POST".into(),
+            path: new.path.clone(),
+            route: Some(new.meta.route.clone()),
+            event_type: Some(new.meta.event_type.clone()),
+            outcome: if a.duplicate {
+                Outcome::Duplicate
+            } else {
+                Outcome::Accepted
+            },
+            status: 202,
+            code: None,
+            reason: None,
+            deliveries: a.deliveries,
+            event: Some(a.id),
+        }
+    }
+}
+
 /// Which inbound records a listing wants.
 #[derive(Debug, Clone, Default)]
 pub struct InboundFilter {
@@ -411,6 +477,41 @@ pub struct InboundPage {
     pub records: Vec<(InboundId, Inbound)>,
     /// Where the next page starts (`after`), if there may be more.
     pub next: Option<InboundId>,
+}
+
+impl InboundPage {
+    /// One page from `records`, newest first, as [`Page::collect`] makes
+    /// one of deliveries.
+    pub fn collect(
+        records: impl IntoIterator<Item = Result<(InboundId, Inbound), super::StoreError>>,
+        filter: &InboundFilter,
+        limit: usize,
+        scan: usize,
+    ) -> Result<InboundPage, super::StoreError> {
+        let mut out = Vec::new();
+        for (n, record) in records.into_iter().enumerate() {
+            let (id, r) = record?;
+            if filter.matches(&r) {
+                out.push((id, r));
+                if out.len() == limit {
+                    return Ok(InboundPage {
+                        next: Some(id),
+                        records: out,
+                    });
+                }
+            }
+            if n + 1 >= scan {
+                return Ok(InboundPage {
+                    records: out,
+                    next: Some(id),
+                });
+            }
+        }
+        Ok(InboundPage {
+            records: out,
+            next: None,
+        })
+    }
 }
 
 // === history ===

@@ -74,6 +74,18 @@ impl Inner {
     }
 }
 
+/// In-flight deliveries went back to pending (`rows`: their targets):
+/// counted, and the fleet told.
+async fn back_to_pending(inner: &Inner, rows: &[Row]) -> Result<(), StoreError> {
+    inner.moved(
+        Some(State::InFlight),
+        Some(State::Pending),
+        rows.len() as i64,
+    );
+    inner.announce(&targets_of(rows)?).await;
+    Ok(())
+}
+
 /// The distinct targets of the returned rows' first column.
 fn targets_of(rows: &[Row]) -> Result<Vec<String>, StoreError> {
     let mut seen = HashSet::new();
@@ -354,12 +366,7 @@ pub(super) async fn release(inner: &Inner, id: DeliveryId, at: u64) -> Result<()
         .await
         .map_err(|e| inner.db(e))?;
     drop(c);
-    inner.moved(
-        Some(State::InFlight),
-        Some(State::Pending),
-        rows.len() as i64,
-    );
-    inner.announce(&targets_of(&rows)?).await;
+    back_to_pending(inner, &rows).await?;
     Ok(())
 }
 
@@ -522,12 +529,7 @@ pub(super) async fn reap(inner: &Inner) -> Result<usize, StoreError> {
         deliveries = rows.len(),
         "deliveries whose claim lapsed are pending again"
     );
-    inner.moved(
-        Some(State::InFlight),
-        Some(State::Pending),
-        rows.len() as i64,
-    );
-    inner.announce(&targets_of(&rows)?).await;
+    back_to_pending(inner, &rows).await?;
     Ok(rows.len())
 }
 
@@ -593,12 +595,7 @@ pub(super) async fn give_back_all(inner: &Inner) -> Result<usize, StoreError> {
         .await
         .map_err(|e| inner.db(e))?;
     drop(c);
-    inner.moved(
-        Some(State::InFlight),
-        Some(State::Pending),
-        rows.len() as i64,
-    );
-    inner.announce(&targets_of(&rows)?).await;
+    back_to_pending(inner, &rows).await?;
     Ok(rows.len())
 }
 

@@ -18,9 +18,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{db_error, retryable, to_json, Cached, Inner};
-use crate::store::{
-    now_ms, Accepted, DeliveryId, EventId, Inbound, NewEvent, Outcome, State, StoreError,
-};
+use crate::store::{now_ms, Accepted, DeliveryId, EventId, Inbound, NewEvent, State, StoreError};
 
 /// Most events written in one transaction.
 const MAX_BATCH: usize = 256;
@@ -111,26 +109,13 @@ pub(super) async fn committer(
                     Failure::Store(e) => inner.failed(e),
                 };
                 for w in batch {
-                    let _ = w.done.send(Err(clone_error(&e)));
+                    let _ = w.done.send(Err(e.clone()));
                 }
             }
         }
     }
     inner.committers.fetch_sub(1, Ordering::Relaxed);
     inner.committers_stopped.notify_waiters();
-}
-
-fn clone_error(e: &StoreError) -> StoreError {
-    match e {
-        StoreError::DiskFull { free } => StoreError::DiskFull { free: *free },
-        StoreError::Full { used, limit } => StoreError::Full {
-            used: *used,
-            limit: *limit,
-        },
-        StoreError::Unavailable(s) => StoreError::Unavailable(s.clone()),
-        StoreError::Closed => StoreError::Closed,
-        other => StoreError::Commit(other.to_string()),
-    }
 }
 
 enum Failure {
@@ -328,7 +313,7 @@ async fn commit(inner: &Inner, batch: &[&NewEvent]) -> Result<Vec<Accepted>, Fai
     let records: Vec<serde_json::Value> = batch
         .iter()
         .zip(&answers)
-        .map(|(n, a)| to_json(&inbound(n, a)))
+        .map(|(n, a)| to_json(&Inbound::accepted(n, a)))
         .collect();
     tx.exec(
         "INSERT INTO inbound (id, record) SELECT * FROM unnest($1::bytea[], $2::jsonb[])",
@@ -361,26 +346,4 @@ async fn commit(inner: &Inner, batch: &[&NewEvent]) -> Result<Vec<Accepted>, Fai
             .await;
     }
     Ok(answers)
-}
-
-/// The inbound log's record of an accepted (or duplicate) request.
-fn inbound(new: &NewEvent, a: &Accepted) -> Inbound {
-    Inbound {
-        at_ms: new.meta.received_at_ms,
-        source: new.meta.source.clone(),
-        method: "POST".into(),
-        path: new.path.clone(),
-        route: Some(new.meta.route.clone()),
-        event_type: Some(new.meta.event_type.clone()),
-        outcome: if a.duplicate {
-            Outcome::Duplicate
-        } else {
-            Outcome::Accepted
-        },
-        status: 202,
-        code: None,
-        reason: None,
-        deliveries: a.deliveries,
-        event: Some(a.id),
-    }
 }

@@ -7,7 +7,7 @@ use serde::Deserialize;
 /// The PostgreSQL backend's settings. `url` is the text after `env:` and
 /// `file:` values were read (the config module reads them); it may hold
 /// a password, so `Debug` never shows it.
-#[derive(Clone, Deserialize)]
+#[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresConfig {
     /// `postgres://user:password@host:port/database?sslmode=...`, or

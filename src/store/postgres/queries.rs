@@ -116,32 +116,7 @@ pub(super) async fn list_deliveries(
         )
         .await
         .map_err(|e| inner.db(e))?;
-    let mut deliveries = Vec::new();
-    let mut last = None;
-    for (n, row) in rows.iter().enumerate() {
-        let (id, d) = delivery_row(row)?;
-        if n >= scan {
-            return Ok(Page {
-                deliveries,
-                next: last,
-            });
-        }
-        last = Some(id);
-        if state.is_some_and(|s| s != d.state) || target.is_some_and(|t| t != d.target) {
-            continue;
-        }
-        deliveries.push((id, d));
-        if deliveries.len() == limit {
-            return Ok(Page {
-                deliveries,
-                next: Some(id),
-            });
-        }
-    }
-    Ok(Page {
-        deliveries,
-        next: None,
-    })
+    Page::collect(rows.iter().map(delivery_row), state, target, limit, scan)
 }
 
 // === endpoints and counters ===
@@ -383,33 +358,12 @@ pub(super) async fn inbound(
         )
         .await
         .map_err(|e| inner.db(e))?;
-    let mut records = Vec::new();
-    let mut looked = 0;
-    for row in &rows {
+    let records = rows.iter().map(|row| {
         let id = InboundId::from_key(col::<&[u8]>(row, 0, "inbound")?)
             .ok_or_else(|| corrupt("inbound", "bad id"))?;
-        let r: Inbound = json(col(row, 1, "inbound")?, "inbound")?;
-        looked += 1;
-        if filter.matches(&r) {
-            records.push((id, r));
-            if records.len() == limit {
-                return Ok(InboundPage {
-                    next: Some(id),
-                    records,
-                });
-            }
-        }
-        if looked >= scan {
-            return Ok(InboundPage {
-                records,
-                next: Some(id),
-            });
-        }
-    }
-    Ok(InboundPage {
-        records,
-        next: None,
-    })
+        Ok((id, json(col(row, 1, "inbound")?, "inbound")?))
+    });
+    InboundPage::collect(records, filter, limit, scan)
 }
 
 /// Oldest first: records older than `cutoff_ms`, and those beyond the

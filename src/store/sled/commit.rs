@@ -23,7 +23,7 @@ use crate::store::sled::keys::{
 };
 use crate::store::sled::{tx_error, Sled};
 use crate::store::{
-    now_ms, Accepted, Delivery, DeliveryId, EventId, Inbound, NewEvent, Outcome, State, StoreError,
+    now_ms, Accepted, Delivery, DeliveryId, EventId, Inbound, NewEvent, State, StoreError,
 };
 
 /// Most events written in one commit.
@@ -175,24 +175,7 @@ impl Sled {
         let mut logged = Vec::with_capacity(batch.len());
         for (new, a) in batch.iter().zip(&accepted) {
             let id = self.next_ids(0).0 .0;
-            let record = Inbound {
-                at_ms: new.meta.received_at_ms,
-                source: new.meta.source.clone(),
-                method: "POST".into(),
-                path: new.path.clone(),
-                route: Some(new.meta.route.clone()),
-                event_type: Some(new.meta.event_type.clone()),
-                outcome: if a.duplicate {
-                    Outcome::Duplicate
-                } else {
-                    Outcome::Accepted
-                },
-                status: 202,
-                code: None,
-                reason: None,
-                deliveries: a.deliveries,
-                event: Some(a.id),
-            };
+            let record = Inbound::accepted(new, a);
             if self
                 .inbound
                 .insert(id.0.to_be_bytes(), encode(&record))

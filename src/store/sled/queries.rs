@@ -34,36 +34,15 @@ impl Sled {
             Some(a) => self.deliveries.range(..a.to_key()),
             None => self.deliveries.iter(),
         };
-        let mut deliveries = Vec::new();
-        let mut last = None;
-        for (n, item) in iter.rev().enumerate() {
-            let (k, v) = item?;
-            let Some(id) = DeliveryId::from_key(&k) else {
-                continue;
+        let rows = iter.rev().filter_map(|item| {
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e.into())),
             };
-            if n >= scan {
-                return Ok(Page {
-                    deliveries,
-                    next: last,
-                });
-            }
-            last = Some(id);
-            let d = self.shown(id, decode("deliveries", &v)?);
-            if state.is_some_and(|s| s != d.state) || target.is_some_and(|t| t != d.target) {
-                continue;
-            }
-            deliveries.push((id, d));
-            if deliveries.len() == limit {
-                return Ok(Page {
-                    deliveries,
-                    next: Some(id),
-                });
-            }
-        }
-        Ok(Page {
-            deliveries,
-            next: None,
-        })
+            let id = DeliveryId::from_key(&k)?;
+            Some(decode("deliveries", &v).map(|d| (id, self.shown(id, d))))
+        });
+        Page::collect(rows, state, target, limit, scan)
     }
 
     /// Re-queues a delivery now, with a fresh attempt budget. Refused for
@@ -279,35 +258,15 @@ impl Sled {
             Some(a) => self.inbound.range(..a.to_key()),
             None => self.inbound.iter(),
         };
-        let mut records = Vec::new();
-        let mut looked = 0;
-        for item in iter.rev() {
-            let (k, v) = item?;
-            let Some(id) = InboundId::from_key(&k) else {
-                continue;
+        let records = iter.rev().filter_map(|item| {
+            let (k, v) = match item {
+                Ok(kv) => kv,
+                Err(e) => return Some(Err(e.into())),
             };
-            looked += 1;
-            let r: Inbound = decode("inbound", &v)?;
-            if filter.matches(&r) {
-                records.push((id, r));
-                if records.len() == limit {
-                    return Ok(InboundPage {
-                        next: Some(id),
-                        records,
-                    });
-                }
-            }
-            if looked >= scan {
-                return Ok(InboundPage {
-                    records,
-                    next: Some(id),
-                });
-            }
-        }
-        Ok(InboundPage {
-            records,
-            next: None,
-        })
+            let id = InboundId::from_key(&k)?;
+            Some(decode("inbound", &v).map(|r| (id, r)))
+        });
+        InboundPage::collect(records, filter, limit, scan)
     }
 
     /// Oldest first, in sled batches of `TRIM_BATCH` removals: one batch
