@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use tokio_postgres::Row;
 
-use super::{col, delivery_row, state_code, to_json, Cached, Inner, DELIVERY};
+use super::{col, delivery_row, outcomes, pipeline, state_code, to_json, Cached, Inner, DELIVERY};
 use crate::store::{now_ms, Attempt, Delivery, DeliveryId, Next, State, StoreError};
 
 /// Most lapsed leases taken back by one statement.
@@ -248,41 +248,55 @@ pub(super) async fn claim_due(
         return Ok(Vec::new());
     }
     let token = rand::random::<i64>();
-    let mut c = inner.client().await?;
-    let tx = c.transaction().await.map_err(|e| inner.db(e))?;
-    tx.exec(
-        "SELECT pg_advisory_xact_lock(hashtext($1))",
-        &[&format!("hookrelay:{}:claim:{target}", inner.config.schema)],
+    let c = inner.client().await?;
+    let lock = c
+        .prepare_cached("SELECT pg_advisory_xact_lock(hashtext($1))")
+        .await
+        .map_err(|e| inner.db(e))?;
+    let update = c
+        .prepare_cached(&format!(
+            "WITH room AS ( \
+               SELECT greatest(0, least($6, $7 - (SELECT count(*) FROM deliveries \
+                 WHERE target = $4 AND state = 1))) AS n), \
+             c AS (SELECT id FROM deliveries \
+               WHERE target = $4 AND state = 0 AND next_at_ms <= $5 \
+               ORDER BY next_at_ms LIMIT (SELECT n FROM room) FOR UPDATE SKIP LOCKED) \
+             UPDATE deliveries d SET state = 1, owner = $1, claim_token = $2, lease_until_ms = $3 \
+             FROM c WHERE d.id = c.id \
+             RETURNING {}",
+            prefixed("d")
+        ))
+        .await
+        .map_err(|e| inner.db(e))?;
+    let lock_name = format!("hookrelay:{}:claim:{target}", inner.config.schema);
+    let lease_until = inner.lease_until(now_ms());
+    let now = now as i64;
+    let limit = limit as i64;
+    let concurrency = concurrency.min(i64::MAX as usize) as i64;
+    // One round trip: the lock is held only while the server runs the
+    // count and the claim, never while the relay is between statements.
+    let mut answers = pipeline::one_trip(
+        &c,
+        pipeline::LAZY,
+        &[
+            (&lock, &[&lock_name]),
+            (
+                &update,
+                &[
+                    &inner.instance,
+                    &token,
+                    &lease_until,
+                    &target,
+                    &now,
+                    &limit,
+                    &concurrency,
+                ],
+            ),
+        ],
     )
     .await
     .map_err(|e| inner.db(e))?;
-    let rows = tx
-        .rows(
-            &format!(
-                "WITH room AS ( \
-                   SELECT greatest(0, least($6, $7 - (SELECT count(*) FROM deliveries \
-                     WHERE target = $4 AND state = 1))) AS n), \
-                 c AS (SELECT id FROM deliveries \
-                   WHERE target = $4 AND state = 0 AND next_at_ms <= $5 \
-                   ORDER BY next_at_ms LIMIT (SELECT n FROM room) FOR UPDATE SKIP LOCKED) \
-                 UPDATE deliveries d SET state = 1, owner = $1, claim_token = $2, lease_until_ms = $3 \
-                 FROM c WHERE d.id = c.id \
-                 RETURNING {}",
-                prefixed("d")
-            ),
-            &[
-                &inner.instance,
-                &token,
-                &inner.lease_until(now_ms()),
-                &target,
-                &(now as i64),
-                &(limit as i64),
-                &(concurrency.min(i64::MAX as usize) as i64),
-            ],
-        )
-        .await
-        .map_err(|e| inner.db(e))?;
-    tx.commit().await.map_err(|e| inner.db(e))?;
+    let rows = answers.pop().unwrap_or_default();
     let mut out = Vec::with_capacity(rows.len());
     for row in &rows {
         let (id, d) = delivery_row(row)?;
@@ -323,31 +337,16 @@ pub(super) async fn finish(
         Next::Dead => (State::Dead, None),
         Next::RetryAt(at) => (State::Pending, Some(at as i64)),
     };
-    let record = to_json(attempt);
-    let c = inner.client().await?;
-    let row = c
-        .row_opt(
-            &format!(
-                "WITH d AS ( \
-                   UPDATE deliveries SET state = $3, attempts = attempts + 1, \
-                     next_at_ms = coalesce($4, next_at_ms), last = $5, \
-                     owner = NULL, claim_token = NULL, lease_until_ms = NULL \
-                   WHERE id = $1 AND state = 1 AND claim_token = $2 \
-                   RETURNING {DELIVERY}), \
-                 a AS (INSERT INTO attempts (delivery, n, record) \
-                   SELECT id, attempts, $5 FROM d) \
-                 SELECT {DELIVERY} FROM d"
-            ),
-            &[&key(id), &token, &state_code(state), &at, &record],
-        )
-        .await
-        .map_err(|e| inner.db(e))?;
-    let Some(row) = row else {
-        return Err(StoreError::ClaimLost(id.to_string()));
+    let (done, answer) = tokio::sync::oneshot::channel();
+    let outcome = outcomes::Outcome {
+        id,
+        token,
+        state,
+        at,
+        record: to_json(attempt),
+        done,
     };
-    let (_, d) = delivery_row(&row)?;
-    inner.moved(Some(State::InFlight), Some(d.state), 1);
-    Ok(d)
+    outcomes::write(inner, outcome, answer).await
 }
 
 pub(super) async fn release(inner: &Inner, id: DeliveryId, at: u64) -> Result<(), StoreError> {

@@ -51,6 +51,8 @@ use crate::store::{
 mod claims;
 mod commit;
 mod config;
+mod outcomes;
+mod pipeline;
 mod queries;
 pub mod schema;
 mod wake;
@@ -91,9 +93,12 @@ pub(crate) struct Inner {
     /// The claim token of each delivery this relay holds.
     claims: Mutex<HashMap<DeliveryId, i64>>,
     commits: Mutex<Option<mpsc::Sender<commit::Waiting>>>,
-    /// Committer tasks still running, and a wake-up when one stops.
-    committers: std::sync::atomic::AtomicUsize,
-    committers_stopped: Notify,
+    /// Attempt outcomes waiting for a writer.
+    outcomes: Mutex<Option<mpsc::Sender<outcomes::Outcome>>>,
+    /// Committer and outcome writer tasks still running, and a wake-up
+    /// when one stops.
+    batchers: std::sync::atomic::AtomicUsize,
+    batcher_stopped: Notify,
     counts: [AtomicI64; 5],
     woken: Mutex<Vec<String>>,
     new_work: Arc<Notify>,
@@ -295,7 +300,7 @@ fn id_at(ms: u64) -> Vec<u8> {
 
 impl PostgresStore {
     /// Connects, brings the schema up to date (or refuses a newer one),
-    /// and starts the committers, the listener, the poller and the lease
+    /// and starts the committers, the outcome writers, the listener, the poller and the lease
     /// renewal on the current runtime.
     pub async fn open(config: &StoreConfig) -> Result<PostgresStore, StoreError> {
         let pg = config.postgres.clone();
@@ -305,6 +310,7 @@ impl PostgresStore {
             schema::prepare(&mut client, &pg).await?;
         }
         let (sender, receiver) = mpsc::channel(QUEUE);
+        let (outcome_sender, outcome_receiver) = mpsc::channel(outcomes::QUEUE);
         let inner = Arc::new(Inner {
             tls: tls(&pg)?,
             channel: format!("{}_work", pg.schema),
@@ -315,8 +321,9 @@ impl PostgresStore {
             ids: Mutex::new(0),
             claims: Mutex::new(HashMap::new()),
             commits: Mutex::new(Some(sender)),
-            committers: std::sync::atomic::AtomicUsize::new(COMMITTERS),
-            committers_stopped: Notify::new(),
+            outcomes: Mutex::new(Some(outcome_sender)),
+            batchers: std::sync::atomic::AtomicUsize::new(COMMITTERS + outcomes::WRITERS),
+            batcher_stopped: Notify::new(),
             counts: Default::default(),
             woken: Mutex::new(Vec::new()),
             new_work: Arc::new(Notify::new()),
@@ -342,6 +349,11 @@ impl PostgresStore {
         let mut tasks: Vec<JoinHandle<()>> = (0..COMMITTERS)
             .map(|_| tokio::spawn(commit::committer(inner.clone(), receiver.clone())))
             .collect();
+        let outcome_receiver = Arc::new(tokio::sync::Mutex::new(outcome_receiver));
+        tasks.extend(
+            (0..outcomes::WRITERS)
+                .map(|_| tokio::spawn(outcomes::writer(inner.clone(), outcome_receiver.clone()))),
+        );
         tasks.push(tokio::spawn(wake::poll(inner.clone())));
         tasks.push(tokio::spawn(claims::renew(inner.clone())));
         if inner.config.listen {
@@ -881,12 +893,14 @@ impl Store for PostgresStore {
 
     async fn close(&self) -> Result<(), StoreError> {
         let inner = &self.inner;
-        // No new events; the committers commit what is queued, then stop.
+        // No new events or outcomes; the committers and outcome writers
+        // write what is queued, then stop.
         drop(inner.commits.lock().expect("lock poisoned").take());
+        drop(inner.outcomes.lock().expect("lock poisoned").take());
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
-            let stopped = inner.committers_stopped.notified();
-            if inner.committers.load(Ordering::Relaxed) == 0 {
+            let stopped = inner.batcher_stopped.notified();
+            if inner.batchers.load(Ordering::Relaxed) == 0 {
                 break;
             }
             if tokio::time::timeout_at(deadline, stopped).await.is_err() {
