@@ -13,7 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use hookrelay::store::{
     now_ms, Attempt, Backend, DeliveryId, EventMeta, NewEvent, Next, PostgresConfig, PostgresStore,
-    State, Store, StoreConfig, StoreError,
+    State, Store, StoreConfig, StoreError, PREFETCH_BODY_BYTES,
 };
 use tokio::sync::OnceCell;
 
@@ -534,4 +534,114 @@ async fn hookrelay_migrate_applies_the_schema_once_and_says_so() {
     assert!(!sled.status.success());
     let err = String::from_utf8_lossy(&sled.stderr);
     assert!(err.contains("store.backend is \"sled\""), "{err}");
+}
+
+#[tokio::test]
+async fn a_claim_brings_its_events_with_bodies_up_to_the_prefetch_size() {
+    let url = server().await.database().await;
+    let store = open(&config(&url, DAY)).await;
+    let small = Bytes::from(vec![b'a'; 100]);
+    let large = Bytes::from(vec![b'b'; PREFETCH_BODY_BYTES + 1]);
+    let mut ids = Vec::new();
+    for body in [&small, &large] {
+        let mut new = new_event(&["r/x"]);
+        new.body = body.clone();
+        ids.push(store.accept(new).await.unwrap().id);
+    }
+    let claimed = store.claim_due("r/x", now_ms(), 10, 1000).await.unwrap();
+    assert_eq!(claimed.deliveries.len(), 2);
+    assert_eq!(
+        claimed.events.len(),
+        1,
+        "the large body is read by its attempt"
+    );
+    let event = &claimed.events[0];
+    assert_eq!((event.id, &event.body), (ids[0], &small));
+    assert_eq!(event.meta.event_type, "course.created");
+    // The other one is read as it always was.
+    let read = store.event(ids[1]).await.unwrap().unwrap();
+    assert_eq!(read.body, large);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outcomes_finished_together_are_each_recorded_or_refused() {
+    let url = server().await.database().await;
+    let (a, b) = (
+        open(&config(&url, DAY)).await,
+        open(&config(&url, DAY)).await,
+    );
+    const N: usize = 50;
+    for _ in 0..N {
+        a.accept(new_event(&["r/x"])).await.unwrap();
+    }
+    let claimed = a.claim_due("r/x", now_ms(), N, 1000).await.unwrap();
+    assert_eq!(claimed.deliveries.len(), N);
+    // One claim lapses and relay B takes it: A's outcome for it is refused,
+    // whichever batch it is written in.
+    let (_, lost, _) = claimed.deliveries[7];
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .execute(
+            "UPDATE hookrelay.deliveries SET lease_until_ms = 0 WHERE id = $1",
+            &[&lost.to_key().as_slice()],
+        )
+        .await
+        .unwrap();
+    maintained_until(&*b, "the lapsed claim is pending again", async || {
+        b.delivery(lost).await.unwrap().unwrap().state == State::Pending
+    })
+    .await;
+    assert_eq!(
+        b.claim_due("r/x", now_ms(), N, 1000)
+            .await
+            .unwrap()
+            .deliveries
+            .len(),
+        1
+    );
+
+    // Every outcome at once, so the writers take them in batches.
+    let mut finishes = tokio::task::JoinSet::new();
+    for (i, (_, id, _)) in claimed.deliveries.iter().enumerate() {
+        let a = a.clone();
+        let id = *id;
+        finishes.spawn(async move {
+            let (status, next) = if i % 2 == 0 {
+                (200, Next::Succeeded)
+            } else {
+                (503, Next::RetryAt(now_ms() + 60_000))
+            };
+            (id, i, a.finish(id, &attempt(status), next).await)
+        });
+    }
+    let results = finishes.join_all().await;
+    assert_eq!(results.len(), N);
+    for (id, i, result) in results {
+        if id == lost {
+            assert!(
+                matches!(result, Err(StoreError::ClaimLost(_))),
+                "{result:?}"
+            );
+            continue;
+        }
+        let d = result.unwrap();
+        let want = if i % 2 == 0 {
+            State::Succeeded
+        } else {
+            State::Pending
+        };
+        assert_eq!((d.state, d.attempts), (want, 1), "delivery {i}");
+        let stored = a.delivery(id).await.unwrap().unwrap();
+        assert_eq!((stored.state, stored.attempts), (want, 1));
+        let attempts = a.attempts(id).await.unwrap();
+        assert_eq!(attempts.len(), 1, "one attempt record for delivery {i}");
+        assert_eq!(attempts[0].status, Some(if i % 2 == 0 { 200 } else { 503 }));
+    }
+    // The lost one is still B's, untouched by A.
+    let d = b.delivery(lost).await.unwrap().unwrap();
+    assert_eq!((d.state, d.attempts), (State::InFlight, 0));
+    assert!(a.attempts(lost).await.unwrap().is_empty());
 }

@@ -31,7 +31,9 @@ use crate::deliver::egress::pool::RequestSlot;
 use crate::deliver::lane::CircuitChange;
 use crate::service::Heartbeat;
 use crate::shutdown::stopped;
-use crate::store::{now_ms, Attempt, Delivery, DeliveryId, Next, State, Store, StoreError};
+use crate::store::{
+    now_ms, Attempt, Delivery, DeliveryId, Event, EventId, Next, State, Store, StoreError,
+};
 use crate::telemetry::log::{escaped, Escaped};
 use crate::telemetry::{Finished, Metrics};
 
@@ -42,6 +44,11 @@ const RETRY_AFTER_ERROR_MS: u64 = 1000;
 /// Deliveries claimed at once, over all targets, per outbound connection
 /// the budget allows.
 const CLAIMED_PER_CONNECTION: usize = 2;
+
+/// Bytes of event bodies that claimed deliveries may hold from their
+/// claim (a shared store reads the event with it); past this, a delivery
+/// reads its event when its attempt starts.
+const PREFETCHED_BYTES: usize = 16 << 20;
 
 /// Runs the scheduler until shutdown, then gives attempts under way up to
 /// `delivery.shutdown_grace` to finish.
@@ -58,6 +65,42 @@ pub struct Dispatcher {
     /// its event in memory, so their number is bounded (by
     /// `egress.max_connections`, twice over), however many targets there are.
     claimed: Arc<AtomicUsize>,
+    /// Body bytes held by the events read with claims ([`PREFETCHED_BYTES`]).
+    prefetched: Arc<AtomicUsize>,
+}
+
+/// An event read with its delivery's claim, its body counted in the
+/// dispatcher's [`PREFETCHED_BYTES`] until the attempt takes it.
+struct Prefetched {
+    event: Option<Event>,
+    held: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Prefetched {
+    /// `event`, if its body fits in what is left of the budget.
+    fn hold(held: &Arc<AtomicUsize>, event: Event) -> Option<Prefetched> {
+        let bytes = event.body.len();
+        held.fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+            (now + bytes <= PREFETCHED_BYTES).then_some(now + bytes)
+        })
+        .ok()?;
+        Some(Prefetched {
+            event: Some(event),
+            held: held.clone(),
+            bytes,
+        })
+    }
+
+    fn take(mut self) -> Option<Event> {
+        self.event.take()
+    }
+}
+
+impl Drop for Prefetched {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// Which targets the next pass looks at, and when to look at the others.
@@ -118,6 +161,7 @@ impl Dispatcher {
             grace,
             freed: Arc::new(Mutex::new(HashSet::new())),
             claimed: Arc::new(AtomicUsize::new(0)),
+            prefetched: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -266,7 +310,12 @@ impl Dispatcher {
                 .claim_due(&key, now, room, target.spec.policy.concurrency)
                 .await?;
             let drained = claimed.looked < room;
+            let mut events: HashMap<EventId, Event> =
+                claimed.events.into_iter().map(|e| (e.id, e)).collect();
             for (at, id, delivery) in claimed.deliveries {
+                let event = events
+                    .remove(&delivery.event)
+                    .and_then(|e| Prefetched::hold(&self.prefetched, e));
                 target.lane.claimed();
                 self.claimed.fetch_add(1, Ordering::Relaxed);
                 let job = Job {
@@ -280,6 +329,7 @@ impl Dispatcher {
                     id,
                     at,
                     delivery,
+                    event,
                 };
                 tasks.spawn(job.run(shutdown.clone()));
             }
@@ -308,17 +358,20 @@ struct Job {
     id: DeliveryId,
     at: u64,
     delivery: Delivery,
+    /// Its event, when read with the claim.
+    event: Option<Prefetched>,
 }
 
 impl Job {
-    async fn run(self, mut shutdown: watch::Receiver<bool>) {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         // Wait for a slot and the rate limit; on shutdown, give the delivery
         // back untouched instead of starting it.
         let ready = async {
             let permit = self.target.lane.slots.acquire().await;
             self.target.lane.pace(&*self.store).await;
             // And a connection slot, before the event is read and shaped:
-            // deliveries waiting on a busy receiver hold only their record.
+            // deliveries waiting on a busy receiver hold only their record
+            // (and what they hold of PREFETCHED_BYTES).
             // (A proxy route's target learns its origin from the event.)
             let slot = if self.target.spec.to_event_url {
                 None
@@ -348,7 +401,8 @@ impl Job {
             self.done(true);
             return;
         }
-        match self.attempt(slot).await {
+        let prefetched = self.event.take().and_then(Prefetched::take);
+        match self.attempt(slot, prefetched).await {
             Ok(()) => {}
             // A shared store: another relay has it now and records its own.
             Err(e @ StoreError::ClaimLost(_)) => {
@@ -388,10 +442,18 @@ impl Job {
         self.wake.notify_one();
     }
 
-    async fn attempt(&self, slot: Option<RequestSlot>) -> Result<(), StoreError> {
+    async fn attempt(
+        &self,
+        slot: Option<RequestSlot>,
+        prefetched: Option<Event>,
+    ) -> Result<(), StoreError> {
         let target = &*self.target;
         let n = self.delivery.attempts + 1;
-        let Some(event) = self.store.event(self.delivery.event).await? else {
+        let event = match prefetched {
+            Some(event) => Some(event),
+            None => self.store.event(self.delivery.event).await?,
+        };
+        let Some(event) = event else {
             let attempt = Attempt::failed("the event is no longer stored".into());
             self.store.finish(self.id, &attempt, Next::Dead).await?;
             self.metrics.finished(&target.spec.key, Finished::Dead, 1);

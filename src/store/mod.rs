@@ -213,6 +213,7 @@ pub trait Store: Send + Sync + 'static {
         let mut claimed = Claimed {
             deliveries: Vec::with_capacity(due.len()),
             looked: due.len(),
+            events: Vec::new(),
         };
         for (at, id) in due {
             if let Some(d) = self.claim(target, at, id).await? {
@@ -471,7 +472,14 @@ pub struct Tokens {
 pub struct Claimed {
     pub deliveries: Vec<(u64, DeliveryId, Delivery)>,
     pub looked: usize,
+    /// Events of the claimed deliveries that the store read with the claim
+    /// (a shared store does, for bodies up to [`PREFETCH_BODY_BYTES`]): the
+    /// relay need not ask for them again. Any may be missing.
+    pub events: Vec<Event>,
 }
+
+/// The largest body a store reads with a claim ([`Claimed::events`]).
+pub const PREFETCH_BODY_BYTES: usize = 64 * 1024;
 
 /// One retention step's outcome.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -18,7 +18,10 @@ use std::time::Duration;
 use tokio_postgres::Row;
 
 use super::{col, delivery_row, outcomes, pipeline, state_code, to_json, Cached, Inner, DELIVERY};
-use crate::store::{now_ms, Attempt, Delivery, DeliveryId, Next, State, StoreError};
+use crate::store::{
+    now_ms, Attempt, Delivery, DeliveryId, Event, EventId, Next, State, StoreError,
+    PREFETCH_BODY_BYTES,
+};
 
 /// Most lapsed leases taken back by one statement.
 const REAP_BATCH: i64 = 1000;
@@ -231,7 +234,8 @@ pub(super) async fn claim(
     Ok(Some(d))
 }
 
-/// Claims up to `limit` of `target`'s due deliveries, skipping rows
+/// Claims up to `limit` of `target`'s due deliveries (with their events,
+/// bodies up to [`PREFETCH_BODY_BYTES`]), skipping rows
 /// another relay is claiming at this moment, and no more than leave
 /// `concurrency` of the target's in flight across the fleet. The count and
 /// the claim run under the target's advisory lock, in statements after it
@@ -243,9 +247,9 @@ pub(super) async fn claim_due(
     now: u64,
     limit: usize,
     concurrency: usize,
-) -> Result<Vec<(u64, DeliveryId, Delivery)>, StoreError> {
+) -> Result<(Vec<(u64, DeliveryId, Delivery)>, Vec<Event>), StoreError> {
     if limit == 0 {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), Vec::new()));
     }
     let token = rand::random::<i64>();
     let c = inner.client().await?;
@@ -260,10 +264,12 @@ pub(super) async fn claim_due(
                  WHERE target = $4 AND state = 1))) AS n), \
              c AS (SELECT id FROM deliveries \
                WHERE target = $4 AND state = 0 AND next_at_ms <= $5 \
-               ORDER BY next_at_ms LIMIT (SELECT n FROM room) FOR UPDATE SKIP LOCKED) \
-             UPDATE deliveries d SET state = 1, owner = $1, claim_token = $2, lease_until_ms = $3 \
-             FROM c WHERE d.id = c.id \
-             RETURNING {}",
+               ORDER BY next_at_ms LIMIT (SELECT n FROM room) FOR UPDATE SKIP LOCKED), \
+             u AS (UPDATE deliveries d SET state = 1, owner = $1, claim_token = $2, lease_until_ms = $3 \
+               FROM c WHERE d.id = c.id \
+               RETURNING {}) \
+             SELECT u.*, e.meta, CASE WHEN octet_length(e.body) <= $8 THEN e.body END \
+             FROM u LEFT JOIN events e ON e.id = u.event",
             prefixed("d")
         ))
         .await
@@ -290,6 +296,7 @@ pub(super) async fn claim_due(
                     &now,
                     &limit,
                     &concurrency,
+                    &(PREFETCH_BODY_BYTES as i32),
                 ],
             ),
         ],
@@ -298,8 +305,12 @@ pub(super) async fn claim_due(
     .map_err(|e| inner.db(e))?;
     let rows = answers.pop().unwrap_or_default();
     let mut out = Vec::with_capacity(rows.len());
+    let mut events = Vec::with_capacity(rows.len());
     for row in &rows {
         let (id, d) = delivery_row(row)?;
+        if let Some(event) = prefetched(row, d.event) {
+            events.push(event);
+        }
         out.push((d.next_at_ms, id, d));
     }
     out.sort_by_key(|(at, id, _)| (*at, *id));
@@ -309,7 +320,21 @@ pub(super) async fn claim_due(
         Some(State::InFlight),
         out.len() as i64,
     );
-    Ok(out)
+    Ok((out, events))
+}
+
+/// The event a claim's row carries after its delivery's columns (its
+/// meta, and its body when small enough); none when it has no body there
+/// or the event is gone (the attempt then reads it, and says so).
+fn prefetched(row: &Row, id: EventId) -> Option<Event> {
+    let at = DELIVERY.split(", ").count();
+    let meta: Option<serde_json::Value> = row.try_get(at).ok()?;
+    let body: Option<Vec<u8>> = row.try_get(at + 1).ok()?;
+    Some(Event {
+        id,
+        meta: serde_json::from_value(meta?).ok()?,
+        body: body?.into(),
+    })
 }
 
 /// [`DELIVERY`]'s columns of the table called `alias`.

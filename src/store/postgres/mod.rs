@@ -639,10 +639,12 @@ impl Store for PostgresStore {
         limit: usize,
         concurrency: usize,
     ) -> Result<Claimed, StoreError> {
-        let deliveries = claims::claim_due(&self.inner, target, now_ms, limit, concurrency).await?;
+        let (deliveries, events) =
+            claims::claim_due(&self.inner, target, now_ms, limit, concurrency).await?;
         Ok(Claimed {
             looked: deliveries.len(),
             deliveries,
+            events,
         })
     }
 
