@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -29,6 +29,14 @@ const MAX_BATCH: usize = 256;
 /// A commit naming more targets than this wakes the fleet with one
 /// notification that names none (each relay then looks for due work).
 const MAX_NOTIFY_TARGETS: usize = 32;
+/// A target's new work is told to the fleet at most once in this long: the
+/// relay that accepted it claims it at once, and a relay told once looks
+/// at all of the target's due work when it claims. What a skipped notice
+/// would have said, a finishing attempt or the poller finds.
+const NOTIFY_EVERY: Duration = Duration::from_millis(50);
+/// Targets whose last notice is remembered, at most (older ones are
+/// forgotten first).
+const TOLD_TARGETS: usize = 10_000;
 
 pub(super) struct Waiting {
     new: NewEvent,
@@ -64,6 +72,29 @@ pub(super) async fn accept(inner: &Inner, new: NewEvent) -> Result<Accepted, Sto
         .await
         .map_err(|_| StoreError::Closed)?;
     answer.await.map_err(|_| StoreError::Closed)?
+}
+
+impl Inner {
+    /// The targets of `woken` whose new work the fleet was not told of in
+    /// the last [`NOTIFY_EVERY`].
+    fn to_tell<'a>(&self, woken: &[&'a String]) -> Vec<&'a String> {
+        let now = Instant::now();
+        let mut told = self.told.lock().expect("lock poisoned");
+        if told.len() > TOLD_TARGETS {
+            told.retain(|_, at| now.duration_since(*at) < NOTIFY_EVERY);
+        }
+        woken
+            .iter()
+            .copied()
+            .filter(|t| match told.get(t.as_str()) {
+                Some(at) if now.duration_since(*at) < NOTIFY_EVERY => false,
+                _ => {
+                    told.insert(t.to_string(), now);
+                    true
+                }
+            })
+            .collect()
+    }
 }
 
 /// Takes whatever is waiting (up to [`MAX_BATCH`]), commits it, answers
@@ -415,6 +446,7 @@ async fn commit(inner: &Inner, batch: &[&NewEvent]) -> Result<Vec<Accepted>, Fai
     let delivered = rows.d_ids.len();
     inner.moved(None, Some(State::Pending), delivered as i64);
     inner.wake(woken.iter().copied());
+    let woken = inner.to_tell(woken);
     // The fleet is told after the commit, in a statement of its own: a
     // transaction that notifies holds the server's notify lock through its
     // commit, which would make every relay's commits wait on each other.

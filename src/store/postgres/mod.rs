@@ -101,6 +101,8 @@ pub(crate) struct Inner {
     batcher_stopped: Notify,
     counts: [AtomicI64; 5],
     woken: Mutex<Vec<String>>,
+    /// When the fleet was last told of each target's new work.
+    told: Mutex<HashMap<String, std::time::Instant>>,
     new_work: Arc<Notify>,
     /// Wakes the poller at once (a notification that names no target).
     poll_now: Notify,
@@ -326,6 +328,7 @@ impl PostgresStore {
             batcher_stopped: Notify::new(),
             counts: Default::default(),
             woken: Mutex::new(Vec::new()),
+            told: Mutex::new(HashMap::new()),
             new_work: Arc::new(Notify::new()),
             poll_now: Notify::new(),
             endpoints_changed: Arc::new(Notify::new()),
