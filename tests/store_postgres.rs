@@ -645,3 +645,31 @@ async fn outcomes_finished_together_are_each_recorded_or_refused() {
     assert_eq!((d.state, d.attempts), (State::InFlight, 0));
     assert!(a.attempts(lost).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_claim_says_when_the_target_next_has_work_due() {
+    let url = server().await.database().await;
+    let store = open(&config(&url, DAY)).await;
+    for _ in 0..2 {
+        store.accept(new_event(&["r/x"])).await.unwrap();
+    }
+    let first = store.claim_due("r/x", now_ms(), 1, 1000).await.unwrap();
+    assert_eq!(first.deliveries.len(), 1);
+    let left = first.next_due.expect("the claim looked").expect("one left");
+    assert!(left <= now_ms(), "the other is due now");
+    let second = store.claim_due("r/x", now_ms(), 10, 1000).await.unwrap();
+    assert_eq!(second.deliveries.len(), 1);
+    assert_eq!(second.next_due, Some(None), "nothing left pending");
+
+    // A retry later on: the next claim takes nothing and names its time.
+    let (_, id, _) = second.deliveries[0];
+    let retry_at = now_ms() + 60_000;
+    store
+        .finish(id, &attempt(503), Next::RetryAt(retry_at))
+        .await
+        .unwrap();
+    let third = store.claim_due("r/x", now_ms(), 10, 1000).await.unwrap();
+    assert!(third.deliveries.is_empty());
+    assert_eq!(third.next_due, Some(Some(retry_at)));
+    assert_eq!(store.next_due("r/x").await.unwrap(), Some(retry_at));
+}

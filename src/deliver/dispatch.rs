@@ -334,7 +334,11 @@ impl Dispatcher {
                 tasks.spawn(job.run(shutdown.clone()));
             }
             if drained {
-                if let Some(at) = self.store.next_due(&key).await? {
+                let next_due = match claimed.next_due {
+                    Some(known) => known,
+                    None => self.store.next_due(&key).await?,
+                };
+                if let Some(at) = next_due {
                     schedule.wake_at(&key, at.max(now + 1));
                 }
             } else if target.lane.room(now).0 > 0 {

@@ -214,6 +214,7 @@ pub trait Store: Send + Sync + 'static {
             deliveries: Vec::with_capacity(due.len()),
             looked: due.len(),
             events: Vec::new(),
+            next_due: None,
         };
         for (at, id) in due {
             if let Some(d) = self.claim(target, at, id).await? {
@@ -476,6 +477,10 @@ pub struct Claimed {
     /// (a shared store does, for bodies up to [`PREFETCH_BODY_BYTES`]): the
     /// relay need not ask for them again. Any may be missing.
     pub events: Vec<Event>,
+    /// When the store looked with the claim: the earliest due time of the
+    /// target's deliveries still pending after it (`Some(None)`: none), as
+    /// `next_due` would answer.
+    pub next_due: Option<Option<u64>>,
 }
 
 /// The largest body a store reads with a claim ([`Claimed::events`]).

@@ -19,7 +19,7 @@ use tokio_postgres::Row;
 
 use super::{col, delivery_row, outcomes, pipeline, state_code, to_json, Cached, Inner, DELIVERY};
 use crate::store::{
-    now_ms, Attempt, Delivery, DeliveryId, Event, EventId, Next, State, StoreError,
+    now_ms, Attempt, Claimed, Delivery, DeliveryId, Event, EventId, Next, State, StoreError,
     PREFETCH_BODY_BYTES,
 };
 
@@ -247,9 +247,9 @@ pub(super) async fn claim_due(
     now: u64,
     limit: usize,
     concurrency: usize,
-) -> Result<(Vec<(u64, DeliveryId, Delivery)>, Vec<Event>), StoreError> {
+) -> Result<Claimed, StoreError> {
     if limit == 0 {
-        return Ok((Vec::new(), Vec::new()));
+        return Ok(Claimed::default());
     }
     let token = rand::random::<i64>();
     let c = inner.client().await?;
@@ -272,6 +272,10 @@ pub(super) async fn claim_due(
              FROM u LEFT JOIN events e ON e.id = u.event",
             prefixed("d")
         ))
+        .await
+        .map_err(|e| inner.db(e))?;
+    let next = c
+        .prepare_cached("SELECT min(next_at_ms) FROM deliveries WHERE target = $1 AND state = 0")
         .await
         .map_err(|e| inner.db(e))?;
     let lock_name = format!("hookrelay:{}:claim:{target}", inner.config.schema);
@@ -299,10 +303,16 @@ pub(super) async fn claim_due(
                     &(PREFETCH_BODY_BYTES as i32),
                 ],
             ),
+            // After the claim, in its transaction: what is left pending.
+            (&next, &[&target]),
         ],
     )
     .await
     .map_err(|e| inner.db(e))?;
+    let next_due = match answers.pop().unwrap_or_default().first() {
+        Some(row) => col::<Option<i64>>(row, 0, "deliveries")?.map(|v| v as u64),
+        None => None,
+    };
     let rows = answers.pop().unwrap_or_default();
     let mut out = Vec::with_capacity(rows.len());
     let mut events = Vec::with_capacity(rows.len());
@@ -320,7 +330,12 @@ pub(super) async fn claim_due(
         Some(State::InFlight),
         out.len() as i64,
     );
-    Ok((out, events))
+    Ok(Claimed {
+        looked: out.len(),
+        deliveries: out,
+        events,
+        next_due: Some(next_due),
+    })
 }
 
 /// The event a claim's row carries after its delivery's columns (its

@@ -642,13 +642,7 @@ impl Store for PostgresStore {
         limit: usize,
         concurrency: usize,
     ) -> Result<Claimed, StoreError> {
-        let (deliveries, events) =
-            claims::claim_due(&self.inner, target, now_ms, limit, concurrency).await?;
-        Ok(Claimed {
-            looked: deliveries.len(),
-            deliveries,
-            events,
-        })
+        claims::claim_due(&self.inner, target, now_ms, limit, concurrency).await
     }
 
     async fn finish(
