@@ -66,7 +66,7 @@ const ENDPOINTS: &str = "!endpoints";
 /// Accepted events waiting for a committer, at most.
 const QUEUE: usize = 4096;
 /// Transactions committing accepted events at once.
-const COMMITTERS: usize = 4;
+const COMMITTERS: usize = 2;
 /// `maintain` counts the deliveries by state every this many calls.
 const COUNT_EVERY: u64 = 10;
 
