@@ -673,3 +673,68 @@ async fn a_claim_says_when_the_target_next_has_work_due() {
     assert_eq!(third.next_due, Some(Some(retry_at)));
     assert_eq!(store.next_due("r/x").await.unwrap(), Some(retry_at));
 }
+
+#[tokio::test]
+async fn work_committed_right_after_a_notice_is_told_when_its_time_is_up() {
+    let url = server().await.database().await;
+    let (a, b) = (
+        open(&config(&url, DAY)).await,
+        open(&config(&url, DAY)).await,
+    );
+    // Once b's listener is connected (it connects in the background)...
+    let ready = tokio::time::timeout(DEADLINE, async {
+        loop {
+            a.accept(new_event(&["r/ready"])).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if b.woken().contains(&"r/ready".to_string()) {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(ready.is_ok(), "relay b never heard relay a");
+    let heard = async |what: &str| {
+        let found = tokio::time::timeout(DEADLINE, async {
+            loop {
+                if b.woken().contains(&"r/x".to_string()) {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(found.is_ok(), "relay b was never told of {what}");
+    };
+    // ... the first event's notice goes out at once, and the second one,
+    // committed while the first notice is fresh, is told a little later
+    // instead of never (the poller is an hour away here).
+    a.accept(new_event(&["r/x"])).await.unwrap();
+    heard("the first event").await;
+    a.accept(new_event(&["r/x"])).await.unwrap();
+    heard("the second event").await;
+}
+
+#[tokio::test]
+async fn a_nul_in_an_answer_or_an_event_type_is_stored_as_a_replacement_character() {
+    let url = server().await.database().await;
+    let store = open(&config(&url, DAY)).await;
+    // jsonb cannot hold U+0000: the write would fail, and with it the
+    // whole batch the value is in.
+    let mut new = new_event(&["r/x"]);
+    new.meta.event_type = "course\0created".into();
+    let id = store.accept(new).await.unwrap().id;
+    let event = store.event(id).await.unwrap().unwrap();
+    assert_eq!(event.meta.event_type, "course\u{FFFD}created");
+
+    let claimed = store.claim_due("r/x", now_ms(), 10, 1000).await.unwrap();
+    let (_, delivery, _) = claimed.deliveries[0];
+    let mut answer = attempt(200);
+    answer.excerpt = "binary\0body".into();
+    let d = store
+        .finish(delivery, &answer, Next::Succeeded)
+        .await
+        .unwrap();
+    assert_eq!(d.state, State::Succeeded);
+    let attempts = store.attempts(delivery).await.unwrap();
+    assert_eq!(attempts[0].excerpt, "binary\u{FFFD}body");
+}

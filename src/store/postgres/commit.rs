@@ -21,18 +21,24 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 
+use deadpool_postgres::Object;
+
 use super::{db_error, pipeline, retryable, to_json, Cached, Inner};
 use crate::store::{now_ms, Accepted, DeliveryId, EventId, Inbound, NewEvent, State, StoreError};
 
 /// Most events written in one transaction.
 const MAX_BATCH: usize = 256;
+/// A batch takes no more events once their bodies reach this size: one
+/// statement's parameter (all the bodies of a batch) stays far below what
+/// the protocol can carry (1 GiB), whatever `ingest.max_body_bytes` is.
+const MAX_BATCH_BYTES: usize = 64 << 20;
 /// A commit naming more targets than this wakes the fleet with one
 /// notification that names none (each relay then looks for due work).
 const MAX_NOTIFY_TARGETS: usize = 32;
-/// A target's new work is told to the fleet at most once in this long: the
-/// relay that accepted it claims it at once, and a relay told once looks
-/// at all of the target's due work when it claims. What a skipped notice
-/// would have said, a finishing attempt or the poller finds.
+/// A target's new work is told to the fleet at most once in this long
+/// (the relay that accepted it claims it at once, and a relay told once
+/// looks at all of the target's due work when it claims); what came in the
+/// meantime is told when the time is up.
 const NOTIFY_EVERY: Duration = Duration::from_millis(50);
 /// Targets whose last notice is remembered, at most (older ones are
 /// forgotten first).
@@ -74,27 +80,89 @@ pub(super) async fn accept(inner: &Inner, new: NewEvent) -> Result<Accepted, Sto
     answer.await.map_err(|_| StoreError::Closed)?
 }
 
-impl Inner {
-    /// The targets of `woken` whose new work the fleet was not told of in
-    /// the last [`NOTIFY_EVERY`].
-    fn to_tell<'a>(&self, woken: &[&'a String]) -> Vec<&'a String> {
-        let now = Instant::now();
-        let mut told = self.told.lock().expect("lock poisoned");
-        if told.len() > TOLD_TARGETS {
-            told.retain(|_, at| now.duration_since(*at) < NOTIFY_EVERY);
+/// What the fleet was told of: when each target's new work was last
+/// named, and the targets a notice left untold because one had named them
+/// within [`NOTIFY_EVERY`] (one notice names those once the time is up).
+#[derive(Default)]
+pub(super) struct Told {
+    at: HashMap<String, Instant>,
+    owed: HashSet<String>,
+    /// A notice of what is owed is on its way.
+    settling: bool,
+}
+
+/// Tells the fleet of the new work of `woken` (after its commit): at
+/// once for the targets not named in the last [`NOTIFY_EVERY`], and once
+/// that time is up for the others.
+fn tell(inner: &Arc<Inner>, client: Object, woken: &[&String]) {
+    let now = Instant::now();
+    let (now_told, settle) = {
+        let mut told = inner.told.lock().expect("lock poisoned");
+        if told.at.len() > TOLD_TARGETS {
+            told.at
+                .retain(|_, at| now.duration_since(*at) < NOTIFY_EVERY);
         }
-        woken
-            .iter()
-            .copied()
-            .filter(|t| match told.get(t.as_str()) {
-                Some(at) if now.duration_since(*at) < NOTIFY_EVERY => false,
-                _ => {
-                    told.insert(t.to_string(), now);
-                    true
+        let mut now_told = Vec::new();
+        for t in woken {
+            match told.at.get(t.as_str()) {
+                Some(at) if now.duration_since(*at) < NOTIFY_EVERY => {
+                    told.owed.insert(t.to_string());
                 }
-            })
-            .collect()
+                _ => {
+                    told.at.insert(t.to_string(), now);
+                    now_told.push(t.to_string());
+                }
+            }
+        }
+        let settle = !told.owed.is_empty() && !told.settling;
+        told.settling |= settle;
+        (now_told, settle)
+    };
+    if !now_told.is_empty() {
+        let inner = inner.clone();
+        tokio::spawn(async move { notify(&inner, &client, &now_told).await });
     }
+    if settle {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(NOTIFY_EVERY).await;
+            let owed: Vec<String> = {
+                let mut told = inner.told.lock().expect("lock poisoned");
+                told.settling = false;
+                let owed: Vec<String> = told.owed.drain().collect();
+                let now = Instant::now();
+                for t in &owed {
+                    told.at.insert(t.clone(), now);
+                }
+                owed
+            };
+            if let Ok(client) = inner.client().await {
+                notify(&inner, &client, &owed).await;
+            }
+        });
+    }
+}
+
+/// One `NOTIFY` per target (or one for all, past [`MAX_NOTIFY_TARGETS`]);
+/// best effort: the other relays' pollers find the work anyway.
+async fn notify(inner: &Inner, client: &Object, targets: &[String]) {
+    if targets.is_empty() {
+        return;
+    }
+    let payloads: Vec<String> = if targets.len() > MAX_NOTIFY_TARGETS {
+        vec![format!("{}:*", inner.instance)]
+    } else {
+        targets
+            .iter()
+            .map(|t| format!("{}:{t}", inner.instance))
+            .collect()
+    };
+    let _ = client
+        .exec(
+            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+            &[&inner.channel, &payloads],
+        )
+        .await;
 }
 
 /// Takes whatever is waiting (up to [`MAX_BATCH`]), commits it, answers
@@ -109,10 +177,14 @@ pub(super) async fn committer(
             let Some(first) = rx.recv().await else {
                 break;
             };
+            let mut bytes = first.new.body.len();
             let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
+            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                 match rx.try_recv() {
-                    Ok(w) => batch.push(w),
+                    Ok(w) => {
+                        bytes += w.new.body.len();
+                        batch.push(w);
+                    }
                     Err(_) => break,
                 }
             }
@@ -183,7 +255,7 @@ enum Fate {
 /// timeout cuts short) is answered as failed. It may still commit later;
 /// its events are then delivered without having been acknowledged, which
 /// is allowed (a sender retries what got no 202).
-async fn bounded(inner: &Inner, batch: &[&NewEvent]) -> Result<Vec<Accepted>, Failure> {
+async fn bounded(inner: &Arc<Inner>, batch: &[&NewEvent]) -> Result<Vec<Accepted>, Failure> {
     let limit = inner.config.statement_timeout * 2;
     match tokio::time::timeout(limit, commit(inner, batch)).await {
         Ok(result) => result,
@@ -380,7 +452,7 @@ impl<'a> Rows<'a> {
 }
 
 /// Writes and commits one batch; the answers in the batch's order.
-async fn commit(inner: &Inner, batch: &[&NewEvent]) -> Result<Vec<Accepted>, Failure> {
+async fn commit(inner: &Arc<Inner>, batch: &[&NewEvent]) -> Result<Vec<Accepted>, Failure> {
     let now = now_ms();
     let ids: Vec<(EventId, Vec<DeliveryId>)> = batch
         .iter()
@@ -446,30 +518,12 @@ async fn commit(inner: &Inner, batch: &[&NewEvent]) -> Result<Vec<Accepted>, Fai
     let delivered = rows.d_ids.len();
     inner.moved(None, Some(State::Pending), delivered as i64);
     inner.wake(woken.iter().copied());
-    let woken = inner.to_tell(woken);
     // The fleet is told after the commit, in a statement of its own: a
     // transaction that notifies holds the server's notify lock through its
     // commit, which would make every relay's commits wait on each other.
-    // The batch is answered without waiting for it (the notification is
-    // best effort: the other relays' pollers find the work anyway).
+    // The batch is answered without waiting for it.
     if inner.config.listen && !woken.is_empty() {
-        let payloads: Vec<String> = if woken.len() > MAX_NOTIFY_TARGETS {
-            vec![format!("{}:*", inner.instance)]
-        } else {
-            woken
-                .iter()
-                .map(|t| format!("{}:{t}", inner.instance))
-                .collect()
-        };
-        let channel = inner.channel.clone();
-        tokio::spawn(async move {
-            let _ = client
-                .exec(
-                    "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
-                    &[&channel, &payloads],
-                )
-                .await;
-        });
+        tell(inner, client, woken);
     }
     Ok(answers)
 }

@@ -101,8 +101,8 @@ pub(crate) struct Inner {
     batcher_stopped: Notify,
     counts: [AtomicI64; 5],
     woken: Mutex<Vec<String>>,
-    /// When the fleet was last told of each target's new work.
-    told: Mutex<HashMap<String, std::time::Instant>>,
+    /// What the fleet was told of new work, and what it is owed.
+    told: Mutex<commit::Told>,
     new_work: Arc<Notify>,
     /// Wakes the poller at once (a notification that names no target).
     poll_now: Notify,
@@ -235,10 +235,28 @@ fn json<T: serde::de::DeserializeOwned>(
     serde_json::from_value(value).map_err(|e| corrupt(table, e.to_string()))
 }
 
+/// `value` as a jsonb value. jsonb cannot hold the NUL character, which a
+/// receiver's answer (the excerpt) or an event type taken from a payload
+/// may carry: it is written as U+FFFD instead, so that no value can make
+/// a whole batch's write fail.
 fn to_json<T: serde::Serialize>(value: &T) -> serde_json::Value {
     // Records are plain data (strings, numbers, maps with string keys):
     // serializing them cannot fail.
-    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+    without_nul(serde_json::to_value(value).unwrap_or(serde_json::Value::Null))
+}
+
+fn without_nul(value: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Value::String(s.replace('\0', "\u{FFFD}")),
+        Value::Array(a) => Value::Array(a.into_iter().map(without_nul).collect()),
+        Value::Object(o) => Value::Object(
+            o.into_iter()
+                .map(|(k, v)| (k.replace('\0', "\u{FFFD}"), without_nul(v)))
+                .collect(),
+        ),
+        v => v,
+    }
 }
 
 // === rows ===
@@ -328,7 +346,7 @@ impl PostgresStore {
             batcher_stopped: Notify::new(),
             counts: Default::default(),
             woken: Mutex::new(Vec::new()),
-            told: Mutex::new(HashMap::new()),
+            told: Mutex::new(commit::Told::default()),
             new_work: Arc::new(Notify::new()),
             poll_now: Notify::new(),
             endpoints_changed: Arc::new(Notify::new()),

@@ -5,10 +5,11 @@
 //!
 //! Each outcome still carries its claim token: only the deliveries whose
 //! token still matches are written, the others are answered
-//! [`StoreError::ClaimLost`], as one at a time would be. A batch that
-//! fails answers each of its outcomes with the error; their claims are no
-//! longer renewed, so their leases run out and the deliveries are tried
-//! again.
+//! [`StoreError::ClaimLost`], as one at a time would be. A batch the
+//! server refuses is written again one outcome at a time, so that one
+//! outcome the server cannot take fails alone. A failed outcome is
+//! answered with the error; its claim is no longer renewed, so its lease
+//! runs out and the delivery is tried again.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -74,39 +75,69 @@ pub(super) async fn writer(
             }
             batch
         };
-        let mut result = record(&inner, &batch).await;
-        if matches!(&result, Err(Failure::Conflict)) {
-            // Lost a deadlock to another relay's change of the same rows:
-            // nothing was written; once more.
-            result = record(&inner, &batch).await;
-        }
-        match result {
-            Ok(mut written) => {
-                for o in batch {
-                    let answer = written
-                        .remove(&o.id)
-                        .ok_or_else(|| StoreError::ClaimLost(o.id.to_string()));
-                    if let Ok(d) = &answer {
-                        inner.moved(Some(State::InFlight), Some(d.state), 1);
-                    }
-                    let _ = o.done.send(answer);
-                }
-            }
-            Err(f) => {
-                let e = match f {
-                    Failure::Conflict => StoreError::Io(
-                        "the outcomes conflicted twice with another relay's changes".into(),
-                    ),
-                    Failure::Store(e) => inner.failed(e),
-                };
+        match written(&inner, &batch).await {
+            Ok(mut written) => answer(&inner, batch, &mut written),
+            Err(e @ (StoreError::Unavailable(_) | StoreError::Closed)) => {
                 for o in batch {
                     let _ = o.done.send(Err(e.clone()));
+                }
+            }
+            Err(e) if batch.len() == 1 => {
+                for o in batch {
+                    let _ = o.done.send(Err(e.clone()));
+                }
+            }
+            Err(e) => {
+                // The server refused the batch, perhaps for one outcome in
+                // it: each is written alone, so only that one fails.
+                tracing::debug!(error = %e, outcomes = batch.len(), "a batch of outcomes was refused; writing them one at a time");
+                for o in batch {
+                    match written(&inner, std::slice::from_ref(&o)).await {
+                        Ok(mut w) => answer(&inner, vec![o], &mut w),
+                        Err(e) => {
+                            let _ = o.done.send(Err(e));
+                        }
+                    }
                 }
             }
         }
     }
     inner.batchers.fetch_sub(1, Ordering::Relaxed);
     inner.batcher_stopped.notify_waiters();
+}
+
+/// [`record`], once more after a lost deadlock; the error as the store
+/// reports it.
+async fn written(
+    inner: &Inner,
+    batch: &[Outcome],
+) -> Result<HashMap<DeliveryId, Delivery>, StoreError> {
+    let mut result = record(inner, batch).await;
+    if matches!(&result, Err(Failure::Conflict)) {
+        // Lost a deadlock to another relay's change of the same rows:
+        // nothing was written; once more.
+        result = record(inner, batch).await;
+    }
+    result.map_err(|f| match f {
+        Failure::Conflict => {
+            StoreError::Io("the outcomes conflicted twice with another relay's changes".into())
+        }
+        Failure::Store(e) => inner.failed(e),
+    })
+}
+
+/// Answers each outcome of `batch`: its delivery as written, or
+/// [`StoreError::ClaimLost`] where its claim no longer held.
+fn answer(inner: &Inner, batch: Vec<Outcome>, written: &mut HashMap<DeliveryId, Delivery>) {
+    for o in batch {
+        let answer = written
+            .remove(&o.id)
+            .ok_or_else(|| StoreError::ClaimLost(o.id.to_string()));
+        if let Ok(d) = &answer {
+            inner.moved(Some(State::InFlight), Some(d.state), 1);
+        }
+        let _ = o.done.send(answer);
+    }
 }
 
 /// Writes `batch`; the deliveries written, by id.

@@ -6,10 +6,16 @@
 //!
 //! The server runs them as usual: a failed statement aborts the
 //! transaction, the statements after it are refused, and the `COMMIT`
-//! ends it as a rollback. The answer is then the first error, so nothing
-//! is reported kept that was not. However the futures end (even dropped
-//! once polled), the `COMMIT` was sent, so the connection goes back to the
-//! pool outside a transaction.
+//! ends it as a rollback. A statement the client cannot send (its
+//! parameters do not encode) fails before anything is sent for it, so the
+//! transaction is then ended with `ROLLBACK` instead. The answer is the
+//! first error, so nothing is reported kept that was not. However the
+//! futures end (even dropped once polled), the end of the transaction was
+//! sent, so the connection goes back to the pool outside a transaction.
+//!
+//! This relies on tokio-postgres sending a request before its future
+//! first waits (true of `Client::query` with a prepared statement and of
+//! `batch_execute` in 0.7.18, the version `Cargo.toml` pins for it).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -33,11 +39,12 @@ pub(super) const DURABLE: &str = "BEGIN";
 pub(super) const LAZY: &str = "BEGIN; SET LOCAL synchronous_commit = off";
 
 type Answer<'a> = Pin<Box<dyn Future<Output = Result<Vec<Row>, Error>> + Send + 'a>>;
+type End<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
 
 /// Runs `statements` (prepared, with their parameters) in one transaction
 /// begun with `begin`; each statement's rows, in order.
-pub(super) async fn one_trip(
-    client: &Client,
+pub(super) async fn one_trip<'c>(
+    client: &'c Client,
     begin: &str,
     statements: &[(&Statement, &[&(dyn ToSql + Sync)])],
 ) -> Result<Vec<Vec<Row>>, Error> {
@@ -46,11 +53,15 @@ pub(super) async fn one_trip(
         .iter()
         .map(|(statement, params)| Some(Box::pin(client.query(*statement, params)) as Answer<'_>))
         .collect();
-    let mut committed = Some(Box::pin(client.batch_execute("COMMIT")));
+    // Made after the first pass: a statement the client could not even
+    // send (its parameters did not encode) has failed by then without the
+    // server knowing, and the transaction must then end in a rollback.
+    let mut ending: Option<End<'c>> = None;
+    let mut sent_end = false;
 
     let mut begin_result: Option<Result<(), Error>> = None;
     let mut rows: Vec<Option<Result<Vec<Row>, Error>>> = statements.iter().map(|_| None).collect();
-    let mut commit_result: Option<Result<(), Error>> = None;
+    let mut end_result: Option<Result<(), Error>> = None;
     std::future::poll_fn(|cx| {
         if let Some(f) = begun.as_mut() {
             if let Poll::Ready(r) = f.as_mut().poll(cx) {
@@ -66,13 +77,19 @@ pub(super) async fn one_trip(
                 }
             }
         }
-        if let Some(f) = committed.as_mut() {
+        if !sent_end {
+            sent_end = true;
+            let failed = matches!(begin_result, Some(Err(_)))
+                || rows.iter().any(|r| matches!(r, Some(Err(_))));
+            ending = Some(end(client, failed));
+        }
+        if let Some(f) = ending.as_mut() {
             if let Poll::Ready(r) = f.as_mut().poll(cx) {
-                commit_result = Some(r);
-                committed = None;
+                end_result = Some(r);
+                ending = None;
             }
         }
-        if begun.is_none() && committed.is_none() && answers.iter().all(Option::is_none) {
+        if begun.is_none() && ending.is_none() && answers.iter().all(Option::is_none) {
             Poll::Ready(())
         } else {
             Poll::Pending
@@ -89,8 +106,13 @@ pub(super) async fn one_trip(
     for r in rows.into_iter().flatten() {
         out.push(r?);
     }
-    if let Some(Err(e)) = commit_result {
+    if let Some(Err(e)) = end_result {
         return Err(e);
     }
     Ok(out)
+}
+
+/// The end of the transaction: `COMMIT`, or `ROLLBACK` when it failed.
+fn end(client: &Client, failed: bool) -> End<'_> {
+    Box::pin(client.batch_execute(if failed { "ROLLBACK" } else { "COMMIT" }))
 }
