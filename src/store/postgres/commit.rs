@@ -23,7 +23,7 @@ use tokio_postgres::Statement;
 
 use deadpool_postgres::Object;
 
-use super::{db_error, pipeline, retryable, to_json, Cached, Inner};
+use super::{next_batch, pipeline, to_json, Cached, Failure, Inner};
 use crate::store::{now_ms, Accepted, DeliveryId, EventId, Inbound, NewEvent, State, StoreError};
 
 /// Most events written in one transaction.
@@ -171,25 +171,11 @@ pub(super) async fn committer(
     inner: Arc<Inner>,
     queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Waiting>>>,
 ) {
-    loop {
-        let batch = {
-            let mut rx = queue.lock().await;
-            let Some(first) = rx.recv().await else {
-                break;
-            };
-            let mut bytes = first.new.body.len();
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                match rx.try_recv() {
-                    Ok(w) => {
-                        bytes += w.new.body.len();
-                        batch.push(w);
-                    }
-                    Err(_) => break,
-                }
-            }
-            batch
-        };
+    while let Some(batch) = next_batch(&queue, MAX_BATCH, MAX_BATCH_BYTES, |w: &Waiting| {
+        w.new.body.len()
+    })
+    .await
+    {
         let started = Instant::now();
         let news: Vec<&NewEvent> = batch.iter().map(|w| &w.new).collect();
         let mut result = bounded(&inner, &news).await;
@@ -221,24 +207,7 @@ pub(super) async fn committer(
             }
         }
     }
-    inner.batchers.fetch_sub(1, Ordering::Relaxed);
-    inner.batcher_stopped.notify_waiters();
-}
-
-pub(super) enum Failure {
-    /// A deadlock or serialization failure: may simply be run again.
-    Conflict,
-    Store(StoreError),
-}
-
-impl From<tokio_postgres::Error> for Failure {
-    fn from(e: tokio_postgres::Error) -> Failure {
-        if retryable(&e) {
-            Failure::Conflict
-        } else {
-            Failure::Store(db_error(&e))
-        }
-    }
+    inner.batcher_stopped();
 }
 
 /// What one event of a batch becomes.

@@ -205,6 +205,49 @@ fn pool_error(e: PoolError) -> StoreError {
     }
 }
 
+/// Why a batch's transaction failed.
+pub(super) enum Failure {
+    /// A deadlock or serialization failure: may simply be run again.
+    Conflict,
+    Store(StoreError),
+}
+
+impl From<tokio_postgres::Error> for Failure {
+    fn from(e: tokio_postgres::Error) -> Failure {
+        if retryable(&e) {
+            Failure::Conflict
+        } else {
+            Failure::Store(db_error(&e))
+        }
+    }
+}
+
+/// What the committers and the outcome writers wait on: the next item of
+/// `queue`, then whatever else is already waiting, up to `max` items or
+/// until their `weight` reaches `max_weight`. `None` once the queue is
+/// closed and empty.
+async fn next_batch<T>(
+    queue: &tokio::sync::Mutex<mpsc::Receiver<T>>,
+    max: usize,
+    max_weight: usize,
+    weight: impl Fn(&T) -> usize,
+) -> Option<Vec<T>> {
+    let mut rx = queue.lock().await;
+    let first = rx.recv().await?;
+    let mut total = weight(&first);
+    let mut batch = vec![first];
+    while batch.len() < max && total < max_weight {
+        match rx.try_recv() {
+            Ok(item) => {
+                total += weight(&item);
+                batch.push(item);
+            }
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
+
 /// Whether a transaction lost a conflict and may simply be run again.
 fn retryable(e: &tokio_postgres::Error) -> bool {
     e.as_db_error()
@@ -485,6 +528,12 @@ impl Inner {
             .map(|i| DeliveryId(ulid::Ulid(start + i)))
             .collect();
         (EventId(ulid::Ulid(start)), deliveries)
+    }
+
+    /// A committer or outcome writer has stopped; `close` waits for all.
+    fn batcher_stopped(&self) {
+        self.batchers.fetch_sub(1, Ordering::Relaxed);
+        self.batcher_stopped.notify_waiters();
     }
 
     fn moved(&self, from: Option<State>, to: Option<State>, n: i64) {

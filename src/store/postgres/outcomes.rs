@@ -12,13 +12,11 @@
 //! runs out and the delivery is tried again.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::commit::Failure;
-use super::{delivery_row, pipeline, state_code, Inner, DELIVERY};
+use super::{delivery_row, next_batch, pipeline, state_code, Failure, Inner, DELIVERY};
 use crate::store::{Delivery, DeliveryId, State, StoreError};
 
 /// Most outcomes written by one statement.
@@ -60,29 +58,14 @@ pub(super) async fn writer(
     inner: Arc<Inner>,
     queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Outcome>>>,
 ) {
-    loop {
-        let batch = {
-            let mut rx = queue.lock().await;
-            let Some(first) = rx.recv().await else {
-                break;
-            };
-            let mut batch = vec![first];
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(o) => batch.push(o),
-                    Err(_) => break,
-                }
-            }
-            batch
-        };
+    while let Some(batch) = next_batch(&queue, MAX_BATCH, usize::MAX, |_: &Outcome| 0).await {
         match written(&inner, &batch).await {
             Ok(mut written) => answer(&inner, batch, &mut written),
-            Err(e @ (StoreError::Unavailable(_) | StoreError::Closed)) => {
-                for o in batch {
-                    let _ = o.done.send(Err(e.clone()));
-                }
-            }
-            Err(e) if batch.len() == 1 => {
+            // Out of reach, or nothing to split: every outcome fails.
+            Err(e)
+                if batch.len() == 1
+                    || matches!(e, StoreError::Unavailable(_) | StoreError::Closed) =>
+            {
                 for o in batch {
                     let _ = o.done.send(Err(e.clone()));
                 }
@@ -102,8 +85,7 @@ pub(super) async fn writer(
             }
         }
     }
-    inner.batchers.fetch_sub(1, Ordering::Relaxed);
-    inner.batcher_stopped.notify_waiters();
+    inner.batcher_stopped();
 }
 
 /// [`record`], once more after a lost deadlock; the error as the store
