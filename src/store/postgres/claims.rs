@@ -58,21 +58,8 @@ impl Inner {
         if !self.config.listen {
             return;
         }
-        let payloads: Vec<String> = if targets.len() > 32 {
-            vec![format!("{}:*", self.instance)]
-        } else {
-            targets
-                .iter()
-                .map(|t| format!("{}:{t}", self.instance))
-                .collect()
-        };
         if let Ok(c) = self.client().await {
-            let _ = c
-                .exec(
-                    "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
-                    &[&self.channel, &payloads],
-                )
-                .await;
+            self.notify(&c, targets).await;
         }
     }
 }

@@ -14,16 +14,14 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::{mpsc, oneshot};
 
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 
-use deadpool_postgres::Object;
-
-use super::{next_batch, pipeline, to_json, Cached, Failure, Inner};
+use super::{next_batch, pipeline, to_json, wake, Cached, Failure, Inner};
 use crate::store::{now_ms, Accepted, DeliveryId, EventId, Inbound, NewEvent, State, StoreError};
 
 /// Most events written in one transaction.
@@ -32,17 +30,6 @@ const MAX_BATCH: usize = 256;
 /// statement's parameter (all the bodies of a batch) stays far below what
 /// the protocol can carry (1 GiB), whatever `ingest.max_body_bytes` is.
 const MAX_BATCH_BYTES: usize = 64 << 20;
-/// A commit naming more targets than this wakes the fleet with one
-/// notification that names none (each relay then looks for due work).
-const MAX_NOTIFY_TARGETS: usize = 32;
-/// A target's new work is told to the fleet at most once in this long
-/// (the relay that accepted it claims it at once, and a relay told once
-/// looks at all of the target's due work when it claims); what came in the
-/// meantime is told when the time is up.
-const NOTIFY_EVERY: Duration = Duration::from_millis(50);
-/// Targets whose last notice is remembered, at most (older ones are
-/// forgotten first).
-const TOLD_TARGETS: usize = 10_000;
 
 pub(super) struct Waiting {
     new: NewEvent,
@@ -78,91 +65,6 @@ pub(super) async fn accept(inner: &Inner, new: NewEvent) -> Result<Accepted, Sto
         .await
         .map_err(|_| StoreError::Closed)?;
     answer.await.map_err(|_| StoreError::Closed)?
-}
-
-/// What the fleet was told of: when each target's new work was last
-/// named, and the targets a notice left untold because one had named them
-/// within [`NOTIFY_EVERY`] (one notice names those once the time is up).
-#[derive(Default)]
-pub(super) struct Told {
-    at: HashMap<String, Instant>,
-    owed: HashSet<String>,
-    /// A notice of what is owed is on its way.
-    settling: bool,
-}
-
-/// Tells the fleet of the new work of `woken` (after its commit): at
-/// once for the targets not named in the last [`NOTIFY_EVERY`], and once
-/// that time is up for the others.
-fn tell(inner: &Arc<Inner>, client: Object, woken: &[&String]) {
-    let now = Instant::now();
-    let (now_told, settle) = {
-        let mut told = inner.told.lock().expect("lock poisoned");
-        if told.at.len() > TOLD_TARGETS {
-            told.at
-                .retain(|_, at| now.duration_since(*at) < NOTIFY_EVERY);
-        }
-        let mut now_told = Vec::new();
-        for t in woken {
-            match told.at.get(t.as_str()) {
-                Some(at) if now.duration_since(*at) < NOTIFY_EVERY => {
-                    told.owed.insert(t.to_string());
-                }
-                _ => {
-                    told.at.insert(t.to_string(), now);
-                    now_told.push(t.to_string());
-                }
-            }
-        }
-        let settle = !told.owed.is_empty() && !told.settling;
-        told.settling |= settle;
-        (now_told, settle)
-    };
-    if !now_told.is_empty() {
-        let inner = inner.clone();
-        tokio::spawn(async move { notify(&inner, &client, &now_told).await });
-    }
-    if settle {
-        let inner = inner.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(NOTIFY_EVERY).await;
-            let owed: Vec<String> = {
-                let mut told = inner.told.lock().expect("lock poisoned");
-                told.settling = false;
-                let owed: Vec<String> = told.owed.drain().collect();
-                let now = Instant::now();
-                for t in &owed {
-                    told.at.insert(t.clone(), now);
-                }
-                owed
-            };
-            if let Ok(client) = inner.client().await {
-                notify(&inner, &client, &owed).await;
-            }
-        });
-    }
-}
-
-/// One `NOTIFY` per target (or one for all, past [`MAX_NOTIFY_TARGETS`]);
-/// best effort: the other relays' pollers find the work anyway.
-async fn notify(inner: &Inner, client: &Object, targets: &[String]) {
-    if targets.is_empty() {
-        return;
-    }
-    let payloads: Vec<String> = if targets.len() > MAX_NOTIFY_TARGETS {
-        vec![format!("{}:*", inner.instance)]
-    } else {
-        targets
-            .iter()
-            .map(|t| format!("{}:{t}", inner.instance))
-            .collect()
-    };
-    let _ = client
-        .exec(
-            "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
-            &[&inner.channel, &payloads],
-        )
-        .await;
 }
 
 /// Takes whatever is waiting (up to [`MAX_BATCH`]), commits it, answers
@@ -492,7 +394,7 @@ async fn commit(inner: &Arc<Inner>, batch: &[&NewEvent]) -> Result<Vec<Accepted>
     // commit, which would make every relay's commits wait on each other.
     // The batch is answered without waiting for it.
     if inner.config.listen && !woken.is_empty() {
-        tell(inner, client, woken);
+        wake::tell(inner, client, woken);
     }
     Ok(answers)
 }

@@ -63,6 +63,9 @@ pub use config::PostgresConfig;
 /// target's key starts with `!`).
 const ENDPOINTS: &str = "!endpoints";
 
+/// A notice naming more targets than this wakes the fleet with one
+/// notification that names none (each relay then looks for due work).
+const MAX_NOTIFY_TARGETS: usize = 32;
 /// Accepted events waiting for a committer, at most.
 const QUEUE: usize = 4096;
 /// Transactions committing accepted events at once.
@@ -102,7 +105,7 @@ pub(crate) struct Inner {
     counts: [AtomicI64; 5],
     woken: Mutex<Vec<String>>,
     /// What the fleet was told of new work, and what it is owed.
-    told: Mutex<commit::Told>,
+    told: Mutex<wake::Told>,
     new_work: Arc<Notify>,
     /// Wakes the poller at once (a notification that names no target).
     poll_now: Notify,
@@ -389,7 +392,7 @@ impl PostgresStore {
             batcher_stopped: Notify::new(),
             counts: Default::default(),
             woken: Mutex::new(Vec::new()),
-            told: Mutex::new(commit::Told::default()),
+            told: Mutex::new(wake::Told::default()),
             new_work: Arc::new(Notify::new()),
             poll_now: Notify::new(),
             endpoints_changed: Arc::new(Notify::new()),
@@ -528,6 +531,28 @@ impl Inner {
             .map(|i| DeliveryId(ulid::Ulid(start + i)))
             .collect();
         (EventId(ulid::Ulid(start)), deliveries)
+    }
+
+    /// One `NOTIFY` per target (or one for all, past [`MAX_NOTIFY_TARGETS`]);
+    /// best effort: the other relays' pollers find the work anyway.
+    pub(super) async fn notify(&self, client: &Object, targets: &[String]) {
+        if targets.is_empty() {
+            return;
+        }
+        let payloads: Vec<String> = if targets.len() > MAX_NOTIFY_TARGETS {
+            vec![format!("{}:*", self.instance)]
+        } else {
+            targets
+                .iter()
+                .map(|t| format!("{}:{t}", self.instance))
+                .collect()
+        };
+        let _ = client
+            .exec(
+                "SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p",
+                &[&self.channel, &payloads],
+            )
+            .await;
     }
 
     /// A committer or outcome writer has stopped; `close` waits for all.

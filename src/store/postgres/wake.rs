@@ -8,17 +8,29 @@
 //! committed. Notifications can be lost (the listener reconnecting, a
 //! pooler that cannot LISTEN), and retries another relay scheduled are
 //! never announced, so the poller also looks every `poll_interval` for
-//! targets with work due and for lapsed leases.
+//! targets with work due and for lapsed leases. How often a relay tells
+//! the fleet of one target's new work is bounded here too ([`tell`]).
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use deadpool_postgres::Object;
 
 use tokio_postgres::AsyncMessage;
 
 use super::{claims, db_error, Cached, Inner};
 use crate::store::{now_ms, StoreError};
 
+/// A target's new work is told to the fleet at most once in this long
+/// (the relay that accepted it claims it at once, and a relay told once
+/// looks at all of the target's due work when it claims); what came in the
+/// meantime is told when the time is up.
+const NOTIFY_EVERY: Duration = Duration::from_millis(50);
+/// Targets whose last notice is remembered, at most (older ones are
+/// forgotten first).
+const TOLD_TARGETS: usize = 10_000;
 /// The longest wait between two attempts to connect the listener.
 const MAX_RECONNECT: Duration = Duration::from_secs(5);
 
@@ -160,4 +172,69 @@ async fn endpoints_generation(inner: &Inner) -> Result<(), StoreError> {
         inner.endpoints_changed.notify_one();
     }
     Ok(())
+}
+
+// === telling the fleet ===
+
+/// What the fleet was told of: when each target's new work was last
+/// named, and the targets a notice left untold because one had named them
+/// within [`NOTIFY_EVERY`] (one notice names those once the time is up).
+#[derive(Default)]
+pub(super) struct Told {
+    at: HashMap<String, Instant>,
+    owed: HashSet<String>,
+    /// A notice of what is owed is on its way.
+    settling: bool,
+}
+
+/// Tells the fleet of the new work of `woken` (after its commit): at
+/// once for the targets not named in the last [`NOTIFY_EVERY`], and once
+/// that time is up for the others.
+pub(super) fn tell(inner: &Arc<Inner>, client: Object, woken: &[&String]) {
+    let now = Instant::now();
+    let (now_told, settle) = {
+        let mut told = inner.told.lock().expect("lock poisoned");
+        if told.at.len() > TOLD_TARGETS {
+            told.at
+                .retain(|_, at| now.duration_since(*at) < NOTIFY_EVERY);
+        }
+        let mut now_told = Vec::new();
+        for t in woken {
+            match told.at.get(t.as_str()) {
+                Some(at) if now.duration_since(*at) < NOTIFY_EVERY => {
+                    told.owed.insert(t.to_string());
+                }
+                _ => {
+                    told.at.insert(t.to_string(), now);
+                    now_told.push(t.to_string());
+                }
+            }
+        }
+        let settle = !told.owed.is_empty() && !told.settling;
+        told.settling |= settle;
+        (now_told, settle)
+    };
+    if !now_told.is_empty() {
+        let inner = inner.clone();
+        tokio::spawn(async move { inner.notify(&client, &now_told).await });
+    }
+    if settle {
+        let inner = inner.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(NOTIFY_EVERY).await;
+            let owed: Vec<String> = {
+                let mut told = inner.told.lock().expect("lock poisoned");
+                told.settling = false;
+                let owed: Vec<String> = told.owed.drain().collect();
+                let now = Instant::now();
+                for t in &owed {
+                    told.at.insert(t.clone(), now);
+                }
+                owed
+            };
+            if let Ok(client) = inner.client().await {
+                inner.notify(&client, &owed).await;
+            }
+        });
+    }
 }
