@@ -120,6 +120,26 @@ async fn maintained_until(store: &dyn Store, what: &str, mut check: impl AsyncFn
     }
 }
 
+/// Ends the lease of `id`'s claim in the database (its owner has lost
+/// touch), and lets `relay`'s maintenance put it back to pending.
+async fn lapse(url: &str, id: DeliveryId, relay: &dyn Store) {
+    let (client, conn) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+        .execute(
+            "UPDATE hookrelay.deliveries SET lease_until_ms = 0 WHERE id = $1",
+            &[&id.to_key().as_slice()],
+        )
+        .await
+        .unwrap();
+    maintained_until(relay, "the lapsed claim is pending again", async || {
+        relay.delivery(id).await.unwrap().unwrap().state == State::Pending
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_relays_claiming_the_same_work_never_take_one_delivery_twice() {
     let url = server().await.database().await;
@@ -196,21 +216,7 @@ async fn a_lapsed_claim_goes_to_another_relay_and_the_old_owner_cannot_overwrite
         .is_empty());
 
     // Relay A loses touch: its lease runs out without a renewal.
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .execute(
-            "UPDATE hookrelay.deliveries SET lease_until_ms = 0 WHERE id = $1",
-            &[&id.to_key().as_slice()],
-        )
-        .await
-        .unwrap();
-    maintained_until(&*b, "the lapsed claim is pending again", async || {
-        b.delivery(id).await.unwrap().unwrap().state == State::Pending
-    })
-    .await;
+    lapse(&url, id, &*b).await;
     let again = b.claim_due("r/x", now_ms(), 10, 1000).await.unwrap();
     assert_eq!(again.deliveries.len(), 1);
     assert_eq!(
@@ -579,21 +585,7 @@ async fn outcomes_finished_together_are_each_recorded_or_refused() {
     // One claim lapses and relay B takes it: A's outcome for it is refused,
     // whichever batch it is written in.
     let (_, lost, _) = claimed.deliveries[7];
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-        .execute(
-            "UPDATE hookrelay.deliveries SET lease_until_ms = 0 WHERE id = $1",
-            &[&lost.to_key().as_slice()],
-        )
-        .await
-        .unwrap();
-    maintained_until(&*b, "the lapsed claim is pending again", async || {
-        b.delivery(lost).await.unwrap().unwrap().state == State::Pending
-    })
-    .await;
+    lapse(&url, lost, &*b).await;
     assert_eq!(
         b.claim_due("r/x", now_ms(), N, 1000)
             .await

@@ -303,9 +303,11 @@ pub(super) async fn claim_due(
     let rows = answers.pop().unwrap_or_default();
     let mut out = Vec::with_capacity(rows.len());
     let mut events = Vec::with_capacity(rows.len());
+    // The event's columns follow the delivery's.
+    let event_at = DELIVERY.split(", ").count();
     for row in &rows {
         let (id, d) = delivery_row(row)?;
-        if let Some(event) = prefetched(row, d.event) {
+        if let Some(event) = prefetched(row, event_at, d.event) {
             events.push(event);
         }
         out.push((d.next_at_ms, id, d));
@@ -325,11 +327,10 @@ pub(super) async fn claim_due(
     })
 }
 
-/// The event a claim's row carries after its delivery's columns (its
-/// meta, and its body when small enough); none when it has no body there
-/// or the event is gone (the attempt then reads it, and says so).
-fn prefetched(row: &Row, id: EventId) -> Option<Event> {
-    let at = DELIVERY.split(", ").count();
+/// The event a claim's row carries from column `at` (its meta, and its
+/// body when small enough); none when it has no body there or the event
+/// is gone (the attempt then reads it, and says so).
+fn prefetched(row: &Row, at: usize, id: EventId) -> Option<Event> {
     let meta: Option<serde_json::Value> = row.try_get(at).ok()?;
     let body: Option<Vec<u8>> = row.try_get(at + 1).ok()?;
     Some(Event {
