@@ -256,7 +256,7 @@ impl History {
             events: since(now.events.accepted, before.events.accepted),
             duplicates: since(now.events.duplicate, before.events.duplicate),
             rejected: since(now.events.rejected, before.events.rejected),
-            gauges: Some(self.gauges()),
+            gauges: self.gauges(),
             ..StatValues::default()
         };
         let mut lanes = Vec::new();
@@ -273,20 +273,21 @@ impl History {
         out
     }
 
-    fn gauges(&self) -> Gauges {
+    /// `None` while the store is still counting its deliveries.
+    fn gauges(&self) -> Option<Gauges> {
         let open = self
             .catalog
             .all()
             .iter()
             .filter(|t| t.lane.circuit_state() == "open")
             .count();
-        Gauges {
-            pending: self.store.count(State::Pending),
-            in_flight: self.store.count(State::InFlight),
-            dead: self.store.count(State::Dead),
+        Some(Gauges {
+            pending: self.store.count(State::Pending)?,
+            in_flight: self.store.count(State::InFlight)?,
+            dead: self.store.count(State::Dead)?,
             open_circuits: open as u64,
             store_bytes: self.store.disk_bytes(),
-        }
+        })
     }
 }
 

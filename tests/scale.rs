@@ -141,16 +141,25 @@ const BACKLOG: usize = 4000;
 /// Posting tasks that fill it.
 const POSTERS: usize = 8;
 
-/// The relay's `hookrelay_queue_depth{state}` from `/metrics`.
+/// The relay's `hookrelay_queue_depth{state}` from `/metrics`, once it has
+/// one: after a `kill -9` the store counts in the background, and the gauge
+/// has no series until it is done.
 async fn queue_depth(admin: std::net::SocketAddr, state: &str) -> f64 {
-    let s = scrape(admin).await;
-    assert!(
-        s.samples
+    let deadline = Instant::now() + STALLED;
+    loop {
+        let s = scrape(admin).await;
+        if s.samples
             .iter()
-            .any(|x| x.metric == "hookrelay_queue_depth"),
-        "no hookrelay_queue_depth in /metrics"
-    );
-    metric(&s, "hookrelay_queue_depth", Some(("state", state)))
+            .any(|x| x.metric == "hookrelay_queue_depth")
+        {
+            return metric(&s, "hookrelay_queue_depth", Some(("state", state)));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no hookrelay_queue_depth in /metrics after {STALLED:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Starts the relay and returns how long until `/readyz` answered 200.

@@ -18,6 +18,7 @@
 //!
 //! Every wait has a deadline; a deadline hit is reported, not a panic.
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -27,8 +28,8 @@ use hyper::StatusCode;
 
 use crate::load::{burst, Burst};
 use crate::procs::{
-    fd_limit, log_summary, memory, unit_fd_limit, wait_ready, LogSummary, Memory, PurgeLog, Ready,
-    RelayConfig, RelayDir, Sample, Sampler,
+    fd_limit, get, log_summary, memory, unit_fd_limit, wait_ready, LogSummary, Memory, PurgeLog,
+    Ready, RelayConfig, RelayDir, Sample, Sampler, Spawned,
 };
 use crate::server::Receiver;
 use crate::{progress, BACKLOG_VAR, STARTUP};
@@ -88,6 +89,11 @@ pub(crate) struct Run {
     pub(crate) restart_limit: Duration,
     /// The restarted relay, when `/readyz` first answered 200.
     pub(crate) mem_ready: Memory,
+    /// When the restarted relay's store had counted its deliveries (after
+    /// `kill -9` it counts in the background): `/metrics` has a
+    /// `hookrelay_queue_depth` series again. From the spawn.
+    pub(crate) counted: Option<Duration>,
+    pub(crate) mem_counted: Memory,
     pub(crate) drain: Option<Drain>,
     pub(crate) purge: Option<Purge>,
     pub(crate) logs: Vec<(&'static str, LogSummary)>,
@@ -157,6 +163,21 @@ pub(crate) fn measure(rt: &tokio::runtime::Runtime, bin: &Path, events: u64) -> 
     }
 }
 
+/// Polls `/metrics` every 20 ms until it has a `hookrelay_queue_depth`
+/// series; the time from the spawn, or `None` past `limit` from it.
+async fn wait_counted(admin: SocketAddr, relay: &Spawned, limit: Duration) -> Option<Duration> {
+    let deadline = relay.at + limit;
+    while Instant::now() < deadline {
+        if let Some((200, body)) = get(admin, "/metrics").await {
+            if String::from_utf8_lossy(&body).contains("hookrelay_queue_depth{") {
+                return Some(relay.at.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
+}
+
 fn run(rt: &tokio::runtime::Runtime, bin: &Path, n: u64) -> Result<Run, String> {
     let rx = rt.block_on(Receiver::start_on(
         1,
@@ -216,6 +237,8 @@ fn run(rt: &tokio::runtime::Runtime, bin: &Path, n: u64) -> Result<Run, String> 
     let restart = rt.block_on(wait_ready(&mut second, dir.addr, dir.admin, restart_limit));
     let pid = second.guard.pid();
     let mem_ready = memory(pid);
+    let counted = rt.block_on(wait_counted(dir.admin, &second, restart_limit));
+    let mem_counted = memory(pid);
     let mut logs = vec![("ingest relay", log_summary(&first_log))];
     let ok = ingest.ok;
     let mut result = Run {
@@ -231,6 +254,8 @@ fn run(rt: &tokio::runtime::Runtime, bin: &Path, n: u64) -> Result<Run, String> 
         restart,
         restart_limit,
         mem_ready,
+        counted,
+        mem_counted,
         drain: None,
         purge: None,
         logs: Vec::new(),

@@ -37,6 +37,7 @@
 //! `HOOKRELAY_BENCH_ONLY=fleet` runs (a), (b) and (h) only: the fleet, the
 //! ceiling its ratio is taken against and the embedded store it is
 //! compared with, all in the same run (about a minute once built).
+//! `HOOKRELAY_BENCH_ONLY=backlog` runs (a) and (f) only.
 //!
 //! `HOOKRELAY_BENCH_QUICK=1` shrinks (e), (f) and (g)'s load so the whole
 //! run takes about four minutes, most of it fixed waits (the janitor's
@@ -129,15 +130,21 @@ enum Only {
     All,
     /// (a), (b) and (h).
     Fleet,
+    /// (a) and (f).
+    Backlog,
 }
 
 /// `HOOKRELAY_BENCH_ONLY`: unset or empty for every section, `fleet` for
-/// (a), (b) and (h); anything else stops the run before it starts.
+/// (a), (b) and (h), `backlog` for (a) and (f); anything else stops the
+/// run before it starts.
 fn only() -> Only {
     match std::env::var(ONLY_VAR).as_deref() {
         Err(_) | Ok("") => Only::All,
         Ok("fleet") => Only::Fleet,
-        Ok(other) => panic!("{ONLY_VAR}={other:?}: the sections that run alone are: fleet"),
+        Ok("backlog") => Only::Backlog,
+        Ok(other) => {
+            panic!("{ONLY_VAR}={other:?}: the sections that run alone are: fleet, backlog")
+        }
     }
 }
 
@@ -164,6 +171,8 @@ fn main() {
         "mode: {}",
         if only == Only::Fleet {
             format!("{ONLY_VAR}=fleet: (a), (b) and (h) only")
+        } else if only == Only::Backlog {
+            format!("{ONLY_VAR}=backlog: (a) and (f) only, (f) {backlog_events} events")
         } else if quick {
             format!("quick ({QUICK_VAR}=1): (e) 1/100/1000 targets, (f) {backlog_events} events")
         } else {
@@ -174,6 +183,12 @@ fn main() {
     progress("(a) ceiling");
     let ceiling = measure_ceiling(&rt);
     let bin = relay_binary();
+    if only == Only::Backlog {
+        let backlog = backlog::measure(&rt, &bin, backlog_events);
+        progress("done");
+        report::print_backlog_report(&ceiling, &backlog);
+        return;
+    }
     progress("(b) durable ingest");
     let ingest = measure_ingest(&rt, &bin);
     if only == Only::Fleet {

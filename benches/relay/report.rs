@@ -25,6 +25,15 @@ fn verdict(met: bool) -> &'static str {
 
 const RULE: &str = "------------------------------------------------------------------------------";
 
+/// `HOOKRELAY_BENCH_ONLY=backlog`: (a) and (f).
+pub(crate) fn print_backlog_report(ceiling: &Ceiling, backlog: &Backlog) {
+    print_load_header();
+    println!("(a) ceiling: {:.0} req/s", ceiling.load.per_sec());
+    println!("{RULE}");
+    print_backlog(backlog, ceiling.load.per_sec());
+    print_load_after();
+}
+
 pub(crate) fn print_report(
     ceiling: &Ceiling,
     ingest: &Ingest,
@@ -440,6 +449,11 @@ fn print_backlog(b: &Backlog, ceiling: f64) {
     println!(
         "    restarted relay at /readyz 200: VmRSS {:.1} MiB, VmHWM {:.1} MiB",
         r.mem_ready.rss_mib, r.mem_ready.hwm_mib
+    );
+    println!(
+        "    deliveries counted in the background: queue gauge back {} after spawn; VmRSS {:.1} MiB then",
+        show(r.counted),
+        r.mem_counted.rss_mib
     );
     if let Some(d) = &r.drain {
         println!("{:<40}{:>12}{:>10}", "", "deliv./s", "vs (a)");

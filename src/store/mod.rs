@@ -296,8 +296,10 @@ pub trait Store: Send + Sync + 'static {
         scan: usize,
     ) -> Result<Page, StoreError>;
 
-    /// How many deliveries are in `state` now (kept in memory).
-    fn count(&self, state: State) -> i64;
+    /// How many deliveries are in `state` now (kept in memory); `None`
+    /// while the store does not know yet (sled counts in the background
+    /// after a run that did not close it).
+    fn count(&self, state: State) -> Option<i64>;
 
     // === endpoints and counters ===
 

@@ -340,14 +340,24 @@ impl Metrics {
     /// The exposition in `format`, gauges read now.
     pub fn render(&self, store: &dyn Store, catalog: &Catalog, format: Format) -> String {
         self.forget_gone(catalog);
+        // While the store is still counting (after an unclean stop) the
+        // queue has no series, and the dead letters keep their last value.
         for state in QUEUED {
-            self.queue_depth
-                .get_or_create(&StateLabel {
-                    state: state.as_str(),
-                })
-                .set(store.count(state));
+            let label = StateLabel {
+                state: state.as_str(),
+            };
+            match store.count(state) {
+                Some(n) => {
+                    self.queue_depth.get_or_create(&label).set(n);
+                }
+                None => {
+                    self.queue_depth.remove(&label);
+                }
+            }
         }
-        self.dead_letters.set(store.count(State::Dead));
+        if let Some(n) = store.count(State::Dead) {
+            self.dead_letters.set(n);
+        }
         // Rebuilt from the catalog, so a target that is gone has no gauge.
         self.circuit.clear();
         for t in catalog.all() {

@@ -130,9 +130,19 @@ async fn attempt_first(store: &dyn Store, target: &str, status: u16, next: Next)
 }
 
 /// Deliveries by state, in `State::ALL` order: pending, in flight,
-/// succeeded, dead, cancelled.
-fn counts(store: &dyn Store) -> [i64; 5] {
-    State::ALL.map(|s| store.count(s))
+/// succeeded, dead, cancelled; waited for while the store still counts.
+async fn counts(store: &dyn Store) -> [i64; 5] {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let [Some(a), Some(b), Some(c), Some(d), Some(e)] = State::ALL.map(|s| store.count(s)) {
+            return [a, b, c, d, e];
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the store did not count its deliveries within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 async fn reopen<B: Backend>(backend: &B, store: Arc<dyn Store>) -> Arc<dyn Store> {
@@ -166,7 +176,7 @@ pub async fn accept_keeps_the_event_and_one_pending_delivery_per_target<B: Backe
         assert_eq!(store.delivery(*id).await.unwrap().unwrap().target, d.target);
         assert!(store.attempts(*id).await.unwrap().is_empty());
     }
-    assert_eq!(counts(&*store), [2, 0, 0, 0, 0]);
+    assert_eq!(counts(&*store).await, [2, 0, 0, 0, 0]);
     let mut due_targets = store.due_targets().await.unwrap();
     due_targets.sort();
     assert_eq!(due_targets, ["r/a", "r/b"]);
@@ -204,7 +214,7 @@ pub async fn a_dedup_key_within_retention_answers_with_the_first_event<B: Backen
         2,
         "the duplicate queued nothing"
     );
-    assert_eq!(counts(&*store), [2, 0, 0, 0, 0]);
+    assert_eq!(counts(&*store).await, [2, 0, 0, 0, 0]);
     // The same key on another route is another key.
     let mut elsewhere = new_event(&["r/a"], None);
     elsewhere.dedup = Some(("other".into(), "k1".into()));
@@ -238,7 +248,7 @@ pub async fn a_claim_takes_a_delivery_once<B: Backend>() {
         store.delivery(id).await.unwrap().unwrap().state,
         State::InFlight
     );
-    assert_eq!(counts(&*store), [0, 1, 0, 0, 0]);
+    assert_eq!(counts(&*store).await, [0, 1, 0, 0, 0]);
 }
 
 pub async fn a_claim_for_another_due_time_is_refused<B: Backend>() {
@@ -279,7 +289,7 @@ pub async fn a_retry_is_recorded_and_due_again_at_its_time<B: Backend>() {
         vec![(later, id)]
     );
     assert_eq!(store.next_due("r/a").await.unwrap(), Some(later));
-    assert_eq!(counts(&*store), [1, 0, 0, 0, 0]);
+    assert_eq!(counts(&*store).await, [1, 0, 0, 0, 0]);
 
     // The second attempt is numbered after the first.
     store
@@ -321,7 +331,7 @@ pub async fn succeeded_and_dead_are_final<B: Backend>() {
     );
     assert!(store.due_entries(10).await.unwrap().is_empty());
     assert!(store.due_targets().await.unwrap().is_empty());
-    assert_eq!(counts(&*store), [0, 0, 1, 1, 0]);
+    assert_eq!(counts(&*store).await, [0, 0, 1, 1, 0]);
 }
 
 pub async fn release_gives_a_delivery_back_without_an_attempt<B: Backend>() {
@@ -356,7 +366,7 @@ pub async fn deliveries_in_flight_at_a_restart_are_pending_again<B: Backend>() {
     assert_eq!((d.state, d.attempts), (State::Pending, 0));
     assert!(d.next_at_ms <= now_ms(), "due now");
     assert_eq!(store.due_entries(10).await.unwrap().len(), 2);
-    assert_eq!(counts(&*store), [2, 0, 0, 0, 0]);
+    assert_eq!(counts(&*store).await, [2, 0, 0, 0, 0]);
     let (at, id) = store.due_for("r/a", now_ms(), 1).await.unwrap()[0];
     assert_eq!(id, taken);
     assert!(store.claim("r/a", at, id).await.unwrap().is_some());
@@ -393,7 +403,7 @@ pub async fn everything_acknowledged_survives_a_restart<B: Backend>() {
         State::Succeeded
     );
     assert_eq!(store.attempts(done).await.unwrap().len(), 1);
-    assert_eq!(counts(&*store), [19, 0, 1, 0, 0]);
+    assert_eq!(counts(&*store).await, [19, 0, 1, 0, 0]);
     let again = store.accept(new_event(&["r/a"], Some("k3"))).await.unwrap();
     assert_eq!(
         (again.duplicate, again.id),
@@ -426,7 +436,7 @@ pub async fn requeue_gives_a_fresh_attempt_budget<B: Backend>() {
     assert_eq!((d.state, d.attempts, d.base), (State::Pending, 1, 1));
     assert_eq!(d.note.as_deref(), Some("by hand"));
     assert_eq!(store.due_for("r/a", now_ms(), 10).await.unwrap().len(), 1);
-    assert_eq!(counts(&*store), [2, 0, 0, 0, 0]);
+    assert_eq!(counts(&*store).await, [2, 0, 0, 0, 0]);
 
     let (_, flying) = claim_first(&*store, "r/b").await;
     let d = store.requeue(flying, "by hand").await.unwrap().unwrap();
@@ -469,7 +479,7 @@ pub async fn bulk_requeue_pages_through_every_batch<B: Backend>() {
     }
     assert_eq!(total, 5);
     assert!(batches >= 3, "{batches} batches of at most 2");
-    assert_eq!(counts(&*store), [5, 0, 0, 1, 0], "r/b is left alone");
+    assert_eq!(counts(&*store).await, [5, 0, 0, 1, 0], "r/b is left alone");
     let due = store.due_entries(10).await.unwrap();
     assert!(due.iter().all(|(t, _, _)| t == "r/a"));
 }
@@ -493,7 +503,7 @@ pub async fn cancel_and_cancel_all<B: Backend>() {
         "a finished one stays"
     );
     assert_eq!(store.cancel_all("r/a", "gone").await.unwrap(), 2);
-    assert_eq!(counts(&*store), [1, 0, 0, 0, 3]);
+    assert_eq!(counts(&*store).await, [1, 0, 0, 0, 3]);
     let left = store.due_entries(10).await.unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].0, "r/b");
@@ -765,7 +775,7 @@ pub async fn purge_removes_old_finished_events_only<B: Backend>() {
     assert!(store.event(waiting.id).await.unwrap().is_some());
     assert_eq!(store.deliveries_of(waiting.id).await.unwrap().len(), 1);
     assert_eq!(
-        counts(&*store),
+        counts(&*store).await,
         [1, 0, 0, 0, 0],
         "the purged delivery is counted no more"
     );
@@ -799,7 +809,7 @@ pub async fn purge_steps_go_past_events_still_pending<B: Backend>() {
         }
     }
     assert_eq!(removed, 3, "every finished event went, in {steps} steps");
-    assert_eq!(counts(&*store), [5, 0, 0, 0, 0]);
+    assert_eq!(counts(&*store).await, [5, 0, 0, 0, 0]);
     // The next round starts from the oldest again.
     let step = store.purge(cutoff, 100).await.unwrap();
     assert_eq!((step.removed, step.more), (0, false));
@@ -823,7 +833,7 @@ pub async fn concurrent_accepts_all_get_their_own_ids<B: Backend>() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 64);
-    assert_eq!(counts(&*store), [64, 0, 0, 0, 0]);
+    assert_eq!(counts(&*store).await, [64, 0, 0, 0, 0]);
     assert_eq!(store.due_entries(100).await.unwrap().len(), 64);
 }
 
@@ -936,7 +946,7 @@ pub async fn a_large_fan_out_reaches_every_target_across_a_restart<B: Backend>()
     assert!(got
         .iter()
         .all(|(_, d)| d.state == State::Pending && d.event == a.id));
-    assert_eq!(counts(&*store), [1500, 0, 0, 0, 0]);
+    assert_eq!(counts(&*store).await, [1500, 0, 0, 0, 0]);
     // Each is due on its own target.
     for t in ["route/endpoint-0000", "route/endpoint-1499"] {
         assert_eq!(store.due_for(t, now_ms(), 10).await.unwrap().len(), 1);

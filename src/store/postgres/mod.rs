@@ -810,10 +810,12 @@ impl Store for PostgresStore {
         queries::list_deliveries(&self.inner, state, target, after, limit, scan).await
     }
 
-    fn count(&self, state: State) -> i64 {
-        self.inner.counts[state.index()]
-            .load(Ordering::Relaxed)
-            .max(0)
+    fn count(&self, state: State) -> Option<i64> {
+        Some(
+            self.inner.counts[state.index()]
+                .load(Ordering::Relaxed)
+                .max(0),
+        )
     }
 
     async fn put_endpoint(&self, endpoint: &EndpointRecord) -> Result<(), StoreError> {

@@ -216,11 +216,15 @@ impl Sled {
         }
         let inline =
             |(p, a): &(&Prepared, &Accepted)| !a.duplicate && p.targets.len() <= INLINE_FANOUT;
-        for (_, a) in prepared.iter().zip(&accepted).filter(inline) {
-            for _ in 0..a.deliveries {
-                self.counts.moved(None, Some(State::Pending));
+        // New ids sort after every delivery a count after an unclean stop
+        // reads, so these count at once, held or not.
+        let counted = self.counts.transition();
+        for (p, _) in prepared.iter().zip(&accepted).filter(inline) {
+            for id in &p.deliveries {
+                counted.moved(*id, None, Some(State::Pending));
             }
         }
+        drop(counted);
         self.committed_at_ms.store(now_ms(), Ordering::Relaxed);
         // Counted first, then claimable: the pending gauge never dips.
         if let Some(last) = prepared
@@ -288,6 +292,8 @@ impl Sled {
         let ids: Vec<DeliveryId> = (0..chunk.targets.len() as u128)
             .map(|i| DeliveryId(ulid::Ulid(event.0 .0 + 1 + chunk.first as u128 + i)))
             .collect();
+        // A chunk left by the last run has ids a count may still read.
+        let counted = self.counts.transition();
         (&self.deliveries, &self.due, &self.fanout)
             .transaction(|(deliveries, due, fanout)| {
                 for (did, target) in ids.iter().zip(&chunk.targets) {
@@ -298,9 +304,10 @@ impl Sled {
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
             .map_err(tx_error)?;
-        for _ in &ids {
-            self.counts.moved(None, Some(State::Pending));
+        for id in &ids {
+            counted.moved(*id, None, Some(State::Pending));
         }
+        drop(counted);
         if let Some(last) = ids.last() {
             self.mark_durable(*last);
         }

@@ -134,6 +134,7 @@ impl Sled {
             self.due.remove(index)?;
             return Ok(None);
         }
+        let counted = self.counts.transition();
         {
             let mut claimed = self.claimed.lock().expect("lock poisoned");
             if claimed.contains_key(&id) {
@@ -141,8 +142,7 @@ impl Sled {
             }
             claimed.insert(id, at_ms);
         }
-        self.counts
-            .moved(Some(State::Pending), Some(State::InFlight));
+        counted.moved(id, Some(State::Pending), Some(State::InFlight));
         d.state = State::InFlight;
         Ok(Some(d))
     }
@@ -162,6 +162,7 @@ impl Sled {
         next: Next,
     ) -> Result<Delivery, StoreError> {
         let key = id.to_key();
+        let counted = self.counts.transition();
         loop {
             let Some(v) = self.deliveries.get(key)? else {
                 return Err(StoreError::Corrupt {
@@ -211,7 +212,7 @@ impl Sled {
                 // meanwhile): it was pending, or changed by hand.
                 on_disk
             };
-            self.counts.moved(Some(was), Some(d.state));
+            counted.moved(id, Some(was), Some(d.state));
             return Ok(d);
         }
     }
@@ -226,6 +227,7 @@ impl Sled {
         change: impl Fn(&mut Delivery) -> bool,
     ) -> Result<Option<(bool, Delivery)>, StoreError> {
         let key = id.to_key();
+        let counted = self.counts.transition();
         let result = (&self.deliveries, &self.due).transaction(|(deliveries, due)| {
             let Some(v) = deliveries.get(key)? else {
                 return Ok(None);
@@ -261,7 +263,7 @@ impl Sled {
                 // Cancelled while an attempt was under way.
                 was = State::InFlight;
             }
-            self.counts.moved(Some(was), Some(d.state));
+            counted.moved(id, Some(was), Some(d.state));
             if d.state == State::Pending {
                 self.shared.wake([&d.target]);
             }
@@ -272,11 +274,15 @@ impl Sled {
     /// Puts an in-flight delivery back to pending at `at_ms` without counting
     /// an attempt (used when shutdown interrupts it before it was sent).
     pub fn release(&self, id: DeliveryId, at_ms: u64) -> Result<(), StoreError> {
-        let Some(claimed_at) = self.claimed.lock().expect("lock poisoned").remove(&id) else {
-            return Ok(());
+        let claimed_at = {
+            // Dropped before `change`, which holds its own.
+            let counted = self.counts.transition();
+            let Some(claimed_at) = self.claimed.lock().expect("lock poisoned").remove(&id) else {
+                return Ok(());
+            };
+            counted.moved(id, Some(State::InFlight), Some(State::Pending));
+            claimed_at
         };
-        self.counts
-            .moved(Some(State::InFlight), Some(State::Pending));
         if claimed_at != at_ms {
             self.change(id, |d| {
                 if d.state != State::Pending {
@@ -379,6 +385,7 @@ impl Sled {
         let mut counted = Vec::new();
         let mut last = None;
         let mut more = false;
+        let transition = self.counts.transition();
         for item in iter {
             if looked == limit {
                 more = true;
@@ -418,7 +425,7 @@ impl Sled {
             }
             bytes += (k.len() + v.len()) as u64;
             gone_events.remove(k);
-            counted.extend(deliveries.into_iter().map(|(_, d)| d.state));
+            counted.extend(deliveries.into_iter().map(|(id, d)| (id, d.state)));
             removed += 1;
             if removed % PURGE_BATCH == 0 {
                 // A few events' removals per write: one sled batch is one
@@ -438,9 +445,10 @@ impl Sled {
         self.bodies.apply_batch(gone_bodies)?;
         self.deliveries.apply_batch(gone_deliveries)?;
         self.events.apply_batch(gone_events)?;
-        for state in counted {
-            self.counts.moved(Some(state), None);
+        for (id, state) in counted {
+            transition.moved(id, Some(state), None);
         }
+        drop(transition);
         *self.purge_from.lock().expect("lock poisoned") = if more { last } else { None };
         self.shared.space.purged(bytes);
         Ok(Purged { removed, more })

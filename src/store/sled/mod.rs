@@ -53,6 +53,7 @@ use crate::store::{
 };
 
 mod commit;
+mod counts;
 mod deliveries;
 mod keys;
 mod queries;
@@ -62,6 +63,7 @@ mod stats;
 mod tests;
 
 use commit::{committer, Waiting};
+use counts::{StateCounts, COUNT_STEP};
 use keys::{decode, due_key, encode};
 use space::{Space, MIN_FREE_BYTES};
 
@@ -189,8 +191,13 @@ struct Sled {
     /// Deliveries claimed for an attempt, with the due time they were
     /// claimed at. Only here: on disk they stay pending until `finish`.
     claimed: Mutex<std::collections::HashMap<DeliveryId, u64>>,
-    /// Deliveries by state, kept up to date by every transition.
+    /// Deliveries by state, kept up to date by every transition, and read
+    /// again in the background after an unclean stop (`counts.rs`).
     counts: StateCounts,
+    /// That background count, while it runs.
+    counter: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Set by `stop`: the background count ends at its next step.
+    stopping: AtomicBool,
     /// The highest delivery id known to be durable. A group commit's
     /// deliveries are in the trees (and visible) before its sync returns;
     /// until then none of them may be claimed, or a commit whose sync fails
@@ -222,30 +229,14 @@ impl InboundLen {
     }
 }
 
-/// How many deliveries are in each state.
-#[derive(Default)]
-struct StateCounts([AtomicI64; 5]);
-
-impl StateCounts {
-    fn moved(&self, from: Option<State>, to: Option<State>) {
-        if from == to {
-            return;
-        }
-        if let Some(f) = from {
-            self.0[f.index()].fetch_sub(1, Ordering::Relaxed);
-        }
-        if let Some(t) = to {
-            self.0[t.index()].fetch_add(1, Ordering::Relaxed);
-        }
-    }
-}
-
 impl Sled {
     /// Opens (or creates) the store, checks its schema version, and puts
     /// deliveries that a crash left in flight back to pending.
     fn open(config: &StoreConfig, shared: Arc<Shared>) -> Result<Arc<Sled>, StoreError> {
+        let started = Instant::now();
         create_private_dir(&config.path)?;
         let db = open_db(config)?;
+        let sled_ms = started.elapsed().as_millis() as u64;
         make_private(&config.path);
         check_schema(&db, &config.path)?;
         // sled keeps its log in `<path>/db`; any handle on it can sync it.
@@ -277,28 +268,43 @@ impl Sled {
             purge_from: Mutex::new(None),
             claimed: Mutex::new(std::collections::HashMap::new()),
             counts: StateCounts::default(),
+            counter: Mutex::new(None),
+            stopping: AtomicBool::new(false),
             durable: Mutex::new(0),
             db,
         });
-        // Everything written before this open is as durable as it gets.
-        if let Some((k, _)) = store.deliveries.last()? {
-            if let Some(id) = DeliveryId::from_key(&k) {
-                store.mark_durable(id);
-            }
+        // Everything written before this open is as durable as it gets, and
+        // every id handed out from now on sorts after it.
+        let last = store
+            .deliveries
+            .last()?
+            .and_then(|(k, _)| DeliveryId::from_key(&k));
+        if let Some(id) = last {
+            store.mark_durable(id);
         }
-        // A clean close left the counts; otherwise they are counted (and
-        // deliveries an older version left in flight are put back).
-        match store.meta.remove(CLEAN_CLOSE)? {
+        let last_event = store
+            .events
+            .last()?
+            .and_then(|(k, _)| EventId::from_key(&k));
+        *store.ids.lock().expect("lock poisoned") = last
+            .map_or(0, |d| d.0 .0)
+            .max(last_event.map_or(0, |e| e.0 .0));
+        // A clean close left the counts; otherwise they are read again, in
+        // the background (`counts.rs`).
+        let counting = match store.meta.remove(CLEAN_CLOSE)? {
             Some(v) => {
-                let counts: [i64; 5] = decode("meta", &v)?;
-                for (c, n) in store.counts.0.iter().zip(counts) {
-                    c.store(n, Ordering::Relaxed);
+                store.counts.set(decode("meta", &v)?);
+                false
+            }
+            // A new store has nothing to count.
+            None => match last {
+                Some(end) => {
+                    store.counts.start_reading(end.0 .0);
+                    true
                 }
-            }
-            None => {
-                store.count_and_recover()?;
-            }
-        }
+                None => false,
+            },
+        };
         store.migrate_subscriptions()?;
         // The marker is gone for good before anything changes: a crash from
         // here on means counting at the next open.
@@ -311,45 +317,69 @@ impl Sled {
             .map_err(io_error)?;
         *store.commits.lock().expect("lock poisoned") = Some(tx);
         *store.committer.lock().expect("lock poisoned") = Some(handle);
+        if counting {
+            let weak = Arc::downgrade(&store);
+            let handle = std::thread::Builder::new()
+                .name("hookrelay-count".into())
+                .spawn(move || count_in_background(weak))
+                .map_err(io_error)?;
+            *store.counter.lock().expect("lock poisoned") = Some(handle);
+        }
+        tracing::info!(
+            ms = started.elapsed().as_millis() as u64,
+            sled_ms,
+            counting,
+            "store: opened"
+        );
         Ok(store)
     }
 
-    /// Counts deliveries by state, reading only each one's state; puts
-    /// those an older version left `in_flight` back to pending, due now
-    /// (this version keeps claims in memory: on disk a claimed delivery is
-    /// still pending, so a crash needs no repair).
-    fn count_and_recover(&self) -> Result<usize, StoreError> {
+    /// One step of the count after an unclean stop: reads the state of up
+    /// to `COUNT_STEP` deliveries after `from`, up to `end`, with
+    /// transitions held off. A delivery claimed now counts as in flight;
+    /// one an older version left `in_flight` on disk is put back to
+    /// pending, due now (this version keeps claims in memory: on disk a
+    /// claimed delivery is still pending, so a crash needs no repair).
+    /// Returns whether the count is done.
+    fn count_step(&self, requeued: &mut usize) -> Result<bool, StoreError> {
         #[derive(serde::Deserialize)]
         struct StateOf {
             state: State,
         }
-        let now = now_ms();
-        let mut n = 0;
-        for item in self.deliveries.iter() {
-            let (k, v) = item?;
-            let StateOf { state } = decode("deliveries", &v)?;
-            if state != State::InFlight {
-                self.counts.moved(None, Some(state));
-                continue;
-            }
-            let Some(id) = DeliveryId::from_key(&k) else {
-                continue;
+        self.counts.step(|from, end| {
+            let start = match from {
+                Some(u) => DeliveryId(ulid::Ulid(u + 1)).to_key(),
+                None => [0; 16],
             };
-            let mut d: Delivery = decode("deliveries", &v)?;
-            d.state = State::Pending;
-            d.next_at_ms = now;
-            self.deliveries.insert(k, encode(&d))?;
-            self.due.insert(due_key(&d.target, now, id), &[])?;
-            self.counts.moved(None, Some(State::Pending));
-            n += 1;
-        }
-        if n > 0 {
-            tracing::info!(
-                deliveries = n,
-                "requeued deliveries left in flight by the last run"
-            );
-        }
-        Ok(n)
+            let end_key = DeliveryId(ulid::Ulid(end)).to_key();
+            let mut states = Vec::with_capacity(COUNT_STEP);
+            let mut last = None;
+            for item in self.deliveries.range(start..=end_key).take(COUNT_STEP) {
+                let (k, v) = item?;
+                let Some(id) = DeliveryId::from_key(&k) else {
+                    continue;
+                };
+                last = Some(id.0 .0);
+                let StateOf { state } = decode("deliveries", &v)?;
+                match state {
+                    State::Pending if self.is_claimed(id) => states.push(State::InFlight),
+                    State::InFlight => {
+                        let now = now_ms();
+                        let mut d: Delivery = decode("deliveries", &v)?;
+                        d.state = State::Pending;
+                        d.next_at_ms = now;
+                        self.deliveries.insert(k, encode(&d))?;
+                        self.due.insert(due_key(&d.target, now, id), &[])?;
+                        self.shared.wake([&d.target]);
+                        self.shared.new_work.notify_one();
+                        states.push(State::Pending);
+                        *requeued += 1;
+                    }
+                    s => states.push(s),
+                }
+            }
+            Ok((states, last))
+        })
     }
 
     /// An event id and `n` delivery ids, consecutive in id order, so an
@@ -420,9 +450,9 @@ impl Sled {
         self.log.sync_data().map_err(io_error)
     }
 
-    /// How many deliveries are in `state` now.
-    pub fn count(&self, state: State) -> i64 {
-        self.counts.0[state.index()].load(Ordering::Relaxed)
+    /// How many deliveries are in `state` now; `None` until counted.
+    pub fn count(&self, state: State) -> Option<i64> {
+        self.counts.get(state)
     }
 
     /// Writes and syncs a probe value, unless a commit did as much just now;
@@ -451,19 +481,64 @@ impl Sled {
         if let Some(h) = self.committer.lock().expect("lock poisoned").take() {
             let _ = h.join();
         }
+        self.stopping.store(true, Ordering::Relaxed);
+        if let Some(h) = self.counter.lock().expect("lock poisoned").take() {
+            let _ = h.join();
+        }
     }
 
     /// Stops the committer, leaves the counts for the next open (claims
     /// in memory end here: on disk those deliveries are pending), and
     /// flushes once more.
+    /// A count still under way leaves nothing, so the next open counts.
     pub fn close(&self) -> Result<(), StoreError> {
         self.stop();
-        let mut counts = State::ALL.map(|s| self.count(s));
-        counts[State::Pending.index()] += counts[State::InFlight.index()];
-        counts[State::InFlight.index()] = 0;
-        self.meta.insert(CLEAN_CLOSE, encode(&counts))?;
+        let counts = State::ALL.map(|s| self.count(s));
+        if let (Some(pending), Some(in_flight)) = (
+            counts[State::Pending.index()],
+            counts[State::InFlight.index()],
+        ) {
+            let mut counts = counts.map(|c| c.unwrap_or(0));
+            counts[State::Pending.index()] = pending + in_flight;
+            counts[State::InFlight.index()] = 0;
+            self.meta.insert(CLEAN_CLOSE, encode(&counts))?;
+        }
         self.sync()
     }
+}
+
+/// The count after an unclean stop, step by step, until it is done, the
+/// store is stopped, or a read fails (then the counts stay unknown, and the
+/// next open counts again).
+fn count_in_background(store: std::sync::Weak<Sled>) {
+    let started = Instant::now();
+    let mut requeued = 0;
+    loop {
+        let Some(store) = store.upgrade() else {
+            return;
+        };
+        if store.stopping.load(Ordering::Relaxed) {
+            return;
+        }
+        match store.count_step(&mut requeued) {
+            Ok(false) => {}
+            Ok(true) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "store: counting deliveries failed; the counts stay unknown until the next start");
+                return;
+            }
+        }
+    }
+    if requeued > 0 {
+        tracing::info!(
+            deliveries = requeued,
+            "requeued deliveries left in flight by the last run"
+        );
+    }
+    tracing::info!(
+        ms = started.elapsed().as_millis() as u64,
+        "store: counted deliveries by state (the last run did not close the store)"
+    );
 }
 
 /// Opens sled's `Db`. sled holds a lock on its files until the background
@@ -958,8 +1033,8 @@ impl Store for SledStore {
             .await
     }
 
-    fn count(&self, state: State) -> i64 {
-        self.sled().map_or(0, |s| s.count(state))
+    fn count(&self, state: State) -> Option<i64> {
+        self.sled().ok().and_then(|s| s.count(state))
     }
 
     async fn put_endpoint(&self, endpoint: &EndpointRecord) -> Result<(), StoreError> {

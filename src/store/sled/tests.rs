@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::counts::{Scan, COUNT_STEP};
 use super::keys::{due_key, BODY_CHUNK};
 use super::{check_schema, Shared, Sled};
 use crate::store::*;
@@ -129,8 +130,8 @@ async fn cancel_all_takes_pending_and_stale_entries() {
     let (_, at, id) = store.due_entries(1).unwrap().remove(0);
     store.due.insert(due_key("r/a", at + 5, id), &[]).unwrap();
     assert_eq!(store.cancel_all("r/a", "gone").unwrap(), 3);
-    assert_eq!(store.count(State::Cancelled), 3);
-    assert_eq!(store.count(State::Pending), 1);
+    assert_eq!(store.count(State::Cancelled), Some(3));
+    assert_eq!(store.count(State::Pending), Some(1));
     let left = store.due_entries(10).unwrap();
     assert_eq!(left.len(), 1);
     assert_eq!(left[0].0, "r/b");
@@ -182,4 +183,109 @@ fn an_older_stores_subscriptions_become_endpoints_with_names_an_endpoint_may_hav
     assert!(name.starts_with("course.x"));
     assert_eq!(e.spec["events"], serde_json::json!([long_event]));
     assert!(store.subscriptions.is_empty(), "moved once");
+}
+
+#[tokio::test]
+async fn after_an_unclean_stop_the_counts_are_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = open(dir.path());
+        for _ in 0..20 {
+            store
+                .accept(new_event(&["r/a", "r/b"], None))
+                .await
+                .unwrap();
+        }
+        attempt_first(&store, 200, Next::Succeeded);
+        // Dropped without `close`, as after kill -9.
+        store.sync().unwrap();
+    }
+    let store = open(dir.path());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.count(State::Pending).is_none() {
+        assert!(std::time::Instant::now() < deadline, "never counted");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        State::ALL.map(|s| store.count(s).unwrap()),
+        [39, 0, 1, 0, 0]
+    );
+}
+
+/// Runs steps of the count until it has read past `id` (or is done).
+fn count_past(store: &Sled, id: DeliveryId) {
+    let mut requeued = 0;
+    while !store.count_step(&mut requeued).unwrap() {
+        if let Scan::Reading { upto: Some(u), .. } = store.counts.scan() {
+            if u >= id.0 .0 {
+                return;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_count_after_an_unclean_stop_leaves_what_changes_meanwhile_to_the_step_that_reads_it() {
+    const N: usize = 10 * COUNT_STEP;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    for _ in 0..N / 500 {
+        let tasks: Vec<_> = (0..500)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move { s.accept(new_event(&["r/a"], None)).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+    }
+    for _ in 0..10 {
+        attempt_first(&store, 200, Next::Succeeded);
+    }
+    let ids: Vec<DeliveryId> = store
+        .deliveries
+        .iter()
+        .keys()
+        .map(|k| DeliveryId::from_key(&k.unwrap()).unwrap())
+        .collect();
+    assert_eq!(ids.len(), N);
+    // As an open after an unclean stop does, with the steps taken here.
+    store.counts.start_reading(ids[N - 1].0 .0);
+    assert_eq!(store.count(State::Pending), None);
+    count_past(&store, ids[19]);
+    // Deliveries the count has yet to read change.
+    let Scan::Reading {
+        upto: Some(upto), ..
+    } = store.counts.scan()
+    else {
+        panic!("not reading")
+    };
+    for id in ids.iter().rev().take(10) {
+        assert!(id.0 .0 > upto);
+        assert!(store.cancel(*id, "gone").unwrap());
+    }
+    // Deliveries it has read change, one is claimed, and new ones arrive.
+    count_past(&store, ids[N / 2]);
+    for _ in 0..10 {
+        let id = attempt_first(&store, 200, Next::Succeeded);
+        assert!(id <= ids[N / 2]);
+    }
+    let (target, at, id) = store.due_entries(1).unwrap().remove(0);
+    store.claim(&target, at, id).unwrap().unwrap();
+    for _ in 0..10 {
+        store.accept(new_event(&["r/a"], None)).await.unwrap();
+    }
+    assert_eq!(store.count(State::Pending), None);
+    count_past(&store, ids[N - 1]);
+    let counts = State::ALL.map(|s| store.count(s).unwrap());
+    // Pending, in flight, succeeded, dead, cancelled: ten succeeded before
+    // the count; ten cancelled, ten succeeded and one claimed during it;
+    // ten new.
+    assert_eq!(counts, [(N - 10 - 10 - 10 - 1 + 10) as i64, 1, 20, 0, 10]);
+    // A clean close leaves them for the next open, the claimed one pending.
+    store.close().unwrap();
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.count(State::Pending), Some((N - 30 + 10) as i64));
 }
