@@ -37,7 +37,8 @@
 //! `HOOKRELAY_BENCH_ONLY=fleet` runs (a), (b) and (h) only: the fleet, the
 //! ceiling its ratio is taken against and the embedded store it is
 //! compared with, all in the same run (about a minute once built).
-//! `HOOKRELAY_BENCH_ONLY=backlog` runs (a) and (f) only.
+//! `HOOKRELAY_BENCH_ONLY=backlog` runs (a) and (f) only, `fanout` (a) and
+//! (e) only.
 //!
 //! `HOOKRELAY_BENCH_QUICK=1` shrinks (e), (f) and (g)'s load so the whole
 //! run takes about four minutes, most of it fixed waits (the janitor's
@@ -132,18 +133,21 @@ enum Only {
     Fleet,
     /// (a) and (f).
     Backlog,
+    /// (a) and (e).
+    Fanout,
 }
 
 /// `HOOKRELAY_BENCH_ONLY`: unset or empty for every section, `fleet` for
-/// (a), (b) and (h), `backlog` for (a) and (f); anything else stops the
-/// run before it starts.
+/// (a), (b) and (h), `backlog` for (a) and (f), `fanout` for (a) and (e);
+/// anything else stops the run before it starts.
 fn only() -> Only {
     match std::env::var(ONLY_VAR).as_deref() {
         Err(_) | Ok("") => Only::All,
         Ok("fleet") => Only::Fleet,
         Ok("backlog") => Only::Backlog,
+        Ok("fanout") => Only::Fanout,
         Ok(other) => {
-            panic!("{ONLY_VAR}={other:?}: the sections that run alone are: fleet, backlog")
+            panic!("{ONLY_VAR}={other:?}: the sections that run alone are: fleet, backlog, fanout")
         }
     }
 }
@@ -173,6 +177,8 @@ fn main() {
             format!("{ONLY_VAR}=fleet: (a), (b) and (h) only")
         } else if only == Only::Backlog {
             format!("{ONLY_VAR}=backlog: (a) and (f) only, (f) {backlog_events} events")
+        } else if only == Only::Fanout {
+            format!("{ONLY_VAR}=fanout: (a) and (e) only, quick {quick}")
         } else if quick {
             format!("quick ({QUICK_VAR}=1): (e) 1/100/1000 targets, (f) {backlog_events} events")
         } else {
@@ -187,6 +193,12 @@ fn main() {
         let backlog = backlog::measure(&rt, &bin, backlog_events);
         progress("done");
         report::print_backlog_report(&ceiling, &backlog);
+        return;
+    }
+    if only == Only::Fanout {
+        let fanout = fanout::measure(&rt, &bin, quick);
+        progress("done");
+        report::print_fanout_report(&ceiling, &fanout);
         return;
     }
     progress("(b) durable ingest");

@@ -34,6 +34,15 @@ pub(crate) fn print_backlog_report(ceiling: &Ceiling, backlog: &Backlog) {
     print_load_after();
 }
 
+/// `HOOKRELAY_BENCH_ONLY=fanout`: (a) and (e).
+pub(crate) fn print_fanout_report(ceiling: &Ceiling, fanout: &[Case]) {
+    print_load_header();
+    println!("(a) ceiling: {:.0} req/s", ceiling.load.per_sec());
+    println!("{RULE}");
+    print_fanout(fanout, ceiling.load.per_sec());
+    print_load_after();
+}
+
 pub(crate) fn print_report(
     ceiling: &Ceiling,
     ingest: &Ingest,
