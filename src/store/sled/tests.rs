@@ -57,11 +57,9 @@ fn new_event(targets: &[&str], dedup: Option<&str>) -> NewEvent {
     }
 }
 
-#[tokio::test]
-async fn concurrent_accepts_share_flushes() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path());
-    let tasks: Vec<_> = (0..64)
+/// Accepts `n` events for `r/a`, all sent to the committer at once.
+async fn accept_at_once(store: &Arc<Sled>, n: usize) {
+    let tasks: Vec<_> = (0..n)
         .map(|_| {
             let s = store.clone();
             tokio::spawn(async move { s.accept(new_event(&["r/a"], None)).await })
@@ -70,6 +68,13 @@ async fn concurrent_accepts_share_flushes() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
+}
+
+#[tokio::test]
+async fn concurrent_accepts_share_flushes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    accept_at_once(&store, 64).await;
     assert_eq!(store.flushed_events.load(Ordering::Relaxed), 64);
     assert!(
         store.flushes.load(Ordering::Relaxed) < 64,
@@ -230,15 +235,7 @@ async fn the_count_after_an_unclean_stop_leaves_what_changes_meanwhile_to_the_st
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     for _ in 0..N / 500 {
-        let tasks: Vec<_> = (0..500)
-            .map(|_| {
-                let s = store.clone();
-                tokio::spawn(async move { s.accept(new_event(&["r/a"], None)).await })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap().unwrap();
-        }
+        accept_at_once(&store, 500).await;
     }
     for _ in 0..10 {
         attempt_first(&store, 200, Next::Succeeded);
