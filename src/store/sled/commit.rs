@@ -217,7 +217,7 @@ impl Sled {
         let inline =
             |(p, a): &(&Prepared, &Accepted)| !a.duplicate && p.targets.len() <= INLINE_FANOUT;
         // New ids sort after every delivery a count after an unclean stop
-        // reads, so these count at once, held or not.
+        // reads, so these always count.
         let counted = self.counts.transition();
         for (p, _) in prepared.iter().zip(&accepted).filter(inline) {
             for id in &p.deliveries {
