@@ -102,6 +102,8 @@ pub enum StartError {
     Tls(TlsError),
     #[error("console: {0}")]
     Console(String),
+    #[error("cannot start serving: {0}")]
+    Serve(std::io::Error),
 }
 
 impl From<TlsError> for StartError {
@@ -134,6 +136,9 @@ pub struct Relay {
     config: std::sync::Mutex<Config>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Where the ingest listeners are served; declared last, so that it
+    /// ends after everything else of the relay has.
+    _ingest_thread: server::thread::ServingThread,
 }
 
 impl Relay {
@@ -205,6 +210,8 @@ impl Relay {
         // The admin listener shares ingest's connection limits.
         let limits = config.ingest.limits(config.delivery.shutdown_grace);
         let mut tasks = Vec::new();
+        let ingest_thread =
+            server::thread::ServingThread::start("hookrelay-ingest").map_err(StartError::Serve)?;
         let ingest_handler = {
             let ingest = ingest.clone();
             move |req, peer| ingest.clone().handle(req, peer)
@@ -223,8 +230,10 @@ impl Relay {
                 }
             }
         };
-        spawn_listeners(
-            &mut tasks,
+        // Ingest on its own thread, so that a POST does not queue behind
+        // deliveries; the admin API and the console with the rest.
+        tasks.extend(spawn_listeners(
+            ingest_thread.handle(),
             listeners,
             ingest_handler,
             {
@@ -234,9 +243,9 @@ impl Relay {
             limits,
             &ingest_tls,
             &rx,
-        );
-        spawn_listeners(
-            &mut tasks,
+        )?);
+        tasks.extend(spawn_listeners(
+            &tokio::runtime::Handle::current(),
             admin_listeners,
             admin_handler,
             {
@@ -246,7 +255,7 @@ impl Relay {
             limits,
             &admin_tls,
             &rx,
-        );
+        )?);
         tasks.push(tokio::spawn(dispatcher.run(rx.clone())));
         tasks.push(tokio::spawn(history.clone().run(rx.clone())));
         if store.shared() {
@@ -293,6 +302,7 @@ impl Relay {
             config: std::sync::Mutex::new(config),
             shutdown,
             tasks,
+            _ingest_thread: ingest_thread,
         })
     }
 
@@ -419,24 +429,32 @@ impl Relay {
     }
 }
 
-/// Serves `handler` on each of `listeners`, one task each.
+/// Serves `handler` on each of `listeners`, one task each, on the runtime
+/// of `on` (whose I/O driver then owns the sockets).
 fn spawn_listeners<H, F, A>(
-    tasks: &mut Vec<JoinHandle<()>>,
+    on: &tokio::runtime::Handle,
     listeners: Vec<TcpListener>,
     handler: H,
     admits: A,
     limits: Limits,
     tls: &Option<Arc<ReloadableTls>>,
     shutdown: &watch::Receiver<bool>,
-) where
+) -> Result<Vec<JoinHandle<()>>, StartError>
+where
     H: Fn(hyper::Request<hyper::body::Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: std::future::Future<Output = hyper::Response<http_body_util::Full<bytes::Bytes>>>
         + Send
         + 'static,
     A: Fn(std::net::IpAddr) -> bool + Clone + Send + 'static,
 {
+    let _in = on.enter();
+    let mut tasks = Vec::with_capacity(listeners.len());
     for l in listeners {
-        tasks.push(tokio::spawn(server::serve::serve(
+        let l = l
+            .into_std()
+            .and_then(TcpListener::from_std)
+            .map_err(StartError::Serve)?;
+        tasks.push(on.spawn(server::serve::serve(
             l,
             handler.clone(),
             admits.clone(),
@@ -445,6 +463,7 @@ fn spawn_listeners<H, F, A>(
             shutdown.clone(),
         )));
     }
+    Ok(tasks)
 }
 
 async fn bind_all(addrs: &[SocketAddr]) -> Result<Vec<TcpListener>, StartError> {

@@ -19,8 +19,8 @@ use hyper::StatusCode;
 
 use crate::load::{send_paced, Pace};
 use crate::procs::{
-    fd_limit, log_summary, memory, queue, unit_fd_limit, LogSummary, Memory, Queue, RelayConfig,
-    RelayDir, Sampler,
+    fd_limit, flushes, log_summary, memory, queue, unit_fd_limit, Flushes, LogSummary, Memory,
+    Queue, RelayConfig, RelayDir, Sampler,
 };
 use crate::progress;
 use crate::server::Receiver;
@@ -70,6 +70,9 @@ pub(crate) struct Run {
     pub(crate) mem_after: Memory,
     /// The relay's queue at the end (its `/metrics`).
     pub(crate) queue_after: Option<Queue>,
+    /// The store's commits over the run (its `/metrics`): how much of a
+    /// 202 is the commit.
+    pub(crate) flushes: Option<Flushes>,
     pub(crate) log: LogSummary,
 }
 
@@ -165,6 +168,7 @@ fn run(rt: &tokio::runtime::Runtime, bin: &Path, n: usize, pace: Pace) -> Result
     let samples = sampler.finish();
     let mem_after = memory(pid);
     let queue_after = rt.block_on(queue(dir.admin));
+    let flushes = rt.block_on(flushes(dir.admin));
     let fd_limit = fd_limit(pid);
     let log = relay.log.clone();
     drop(relay);
@@ -184,6 +188,7 @@ fn run(rt: &tokio::runtime::Runtime, bin: &Path, n: usize, pace: Pace) -> Result
         rss_peak: samples.iter().map(|s| s.rss_mib).fold(f64::NAN, f64::max),
         mem_after,
         queue_after,
+        flushes,
         log: log_summary(&log),
     })
 }

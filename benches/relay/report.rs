@@ -361,6 +361,13 @@ fn print_fanout(cases: &[Case], ceiling: f64) {
             "      relay fds peak {}, receiver connections peak {}, receiver accept errors {}; relay VmRSS peak {:.1} MiB, after {:.1} MiB",
             r.fds_peak, r.rx_conns_peak, r.rx_accept_errors, r.rss_peak, r.mem_after.rss_mib
         );
+        match r.flushes {
+            Some(f) => println!(
+                "      store commits: {:.0}, {:.1} events and {:.2} ms each (relay's /metrics)",
+                f.count, f.events_per_flush, f.ms_per_flush
+            ),
+            None => println!("      store commits: not reported (no /metrics)"),
+        }
         print_log("  relay", &r.log);
     }
     match fanout_ratio(cases) {

@@ -4,6 +4,7 @@
 //!
 //! - [`serve`]: the accept loop and each connection's limits.
 //! - [`tls`]: listener certificates, client-certificate auth, SIGHUP reload.
+//! - [`thread`]: the ingest listeners' own thread and runtime.
 //!
 //! Invariants: a connection from a source the listener's allowlist refuses
 //! gets a fixed 403 at accept, without a slot and without its request being
@@ -20,6 +21,7 @@ use http_body_util::Full;
 use hyper::Response;
 
 pub mod serve;
+pub mod thread;
 pub mod tls;
 
 /// A response with a JSON body.
