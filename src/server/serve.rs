@@ -4,9 +4,10 @@
 //! Invariants:
 //! - a connection from a source the listener does not admit never takes
 //!   a connection slot, so refused sources cannot crowd out allowed ones:
-//!   right after `accept()` it gets a fixed 403 `source_not_allowed` (no
-//!   request is parsed), what it sent is read and dropped for at most
-//!   `REFUSAL_TIME`, and it is closed; at most `MAX_REFUSALS` are answered
+//!   once its first bytes arrive (or after `REFUSAL_WAIT` without any) it
+//!   gets a fixed 403 `source_not_allowed` (no request is parsed), what it
+//!   sent is read and dropped, all within `REFUSAL_TIME`, and it is closed;
+//!   at most `MAX_REFUSALS` are answered
 //!   at once, and past that (or on a TLS listener, where an answer would
 //!   need a handshake) a refused connection is closed unanswered;
 //! - at most `max_connections` connections are served at once (a semaphore;
@@ -61,6 +62,8 @@ const MAX_REFUSALS: usize = 64;
 /// connection before the client has read the answer.
 const REFUSAL_TIME: Duration = Duration::from_secs(1);
 const REFUSAL_DRAIN: usize = 64 * 1024;
+/// How long a refused connection's answer waits for the client's request.
+const REFUSAL_WAIT: Duration = Duration::from_millis(200);
 
 /// Limits applied to every connection of a listener.
 #[derive(Debug, Clone, Copy)]
@@ -203,10 +206,17 @@ async fn answer_refused(mut stream: TcpStream, peer: SocketAddr) -> io::Result<(
          content-length: {}\r\nconnection: close\r\n\r\n{body}",
         body.len()
     );
+    // The answer goes after the client's first bytes, or `REFUSAL_WAIT`
+    // without any: an HTTP client takes a response that comes before its
+    // request for a broken connection.
+    let mut buf = [0u8; 4096];
+    let mut read = match tokio::time::timeout(REFUSAL_WAIT, stream.read(&mut buf)).await {
+        Ok(Ok(0)) => return Ok(()),
+        Ok(n) => n?,
+        Err(_) => 0,
+    };
     stream.write_all(answer.as_bytes()).await?;
     stream.shutdown().await?;
-    let mut buf = [0u8; 4096];
-    let mut read = 0;
     while read < REFUSAL_DRAIN {
         match stream.read(&mut buf).await? {
             0 => break,
