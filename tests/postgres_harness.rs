@@ -141,6 +141,9 @@ async fn the_shared_server_answers() {
 
 /// Which way `orphan` ends its test process; unset, it does nothing.
 const ORPHAN: &str = "HOOKRELAY_PG_ORPHAN";
+/// A file the parent creates once it has seen the child's server: until
+/// then the child does not exit (its server would go before it is seen).
+const ORPHAN_GO: &str = "HOOKRELAY_PG_ORPHAN_GO";
 
 /// Run by `no_server_outlives_its_test_process` as a process of its own:
 /// starts the shared server (which no destructor ever stops), says where it
@@ -161,6 +164,9 @@ async fn orphan() {
     );
     if how == "kill" {
         tokio::time::sleep(common::DEADLINE).await;
+    } else if let Some(go) = std::env::var_os(ORPHAN_GO) {
+        let go = PathBuf::from(go);
+        common::eventually("the parent's go", || go.exists().then_some(())).await;
     }
 }
 
@@ -174,9 +180,11 @@ async fn no_server_outlives_its_test_process() {
     let out = tempfile::tempdir().unwrap();
     for how in ["exit", "kill"] {
         let said = out.path().join(format!("{how}.out"));
+        let go = out.path().join(format!("{how}.go"));
         let mut child = Command::new(std::env::current_exe().unwrap())
             .args(["orphan", "--exact", "--ignored", "--nocapture"])
             .env(ORPHAN, how)
+            .env(ORPHAN_GO, &go)
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&said).unwrap())
             .spawn()
@@ -192,6 +200,7 @@ async fn no_server_outlives_its_test_process() {
         let postmaster = PathBuf::from("/proc").join(fields.next().unwrap());
         let dir = PathBuf::from(fields.next().unwrap());
         assert!(postmaster.exists() && dir.exists());
+        std::fs::write(&go, b"").unwrap();
 
         if how == "kill" {
             child.kill().unwrap();
