@@ -413,7 +413,13 @@ impl Job {
                 tracing::warn!(delivery = %self.id, error = %e, "attempt not recorded")
             }
             Err(e) => {
-                tracing::error!(delivery = %self.id, error = %e, "cannot attempt or record the delivery; it is tried again");
+                // A full store said so once when it filled; each delivery
+                // that meets it again says so at debug only.
+                if matches!(e, StoreError::Full { .. } | StoreError::DiskFull { .. }) {
+                    tracing::debug!(delivery = %self.id, error = %e, "cannot record the delivery while the store is full; it is tried again");
+                } else {
+                    tracing::error!(delivery = %self.id, error = %e, "cannot attempt or record the delivery; it is tried again");
+                }
                 // Given back, not left claimed: a shared store would renew
                 // the claim for as long as this relay lives.
                 if let Err(e) = self
