@@ -415,7 +415,7 @@ impl Job {
             Err(e) => {
                 // A full store said so once when it filled; each delivery
                 // that meets it again says so at debug only.
-                if matches!(e, StoreError::Full { .. } | StoreError::DiskFull { .. }) {
+                if e.is_full() {
                     tracing::debug!(delivery = %self.id, error = %e, "cannot record the delivery while the store is full; it is tried again");
                 } else {
                     tracing::error!(delivery = %self.id, error = %e, "cannot attempt or record the delivery; it is tried again");

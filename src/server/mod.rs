@@ -7,7 +7,8 @@
 //! - [`thread`]: the ingest listeners' own thread and runtime.
 //!
 //! Invariants: a connection from a source the listener's allowlist refuses
-//! gets a fixed 403 at accept, without a slot and without its request being
+//! gets a fixed 403 once it has sent its first bytes (see [`serve`]),
+//! without a slot and without its request being
 //! parsed; every connection is
 //! bounded (at most `max_connections` at once, header read time, header
 //! count and bytes, idle time); a TLS

@@ -74,13 +74,20 @@ fn locker(pid: Option<u32>) -> String {
 }
 
 impl StoreError {
+    /// No room: the disk or `store.max_disk_bytes`. The store logs the
+    /// change once; it heals when space returns.
+    pub fn is_full(&self) -> bool {
+        matches!(self, StoreError::Full { .. } | StoreError::DiskFull { .. })
+    }
+
     /// The error code a sender (and `/readyz`) is given when the store
     /// refuses an event for this: `store_full` when there is no room,
     /// `store_unavailable` otherwise.
     pub fn code(&self) -> &'static str {
-        match self {
-            StoreError::Full { .. } | StoreError::DiskFull { .. } => "store_full",
-            _ => "store_unavailable",
+        if self.is_full() {
+            "store_full"
+        } else {
+            "store_unavailable"
         }
     }
 }
