@@ -22,7 +22,7 @@
 //! shutdown, so after a crash they may lag by up to a second.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -288,6 +288,22 @@ struct Index {
     by_route: HashMap<String, Needs>,
     /// Endpoints of every route.
     any_route: Needs,
+    /// What `candidates` and the filter-free part of `wants` gave, by
+    /// (route, event name): the same answer for every event of a kind
+    /// until the list changes. At most [`MATCHED_KINDS`] kinds.
+    matched: Mutex<HashMap<(String, String), Matched>>,
+}
+
+/// Kinds of event whose matches are kept; past that the store of them
+/// starts again (event names come from payloads: they are not bounded).
+const MATCHED_KINDS: usize = 1024;
+
+/// The endpoints an event of one kind goes to: those that take every
+/// such event, and those whose filter decides per event.
+#[derive(Clone)]
+struct Matched {
+    always: Arc<[String]>,
+    filtered: Vec<usize>,
 }
 
 impl Index {
@@ -299,6 +315,7 @@ impl Index {
             prefixes: HashMap::new(),
             by_route: HashMap::new(),
             any_route: Needs::default(),
+            matched: Mutex::new(HashMap::new()),
         };
         index.derive();
         index
@@ -310,6 +327,7 @@ impl Index {
         self.prefixes.clear();
         self.by_route.clear();
         self.any_route = Needs::default();
+        self.matched.lock().expect("lock poisoned").clear();
         for (i, t) in self.targets.iter().enumerate() {
             self.by_key.insert(t.spec.key.clone(), i);
             if t.spec.gone {
@@ -801,14 +819,56 @@ impl Catalog {
     /// Ids of the endpoints that want an `event` that came in on `route`,
     /// found through the index (by route and event name, then prefixes),
     /// so the cost follows the endpoints that match, not all of them.
-    pub fn matching(&self, route: &str, event: &str, json: Option<&Value>) -> Vec<String> {
+    pub fn matching(&self, route: &str, event: &str, json: Option<&Value>) -> Arc<[String]> {
         let index = self.index.read().expect("lock poisoned");
-        index
-            .candidates(route, event)
+        let kind = (route.to_string(), event.to_string());
+        let known = index
+            .matched
+            .lock()
+            .expect("lock poisoned")
+            .get(&kind)
+            .cloned();
+        let matched = known.unwrap_or_else(|| {
+            let (mut always, mut filtered) = (Vec::new(), Vec::new());
+            for i in index.candidates(route, event) {
+                let spec = &index.targets[i].spec;
+                if spec.filter.is_some() {
+                    filtered.push(i);
+                } else if spec.wants(route, event, None) {
+                    always.push(spec.key.clone());
+                }
+            }
+            let matched = Matched {
+                always: always.into(),
+                filtered,
+            };
+            let mut kinds = index.matched.lock().expect("lock poisoned");
+            if kinds.len() >= MATCHED_KINDS {
+                kinds.clear();
+            }
+            kinds.insert(kind, matched.clone());
+            matched
+        });
+        if matched.filtered.is_empty() {
+            return matched.always;
+        }
+        // In catalog order, as without filters.
+        let mut places: Vec<usize> = matched
+            .filtered
+            .iter()
+            .copied()
+            .filter(|&i| index.targets[i].spec.wants(route, event, json))
+            .collect();
+        places.extend(
+            matched
+                .always
+                .iter()
+                .filter_map(|k| index.by_key.get(k).copied()),
+        );
+        places.sort_unstable();
+        places
             .into_iter()
-            .map(|i| &index.targets[i])
-            .filter(|t| t.spec.wants(route, event, json))
-            .map(|t| t.spec.key.clone())
+            .map(|i| index.targets[i].spec.key.clone())
             .collect()
     }
 

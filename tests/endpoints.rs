@@ -1195,3 +1195,59 @@ async fn rotating_a_secret_signs_with_old_and_new_during_the_grace() {
         "the new secret verifies"
     );
 }
+
+// === Matching follows the endpoint list ===
+
+/// The relay keeps what an event kind matched; an endpoint added, filtered
+/// or removed after events of that kind were matched still counts from
+/// the next event on, and a filter still decides per event.
+#[tokio::test]
+async fn matches_follow_endpoints_added_and_removed_and_filters_decide_per_event() {
+    let witness = Receiver::ok().await;
+    let crm = Receiver::ok().await;
+    let paid = Receiver::ok().await;
+    let app = spawn_app(&route_with_witness(&witness)).await;
+    let deliveries = |r: Reply| {
+        assert_eq!(r.status, 202, "{:?}", r.body);
+        r.json()["deliveries"].as_u64().unwrap()
+    };
+    // Matched once with the witness alone.
+    let r = post_json(app.addr, "/t/new_order", r#"{"status": "paid"}"#).await;
+    assert_eq!(deliveries(r), 1);
+
+    let ep = create(
+        &app,
+        json!({"name": "CRM", "url": crm.url("/crm"), "route": "t"}),
+    )
+    .await;
+    create(
+        &app,
+        json!({"name": "Paid", "url": paid.url("/paid"), "route": "t",
+               "filter": {"json": "/status", "in": ["paid"]}}),
+    )
+    .await;
+    let r = post_json(app.addr, "/t/new_order", r#"{"status": "paid"}"#).await;
+    assert_eq!(
+        deliveries(r),
+        3,
+        "the new endpoints count from the next event"
+    );
+    let r = post_json(app.addr, "/t/new_order", r#"{"status": "open"}"#).await;
+    assert_eq!(deliveries(r), 2, "the filter decides for each event");
+
+    let r = admin(
+        &app,
+        "DELETE",
+        &format!("/api/endpoints/{}", ep["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert!(r.status == 204 || r.status == 200, "{:?}", r.body);
+    let r = post_json(app.addr, "/t/new_order", r#"{"status": "paid"}"#).await;
+    assert_eq!(deliveries(r), 2, "a removed endpoint no longer matches");
+
+    witness.wait_for(4).await;
+    paid.wait_for(2).await;
+    crm.wait_for(2).await;
+    assert_eq!(paid.received().len(), 2);
+}

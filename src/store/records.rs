@@ -195,7 +195,9 @@ pub enum Next {
 pub struct NewEvent {
     pub meta: EventMeta,
     pub body: Bytes,
-    pub targets: Vec<String>,
+    /// The ids of the endpoints it goes to; shared with the catalog's
+    /// matches, so an event for thousands costs no copy of their ids.
+    pub targets: std::sync::Arc<[String]>,
     /// (route, key): a second event with the same pair within retention is a duplicate.
     pub dedup: Option<(String, String)>,
     /// The request path, for the inbound log record `accept` writes with the event.

@@ -285,7 +285,7 @@ impl<'a> Rows<'a> {
         };
         let mut seen: HashSet<&str> = HashSet::new();
         for &i in &fresh {
-            for (d, t) in ids[i].1.iter().zip(&batch[i].targets) {
+            for (d, t) in ids[i].1.iter().zip(batch[i].targets.iter()) {
                 rows.d_ids.push(d.to_key().to_vec());
                 rows.d_events.push(ids[i].0.to_key().to_vec());
                 rows.d_targets.push(t.as_str());

@@ -52,26 +52,36 @@ fn fanout_key(id: EventId, n: u32) -> [u8; 20] {
     k
 }
 
-/// `targets` in chunks of at most [`CHUNK_BYTES`].
-fn chunks(targets: &[String]) -> Vec<FanoutChunk> {
-    let mut out: Vec<FanoutChunk> = Vec::new();
-    let mut bytes = 0;
+/// A [`FanoutChunk`] as it is written: its targets borrowed from the event.
+#[derive(serde::Serialize)]
+struct ChunkOut<'a> {
+    first: u32,
+    targets: &'a [String],
+}
+
+/// `targets` in chunks of at most [`CHUNK_BYTES`], encoded: written in
+/// the commit's transaction, so encoded before it.
+fn chunks(targets: &[String]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
     for (i, t) in targets.iter().enumerate() {
-        match out.last_mut() {
-            Some(c) if bytes + t.len() <= CHUNK_BYTES => {
-                bytes += t.len();
-                c.targets.push(t.clone());
-            }
-            _ => {
-                bytes = t.len();
-                out.push(FanoutChunk {
-                    first: i as u32,
-                    targets: vec![t.clone()],
-                });
-            }
+        if i > start && bytes + t.len() > CHUNK_BYTES {
+            out.push(chunk_out(targets, start, i));
+            (start, bytes) = (i, 0);
         }
+        bytes += t.len();
+    }
+    if start < targets.len() {
+        out.push(chunk_out(targets, start, targets.len()));
     }
     out
+}
+
+fn chunk_out(targets: &[String], start: usize, end: usize) -> Vec<u8> {
+    encode(&ChunkOut {
+        first: start as u32,
+        targets: &targets[start..end],
+    })
 }
 
 impl Sled {
@@ -104,6 +114,8 @@ impl Sled {
             value: Vec<u8>,
             body: &'a [u8],
             dedup: Option<Vec<u8>>,
+            /// The encoded `fanout` chunks, for more than `INLINE_FANOUT`.
+            chunks: Vec<Vec<u8>>,
         }
         let now = now_ms();
         let expiry = now + self.retention.as_millis() as u64;
@@ -118,6 +130,11 @@ impl Sled {
                     value: encode_event(&new.meta, &new.body),
                     body: &new.body,
                     dedup: new.dedup.as_ref().map(|(r, k)| dedup_key(r, k)),
+                    chunks: if new.targets.len() > INLINE_FANOUT {
+                        chunks(&new.targets)
+                    } else {
+                        Vec::new()
+                    },
                 }
             })
             .collect();
@@ -152,8 +169,8 @@ impl Sled {
                     }
                 }
                 if p.targets.len() > INLINE_FANOUT {
-                    for (n, chunk) in chunks(p.targets).iter().enumerate() {
-                        fanout.insert(&fanout_key(p.id, n as u32), encode(chunk))?;
+                    for (n, chunk) in p.chunks.iter().enumerate() {
+                        fanout.insert(&fanout_key(p.id, n as u32), chunk.as_slice())?;
                     }
                 } else {
                     for (did, target) in p.deliveries.iter().zip(p.targets) {
@@ -199,7 +216,7 @@ impl Sled {
                 let _ = self.events.remove(p.id.to_key());
                 let _ = self.remove_body(p.id);
                 if p.targets.len() > INLINE_FANOUT {
-                    for n in 0..chunks(p.targets).len() {
+                    for n in 0..p.chunks.len() {
                         let _ = self.fanout.remove(fanout_key(p.id, n as u32));
                     }
                     continue;
