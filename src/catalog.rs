@@ -290,13 +290,22 @@ struct Index {
     any_route: Needs,
     /// What `candidates` and the filter-free part of `wants` gave, by
     /// (route, event name): the same answer for every event of a kind
-    /// until the list changes. At most [`MATCHED_KINDS`] kinds.
-    matched: Mutex<HashMap<(String, String), Matched>>,
+    /// until the list changes.
+    matched: Mutex<Kept>,
 }
 
-/// Kinds of event whose matches are kept; past that the store of them
-/// starts again (event names come from payloads: they are not bounded).
+/// Kinds of event whose matches are kept, and endpoint ids over all of
+/// them; past either the store of them starts again. Event names come from
+/// payloads, so neither is bounded otherwise; 100,000 ids are a few MiB.
 const MATCHED_KINDS: usize = 1024;
+const MATCHED_IDS: usize = 100_000;
+
+/// The matches kept, by (route, event name), and how many ids they hold.
+#[derive(Default)]
+struct Kept {
+    kinds: HashMap<(String, String), Matched>,
+    ids: usize,
+}
 
 /// The endpoints an event of one kind goes to: those that take every
 /// such event, and those whose filter decides per event.
@@ -315,7 +324,7 @@ impl Index {
             prefixes: HashMap::new(),
             by_route: HashMap::new(),
             any_route: Needs::default(),
-            matched: Mutex::new(HashMap::new()),
+            matched: Mutex::new(Kept::default()),
         };
         index.derive();
         index
@@ -327,7 +336,7 @@ impl Index {
         self.prefixes.clear();
         self.by_route.clear();
         self.any_route = Needs::default();
-        self.matched.lock().expect("lock poisoned").clear();
+        *self.matched.lock().expect("lock poisoned") = Kept::default();
         for (i, t) in self.targets.iter().enumerate() {
             self.by_key.insert(t.spec.key.clone(), i);
             if t.spec.gone {
@@ -826,6 +835,7 @@ impl Catalog {
             .matched
             .lock()
             .expect("lock poisoned")
+            .kinds
             .get(&kind)
             .cloned();
         let matched = known.unwrap_or_else(|| {
@@ -842,11 +852,14 @@ impl Catalog {
                 always: always.into(),
                 filtered,
             };
-            let mut kinds = index.matched.lock().expect("lock poisoned");
-            if kinds.len() >= MATCHED_KINDS {
-                kinds.clear();
+            let mut kept = index.matched.lock().expect("lock poisoned");
+            let ids = matched.always.len() + matched.filtered.len();
+            if kept.kinds.len() >= MATCHED_KINDS || kept.ids + ids > MATCHED_IDS {
+                *kept = Kept::default();
             }
-            kinds.insert(kind, matched.clone());
+            if ids <= MATCHED_IDS && kept.kinds.insert(kind, matched.clone()).is_none() {
+                kept.ids += ids;
+            }
             matched
         });
         if matched.filtered.is_empty() {
