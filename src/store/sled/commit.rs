@@ -4,10 +4,11 @@
 //! An event for many targets (more than [`INLINE_FANOUT`]) is written with
 //! its targets in a few `fanout` chunks instead of a delivery record and an
 //! index entry per target, so its 202 costs about what a small event's
-//! does. The committer then writes the deliveries of one chunk per
-//! transaction, removing the chunk in the same transaction (a crash leaves
-//! either both or neither), between commits: a commit that comes waits for
-//! one chunk's deliveries at most. Delivery ids were kept for
+//! does. The committer then writes the deliveries of the first
+//! [`EXPAND_STEP`] targets of a chunk per transaction, writing back the
+//! rest of the chunk (or removing it) in the same transaction (a crash
+//! leaves either both or neither), between commits: a commit that comes
+//! waits for one step's deliveries at most. Delivery ids were kept for
 //! them at ingest (`id_block`), so they still follow the event's id.
 
 use std::sync::atomic::Ordering;
@@ -31,9 +32,12 @@ const MAX_BATCH: usize = 256;
 /// Events for more targets than this are written with `fanout` chunks.
 pub(super) const INLINE_FANOUT: usize = 64;
 /// Most bytes of target ids in one chunk: about a hundred targets, so
-/// that writing one chunk's deliveries is short and a commit waiting
-/// behind it is not held up.
+/// that writing back the rest of a chunk after each step is short.
 const CHUNK_BYTES: usize = 2 * 1024;
+/// Deliveries written from a chunk per transaction: a commit that comes
+/// meanwhile waits for this many (a whole chunk's took 8 ms at the median
+/// while 2,500 deliveries a second went out).
+const EXPAND_STEP: usize = 16;
 
 /// A run of an event's targets whose deliveries are still to be written.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
@@ -294,8 +298,9 @@ impl Sled {
             .is_some())
     }
 
-    /// Writes the deliveries of the first `fanout` chunk and removes the
-    /// chunk, in one transaction; how many deliveries.
+    /// Writes the deliveries of the first [`EXPAND_STEP`] targets of the
+    /// first `fanout` chunk and writes back the rest of the chunk, or
+    /// removes it, in one transaction; how many deliveries.
     pub(super) fn expand_one(&self) -> Result<usize, StoreError> {
         let Some((key, value)) = self.fanout.first()? else {
             return Ok(0);
@@ -304,8 +309,17 @@ impl Sled {
             self.fanout.remove(key)?;
             return Ok(0);
         };
-        let chunk: FanoutChunk = decode("fanout", &value)?;
+        let mut chunk: FanoutChunk = decode("fanout", &value)?;
         let now = now_ms();
+        let rest = chunk
+            .targets
+            .split_off(EXPAND_STEP.min(chunk.targets.len()));
+        let rest = (!rest.is_empty()).then(|| {
+            encode(&FanoutChunk {
+                first: chunk.first + chunk.targets.len() as u32,
+                targets: rest,
+            })
+        });
         let ids: Vec<DeliveryId> = (0..chunk.targets.len() as u128)
             .map(|i| DeliveryId(ulid::Ulid(event.0 .0 + 1 + chunk.first as u128 + i)))
             .collect();
@@ -317,7 +331,10 @@ impl Sled {
                     deliveries.insert(&did.to_key(), encode(&pending(event, target, now)))?;
                     due.insert(due_key(target, now, *did), &[])?;
                 }
-                fanout.remove(&key)?;
+                match &rest {
+                    Some(rest) => fanout.insert(&key, rest.as_slice())?,
+                    None => fanout.remove(&key)?,
+                };
                 Ok::<_, ConflictableTransactionError<StoreError>>(())
             })
             .map_err(tx_error)?;

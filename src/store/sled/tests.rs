@@ -286,3 +286,31 @@ async fn the_count_after_an_unclean_stop_leaves_what_changes_meanwhile_to_the_st
     let store = open(dir.path());
     assert_eq!(store.count(State::Pending), Some((N - 30 + 10) as i64));
 }
+
+#[tokio::test]
+async fn a_large_fan_out_is_written_in_steps_each_target_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    // Several chunks, each written over several steps.
+    let names: Vec<String> = (0..300)
+        .map(|i| format!("r/endpoint-{i:0>w$}", w = i % 40))
+        .collect();
+    let targets: Vec<&str> = names.iter().map(String::as_str).collect();
+    let a = store.accept(new_event(&targets, None)).await.unwrap();
+    assert_eq!(a.deliveries, 300);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while store.expanding(a.id).unwrap() {
+        assert!(std::time::Instant::now() < deadline, "never expanded");
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let written = store.deliveries_of(a.id).unwrap();
+    assert_eq!(written.len(), 300);
+    for (i, (id, d)) in written.iter().enumerate() {
+        assert_eq!(id.0 .0, a.id.0 .0 + 1 + i as u128);
+        assert_eq!(d.target, names[i]);
+        assert_eq!(d.state, State::Pending);
+        let due = store.due_for(&d.target, now_ms(), 10).unwrap();
+        assert_eq!(due.iter().map(|(_, due)| *due).collect::<Vec<_>>(), [*id]);
+    }
+    assert_eq!(store.count(State::Pending), Some(300));
+}
