@@ -270,7 +270,8 @@ impl Sled {
     }
 
     /// Oldest first, in sled batches of `TRIM_BATCH` removals: one batch
-    /// is one log entry, held in memory until it is written.
+    /// is one log entry, held in memory until it is written. What it
+    /// removed counts as room sled can reuse, as retention's does.
     pub fn purge_inbound(
         &self,
         cutoff_ms: u64,
@@ -281,8 +282,9 @@ impl Sled {
         let mut batch = sled::Batch::default();
         let mut removed = 0;
         let mut more = false;
-        for key in self.inbound.iter().keys() {
-            let key = key?;
+        let mut bytes = 0u64;
+        for item in self.inbound.iter() {
+            let (key, value) = item?;
             let old = InboundId::from_key(&key).is_some_and(|id| id.0.timestamp_ms() < cutoff_ms);
             if !old && over == 0 {
                 break;
@@ -292,6 +294,7 @@ impl Sled {
                 break;
             }
             over = over.saturating_sub(1);
+            bytes += (key.len() + value.len()) as u64;
             batch.remove(key);
             removed += 1;
             if removed % TRIM_BATCH == 0 {
@@ -301,6 +304,7 @@ impl Sled {
         }
         self.inbound.apply_batch(batch)?;
         self.inbound_len.add(-((removed % TRIM_BATCH) as i64));
+        self.shared.space.purged(bytes);
         Ok(Purged { removed, more })
     }
 

@@ -155,6 +155,12 @@ impl Space {
         );
     }
 
+    /// Purged room not yet used by new events.
+    #[cfg(test)]
+    pub(super) fn credit(&self) -> i64 {
+        self.credit.load(Ordering::Relaxed)
+    }
+
     /// Measures the files and the free space; returns the files' size.
     pub(super) fn measure(&self) -> u64 {
         let files = dir_size(&self.dir);

@@ -314,3 +314,17 @@ async fn a_large_fan_out_is_written_in_steps_each_target_once_in_order() {
     }
     assert_eq!(store.count(State::Pending), Some(300));
 }
+
+#[tokio::test]
+async fn trimming_the_inbound_log_counts_as_room_to_reuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    accept_at_once(&store, 10).await;
+    let before = store.shared.space.credit();
+    let trimmed = store.purge_inbound(now_ms() + 1, 0, 1000).unwrap();
+    assert_eq!(trimmed.removed, 10);
+    assert!(
+        store.shared.space.credit() > before,
+        "the trimmed records' room was not counted"
+    );
+}
