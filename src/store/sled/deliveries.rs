@@ -454,10 +454,12 @@ impl Sled {
         Ok(Purged { removed, more })
     }
 
-    /// Drops dedup keys that have expired; returns how many.
+    /// Drops dedup keys that have expired; returns how many. What it
+    /// removed counts as room sled can reuse, as the other purges' does.
     pub fn purge_dedup(&self) -> Result<usize, StoreError> {
         let now = now_ms();
         let mut removed = 0;
+        let mut bytes = 0u64;
         for item in self.dedup.iter() {
             let (k, v) = item?;
             let expired = v
@@ -465,10 +467,12 @@ impl Sled {
                 .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")) <= now)
                 .unwrap_or(true);
             if expired {
+                bytes += (k.len() + v.len()) as u64;
                 self.dedup.remove(k)?;
                 removed += 1;
             }
         }
+        self.shared.space.purged(bytes);
         Ok(removed)
     }
 }

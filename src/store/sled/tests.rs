@@ -328,3 +328,24 @@ async fn trimming_the_inbound_log_counts_as_room_to_reuse() {
         "the trimmed records' room was not counted"
     );
 }
+
+#[tokio::test]
+async fn expired_dedup_keys_count_as_room_to_reuse() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig {
+        path: dir.path().to_path_buf(),
+        // Dedup keys expire with retention: at once here.
+        retention: std::time::Duration::ZERO,
+        ..StoreConfig::default()
+    };
+    let store = Sled::open(&config, Shared::new(&config)).unwrap();
+    for k in ["a", "b", "c"] {
+        store.accept(new_event(&["r/a"], Some(k))).await.unwrap();
+    }
+    let before = store.shared.space.credit();
+    assert_eq!(store.purge_dedup().unwrap(), 3);
+    assert!(
+        store.shared.space.credit() > before,
+        "the expired keys' room was not counted"
+    );
+}
