@@ -6,7 +6,7 @@ use ::sled::Transactional;
 use bytes::Bytes;
 
 use crate::store::sled::keys::{
-    attempt_key, decode, decode_event, due_key, due_prefix, encode, parse_due_key,
+    attempt_key, attempt_number, decode, decode_event, due_key, due_prefix, encode, parse_due_key,
 };
 use crate::store::sled::{tx_error, Sled};
 use crate::store::{
@@ -149,12 +149,19 @@ impl Sled {
 
     /// Records attempt number `d.attempts + 1` and what follows it.
     ///
+    /// The delivery keeps its last attempt (`last`), so the `attempts` tree
+    /// only gets an attempt once a later one takes its place there: a
+    /// delivery that succeeds at its first attempt writes no attempt record
+    /// (`attempts` reads the history as the tree's records, then `last`).
+    ///
     /// Not a transaction (each sled transaction costs a log write of its
-    /// own): the attempt record and, for a retry, the new index entry are
-    /// written first, then the delivery is swapped to its new state, then
-    /// the claimed index entry goes. A crash before the swap leaves the
-    /// delivery pending, so it is attempted again after restart (at least
-    /// once); an index entry left behind is stale and the next claim drops it.
+    /// own): the attempt moved out of `last` and, for a retry, the new index
+    /// entry are written first, then the delivery is swapped to its new
+    /// state, then the claimed index entry goes. A crash before the swap
+    /// leaves the delivery pending, so it is attempted again after restart
+    /// (at least once); an index entry left behind is stale and the next
+    /// claim drops it, and an attempt record written twice is the same
+    /// record under the same key.
     pub fn finish(
         &self,
         id: DeliveryId,
@@ -173,10 +180,11 @@ impl Sled {
             let mut d: Delivery = decode("deliveries", &v)?;
             let on_disk = d.state;
             let was_due = (d.state == State::Pending).then_some(d.next_at_ms);
+            if let Some(earlier) = d.last.replace(attempt.clone()) {
+                self.attempts
+                    .insert(attempt_key(id, d.attempts), encode(&earlier))?;
+            }
             d.attempts += 1;
-            d.last = Some(attempt.clone());
-            self.attempts
-                .insert(attempt_key(id, d.attempts), encode(attempt))?;
             match next {
                 Next::Succeeded => d.state = State::Succeeded,
                 Next::Dead => d.state = State::Dead,
@@ -353,13 +361,26 @@ impl Sled {
         Ok(out)
     }
 
-    /// The attempts of a delivery, in order.
+    /// The attempts of a delivery, in order: the `attempts` tree's records,
+    /// then the delivery's last attempt unless the tree has it too (stores
+    /// written before the last attempt stayed out of the tree have every
+    /// attempt there).
     pub fn attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>, StoreError> {
-        self.attempts
-            .scan_prefix(id.to_key())
-            .values()
-            .map(|v| decode("attempts", &v?))
-            .collect()
+        let mut out = Vec::new();
+        let mut highest = 0;
+        for item in self.attempts.scan_prefix(id.to_key()) {
+            let (k, v) = item?;
+            highest = attempt_number(&k).unwrap_or(highest).max(highest);
+            out.push(decode("attempts", &v)?);
+        }
+        let Some(v) = self.deliveries.get(id.to_key())? else {
+            return Ok(out);
+        };
+        let d: Delivery = decode("deliveries", &v)?;
+        if let Some(last) = d.last.filter(|_| d.attempts > highest) {
+            out.push(last);
+        }
+        Ok(out)
     }
 
     /// Removes events received before `cutoff_ms` whose deliveries have all

@@ -124,6 +124,11 @@ pub(super) fn attempt_key(id: DeliveryId, n: u32) -> [u8; 20] {
     k
 }
 
+/// The attempt number at the end of an `attempts` key.
+pub(super) fn attempt_number(k: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(k.get(16..20)?.try_into().ok()?))
+}
+
 pub(super) fn dedup_key(route: &str, key: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(route.len() + 1 + key.len());
     k.extend_from_slice(route.as_bytes());

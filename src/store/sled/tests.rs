@@ -349,3 +349,44 @@ async fn expired_dedup_keys_count_as_room_to_reuse() {
         "the expired keys' room was not counted"
     );
 }
+
+#[tokio::test]
+async fn the_last_attempt_is_kept_with_its_delivery_and_earlier_ones_in_the_tree() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    store.accept(new_event(&["r/a"], None)).await.unwrap();
+    let (target, at, id) = store.due_entries(1).unwrap().remove(0);
+    store.claim(&target, at, id).unwrap().unwrap();
+    store
+        .finish(id, &attempt(500), Next::RetryAt(at + 1))
+        .unwrap();
+    assert_eq!(store.attempts.len(), 0, "one attempt lives in its delivery");
+    for (status, next) in [(502, Next::RetryAt(at + 2)), (200, Next::Succeeded)] {
+        let (target, at, due) = store.due_entries(1).unwrap().remove(0);
+        assert_eq!(due, id);
+        store.claim(&target, at, id).unwrap().unwrap();
+        store.finish(id, &attempt(status), next).unwrap();
+    }
+    let statuses = |store: &Sled| -> Vec<Option<u16>> {
+        let attempts = store.attempts(id).unwrap();
+        attempts.iter().map(|a| a.status).collect()
+    };
+    assert_eq!(statuses(&store), [Some(500), Some(502), Some(200)]);
+    assert_eq!(store.attempts.len(), 2, "the two before the last");
+    assert_eq!(store.delivery(id).unwrap().unwrap().attempts, 3);
+
+    // A store written while every attempt went to the tree has the last
+    // one there too: it is read once.
+    let last = store.delivery(id).unwrap().unwrap().last.unwrap();
+    store
+        .attempts
+        .insert(super::keys::attempt_key(id, 3), super::keys::encode(&last))
+        .unwrap();
+    assert_eq!(statuses(&store), [Some(500), Some(502), Some(200)]);
+
+    // Another delivery that succeeds at once writes no attempt record.
+    store.accept(new_event(&["r/a"], None)).await.unwrap();
+    let first = attempt_first(&store, 200, Next::Succeeded);
+    assert_eq!(store.attempts(first).unwrap().len(), 1);
+    assert_eq!(store.attempts.len(), 3);
+}
