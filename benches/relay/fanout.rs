@@ -52,6 +52,8 @@ pub(crate) struct Run {
     pub(crate) startup: Duration,
     /// POST sent -> 202 received, µs, sorted.
     pub(crate) ack_us: Vec<u64>,
+    /// The slowest 202: its event's place in the sending order, and µs.
+    pub(crate) slowest: Option<(usize, u64)>,
     /// Answered with another status; no answer within `FANOUT_REQUEST_TIMEOUT`.
     pub(crate) refused: u64,
     pub(crate) failed: u64,
@@ -175,6 +177,7 @@ fn run(rt: &tokio::runtime::Runtime, bin: &Path, n: usize, pace: Pace) -> Result
     Ok(Run {
         startup,
         ack_us: sent.ack_us(),
+        slowest: sent.slowest(),
         refused: sent.refused,
         failed: sent.failed,
         delivered_sending,

@@ -256,6 +256,20 @@ impl Sent {
     pub(crate) fn ack_us(&self) -> Vec<u64> {
         deltas_us(&self.sent, &self.acked)
     }
+
+    /// The slowest POST answered 202: its place in the sending order (0 is
+    /// the first) and its POST sent -> 202 received, µs.
+    pub(crate) fn slowest(&self) -> Option<(usize, u64)> {
+        self.sent
+            .iter()
+            .zip(self.acked.iter())
+            .enumerate()
+            .filter_map(|(i, (a, b))| {
+                let (a, b) = (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
+                (a > 0 && b > 0).then(|| (i, b.saturating_sub(a) / 1000))
+            })
+            .max_by_key(|&(_, us)| us)
+    }
 }
 
 /// Sends `pace.events()` events to `path` at `pace.rate`/s, spread over

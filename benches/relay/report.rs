@@ -347,6 +347,15 @@ fn print_fanout(cases: &[Case], ceiling: f64) {
             fanout::FANOUT_REQUEST_TIMEOUT.as_secs(),
             r.failed,
         );
+        if let Some((place, us)) = r.slowest {
+            println!(
+                "      slowest 202: {:.2} ms, event {} of {} sent{}",
+                us as f64 / 1000.0,
+                place + 1,
+                c.pace.events(),
+                if place == 0 { " (the first sent)" } else { "" }
+            );
+        }
         println!(
             "      delivered {} of {} promised (202s x targets) by {}s after the sending; still queued then: {}",
             r.delivered_by_tail,
