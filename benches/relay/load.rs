@@ -260,15 +260,7 @@ impl Sent {
     /// The slowest POST answered 202: its place in the sending order (0 is
     /// the first) and its POST sent -> 202 received, µs.
     pub(crate) fn slowest(&self) -> Option<(usize, u64)> {
-        self.sent
-            .iter()
-            .zip(self.acked.iter())
-            .enumerate()
-            .filter_map(|(i, (a, b))| {
-                let (a, b) = (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
-                (a > 0 && b > 0).then(|| (i, b.saturating_sub(a) / 1000))
-            })
-            .max_by_key(|&(_, us)| us)
+        stamped_us(&self.sent, &self.acked).max_by_key(|&(_, us)| us)
     }
 }
 
@@ -455,16 +447,20 @@ pub(crate) async fn burst(
 
 /// `to - from` in µs for every index stamped in both, sorted.
 fn deltas_us(from: &[AtomicU64], to: &[AtomicU64]) -> Vec<u64> {
-    let mut out: Vec<u64> = from
-        .iter()
-        .zip(to)
-        .filter_map(|(a, b)| {
-            let (a, b) = (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
-            (a > 0 && b > 0).then(|| b.saturating_sub(a) / 1000)
-        })
-        .collect();
+    let mut out: Vec<u64> = stamped_us(from, to).map(|(_, us)| us).collect();
     out.sort_unstable();
     out
+}
+
+/// Each index stamped in both, with `to - from` in µs, in index order.
+fn stamped_us<'a>(
+    from: &'a [AtomicU64],
+    to: &'a [AtomicU64],
+) -> impl Iterator<Item = (usize, u64)> + 'a {
+    from.iter().zip(to).enumerate().filter_map(|(i, (a, b))| {
+        let (a, b) = (a.load(Ordering::Relaxed), b.load(Ordering::Relaxed));
+        (a > 0 && b > 0).then(|| (i, b.saturating_sub(a) / 1000))
+    })
 }
 
 /// Nearest-rank percentile of a sorted list, in ms.

@@ -367,10 +367,11 @@ impl Sled {
     /// attempt there).
     pub fn attempts(&self, id: DeliveryId) -> Result<Vec<Attempt>, StoreError> {
         let mut out = Vec::new();
+        // Keys sort by attempt number: the last one read is the highest.
         let mut highest = 0;
         for item in self.attempts.scan_prefix(id.to_key()) {
             let (k, v) = item?;
-            highest = attempt_number(&k).unwrap_or(highest).max(highest);
+            highest = attempt_number(&k).unwrap_or(highest);
             out.push(decode("attempts", &v)?);
         }
         let Some(v) = self.deliveries.get(id.to_key())? else {

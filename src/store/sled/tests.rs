@@ -8,16 +8,31 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::counts::{Scan, COUNT_STEP};
-use super::keys::{due_key, BODY_CHUNK};
+use super::keys::{attempt_key, due_key, encode, BODY_CHUNK};
 use super::{check_schema, Shared, Sled};
 use crate::store::*;
 
 fn open(dir: &Path) -> Arc<Sled> {
-    let config = StoreConfig {
+    open_with(StoreConfig {
         path: dir.to_path_buf(),
         ..StoreConfig::default()
-    };
+    })
+}
+
+fn open_with(config: StoreConfig) -> Arc<Sled> {
     Sled::open(&config, Shared::new(&config)).unwrap()
+}
+
+/// Runs `purge` and checks that what it removed counts as room sled can
+/// reuse (`what` names it); returns what `purge` returned.
+fn counted_as_room<T>(store: &Sled, what: &str, purge: impl FnOnce() -> T) -> T {
+    let before = store.shared.space.credit();
+    let out = purge();
+    assert!(
+        store.shared.space.credit() > before,
+        "the room of {what} was not counted"
+    );
+    out
 }
 
 fn attempt(status: u16) -> Attempt {
@@ -320,34 +335,26 @@ async fn trimming_the_inbound_log_counts_as_room_to_reuse() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     accept_at_once(&store, 10).await;
-    let before = store.shared.space.credit();
-    let trimmed = store.purge_inbound(now_ms() + 1, 0, 1000).unwrap();
+    let trimmed = counted_as_room(&store, "the trimmed records", || {
+        store.purge_inbound(now_ms() + 1, 0, 1000).unwrap()
+    });
     assert_eq!(trimmed.removed, 10);
-    assert!(
-        store.shared.space.credit() > before,
-        "the trimmed records' room was not counted"
-    );
 }
 
 #[tokio::test]
 async fn expired_dedup_keys_count_as_room_to_reuse() {
     let dir = tempfile::tempdir().unwrap();
-    let config = StoreConfig {
+    let store = open_with(StoreConfig {
         path: dir.path().to_path_buf(),
         // Dedup keys expire with retention: at once here.
         retention: std::time::Duration::ZERO,
         ..StoreConfig::default()
-    };
-    let store = Sled::open(&config, Shared::new(&config)).unwrap();
+    });
     for k in ["a", "b", "c"] {
         store.accept(new_event(&["r/a"], Some(k))).await.unwrap();
     }
-    let before = store.shared.space.credit();
-    assert_eq!(store.purge_dedup().unwrap(), 3);
-    assert!(
-        store.shared.space.credit() > before,
-        "the expired keys' room was not counted"
-    );
+    let removed = counted_as_room(&store, "the expired keys", || store.purge_dedup().unwrap());
+    assert_eq!(removed, 3);
 }
 
 #[tokio::test]
@@ -355,17 +362,10 @@ async fn the_last_attempt_is_kept_with_its_delivery_and_earlier_ones_in_the_tree
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path());
     store.accept(new_event(&["r/a"], None)).await.unwrap();
-    let (target, at, id) = store.due_entries(1).unwrap().remove(0);
-    store.claim(&target, at, id).unwrap().unwrap();
-    store
-        .finish(id, &attempt(500), Next::RetryAt(at + 1))
-        .unwrap();
+    let id = attempt_first(&store, 500, Next::RetryAt(now_ms() + 1));
     assert_eq!(store.attempts.len(), 0, "one attempt lives in its delivery");
-    for (status, next) in [(502, Next::RetryAt(at + 2)), (200, Next::Succeeded)] {
-        let (target, at, due) = store.due_entries(1).unwrap().remove(0);
-        assert_eq!(due, id);
-        store.claim(&target, at, id).unwrap().unwrap();
-        store.finish(id, &attempt(status), next).unwrap();
+    for (status, next) in [(502, Next::RetryAt(now_ms() + 2)), (200, Next::Succeeded)] {
+        assert_eq!(attempt_first(&store, status, next), id);
     }
     let statuses = |store: &Sled| -> Vec<Option<u16>> {
         let attempts = store.attempts(id).unwrap();
@@ -380,7 +380,7 @@ async fn the_last_attempt_is_kept_with_its_delivery_and_earlier_ones_in_the_tree
     let last = store.delivery(id).unwrap().unwrap().last.unwrap();
     store
         .attempts
-        .insert(super::keys::attempt_key(id, 3), super::keys::encode(&last))
+        .insert(attempt_key(id, 3), encode(&last))
         .unwrap();
     assert_eq!(statuses(&store), [Some(500), Some(502), Some(200)]);
 
